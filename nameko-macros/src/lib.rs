@@ -1,0 +1,31 @@
+//! Procedural macros of nameko-rs. Use them through the `nameko` crate, which re-exports them.
+//!
+//! Each macro parses its input into a small model, validates it (every mistake is a
+//! `syn::Error` pointing at the user's code) and emits code that names only
+//! `::nameko::__private`. No behaviour lives here.
+
+mod attr;
+mod ctxt;
+mod dependencies;
+mod rpc;
+mod service;
+
+use proc_macro::TokenStream;
+
+/// Declares a service on an `impl` block. See the `nameko` crate's documentation.
+#[proc_macro_attribute]
+pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
+    service::expand(args.into(), input.into()).into()
+}
+
+/// Marks an RPC method inside a `#[service]` block. See the `nameko` crate's documentation.
+#[proc_macro_attribute]
+pub fn rpc(args: TokenStream, input: TokenStream) -> TokenStream {
+    rpc::expand_outside_service(args.into(), input.into()).into()
+}
+
+/// Builds a service struct from its fields. See the `nameko` crate's documentation.
+#[proc_macro_derive(Dependencies)]
+pub fn derive_dependencies(input: TokenStream) -> TokenStream {
+    dependencies::expand(input.into()).into()
+}

@@ -1,0 +1,86 @@
+//! Items the generated code refers to. Not a public API: names may change at any time.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use crate::error::select::{ViaDisplay, ViaToRemoteError, Wrap};
+pub use crate::protocol::{RemoteError, RequestBody};
+pub use crate::rpc::args::{BoundArgs, Param};
+pub use crate::service::{
+    Dependencies, Dependency, DependencyContext, Entrypoint, RpcFuture, Service, ServiceClient,
+    ServiceRegistration,
+};
+pub use crate::{ClusterRpcClient, Error, RpcError, ServiceProxy};
+pub use inventory;
+pub use std::sync::Arc;
+pub use std::time::Duration;
+
+/// Encodes a method's result; a value JSON cannot hold gives Nameko's
+/// `UnserializableValueError`.
+pub fn encode_result<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, RemoteError> {
+    serde_json::to_vec(value).map_err(|e| {
+        RemoteError::nameko("UnserializableValueError", format!("Unserializable value: `{e}`"))
+            .with_args(Vec::new())
+    })
+}
+
+/// Runs a synchronous method on the blocking pool, inside the current worker's context.
+pub async fn run_blocking<R, F>(f: F) -> Result<R, RemoteError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let context = crate::WorkerContext::current();
+    let task = tokio::task::spawn_blocking(move || match context {
+        Some(context) => context.sync_scope(f),
+        None => f(),
+    });
+    match task.await {
+        Ok(value) => Ok(value),
+        Err(e) if e.is_panic() => Err(crate::service::container::panic_error(e.into_panic().as_ref())),
+        Err(e) => Err(RemoteError::new("WorkerCancelled", e.to_string()).with_path("nameko_rs.WorkerCancelled")),
+    }
+}
+
+/// A type that can be an argument of an RPC method: it crosses the wire both ways (the server
+/// reads it, the generated client sends it).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an argument of an RPC method",
+    label = "this type must implement `serde::Serialize` and `serde::Deserialize` (owned)",
+    note = "RPC arguments arrive as JSON: derive `Serialize` and `Deserialize`, and use owned types (`String`, not `&str`)"
+)]
+pub trait RpcArgument: Serialize + DeserializeOwned {}
+impl<T: Serialize + DeserializeOwned> RpcArgument for T {}
+
+/// A type that can be the result of an RPC method.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the result of an RPC method",
+    label = "this type must implement `serde::Serialize` and `serde::Deserialize`",
+    note = "RPC results travel as JSON: derive `Serialize` and `Deserialize` for it"
+)]
+pub trait RpcResult: Serialize + DeserializeOwned {}
+impl<T: Serialize + DeserializeOwned> RpcResult for T {}
+
+/// Checks, where the user wrote the type, that it can be an RPC argument.
+pub const fn assert_argument<T: RpcArgument>() {}
+
+/// Checks, where the user wrote the type, that it can be an RPC result.
+pub const fn assert_result<T: RpcResult>() {}
+
+/// Checks, where the user wrote the field, that its type is a dependency.
+pub const fn assert_dependency<T: Dependency>() {}
+
+/// Builds one field of a service struct.
+pub async fn build_dependency<T: Dependency>(
+    cx: &DependencyContext,
+    field: &'static str,
+) -> Result<T, Error> {
+    T::build(cx, field).await.map_err(|e| match e {
+        Error::Dependency { .. } => e,
+        other => Error::Dependency {
+            service: cx.service_name().to_owned(),
+            dependency: field.to_owned(),
+            reason: other.to_string(),
+        },
+    })
+}

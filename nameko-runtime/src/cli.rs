@@ -1,0 +1,115 @@
+//! The command line every service binary gets from one call: `run [SERVICE...] [--broker URI]`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::service::ServiceRegistration;
+use crate::service::runner::ServiceRunner;
+
+/// Nameko-style services in one binary.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of a service binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run services until SIGINT or SIGTERM (a second signal kills them).
+    Run {
+        /// The services to run (all registered services when none is named).
+        services: Vec<String>,
+        /// The broker: amqp://user:pass@host[:port][/vhost], or memory:// for the embedded one.
+        #[arg(long, env = "AMQP_URI")]
+        broker: Option<String>,
+        /// Workers running at once per service.
+        #[arg(long, default_value_t = 10)]
+        max_workers: usize,
+        /// Unacknowledged messages each consumer may hold.
+        #[arg(long, default_value_t = 10)]
+        prefetch_count: u16,
+    },
+    /// List the services registered in this binary and their entrypoints.
+    List,
+}
+
+/// Installs a `tracing` subscriber printing to stderr, filtered by `RUST_LOG` (default `info`).
+/// Does nothing if one is installed already.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Parses the command line and runs it on a new multi-threaded tokio runtime.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     nameko::main()
+/// }
+/// ```
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the tokio runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(execute(cli))
+}
+
+/// Runs a parsed command line.
+pub async fn execute(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::List => {
+            for service in ServiceRegistration::all() {
+                println!("{}", service.name());
+                for entrypoint in service.entrypoints() {
+                    println!("  rpc {entrypoint}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run { services, broker, max_workers, prefetch_count } => {
+            let mut config = Config::default().with_max_workers(max_workers).with_prefetch_count(prefetch_count);
+            config.amqp_uri = broker.filter(|b| !b.is_empty());
+            if config.is_embedded() {
+                tracing::info!(
+                    "running on the embedded broker ({}): services in this process only; \
+                     for RabbitMQ pass --broker amqp://guest:guest@localhost or set AMQP_URI",
+                    config.broker_uri()
+                );
+            } else {
+                tracing::info!(broker = %crate::transport::mask_password(config.broker_uri()), "running on RabbitMQ");
+            }
+            let runner = ServiceRunner::new(config);
+            let runner = if services.is_empty() {
+                Ok(runner.with_all_registered())
+            } else {
+                runner.with_registered(&services)
+            };
+            let result = match runner {
+                Ok(runner) => match runner.start().await {
+                    Ok(running) => running.run_until_signal().await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "stopped with an error");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Configuration, with Nameko's keys and defaults.
+
+use std::time::Duration;
+
+use crate::protocol::DEFAULT_RPC_EXCHANGE;
+
+/// The URI of the embedded broker used when none is configured.
+pub const EMBEDDED_BROKER_URI: &str = "memory://";
+
+/// Settings shared by the services of one runner and by clients.
+///
+/// Field names follow Nameko's configuration keys (`AMQP_URI`, `max_workers`, ...).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// `AMQP_URI`: the broker. `None` runs on the embedded broker.
+    pub amqp_uri: Option<String>,
+    /// `rpc_exchange`: the exchange for RPC requests and replies.
+    pub rpc_exchange: String,
+    /// `max_workers`: workers running at once per service, across all its entrypoints.
+    pub max_workers: usize,
+    /// `PREFETCH_COUNT`: unacknowledged messages a consumer may hold. Independent of
+    /// `max_workers`; messages beyond the free workers wait, unacknowledged, in order.
+    pub prefetch_count: u16,
+    /// `parent_calls_tracked`: how many callers the call id stack keeps.
+    pub parent_calls_tracked: usize,
+    /// The default timeout of every RPC call made through a client (Nameko has none).
+    pub rpc_timeout: Duration,
+    /// How long a graceful stop waits for running workers before killing them.
+    pub stop_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            amqp_uri: None,
+            rpc_exchange: DEFAULT_RPC_EXCHANGE.to_owned(),
+            max_workers: 10,
+            prefetch_count: 10,
+            parent_calls_tracked: 10,
+            rpc_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// The defaults, with `AMQP_URI` taken from the environment when set.
+    pub fn from_env() -> Self {
+        Config { amqp_uri: std::env::var("AMQP_URI").ok().filter(|s| !s.is_empty()), ..Config::default() }
+    }
+
+    /// Sets the broker URI (`amqp://...`, `amqps://...` or `memory://[name]`).
+    pub fn with_broker(mut self, uri: impl Into<String>) -> Self {
+        self.amqp_uri = Some(uri.into());
+        self
+    }
+
+    /// Sets `max_workers`.
+    pub fn with_max_workers(mut self, max_workers: usize) -> Self {
+        self.max_workers = max_workers.max(1);
+        self
+    }
+
+    /// Sets the prefetch count.
+    pub fn with_prefetch_count(mut self, prefetch_count: u16) -> Self {
+        self.prefetch_count = prefetch_count;
+        self
+    }
+
+    /// Sets the default RPC timeout.
+    pub fn with_rpc_timeout(mut self, timeout: Duration) -> Self {
+        self.rpc_timeout = timeout;
+        self
+    }
+
+    /// Sets the graceful-stop timeout.
+    pub fn with_stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The broker URI in effect: `AMQP_URI`, or the embedded broker.
+    pub fn broker_uri(&self) -> &str {
+        self.amqp_uri.as_deref().unwrap_or(EMBEDDED_BROKER_URI)
+    }
+
+    /// Whether the services run on the embedded broker.
+    pub fn is_embedded(&self) -> bool {
+        self.broker_uri().starts_with("memory://")
+    }
+}

@@ -1,0 +1,199 @@
+//! The worker context: who is running, on whose behalf, with which context data.
+//!
+//! Every entrypoint firing runs as a worker with a [`WorkerContext`]. Inside the worker it is
+//! reachable with [`WorkerContext::current`], and clients use it to forward the call id stack
+//! and the context data on every outgoing call, so users never pass it by hand.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::protocol::{self, CALL_ID_STACK_KEY, Headers};
+
+/// Context data: the `nameko.*` headers of the message that started a worker, without prefix.
+pub type ContextData = BTreeMap<String, Value>;
+
+tokio::task_local! {
+    static CURRENT: Arc<WorkerContext>;
+}
+
+/// The context of one worker: one firing of one entrypoint.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    service_name: String,
+    entrypoint: String,
+    call_id: String,
+    call_id_stack: Vec<String>,
+    data: ContextData,
+}
+
+impl WorkerContext {
+    /// The context of a worker of `service.entrypoint` started by a message with these headers.
+    ///
+    /// The incoming `call_id_stack` becomes the parent stack; the worker's own stack is the parent
+    /// stack plus its new call id, keeping the last `parent_calls_tracked + 1` entries.
+    pub fn new(
+        service_name: &str,
+        entrypoint: &str,
+        headers: &Headers,
+        parent_calls_tracked: usize,
+    ) -> Self {
+        let mut data = protocol::context_from_headers(headers);
+        let parent = match data.remove(CALL_ID_STACK_KEY) {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect(),
+            Some(Value::String(single)) => vec![single],
+            Some(other) => {
+                tracing::warn!(value = %other, "ignoring a call_id_stack header that is not a list");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let call_id = protocol::new_call_id(service_name, entrypoint);
+        let mut call_id_stack = parent;
+        call_id_stack.push(call_id.clone());
+        let keep = parent_calls_tracked + 1;
+        if call_id_stack.len() > keep {
+            call_id_stack.drain(..call_id_stack.len() - keep);
+        }
+        WorkerContext {
+            service_name: service_name.to_owned(),
+            entrypoint: entrypoint.to_owned(),
+            call_id,
+            call_id_stack,
+            data,
+        }
+    }
+
+    /// The context of the worker running the current task, if any.
+    pub fn current() -> Option<Arc<WorkerContext>> {
+        CURRENT.try_with(Arc::clone).ok()
+    }
+
+    /// Runs `future` as part of the worker with this context (what the runtime does for every
+    /// worker; useful for tasks a worker spawns that should keep its context).
+    pub async fn scope<F: Future>(self: Arc<Self>, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+
+    /// Runs `f` synchronously as part of the worker with this context.
+    pub fn sync_scope<R>(self: Arc<Self>, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
+
+    /// The service's name.
+    pub fn service_name(&self) -> &str {
+        &self.service_name
+    }
+
+    /// The entrypoint's (method's) name.
+    pub fn entrypoint(&self) -> &str {
+        &self.entrypoint
+    }
+
+    /// This worker's call id: `<service>.<method>.<uuid>`.
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    /// The call ids of the callers, oldest first, ending with this worker's own.
+    pub fn call_id_stack(&self) -> &[String] {
+        &self.call_id_stack
+    }
+
+    /// The call id of the first call in the chain, if this worker was called by another.
+    pub fn origin_call_id(&self) -> Option<&str> {
+        (self.call_id_stack.len() > 1).then(|| self.call_id_stack[0].as_str())
+    }
+
+    /// The call id of the direct caller, if any.
+    pub fn immediate_parent_call_id(&self) -> Option<&str> {
+        let n = self.call_id_stack.len();
+        (n > 1).then(|| self.call_id_stack[n - 2].as_str())
+    }
+
+    /// All context data (without the call id stack).
+    pub fn data(&self) -> &ContextData {
+        &self.data
+    }
+
+    fn text(&self, key: &str) -> Option<&str> {
+        self.data.get(key).and_then(Value::as_str)
+    }
+
+    /// The `auth_token` context value.
+    pub fn auth_token(&self) -> Option<&str> {
+        self.text("auth_token")
+    }
+
+    /// The `language` context value.
+    pub fn language(&self) -> Option<&str> {
+        self.text("language")
+    }
+
+    /// The `user_id` context value.
+    pub fn user_id(&self) -> Option<&str> {
+        self.text("user_id")
+    }
+
+    /// The `user_agent` context value.
+    pub fn user_agent(&self) -> Option<&str> {
+        self.text("user_agent")
+    }
+
+    /// The headers for a message sent by this worker: its context data and its call id stack.
+    pub fn outgoing_headers(&self) -> Headers {
+        let mut headers = protocol::headers_from_context(&self.data);
+        headers.insert(
+            format!("{}{CALL_ID_STACK_KEY}", protocol::HEADER_PREFIX),
+            Value::from(self.call_id_stack.clone()),
+        );
+        headers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stack_grows_by_own_call_id_and_is_truncated() {
+        let parents: Vec<String> = (0..12).map(|i| format!("p.m.{i}")).collect();
+        let headers: Headers = [
+            ("nameko.call_id_stack".to_owned(), json!(parents)),
+            ("nameko.language".to_owned(), json!("en-gb")),
+        ]
+        .into();
+        let ctx = WorkerContext::new("svc", "greet", &headers, 10);
+        assert_eq!(ctx.call_id_stack().len(), 11);
+        assert_eq!(ctx.call_id_stack().last().map(String::as_str), Some(ctx.call_id()));
+        assert_eq!(ctx.call_id_stack()[0], "p.m.2");
+        assert_eq!(ctx.immediate_parent_call_id(), Some("p.m.11"));
+        assert_eq!(ctx.language(), Some("en-gb"));
+        let out = ctx.outgoing_headers();
+        assert_eq!(out["nameko.language"], json!("en-gb"));
+        assert_eq!(out["nameko.call_id_stack"].as_array().map(Vec::len), Some(11));
+    }
+
+    #[test]
+    fn a_worker_without_callers_has_only_its_own_id() {
+        let ctx = WorkerContext::new("svc", "m", &Headers::new(), 10);
+        assert_eq!(ctx.call_id_stack(), [ctx.call_id().to_owned()]);
+        assert_eq!(ctx.origin_call_id(), None);
+    }
+
+    #[test]
+    fn a_malformed_stack_header_is_ignored() {
+        let headers: Headers = [("nameko.call_id_stack".to_owned(), json!(5))].into();
+        let ctx = WorkerContext::new("svc", "m", &headers, 10);
+        assert_eq!(ctx.call_id_stack().len(), 1);
+    }
+}

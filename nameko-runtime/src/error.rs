@@ -1,0 +1,239 @@
+//! Errors: what a caller sees ([`RpcError`]), what starting services can fail with ([`Error`]),
+//! and how a service's own error type becomes an error reply ([`ToRemoteError`]).
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::protocol::RemoteError;
+use crate::transport::TransportError;
+
+/// The outcome of a failed RPC call, as the caller sees it.
+///
+/// The variants Python Nameko re-creates as its own exceptions (`MethodNotFound`,
+/// `MalformedRequest`, `IncorrectSignature`) have their own variants; any other error raised by
+/// the callee, Python or Rust, arrives as [`RpcError::Remote`] with its error object intact.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The service has no RPC method of that name.
+    #[error("MethodNotFound: {0}")]
+    MethodNotFound(String),
+    /// The request could not be read.
+    #[error("MalformedRequest: {0}")]
+    MalformedRequest(String),
+    /// The arguments do not fit the method's signature.
+    #[error("IncorrectSignature: {0}")]
+    IncorrectSignature(String),
+    /// No service of that name is listening (nothing is bound to its routing key).
+    #[error("Unknown service `{0}`")]
+    UnknownService(String),
+    /// No reply arrived within the timeout.
+    #[error("RpcTimeout: no reply within {0:?}")]
+    Timeout(Duration),
+    /// The callee failed; the error object says how.
+    #[error("RemoteError: {0}")]
+    Remote(RemoteError),
+    /// The arguments could not be serialised, or the result could not be read as the expected type.
+    #[error("serialization error: {0}")]
+    Serialization(String),
+    /// The broker connection failed or the client is closed.
+    #[error("transport error: {0}")]
+    Transport(#[from] TransportError),
+}
+
+impl RpcError {
+    /// Turns a received error object into the error Python Nameko would raise for it.
+    pub fn from_remote(error: RemoteError) -> RpcError {
+        match error.exc_path.as_str() {
+            "nameko.exceptions.MethodNotFound" => RpcError::MethodNotFound(error.first_arg()),
+            "nameko.exceptions.MalformedRequest" => RpcError::MalformedRequest(error.first_arg()),
+            "nameko.exceptions.IncorrectSignature" => {
+                RpcError::IncorrectSignature(error.first_arg())
+            }
+            _ => RpcError::Remote(error),
+        }
+    }
+
+    /// The remote error object, when the callee failed with one.
+    pub fn remote(&self) -> Option<&RemoteError> {
+        match self {
+            RpcError::Remote(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Errors from setting up, starting or running services.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Two services with the same name were registered in one runner.
+    #[error("service `{0}` is registered twice; service names must be unique")]
+    DuplicateService(String),
+    /// A service named on the command line is not registered in this binary.
+    #[error("no service named `{name}` is registered (registered: {registered})")]
+    NoSuchService {
+        /// The requested name.
+        name: String,
+        /// The registered names, comma-separated.
+        registered: String,
+    },
+    /// A dependency of a service could not be built.
+    #[error("service `{service}`: dependency `{dependency}` could not be set up: {reason}")]
+    Dependency {
+        /// The service.
+        service: String,
+        /// The struct field.
+        dependency: String,
+        /// Why.
+        reason: String,
+    },
+    /// The broker could not be reached or refused a declaration.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The configuration is invalid.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// A service container failed while running.
+    #[error("service `{service}` failed: {reason}")]
+    ServiceFailed {
+        /// The service.
+        service: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How a service's error type becomes the error object of an error reply.
+///
+/// Errors that do not implement this trait are sent using their `Display` text, with the type's
+/// name as `exc_type`. Implement it to choose the `exc_type` a Python caller sees:
+///
+/// ```
+/// use nameko::{RemoteError, ToRemoteError};
+///
+/// #[derive(Debug)]
+/// struct OutOfStock { sku: String, wanted: u32 }
+///
+/// impl ToRemoteError for OutOfStock {
+///     fn to_remote_error(&self) -> RemoteError {
+///         RemoteError::new("OutOfStock", format!("{} (wanted {})", self.sku, self.wanted))
+///             .with_path("shop.OutOfStock")
+///             .with_args(vec![self.sku.clone().into(), self.wanted.to_string().into()])
+///     }
+/// }
+/// ```
+pub trait ToRemoteError {
+    /// The error object sent to the caller.
+    fn to_remote_error(&self) -> RemoteError;
+}
+
+impl ToRemoteError for RemoteError {
+    fn to_remote_error(&self) -> RemoteError {
+        self.clone()
+    }
+}
+
+impl ToRemoteError for RpcError {
+    /// Re-raises what Python Nameko would re-raise: its own exceptions keep their type, anything
+    /// else from a downstream call becomes a `RemoteError`.
+    fn to_remote_error(&self) -> RemoteError {
+        match self {
+            RpcError::MethodNotFound(m) => RemoteError::nameko("MethodNotFound", m.clone()),
+            RpcError::MalformedRequest(m) => RemoteError::nameko("MalformedRequest", m.clone()),
+            RpcError::IncorrectSignature(m) => {
+                RemoteError::nameko("IncorrectSignature", m.clone())
+            }
+            RpcError::UnknownService(s) => {
+                RemoteError::nameko("UnknownService", format!("Unknown service `{s}`"))
+                    .with_args(vec![Value::String(s.clone())])
+            }
+            RpcError::Timeout(d) => {
+                RemoteError::nameko("RpcTimeout", format!("{}", d.as_secs_f64()))
+            }
+            RpcError::Remote(e) => RemoteError::nameko("RemoteError", e.to_string()).with_args(
+                vec![Value::String(e.exc_type.clone()), Value::String(e.value.clone())],
+            ),
+            other => RemoteError::new("RpcError", other.to_string()).with_path("nameko_rs.RpcError"),
+        }
+    }
+}
+
+/// The error object for any `Display` error: `exc_type` is the type's name, `exc_path` its Rust
+/// path with dots, the message is the only argument.
+pub(crate) fn remote_error_from_display<E: Display + ?Sized>(error: &E) -> RemoteError {
+    let path = std::any::type_name::<E>();
+    let path = path.split('<').next().unwrap_or(path);
+    let exc_type = path.rsplit("::").next().unwrap_or(path);
+    RemoteError::new(exc_type, error.to_string()).with_path(path.replace("::", "."))
+}
+
+/// Chooses, at the user's call site, [`ToRemoteError`] when the error type implements it and
+/// `Display` otherwise (autoref specialisation; used by generated code only).
+#[doc(hidden)]
+pub mod select {
+    use super::*;
+
+    pub struct Wrap<'a, E: ?Sized>(pub &'a E);
+
+    pub trait ViaToRemoteError {
+        fn __to_remote_error(&self) -> RemoteError;
+    }
+    impl<E: ToRemoteError + ?Sized> ViaToRemoteError for Wrap<'_, E> {
+        fn __to_remote_error(&self) -> RemoteError {
+            self.0.to_remote_error()
+        }
+    }
+
+    pub trait ViaDisplay {
+        fn __to_remote_error(&self) -> RemoteError;
+    }
+    impl<E: Display + ?Sized> ViaDisplay for &Wrap<'_, E> {
+        fn __to_remote_error(&self) -> RemoteError {
+            remote_error_from_display(self.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::select::*;
+    use super::*;
+
+    #[derive(Debug)]
+    struct Plain;
+    impl Display for Plain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("plain failure")
+        }
+    }
+
+    #[test]
+    fn display_errors_use_their_type_name() {
+        let e = (&Wrap(&Plain)).__to_remote_error();
+        assert_eq!(e.exc_type, "Plain");
+        assert!(e.exc_path.ends_with(".Plain"), "{}", e.exc_path);
+        assert_eq!(e.value, "plain failure");
+        assert_eq!(e.exc_args, vec![Value::from("plain failure")]);
+    }
+
+    #[test]
+    fn to_remote_error_wins_over_display() {
+        let e = (&Wrap(&RpcError::MethodNotFound("x".into()))).__to_remote_error();
+        assert_eq!(e.exc_path, "nameko.exceptions.MethodNotFound");
+        assert_eq!(e.exc_args, vec![Value::from("x")]);
+    }
+
+    #[test]
+    fn registered_nameko_errors_are_recreated() {
+        let e = RpcError::from_remote(RemoteError::nameko("IncorrectSignature", "bad".into()));
+        assert!(matches!(e, RpcError::IncorrectSignature(m) if m == "bad"));
+        let e = RpcError::from_remote(
+            RemoteError::new("ValueError", "boom").with_path("builtins.ValueError"),
+        );
+        assert_eq!(e.remote().unwrap().exc_type, "ValueError");
+        assert_eq!(e.to_string(), "RemoteError: ValueError boom");
+    }
+}

@@ -1,0 +1,104 @@
+//! Nameko-style microservices in Rust, wire-compatible with Python Nameko 2.x.
+//!
+//! Annotate an `impl` block with [`#[service]`](service), its methods with [`#[rpc]`](rpc), and
+//! derive [`Dependencies`] on the struct whose fields are the service's dependencies:
+//!
+//! ```
+//! use nameko::prelude::*;
+//!
+//! #[derive(Dependencies)]
+//! pub struct GreeterService;
+//!
+//! #[service(name = "greeter_service")]
+//! impl GreeterService {
+//!     #[rpc]
+//!     async fn greet(&self, name: String) -> String {
+//!         format!("Hello {name}!")
+//!     }
+//! }
+//!
+//! #[derive(Dependencies)]
+//! pub struct ExpandedGreeterService {
+//!     // The typed client `#[service]` generated for greeter_service.
+//!     greeter_service: GreeterServiceClient,
+//! }
+//!
+//! #[service(name = "expanded_greeter_service")]
+//! impl ExpandedGreeterService {
+//!     #[rpc]
+//!     async fn greet(&self, name: String) -> Result<String, RpcError> {
+//!         let greeting = self.greeter_service.greet(name).await?;
+//!         Ok(format!("{greeting} Welcome to Pygotham!"))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Run both on the embedded broker and call one of them.
+//! let running = ServiceRunner::new(Config::default().with_broker("memory://doc-lib"))
+//!     .with_service::<GreeterService>()
+//!     .with_service::<ExpandedGreeterService>()
+//!     .start()
+//!     .await?;
+//! let client = ClusterRpcClient::standalone(running.transport(), running.config()).await?;
+//! let greeting = ExpandedGreeterServiceClient::new(&client).greet("Tim".into()).await?;
+//! assert_eq!(greeting, "Hello Tim! Welcome to Pygotham!");
+//! running.stop().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A service binary's `main` is one line, [`main()`], which gives it a command line
+//! (`run [SERVICE...] [--broker URI]`). See `ARCHITECTURE.md` for how the pieces fit.
+
+extern crate self as nameko;
+
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod protocol;
+pub mod rpc;
+pub mod service;
+pub mod transport;
+
+pub use cli::main;
+pub use config::Config;
+pub use context::{ContextData, WorkerContext};
+pub use error::{Error, RpcError, ToRemoteError};
+pub use protocol::RemoteError;
+pub use rpc::{ClusterRpcClient, ServiceProxy};
+pub use service::runner::{RunningServices, ServiceRunner, StopHandle};
+pub use service::{
+    Dependencies, Dependency, DependencyContext, Service, ServiceClient, ServiceRegistration,
+};
+
+/// Declares a service on an `impl` block: `#[service(name = "greeter_service")]`.
+///
+/// Keys: `name` (required) is the service's name on the wire; `crate = "path"` names this crate
+/// when it is renamed. The block's `#[rpc]` methods become RPC entrypoints, and a typed client
+/// `<Type>Client` is generated next to it.
+pub use nameko_macros::service;
+
+/// Marks a method of a `#[service]` block as an RPC entrypoint: `#[rpc]`, or
+/// `#[rpc(name = "wire_name")]` to expose it under another name.
+///
+/// Arguments bind by position and by keyword; an `Option<T>` argument may be left out. A method
+/// may be `async` or not (a synchronous one runs on the blocking pool). It returns any
+/// serialisable value, or a `Result` whose error becomes the error reply (see
+/// [`ToRemoteError`]).
+pub use nameko_macros::rpc;
+
+/// Builds a service struct from its fields, each a [`Dependency`].
+pub use nameko_macros::Dependencies;
+
+/// The names a service module needs.
+pub mod prelude {
+    pub use crate::{
+        ClusterRpcClient, Config, Dependencies, RemoteError, RpcError, ServiceProxy, ServiceRunner,
+        ToRemoteError, WorkerContext, rpc, service,
+    };
+}
+
+/// Used by the code the macros generate; not a public API.
+#[doc(hidden)]
+pub mod __private;

@@ -1,0 +1,339 @@
+//! Everything Python Nameko 2.x puts on the wire, in one place.
+//!
+//! Exchange, queue and header names, the request and reply envelopes and the error object are
+//! defined here and nowhere else; the rest of the runtime refers to these items. Interop tests pin
+//! them against the real Python nameko.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// Default name of the topic exchange that carries RPC requests and replies (`rpc_exchange`).
+pub const DEFAULT_RPC_EXCHANGE: &str = "nameko-rpc";
+/// Prefix of every context-data header (`nameko.call_id_stack`, `nameko.auth_token`, ...).
+pub const HEADER_PREFIX: &str = "nameko.";
+/// Context key of the call id stack.
+pub const CALL_ID_STACK_KEY: &str = "call_id_stack";
+/// Content type of every message Nameko's default serializer produces.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// Content encoding of every message Nameko's default serializer produces.
+pub const CONTENT_ENCODING_UTF8: &str = "utf-8";
+/// AMQP delivery mode of every Nameko publish (persistent).
+pub const DELIVERY_MODE_PERSISTENT: u8 = 2;
+/// Lifetime of an unused reply queue (`x-expires`), in milliseconds.
+pub const REPLY_QUEUE_EXPIRES_MS: u32 = 300_000;
+/// Name Nameko 2 gives the owner of a standalone proxy's reply queue and call ids.
+pub const STANDALONE_PROXY_NAME: &str = "standalone_rpc_proxy";
+
+/// Name of the queue on which a service receives its RPC requests: `rpc-<service>`.
+pub fn rpc_queue_name(service: &str) -> String {
+    format!("rpc-{service}")
+}
+
+/// Binding key of a service's RPC queue on the RPC exchange: `<service>.*`.
+pub fn rpc_binding_key(service: &str) -> String {
+    format!("{service}.*")
+}
+
+/// Routing key of a request to `service.method`.
+pub fn rpc_routing_key(service: &str, method: &str) -> String {
+    format!("{service}.{method}")
+}
+
+/// Name of a reply queue: `rpc.reply-<owner>-<uuid>`; its binding key (and every request's
+/// `reply_to`) is the bare uuid.
+pub fn reply_queue_name(owner: &str, uuid: &str) -> String {
+    format!("rpc.reply-{owner}-{uuid}")
+}
+
+/// A call id: `<service>.<method>.<uuid4>`.
+pub fn new_call_id(service: &str, method: &str) -> String {
+    format!("{service}.{method}.{}", uuid::Uuid::new_v4())
+}
+
+/// Message headers, as JSON values (AMQP field tables map onto JSON one to one).
+pub type Headers = BTreeMap<String, Value>;
+
+/// The body of an RPC request: `{"args": [...], "kwargs": {...}}`.
+///
+/// Arguments stay raw JSON until they are bound to a method's parameters, so each one is
+/// parsed once, straight into its Rust type.
+#[derive(Debug, Deserialize)]
+pub struct RequestBody {
+    /// Positional arguments.
+    pub args: Vec<Box<RawValue>>,
+    /// Keyword arguments.
+    pub kwargs: HashMap<String, Box<RawValue>>,
+}
+
+/// Why a request body could not be read; each becomes a `MalformedRequest` reply.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MalformedRequest {
+    /// The body is not JSON at all.
+    #[error("Request body is not valid JSON: {0}")]
+    NotJson(String),
+    /// The body is JSON but not an object.
+    #[error("Request body must be a JSON object with `args` and `kwargs`")]
+    NotAnObject,
+    /// Nameko's own message for an object that lacks one of the two keys.
+    #[error("Message missing `args` or `kwargs`")]
+    MissingArgsOrKwargs,
+    /// `args` is not a list or `kwargs` not an object.
+    #[error("`args` must be a list and `kwargs` an object")]
+    WrongShape,
+    /// A content type other than JSON.
+    #[error("Unsupported content type `{0}`: only application/json is accepted")]
+    ContentType(String),
+}
+
+impl RequestBody {
+    /// Reads a request body, telling apart each way it can be malformed.
+    pub fn parse(body: &[u8]) -> Result<RequestBody, MalformedRequest> {
+        #[derive(Deserialize)]
+        struct Loose<'a> {
+            #[serde(borrow)]
+            args: Option<&'a RawValue>,
+            #[serde(borrow)]
+            kwargs: Option<&'a RawValue>,
+        }
+        let text =
+            std::str::from_utf8(body).map_err(|e| MalformedRequest::NotJson(e.to_string()))?;
+        if !text.trim_start().starts_with('{') {
+            return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => Err(MalformedRequest::NotAnObject),
+                Err(e) => Err(MalformedRequest::NotJson(e.to_string())),
+            };
+        }
+        let loose: Loose<'_> = match serde_json::from_str(text) {
+            Ok(loose) => loose,
+            Err(e) if e.is_data() => return Err(MalformedRequest::NotAnObject),
+            Err(e) => return Err(MalformedRequest::NotJson(e.to_string())),
+        };
+        let (Some(args), Some(kwargs)) = (loose.args, loose.kwargs) else {
+            return Err(MalformedRequest::MissingArgsOrKwargs);
+        };
+        Ok(RequestBody {
+            args: serde_json::from_str(args.get()).map_err(|_| MalformedRequest::WrongShape)?,
+            kwargs: serde_json::from_str(kwargs.get()).map_err(|_| MalformedRequest::WrongShape)?,
+        })
+    }
+}
+
+/// Serialises a request body from already-serialisable positional and keyword arguments.
+pub fn encode_request<A: Serialize + ?Sized, K: Serialize + ?Sized>(
+    args: &A,
+    kwargs: &K,
+) -> serde_json::Result<Vec<u8>> {
+    #[derive(Serialize)]
+    struct Request<'a, A: ?Sized, K: ?Sized> {
+        args: &'a A,
+        kwargs: &'a K,
+    }
+    serde_json::to_vec(&Request { args, kwargs })
+}
+
+/// The error object of a failed call, as Nameko serialises an exception:
+/// `{"exc_type", "exc_path", "exc_args", "value"}`.
+///
+/// It is both what a Rust service sends for a failed call and what a Rust client receives from
+/// any callee, Python or Rust (inside [`RpcError::Remote`](crate::RpcError::Remote)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// The exception's class name, e.g. `ValueError`.
+    pub exc_type: String,
+    /// The exception's dotted path, e.g. `builtins.ValueError`.
+    #[serde(default)]
+    pub exc_path: String,
+    /// The exception's arguments, made JSON-safe.
+    #[serde(default)]
+    pub exc_args: Vec<Value>,
+    /// The exception's message (`str(exc)`).
+    #[serde(default)]
+    pub value: String,
+}
+
+impl RemoteError {
+    /// An error object of type `exc_type` with message `value`, whose only argument is `value`.
+    pub fn new(exc_type: impl Into<String>, value: impl Into<String>) -> Self {
+        let exc_type = exc_type.into();
+        let value = value.into();
+        RemoteError {
+            exc_path: exc_type.clone(),
+            exc_args: vec![Value::String(value.clone())],
+            exc_type,
+            value,
+        }
+    }
+
+    /// Sets the dotted path (Python's `module.Class`).
+    pub fn with_path(mut self, exc_path: impl Into<String>) -> Self {
+        self.exc_path = exc_path.into();
+        self
+    }
+
+    /// Sets the arguments.
+    pub fn with_args(mut self, exc_args: Vec<Value>) -> Self {
+        self.exc_args = exc_args;
+        self
+    }
+
+    pub(crate) fn nameko(exc_type: &str, message: String) -> Self {
+        RemoteError::new(exc_type, message).with_path(format!("nameko.exceptions.{exc_type}"))
+    }
+
+    /// The first argument as a string, else the message: how Python re-creates a registered
+    /// exception from `exc_args`.
+    pub(crate) fn first_arg(&self) -> String {
+        match self.exc_args.first() {
+            Some(Value::String(s)) => s.clone(),
+            _ => self.value.clone(),
+        }
+    }
+}
+
+impl fmt::Display for RemoteError {
+    /// Formats as Nameko's `RemoteError` does: `<exc_type> <value>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.exc_type, self.value)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+/// Serialises a reply whose result is the given raw JSON.
+pub fn encode_reply_result(result_json: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(result_json.len() + 28);
+    body.extend_from_slice(b"{\"result\": ");
+    body.extend_from_slice(result_json);
+    body.extend_from_slice(b", \"error\": null}");
+    body
+}
+
+/// Serialises a reply carrying an error object.
+pub fn encode_reply_error(error: &RemoteError) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        result: (),
+        error: &'a RemoteError,
+    }
+    // A struct of strings and JSON values always serialises.
+    serde_json::to_vec(&Reply { result: (), error }).unwrap_or_else(|_| {
+        br#"{"result": null, "error": {"exc_type": "Exception", "exc_path": "builtins.Exception", "exc_args": [], "value": ""}}"#.to_vec()
+    })
+}
+
+/// A reply body, read: the result stays raw JSON until the caller names its type.
+#[derive(Debug, Deserialize)]
+pub struct ReplyBody {
+    /// The result (JSON `null` when the call failed).
+    pub result: Option<Box<RawValue>>,
+    /// The error object, if the call failed.
+    #[serde(default)]
+    pub error: Option<RemoteError>,
+}
+
+impl ReplyBody {
+    /// Reads a reply body.
+    pub fn parse(body: &[u8]) -> serde_json::Result<ReplyBody> {
+        serde_json::from_slice(body)
+    }
+}
+
+/// Context data carried by a message: its headers with the `nameko.` prefix removed.
+/// Headers without the prefix are kept under their own name, as Nameko does.
+pub fn context_from_headers(headers: &Headers) -> BTreeMap<String, Value> {
+    headers
+        .iter()
+        .map(|(key, value)| {
+            let key = key.strip_prefix(HEADER_PREFIX).unwrap_or(key);
+            (key.to_owned(), value.clone())
+        })
+        .collect()
+}
+
+/// Headers for context data: each non-null value under `nameko.<key>`.
+pub fn headers_from_context<'a>(data: impl IntoIterator<Item = (&'a String, &'a Value)>) -> Headers {
+    data.into_iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(key, value)| (format!("{HEADER_PREFIX}{key}"), value.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_match_nameko() {
+        assert_eq!(rpc_queue_name("greeter"), "rpc-greeter");
+        assert_eq!(rpc_binding_key("greeter"), "greeter.*");
+        assert_eq!(rpc_routing_key("greeter", "greet"), "greeter.greet");
+        assert_eq!(reply_queue_name("svc", "abc"), "rpc.reply-svc-abc");
+        let id = new_call_id("svc", "m");
+        assert!(id.starts_with("svc.m.") && id.len() == "svc.m.".len() + 36);
+    }
+
+    #[test]
+    fn request_body_parses_args_and_kwargs() {
+        let body = RequestBody::parse(br#"{"args": ["Tim", 1], "kwargs": {"x": [1]}}"#).unwrap();
+        assert_eq!(body.args.len(), 2);
+        assert_eq!(body.args[0].get(), "\"Tim\"");
+        assert_eq!(body.kwargs["x"].get(), "[1]");
+    }
+
+    #[test]
+    fn malformed_requests_are_told_apart() {
+        assert!(matches!(RequestBody::parse(b"{nope"), Err(MalformedRequest::NotJson(_))));
+        assert!(matches!(RequestBody::parse(b"\xff\xfe"), Err(MalformedRequest::NotJson(_))));
+        assert_eq!(RequestBody::parse(b"[1, 2]").unwrap_err(), MalformedRequest::NotAnObject);
+        assert_eq!(RequestBody::parse(b"\"x\"").unwrap_err(), MalformedRequest::NotAnObject);
+        assert_eq!(
+            RequestBody::parse(br#"{"args": ["x"]}"#).unwrap_err(),
+            MalformedRequest::MissingArgsOrKwargs
+        );
+        assert_eq!(
+            RequestBody::parse(br#"{"args": {}, "kwargs": {}}"#).unwrap_err(),
+            MalformedRequest::WrongShape
+        );
+        assert_eq!(
+            MalformedRequest::MissingArgsOrKwargs.to_string(),
+            "Message missing `args` or `kwargs`"
+        );
+    }
+
+    #[test]
+    fn replies_encode_like_nameko() {
+        assert_eq!(
+            encode_reply_result(br#""Hello Tim!""#),
+            br#"{"result": "Hello Tim!", "error": null}"#
+        );
+        let error = RemoteError::nameko("MethodNotFound", "nope".into());
+        let body: Value = serde_json::from_slice(&encode_reply_error(&error)).unwrap();
+        assert_eq!(
+            body,
+            json!({"result": null, "error": {"exc_type": "MethodNotFound",
+                "exc_path": "nameko.exceptions.MethodNotFound", "exc_args": ["nope"], "value": "nope"}})
+        );
+    }
+
+    #[test]
+    fn context_headers_round_trip_with_prefix() {
+        let headers: Headers = [
+            ("nameko.auth_token".to_owned(), json!("tok")),
+            ("foreign".to_owned(), json!(1)),
+        ]
+        .into();
+        let data = context_from_headers(&headers);
+        assert_eq!(data["auth_token"], json!("tok"));
+        assert_eq!(data["foreign"], json!(1));
+        let mut with_null = data.clone();
+        with_null.insert("user_id".into(), Value::Null);
+        let out = headers_from_context(&with_null);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out["nameko.foreign"], json!(1));
+    }
+}

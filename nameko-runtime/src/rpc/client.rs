@@ -1,0 +1,357 @@
+//! RPC clients: the reply listener, the cluster client and per-service proxies.
+//!
+//! One [`ClusterRpcClient`] owns one reply queue (`rpc.reply-<owner>-<uuid>`) and any number of
+//! calls in flight on it, matched by correlation id. Inside a service it is a dependency
+//! sharing the container's reply queue; outside, [`ClusterRpcClient::connect`] makes a
+//! standalone one (Nameko's `ClusterRpcProxy`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::config::Config;
+use crate::context::{ContextData, WorkerContext};
+use crate::error::RpcError;
+use crate::protocol::{self, ReplyBody};
+use crate::transport::{
+    self, ExchangeSpec, OutgoingMessage, Properties, QueueSpec, SharedTransport, TransportError,
+};
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Consumes one reply queue and hands each reply to the call waiting for it.
+struct ReplyListener {
+    routing_key: String,
+    pending: Pending,
+    closed: Arc<Mutex<Option<String>>>,
+    _stop: DropGuard,
+}
+
+impl ReplyListener {
+    async fn start(
+        transport: &SharedTransport,
+        exchange: &str,
+        owner: &str,
+    ) -> Result<ReplyListener, TransportError> {
+        let routing_key = uuid::Uuid::new_v4().to_string();
+        let queue = protocol::reply_queue_name(owner, &routing_key);
+        transport.declare_exchange(&ExchangeSpec::durable_topic(exchange)).await?;
+        transport
+            .declare_queue(&QueueSpec {
+                expires: Some(Duration::from_millis(u64::from(protocol::REPLY_QUEUE_EXPIRES_MS))),
+                ..QueueSpec::durable(queue.clone())
+            })
+            .await?;
+        transport.bind_queue(&queue, exchange, &routing_key).await?;
+        let mut consumer = transport.consume(&queue, 0).await?;
+        let pending: Pending = Arc::default();
+        let closed: Arc<Mutex<Option<String>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let (task_pending, task_closed, task_stop) = (pending.clone(), closed.clone(), stop.clone());
+        tokio::spawn(async move {
+            let reason = loop {
+                let delivery = tokio::select! {
+                    _ = task_stop.cancelled() => break None,
+                    next = consumer.next() => next,
+                };
+                match delivery {
+                    Some(Ok(mut delivery)) => {
+                        let correlation_id = delivery.properties.correlation_id.clone();
+                        let waiter = correlation_id.as_ref().and_then(|id| lock(&task_pending).remove(id));
+                        let body = std::mem::take(&mut delivery.body);
+                        if let Err(e) = delivery.ack().await {
+                            tracing::warn!(error = %e, "could not acknowledge a reply");
+                        }
+                        match waiter {
+                            Some(waiter) => {
+                                let _ = waiter.send(Ok(body));
+                            }
+                            None => tracing::debug!(
+                                correlation_id = correlation_id.as_deref().unwrap_or(""),
+                                "Unknown correlation id: dropping a late or foreign reply"
+                            ),
+                        }
+                    }
+                    Some(Err(e)) => break Some(format!("reply consumer failed: {e}")),
+                    None => break Some("reply consumer was cancelled by the broker".to_owned()),
+                }
+            };
+            if let Some(reason) = &reason {
+                tracing::error!(%reason, "RPC replies can no longer be received");
+                *lock(&task_closed) = Some(reason.clone());
+            }
+            for (_, waiter) in lock(&task_pending).drain() {
+                let reason = reason.clone().unwrap_or_else(|| "client closed".to_owned());
+                let _ = waiter.send(Err(RpcError::Transport(TransportError::Connection(reason))));
+            }
+            consumer.close().await;
+        });
+        Ok(ReplyListener { routing_key, pending, closed, _stop: stop.drop_guard() })
+    }
+}
+
+/// Removes a pending call's entry however the call ends (reply, timeout, cancellation).
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    correlation_id: &'a str,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(self.correlation_id);
+    }
+}
+
+struct Core {
+    transport: SharedTransport,
+    listener: ReplyListener,
+    exchange: String,
+    /// For standalone clients: the prefix of their call ids.
+    standalone: bool,
+}
+
+/// A client for calling any service in the cluster by name.
+///
+/// Cheap to clone; clones share one reply queue. Many calls may be in flight at once. Every call
+/// has a timeout ([`Config::rpc_timeout`] unless set with [`with_timeout`](Self::with_timeout)).
+/// Inside a worker, calls carry the worker's call id stack and context data.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use nameko::ClusterRpcClient;
+/// use serde_json::{Value, json};
+///
+/// let client = ClusterRpcClient::connect("amqp://guest:guest@localhost").await?;
+/// let greeting: String = client.service("greeter_service").call("greet", ["Tim"]).await?;
+/// let value: Value = client
+///     .service("greeter_service")
+///     .call_with("greet", json!([]), json!({"name": "Tim"}))
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClusterRpcClient {
+    core: Arc<Core>,
+    timeout: Duration,
+    context_data: Arc<ContextData>,
+}
+
+impl std::fmt::Debug for ClusterRpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterRpcClient")
+            .field("transport", &self.core.transport.describe())
+            .field("reply_to", &self.core.listener.routing_key)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl ClusterRpcClient {
+    /// Connects a standalone client to the broker at `uri` (see [`transport::connect`]).
+    pub async fn connect(uri: &str) -> Result<ClusterRpcClient, TransportError> {
+        let transport = transport::connect(uri).await?;
+        ClusterRpcClient::standalone(transport, &Config::default()).await
+    }
+
+    /// A standalone client on an existing transport, with the exchange and timeout of `config`.
+    pub async fn standalone(
+        transport: SharedTransport,
+        config: &Config,
+    ) -> Result<ClusterRpcClient, TransportError> {
+        Self::start(transport, config, protocol::STANDALONE_PROXY_NAME, true).await
+    }
+
+    /// The client of a service: its reply queue is named after the service.
+    pub(crate) async fn for_service(
+        transport: SharedTransport,
+        config: &Config,
+        service_name: &str,
+    ) -> Result<ClusterRpcClient, TransportError> {
+        Self::start(transport, config, service_name, false).await
+    }
+
+    async fn start(
+        transport: SharedTransport,
+        config: &Config,
+        owner: &str,
+        standalone: bool,
+    ) -> Result<ClusterRpcClient, TransportError> {
+        let listener = ReplyListener::start(&transport, &config.rpc_exchange, owner).await?;
+        Ok(ClusterRpcClient {
+            core: Arc::new(Core {
+                transport,
+                listener,
+                exchange: config.rpc_exchange.clone(),
+                standalone,
+            }),
+            timeout: config.rpc_timeout,
+            context_data: Arc::default(),
+        })
+    }
+
+    /// A client whose calls time out after `timeout`.
+    pub fn with_timeout(&self, timeout: Duration) -> ClusterRpcClient {
+        ClusterRpcClient { timeout, ..self.clone() }
+    }
+
+    /// A client whose calls carry this context data (e.g. `auth_token`), on top of the current
+    /// worker's.
+    pub fn with_context_data(&self, data: ContextData) -> ClusterRpcClient {
+        ClusterRpcClient { context_data: Arc::new(data), ..self.clone() }
+    }
+
+    /// The timeout of this client's calls.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A proxy for calling the methods of one service.
+    pub fn service(&self, name: impl Into<Arc<str>>) -> ServiceProxy {
+        ServiceProxy { client: self.clone(), service: name.into() }
+    }
+
+    fn headers(&self) -> protocol::Headers {
+        let mut headers = match WorkerContext::current() {
+            Some(worker) => worker.outgoing_headers(),
+            None => {
+                let mut headers = protocol::Headers::new();
+                if self.core.standalone {
+                    let call_id = format!(
+                        "{}.call.{}",
+                        protocol::STANDALONE_PROXY_NAME,
+                        uuid::Uuid::new_v4()
+                    );
+                    headers.insert(
+                        format!("{}{}", protocol::HEADER_PREFIX, protocol::CALL_ID_STACK_KEY),
+                        Value::from(vec![call_id]),
+                    );
+                }
+                headers
+            }
+        };
+        headers.extend(protocol::headers_from_context(self.context_data.iter()));
+        headers
+    }
+
+    /// Sends a request body to `service.method` and returns the raw reply body.
+    async fn request(&self, service: &str, method: &str, body: Vec<u8>) -> Result<Vec<u8>, RpcError> {
+        if let Some(reason) = lock(&self.core.listener.closed).clone() {
+            return Err(RpcError::Transport(TransportError::Connection(reason)));
+        }
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        let pending = &self.core.listener.pending;
+        lock(pending).insert(correlation_id.clone(), tx);
+        let _guard = PendingGuard { pending, correlation_id: &correlation_id };
+        let message = OutgoingMessage {
+            exchange: self.core.exchange.clone(),
+            routing_key: protocol::rpc_routing_key(service, method),
+            mandatory: true,
+            properties: Properties {
+                correlation_id: Some(correlation_id.clone()),
+                reply_to: Some(self.core.listener.routing_key.clone()),
+                headers: self.headers(),
+                ..Properties::nameko_json()
+            },
+            body,
+        };
+        let call = async {
+            self.core.transport.publish(message).await.map_err(|e| match e {
+                TransportError::Unroutable { .. } => RpcError::UnknownService(service.to_owned()),
+                other => RpcError::Transport(other),
+            })?;
+            rx.await.map_err(|_| {
+                RpcError::Transport(TransportError::Connection("reply listener stopped".into()))
+            })?
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(RpcError::Timeout(self.timeout)),
+        }
+    }
+}
+
+/// Calls the methods of one service by name, with any serialisable arguments.
+#[derive(Clone, Debug)]
+pub struct ServiceProxy {
+    client: ClusterRpcClient,
+    service: Arc<str>,
+}
+
+impl ServiceProxy {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.service
+    }
+
+    /// A proxy whose calls time out after `timeout`.
+    pub fn with_timeout(&self, timeout: Duration) -> ServiceProxy {
+        ServiceProxy { client: self.client.with_timeout(timeout), service: self.service.clone() }
+    }
+
+    /// Calls `method` with positional arguments (anything that serialises to a JSON array: a
+    /// tuple, an array, a `Vec`, `json!([...])`) and reads the result as an `R`.
+    pub async fn call<A, R>(&self, method: &str, args: A) -> Result<R, RpcError>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        self.call_with(method, args, serde_json::Map::new()).await
+    }
+
+    /// Calls `method` with positional and keyword arguments (`kwargs` serialises to a JSON
+    /// object: a map, a struct, `json!({...})`).
+    pub async fn call_with<A, K, R>(&self, method: &str, args: A, kwargs: K) -> Result<R, RpcError>
+    where
+        A: Serialize,
+        K: Serialize,
+        R: DeserializeOwned,
+    {
+        let body = protocol::encode_request(&args, &kwargs)
+            .map_err(|e| RpcError::Serialization(format!("arguments: {e}")))?;
+        let reply = self.client.request(&self.service, method, body).await?;
+        decode_reply(&reply)
+    }
+}
+
+/// Reads a reply body as a result of type `R`, or the error it carries.
+pub(crate) fn decode_reply<R: DeserializeOwned>(reply: &[u8]) -> Result<R, RpcError> {
+    let body = ReplyBody::parse(reply)
+        .map_err(|e| RpcError::Serialization(format!("reply is not a Nameko reply: {e}")))?;
+    if let Some(error) = body.error {
+        return Err(RpcError::from_remote(error));
+    }
+    let text = body.result.as_ref().map_or("null", |r| r.get());
+    serde_json::from_str(text).map_err(|e| RpcError::Serialization(format!("result: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_decode_into_results_and_errors() {
+        let ok: String = decode_reply(br#"{"result": "Hello Tim!", "error": null}"#).unwrap();
+        assert_eq!(ok, "Hello Tim!");
+        let unit: () = decode_reply(br#"{"result": null, "error": null}"#).unwrap();
+        assert_eq!(unit, ());
+        let err = decode_reply::<String>(
+            br#"{"result": null, "error": {"exc_type": "ValueError", "exc_path": "builtins.ValueError", "exc_args": ["boom"], "value": "boom"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.remote().map(|e| e.exc_type.as_str()), Some("ValueError"));
+        let wrong = decode_reply::<u32>(br#"{"result": "x", "error": null}"#).unwrap_err();
+        assert!(matches!(wrong, RpcError::Serialization(_)));
+    }
+}

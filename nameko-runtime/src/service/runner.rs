@@ -1,0 +1,262 @@
+//! Running several services in one process, on one broker connection.
+
+use std::collections::HashSet;
+
+use tokio_util::sync::CancellationToken;
+
+use super::container::ServiceContainer;
+use super::{Service, ServiceRegistration};
+use crate::config::Config;
+use crate::error::Error;
+use crate::transport::{self, SharedTransport};
+
+/// What every container of a runner shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) transport: SharedTransport,
+    pub(crate) stop: CancellationToken,
+    pub(crate) kill: CancellationToken,
+}
+
+/// Collects services and starts them together (Nameko's `ServiceRunner`).
+///
+/// ```
+/// use nameko::prelude::*;
+///
+/// #[derive(Dependencies)]
+/// pub struct Echo;
+///
+/// #[service(name = "echo")]
+/// impl Echo {
+///     #[rpc]
+///     async fn echo(&self, value: serde_json::Value) -> serde_json::Value {
+///         value
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let running = ServiceRunner::new(Config::default().with_broker("memory://doc-runner"))
+///     .with_service::<Echo>()
+///     .start()
+///     .await?;
+/// let client = ClusterRpcClient::standalone(running.transport(), running.config()).await?;
+/// let echoed: String = client.service("echo").call("echo", ["hi"]).await?;
+/// assert_eq!(echoed, "hi");
+/// running.stop().await?;
+/// # Ok(()) }
+/// ```
+pub struct ServiceRunner {
+    config: Config,
+    transport: Option<SharedTransport>,
+    services: Vec<ServiceRegistration>,
+}
+
+impl ServiceRunner {
+    /// A runner with this configuration and no services yet.
+    pub fn new(config: Config) -> Self {
+        ServiceRunner { config, transport: None, services: Vec::new() }
+    }
+
+    /// Uses this transport instead of connecting to the configured broker.
+    pub fn with_transport(mut self, transport: SharedTransport) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Adds service `S` (explicit registration).
+    pub fn with_service<S: Service>(mut self) -> Self {
+        self.services.push(ServiceRegistration::of::<S>());
+        self
+    }
+
+    /// Adds a registered service.
+    pub fn with_registration(mut self, registration: ServiceRegistration) -> Self {
+        self.services.push(registration);
+        self
+    }
+
+    /// Adds every service registered with `#[service]` in this binary.
+    pub fn with_all_registered(mut self) -> Self {
+        self.services.extend(ServiceRegistration::all());
+        self
+    }
+
+    /// Adds the registered services with these names; an unknown name is an error.
+    pub fn with_registered(mut self, names: &[impl AsRef<str>]) -> Result<Self, Error> {
+        let all = ServiceRegistration::all();
+        for name in names {
+            let name = name.as_ref();
+            let found = all.iter().find(|r| r.name() == name).ok_or_else(|| Error::NoSuchService {
+                name: name.to_owned(),
+                registered: all.iter().map(|r| r.name()).collect::<Vec<_>>().join(", "),
+            })?;
+            self.services.push(*found);
+        }
+        Ok(self)
+    }
+
+    /// The services added so far.
+    pub fn services(&self) -> &[ServiceRegistration] {
+        &self.services
+    }
+
+    /// Connects (unless a transport was given) and starts every service. Duplicate names are
+    /// refused; if one service fails to start, those already started are stopped.
+    pub async fn start(self) -> Result<RunningServices, Error> {
+        let mut seen = HashSet::new();
+        for service in &self.services {
+            if !seen.insert(service.name()) {
+                return Err(Error::DuplicateService(service.name().to_owned()));
+            }
+        }
+        let transport = match self.transport {
+            Some(t) => t,
+            None => transport::connect(self.config.broker_uri()).await?,
+        };
+        let shared = Shared {
+            config: self.config,
+            transport,
+            stop: CancellationToken::new(),
+            kill: CancellationToken::new(),
+        };
+        let mut containers = Vec::new();
+        for service in &self.services {
+            match service.start(shared.clone()).await {
+                Ok(container) => containers.push(container),
+                Err(e) => {
+                    shared.stop.cancel();
+                    for c in containers {
+                        let _ = c.task.await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(RunningServices { shared, containers })
+    }
+}
+
+/// Stops the services of a runner from anywhere (clone it freely).
+#[derive(Clone, Debug)]
+pub struct StopHandle {
+    stop: CancellationToken,
+    kill: CancellationToken,
+}
+
+impl StopHandle {
+    /// Graceful stop: no new work; running workers finish and reply.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Immediate stop: running workers are abandoned, their requests redelivered.
+    pub fn kill(&self) {
+        self.stop.cancel();
+        self.kill.cancel();
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+}
+
+/// Services started by a [`ServiceRunner`].
+pub struct RunningServices {
+    shared: Shared,
+    containers: Vec<ServiceContainer>,
+}
+
+impl RunningServices {
+    /// A handle that stops these services.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle { stop: self.shared.stop.clone(), kill: self.shared.kill.clone() }
+    }
+
+    /// The broker the services use (to make a client in the same process).
+    pub fn transport(&self) -> SharedTransport {
+        self.shared.transport.clone()
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The names of the running services.
+    pub fn service_names(&self) -> Vec<&'static str> {
+        self.containers.iter().map(|c| c.name).collect()
+    }
+
+    /// Stops gracefully and waits until every service has stopped.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.shared.stop.cancel();
+        self.wait().await
+    }
+
+    /// Stops at once: running workers are abandoned (their requests are redelivered).
+    pub async fn kill(self) {
+        self.stop_handle().kill();
+        let _ = self.wait().await;
+    }
+
+    /// Waits until the services stop (through a [`StopHandle`]) or one of them fails, in which
+    /// case the others are stopped too and the failure returned.
+    pub async fn wait(self) -> Result<(), Error> {
+        let RunningServices { shared, containers } = self;
+        let mut tasks: futures_util::stream::FuturesUnordered<_> =
+            containers.into_iter().map(|c| c.task).collect();
+        let mut first_error = None;
+        while let Some(result) = futures_util::StreamExt::next(&mut tasks).await {
+            let result = result.unwrap_or_else(|e| {
+                Err(Error::ServiceFailed { service: "?".into(), reason: e.to_string() })
+            });
+            if let Err(e) = result {
+                shared.stop.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+        shared.transport.close().await;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops gracefully; a second signal kills.
+    pub async fn run_until_signal(self) -> Result<(), Error> {
+        let handle = self.stop_handle();
+        let signals = tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping services (send the signal again to kill them)");
+            handle.stop();
+            wait_for_signal().await;
+            tracing::warn!("killing services");
+            handle.kill();
+        });
+        let result = self.wait().await;
+        signals.abort();
+        result
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,406 @@
+//! The embedded broker: RabbitMQ's semantics, in process, with no server.
+//!
+//! Topic exchanges with `*`/`#` bindings, named queues with the same declare checks as
+//! RabbitMQ, competing consumers served round-robin, prefetch limits, manual acks, mandatory
+//! publishes, and redelivery (with `redelivered = true`) of everything a consumer received but
+//! did not settle when it goes away. Queues declared `auto_delete`, `exclusive` or with an
+//! expiry are deleted as soon as their last consumer leaves.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+
+use super::{
+    Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, OutgoingMessage, Properties,
+    QueueSpec, SharedTransport, Transport, TransportError, topic_matches,
+};
+
+/// An in-process broker. Clone it freely: clones share the same exchanges and queues.
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    name: Arc<str>,
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MemoryBroker({})", self.describe())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    exchanges: HashMap<String, Exchange>,
+    queues: HashMap<String, Queue>,
+    next_consumer: u64,
+}
+
+struct Exchange {
+    spec: ExchangeSpec,
+    bindings: Vec<(String, String)>,
+}
+
+struct Queue {
+    spec: QueueSpec,
+    ready: VecDeque<Stored>,
+    consumers: Vec<Slot>,
+    next: usize,
+}
+
+#[derive(Clone)]
+struct Stored {
+    exchange: String,
+    routing_key: String,
+    redelivered: bool,
+    properties: Properties,
+    body: Vec<u8>,
+}
+
+struct Slot {
+    id: u64,
+    prefetch: u16,
+    unsettled: usize,
+    tx: mpsc::UnboundedSender<Stored>,
+}
+
+impl MemoryBroker {
+    /// A new, empty broker of its own.
+    pub fn new() -> Self {
+        MemoryBroker::default()
+    }
+
+    /// The broker of this name in this process, created on first use; `memory://name` URIs
+    /// connect to it, so services and clients in one process find each other.
+    pub fn named(name: &str) -> SharedTransport {
+        static BROKERS: OnceLock<Mutex<HashMap<String, MemoryBroker>>> = OnceLock::new();
+        let mut brokers = lock(BROKERS.get_or_init(Default::default));
+        let broker = brokers.entry(name.to_owned()).or_insert_with(|| MemoryBroker {
+            name: Arc::from(name),
+            state: Arc::default(),
+        });
+        Arc::new(broker.clone())
+    }
+
+    /// Number of messages waiting in a queue (not counting those delivered and unsettled).
+    pub fn queue_len(&self, queue: &str) -> Option<usize> {
+        lock(&self.state).queues.get(queue).map(|q| q.ready.len())
+    }
+
+    /// Whether a queue exists.
+    pub fn has_queue(&self, queue: &str) -> bool {
+        lock(&self.state).queues.contains_key(queue)
+    }
+
+    fn publish_now(&self, message: OutgoingMessage) -> Result<(), TransportError> {
+        let mut state = lock(&self.state);
+        let targets: Vec<String> = if message.exchange.is_empty() {
+            state.queues.contains_key(&message.routing_key).then(|| message.routing_key.clone()).into_iter().collect()
+        } else {
+            let exchange = state
+                .exchanges
+                .get(&message.exchange)
+                .ok_or_else(|| TransportError::NotFound(format!("no exchange '{}'", message.exchange)))?;
+            let mut targets: Vec<String> = exchange
+                .bindings
+                .iter()
+                .filter(|(key, _)| topic_matches(key, &message.routing_key))
+                .map(|(_, queue)| queue.clone())
+                .collect();
+            targets.sort();
+            targets.dedup();
+            targets
+        };
+        if targets.is_empty() {
+            return if message.mandatory {
+                Err(TransportError::Unroutable {
+                    exchange: message.exchange,
+                    routing_key: message.routing_key,
+                })
+            } else {
+                Ok(())
+            };
+        }
+        let stored = Stored {
+            exchange: message.exchange,
+            routing_key: message.routing_key,
+            redelivered: false,
+            properties: message.properties,
+            body: message.body,
+        };
+        for name in targets {
+            if let Some(queue) = state.queues.get_mut(&name) {
+                queue.ready.push_back(stored.clone());
+                queue.dispatch();
+            }
+        }
+        Ok(())
+    }
+
+    fn settle(state: &Weak<Mutex<State>>, queue: &str, consumer: u64, requeue: Option<Stored>) {
+        let Some(state) = state.upgrade() else { return };
+        let mut state = lock(&state);
+        let Some(q) = state.queues.get_mut(queue) else { return };
+        if let Some(slot) = q.consumers.iter_mut().find(|s| s.id == consumer) {
+            slot.unsettled = slot.unsettled.saturating_sub(1);
+        }
+        if let Some(mut message) = requeue {
+            message.redelivered = true;
+            q.ready.push_front(message);
+        }
+        q.dispatch();
+    }
+
+    fn remove_consumer(state: &Weak<Mutex<State>>, queue: &str, consumer: u64, returned: Vec<Stored>) {
+        let Some(state) = state.upgrade() else { return };
+        let mut state = lock(&state);
+        let Some(q) = state.queues.get_mut(queue) else { return };
+        q.consumers.retain(|s| s.id != consumer);
+        for mut message in returned.into_iter().rev() {
+            message.redelivered = true;
+            q.ready.push_front(message);
+        }
+        let spec = &q.spec;
+        if q.consumers.is_empty() && (spec.auto_delete || spec.exclusive || spec.expires.is_some()) {
+            state.queues.remove(queue);
+            for exchange in state.exchanges.values_mut() {
+                exchange.bindings.retain(|(_, q)| q != queue);
+            }
+        } else {
+            q.dispatch();
+        }
+    }
+}
+
+impl Queue {
+    /// Hands ready messages to consumers with room, round-robin.
+    fn dispatch(&mut self) {
+        while !self.ready.is_empty() && !self.consumers.is_empty() {
+            let n = self.consumers.len();
+            let Some(offset) = (0..n).find(|i| {
+                let slot = &self.consumers[(self.next + i) % n];
+                slot.prefetch == 0 || slot.unsettled < usize::from(slot.prefetch)
+            }) else {
+                return;
+            };
+            let index = (self.next + offset) % n;
+            self.next = (index + 1) % n;
+            let Some(message) = self.ready.pop_front() else { return };
+            let slot = &mut self.consumers[index];
+            match slot.tx.send(message) {
+                Ok(()) => slot.unsettled += 1,
+                Err(mpsc::error::SendError(message)) => {
+                    // The consumer is gone; its own drop will clean the slot up.
+                    self.ready.push_front(message);
+                    self.consumers.remove(index);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The broker's state stays consistent between statements, so a panic elsewhere while the
+    // lock was held leaves nothing half-done worth refusing to continue for.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct MemoryAcker {
+    state: Weak<Mutex<State>>,
+    queue: String,
+    consumer: u64,
+    message: Option<Stored>,
+}
+
+impl Acker for MemoryAcker {
+    fn ack(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
+        if self.message.take().is_some() {
+            MemoryBroker::settle(&self.state, &self.queue, self.consumer, None);
+        }
+        async { Ok(()) }.boxed()
+    }
+
+    fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>> {
+        if let Some(message) = self.message.take() {
+            MemoryBroker::settle(&self.state, &self.queue, self.consumer, requeue.then_some(message));
+        }
+        async { Ok(()) }.boxed()
+    }
+}
+
+impl Drop for MemoryAcker {
+    fn drop(&mut self) {
+        if let Some(message) = self.message.take() {
+            MemoryBroker::settle(&self.state, &self.queue, self.consumer, Some(message));
+        }
+    }
+}
+
+struct MemoryConsumer {
+    state: Weak<Mutex<State>>,
+    queue: String,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Stored>,
+    cancelled: bool,
+}
+
+impl MemoryConsumer {
+    fn detach(&mut self) {
+        if self.cancelled {
+            return;
+        }
+        self.cancelled = true;
+        self.rx.close();
+        let mut returned = Vec::new();
+        while let Ok(message) = self.rx.try_recv() {
+            returned.push(message);
+        }
+        MemoryBroker::remove_consumer(&self.state, &self.queue, self.id, returned);
+    }
+}
+
+impl ConsumerSource for MemoryConsumer {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, TransportError>>> {
+        if self.cancelled {
+            return Poll::Ready(None);
+        }
+        self.rx.poll_recv(cx).map(|message| {
+            message.map(|m| {
+                let acker = MemoryAcker {
+                    state: self.state.clone(),
+                    queue: self.queue.clone(),
+                    consumer: self.id,
+                    message: Some(m.clone()),
+                };
+                Ok(Delivery::new(m.exchange, m.routing_key, m.redelivered, m.properties, m.body, Box::new(acker)))
+            })
+        })
+    }
+
+    fn cancel(&mut self) -> BoxFuture<'_, ()> {
+        self.detach();
+        async {}.boxed()
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        self.detach();
+        async {}.boxed()
+    }
+}
+
+impl Drop for MemoryConsumer {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+impl Transport for MemoryBroker {
+    fn declare_exchange(&self, spec: &ExchangeSpec) -> BoxFuture<'_, Result<(), TransportError>> {
+        let result = {
+            let mut state = lock(&self.state);
+            match state.exchanges.get(&spec.name) {
+                Some(existing) if existing.spec != *spec => Err(TransportError::PreconditionFailed(
+                    format!("exchange '{}' exists with other flags", spec.name),
+                )),
+                Some(_) => Ok(()),
+                None => {
+                    state
+                        .exchanges
+                        .insert(spec.name.clone(), Exchange { spec: spec.clone(), bindings: Vec::new() });
+                    Ok(())
+                }
+            }
+        };
+        async move { result }.boxed()
+    }
+
+    fn declare_queue(&self, spec: &QueueSpec) -> BoxFuture<'_, Result<(), TransportError>> {
+        let result = {
+            let mut state = lock(&self.state);
+            match state.queues.get(&spec.name) {
+                Some(existing) if existing.spec != *spec => Err(TransportError::PreconditionFailed(
+                    format!("queue '{}' exists with other flags or arguments", spec.name),
+                )),
+                Some(_) => Ok(()),
+                None => {
+                    state.queues.insert(
+                        spec.name.clone(),
+                        Queue { spec: spec.clone(), ready: VecDeque::new(), consumers: Vec::new(), next: 0 },
+                    );
+                    Ok(())
+                }
+            }
+        };
+        async move { result }.boxed()
+    }
+
+    fn bind_queue<'a>(
+        &'a self,
+        queue: &'a str,
+        exchange: &'a str,
+        binding_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
+        let result = {
+            let mut state = lock(&self.state);
+            if !state.queues.contains_key(queue) {
+                Err(TransportError::NotFound(format!("no queue '{queue}'")))
+            } else {
+                match state.exchanges.get_mut(exchange) {
+                    None => Err(TransportError::NotFound(format!("no exchange '{exchange}'"))),
+                    Some(ex) => {
+                        let binding = (binding_key.to_owned(), queue.to_owned());
+                        if !ex.bindings.contains(&binding) {
+                            ex.bindings.push(binding);
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        };
+        async move { result }.boxed()
+    }
+
+    fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), TransportError>> {
+        let result = self.publish_now(message);
+        async move { result }.boxed()
+    }
+
+    fn consume<'a>(
+        &'a self,
+        queue: &'a str,
+        prefetch: u16,
+    ) -> BoxFuture<'a, Result<Consumer, TransportError>> {
+        let result = {
+            let mut state = lock(&self.state);
+            state.next_consumer += 1;
+            let id = state.next_consumer;
+            match state.queues.get_mut(queue) {
+                None => Err(TransportError::NotFound(format!("no queue '{queue}'"))),
+                Some(q) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    q.consumers.push(Slot { id, prefetch, unsettled: 0, tx });
+                    q.dispatch();
+                    Ok(Consumer::new(Box::new(MemoryConsumer {
+                        state: Arc::downgrade(&self.state),
+                        queue: queue.to_owned(),
+                        id,
+                        rx,
+                        cancelled: false,
+                    })))
+                }
+            }
+        };
+        async move { result }.boxed()
+    }
+
+    fn describe(&self) -> String {
+        format!("memory://{}", self.name)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async {}.boxed()
+    }
+}

@@ -1,0 +1,341 @@
+//! The transport boundary: the few broker operations the runtime needs, and its two
+//! implementations, RabbitMQ ([`amqp`]) and an embedded in-process broker ([`memory`]).
+//!
+//! Everything above this module speaks only in these terms: topic exchanges, named queues,
+//! bindings, confirmed publishes, and consumers whose deliveries are acknowledged by hand.
+//! Both transports pass one conformance suite (`tests/transport_conformance.rs`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use futures_util::future::BoxFuture;
+
+use crate::protocol::Headers;
+
+pub mod amqp;
+pub mod memory;
+
+/// Errors from the broker.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// A mandatory message matched no queue.
+    #[error("message to exchange `{exchange}` with routing key `{routing_key}` was unroutable")]
+    Unroutable {
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+    /// An exchange or queue does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A queue or exchange exists with other flags or arguments.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    /// The broker refused to take responsibility for a message.
+    #[error("the broker did not confirm the message")]
+    Nacked,
+    /// The connection failed or was closed.
+    #[error("connection error: {0}")]
+    Connection(String),
+    /// The URI names no known transport.
+    #[error("unsupported broker URI `{0}`: expected amqp://, amqps:// or memory://")]
+    UnsupportedUri(String),
+}
+
+/// A topic exchange to declare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    /// Its name.
+    pub name: String,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+}
+
+impl ExchangeSpec {
+    /// A durable topic exchange, as Nameko declares every exchange.
+    pub fn durable_topic(name: impl Into<String>) -> Self {
+        ExchangeSpec { name: name.into(), durable: true, auto_delete: false }
+    }
+}
+
+/// A queue to declare; the flags must match any existing queue of the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueSpec {
+    /// Its name.
+    pub name: String,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Only the declaring connection may use it; deleted with it.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Deleted after being unused this long (`x-expires`).
+    pub expires: Option<Duration>,
+}
+
+impl QueueSpec {
+    /// A durable queue with no arguments, as Nameko declares `rpc-<service>`.
+    pub fn durable(name: impl Into<String>) -> Self {
+        QueueSpec { name: name.into(), durable: true, ..QueueSpec::default() }
+    }
+}
+
+/// The AMQP properties the runtime uses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Properties {
+    /// `content_type`.
+    pub content_type: Option<String>,
+    /// `content_encoding`.
+    pub content_encoding: Option<String>,
+    /// `correlation_id`.
+    pub correlation_id: Option<String>,
+    /// `reply_to`.
+    pub reply_to: Option<String>,
+    /// `delivery_mode` (2 = persistent).
+    pub delivery_mode: Option<u8>,
+    /// `priority`.
+    pub priority: Option<u8>,
+    /// Headers (always sent, possibly empty).
+    pub headers: Headers,
+}
+
+impl Properties {
+    /// JSON, UTF-8, persistent, priority 0: the properties of every Nameko message.
+    pub fn nameko_json() -> Self {
+        Properties {
+            content_type: Some(crate::protocol::CONTENT_TYPE_JSON.into()),
+            content_encoding: Some(crate::protocol::CONTENT_ENCODING_UTF8.into()),
+            delivery_mode: Some(crate::protocol::DELIVERY_MODE_PERSISTENT),
+            priority: Some(0),
+            ..Properties::default()
+        }
+    }
+}
+
+/// A message to publish. Publishing waits for the broker's confirm.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    /// The exchange (`""` is the default exchange).
+    pub exchange: String,
+    /// The routing key.
+    pub routing_key: String,
+    /// Fail with [`TransportError::Unroutable`] if no queue is bound for the routing key.
+    pub mandatory: bool,
+    /// Properties and headers.
+    pub properties: Properties,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// A message received by a consumer. Settle it with [`ack`](Delivery::ack) or
+/// [`reject`](Delivery::reject); one dropped unsettled goes back to its queue.
+pub struct Delivery {
+    /// The exchange it was published to.
+    pub exchange: String,
+    /// Its routing key.
+    pub routing_key: String,
+    /// Whether it was delivered before and not acknowledged.
+    pub redelivered: bool,
+    /// Properties and headers.
+    pub properties: Properties,
+    /// The body.
+    pub body: Vec<u8>,
+    acker: Box<dyn Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("exchange", &self.exchange)
+            .field("routing_key", &self.routing_key)
+            .field("redelivered", &self.redelivered)
+            .field("properties", &self.properties)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settles one delivery; implemented by each transport.
+pub trait Acker: Send + Sync {
+    /// Acknowledges the delivery.
+    fn ack(&mut self) -> BoxFuture<'_, Result<(), TransportError>>;
+    /// Rejects the delivery, putting it back on its queue if `requeue`.
+    fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>>;
+}
+
+impl Delivery {
+    /// A delivery settled through `acker` (for transport implementations).
+    pub fn new(
+        exchange: String,
+        routing_key: String,
+        redelivered: bool,
+        properties: Properties,
+        body: Vec<u8>,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Delivery { exchange, routing_key, redelivered, properties, body, acker }
+    }
+
+    /// Acknowledges the delivery: the broker forgets it.
+    pub async fn ack(mut self) -> Result<(), TransportError> {
+        self.acker.ack().await
+    }
+
+    /// Rejects the delivery; with `requeue` it goes back to its queue, otherwise it is dropped
+    /// (or dead-lettered, where the queue has a dead-letter exchange).
+    pub async fn reject(mut self, requeue: bool) -> Result<(), TransportError> {
+        self.acker.reject(requeue).await
+    }
+}
+
+/// Where a consumer's deliveries come from; implemented by each transport.
+pub trait ConsumerSource: Send {
+    /// The next delivery, `None` once cancelled or when the connection is gone.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, TransportError>>>;
+    /// Stops new deliveries. Deliveries received but not yet settled stay valid.
+    fn cancel(&mut self) -> BoxFuture<'_, ()>;
+    /// Releases the consumer: deliveries not yet settled go back to the queue.
+    fn close(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// A consumer on one queue: a stream of deliveries.
+pub struct Consumer {
+    source: Box<dyn ConsumerSource>,
+}
+
+impl Consumer {
+    /// Wraps a transport's consumer.
+    pub fn new(source: Box<dyn ConsumerSource>) -> Self {
+        Consumer { source }
+    }
+
+    /// Stops new deliveries; those already received can still be settled.
+    pub async fn cancel(&mut self) {
+        self.source.cancel().await
+    }
+
+    /// Releases the consumer; unsettled deliveries return to the queue.
+    pub async fn close(mut self) {
+        self.source.close().await
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Delivery, TransportError>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().source.poll_next(cx)
+    }
+}
+
+/// The operations a broker offers the runtime.
+///
+/// Implemented by [`amqp::AmqpTransport`] and [`memory::MemoryBroker`].
+pub trait Transport: Send + Sync + 'static {
+    /// Declares a topic exchange (idempotent).
+    fn declare_exchange(&self, spec: &ExchangeSpec) -> BoxFuture<'_, Result<(), TransportError>>;
+    /// Declares a queue (idempotent when the flags match).
+    fn declare_queue(&self, spec: &QueueSpec) -> BoxFuture<'_, Result<(), TransportError>>;
+    /// Binds a queue to an exchange with a routing-key pattern.
+    fn bind_queue<'a>(
+        &'a self,
+        queue: &'a str,
+        exchange: &'a str,
+        binding_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), TransportError>>;
+    /// Publishes a message and waits for the broker to confirm it.
+    fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), TransportError>>;
+    /// Starts consuming a queue with manual acknowledgement; at most `prefetch` deliveries are
+    /// unsettled at once (0 = no limit).
+    fn consume<'a>(
+        &'a self,
+        queue: &'a str,
+        prefetch: u16,
+    ) -> BoxFuture<'a, Result<Consumer, TransportError>>;
+    /// A description for logs (URIs with passwords masked).
+    fn describe(&self) -> String;
+    /// Closes the connection.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// A shared handle to a transport.
+pub type SharedTransport = Arc<dyn Transport>;
+
+/// Connects to the broker a URI names: `amqp://` or `amqps://` (also Python's `pyamqp://`)
+/// for RabbitMQ, `memory://[name]` for the embedded broker of that name in this process.
+pub async fn connect(uri: &str) -> Result<SharedTransport, TransportError> {
+    if let Some(name) = uri.strip_prefix("memory://") {
+        return Ok(memory::MemoryBroker::named(name));
+    }
+    if uri.starts_with("amqp://") || uri.starts_with("amqps://") || uri.starts_with("pyamqp://") {
+        return Ok(Arc::new(amqp::AmqpTransport::connect(uri).await?));
+    }
+    Err(TransportError::UnsupportedUri(mask_password(uri)))
+}
+
+/// A URI with its password replaced by `********`, for logs.
+pub fn mask_password(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:********@{host}{tail}"),
+            None => uri.to_owned(),
+        },
+        None => uri.to_owned(),
+    }
+}
+
+/// Whether `routing_key` matches the topic `binding_key` (`*` is one word, `#` zero or more).
+pub fn topic_matches(binding_key: &str, routing_key: &str) -> bool {
+    fn matches(pattern: &[&str], words: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => words.is_empty(),
+            Some((&"#", rest)) => (0..=words.len()).any(|skip| matches(rest, &words[skip..])),
+            Some((&"*", rest)) => !words.is_empty() && matches(rest, &words[1..]),
+            Some((word, rest)) => words.first() == Some(word) && matches(rest, &words[1..]),
+        }
+    }
+    let pattern: Vec<&str> = binding_key.split('.').collect();
+    let words: Vec<&str> = routing_key.split('.').collect();
+    matches(&pattern, &words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_matching_follows_amqp() {
+        assert!(topic_matches("svc.*", "svc.greet"));
+        assert!(!topic_matches("svc.*", "svc.a.b"));
+        assert!(!topic_matches("svc.*", "svc"));
+        assert!(!topic_matches("svc.*", "other.greet"));
+        assert!(topic_matches("#", "a.b.c"));
+        assert!(topic_matches("a.#", "a"));
+        assert!(topic_matches("a.#.c", "a.b.b.c"));
+        assert!(topic_matches("abc-123", "abc-123"));
+        assert!(!topic_matches("abc-123", "abc-124"));
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_password("amqp://guest:secret@host:5672/vh"),
+            "amqp://guest:********@host:5672/vh"
+        );
+        assert_eq!(mask_password("amqp://host"), "amqp://host");
+        assert_eq!(mask_password("memory://"), "memory://");
+    }
+}
