@@ -38,11 +38,15 @@ pub enum Command {
     List,
 }
 
-/// Installs a `tracing` subscriber printing to stderr, filtered by `RUST_LOG` (default `info`).
-/// Does nothing if one is installed already.
+/// The log filter used when `RUST_LOG` is not set. lapin reports every returned (unroutable)
+/// message as a warning; the runtime turns those into `UnknownService` errors itself.
+pub const DEFAULT_LOG_FILTER: &str = "info,lapin=warn,lapin::returned_messages=error";
+
+/// Installs a `tracing` subscriber printing to stderr, filtered by `RUST_LOG` (default
+/// [`DEFAULT_LOG_FILTER`]). Does nothing if one is installed already.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 

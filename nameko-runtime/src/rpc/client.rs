@@ -62,6 +62,7 @@ impl ReplyListener {
         tokio::spawn(async move {
             let reason = loop {
                 let delivery = tokio::select! {
+                    biased;
                     _ = task_stop.cancelled() => break None,
                     next = consumer.next() => next,
                 };

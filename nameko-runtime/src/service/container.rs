@@ -98,6 +98,7 @@ async fn run<S: Service>(
     let mut failure = None;
     loop {
         let next = tokio::select! {
+            biased;
             _ = shared.stop.cancelled() => break,
             next = consumer.next() => next,
         };
@@ -113,6 +114,7 @@ async fn run<S: Service>(
             }
         };
         let permit = tokio::select! {
+            biased;
             // Not acknowledged: the delivery goes back to the queue.
             _ = shared.stop.cancelled() => break,
             permit = workers.clone().acquire_owned() => match permit {

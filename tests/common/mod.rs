@@ -1,0 +1,160 @@
+//! Shared by the integration tests: brokers (embedded, or RabbitMQ with a virtual host of
+//! their own) and the Python nameko environment.
+//!
+//! RabbitMQ tests need `NAMEKO_TEST_AMQP_URI` (e.g. `amqp://guest:guest@localhost:5672`) and
+//! `NAMEKO_TEST_RABBIT_API` (the management API, e.g. `http://guest:guest@localhost:15672`);
+//! interop tests also need `NAMEKO_TEST_PYTHON` (a Python with nameko 2.14.1). `tests/run.sh`
+//! sets all three. Without them these tests are skipped, with a message, unless `CI=true` or
+//! `NAMEKO_TEST_REQUIRE_BROKER=1`, in which case they fail.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use nameko::transport::{self, SharedTransport};
+
+fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("NAMEKO_TEST_REQUIRE_BROKER").is_ok_and(|v| v == "1")
+}
+
+fn missing<T>(what: &str) -> Option<T> {
+    if required() {
+        panic!("{what} is not configured, and CI=true / NAMEKO_TEST_REQUIRE_BROKER=1 forbids skipping: run tests/run.sh");
+    }
+    eprintln!("SKIPPED: {what} is not configured (run tests/run.sh to run this test)");
+    None
+}
+
+/// A broker for one test: the embedded one, or a fresh RabbitMQ virtual host deleted on drop.
+pub struct TestBroker {
+    pub uri: String,
+    vhost: Option<(ApiEndpoint, String)>,
+}
+
+impl TestBroker {
+    /// A new embedded broker of its own.
+    pub fn memory() -> TestBroker {
+        TestBroker { uri: format!("memory://test-{}", uuid::Uuid::new_v4()), vhost: None }
+    }
+
+    /// A new RabbitMQ virtual host, or `None` (skip) when RabbitMQ is not configured.
+    pub fn amqp() -> Option<TestBroker> {
+        let (Ok(base), Ok(api)) =
+            (std::env::var("NAMEKO_TEST_AMQP_URI"), std::env::var("NAMEKO_TEST_RABBIT_API"))
+        else {
+            return missing("RabbitMQ (NAMEKO_TEST_AMQP_URI and NAMEKO_TEST_RABBIT_API)");
+        };
+        let api = ApiEndpoint::parse(&api);
+        let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().take(10).collect();
+        let vhost = format!("nameko_test_{suffix}");
+        api.request("PUT", &format!("/api/vhosts/{vhost}"), "");
+        api.request(
+            "PUT",
+            &format!("/api/permissions/{vhost}/{}", api.user),
+            r#"{"configure":".*","write":".*","read":".*"}"#,
+        );
+        let uri = format!("{}/{vhost}", base.trim_end_matches('/'));
+        Some(TestBroker { uri, vhost: Some((api, vhost)) })
+    }
+
+    /// The URI in Python kombu's spelling.
+    pub fn python_uri(&self) -> String {
+        self.uri.replacen("amqp://", "pyamqp://", 1)
+    }
+
+    /// A transport connected to this broker.
+    pub async fn connect(&self) -> SharedTransport {
+        transport::connect(&self.uri).await.expect("connect to the test broker")
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some((api, vhost)) = &self.vhost {
+            api.request("DELETE", &format!("/api/vhosts/{vhost}"), "");
+        }
+    }
+}
+
+/// The RabbitMQ management API, spoken with a few lines of HTTP/1.1.
+#[derive(Clone)]
+struct ApiEndpoint {
+    host: String,
+    user: String,
+    auth: String,
+}
+
+impl ApiEndpoint {
+    fn parse(uri: &str) -> ApiEndpoint {
+        let rest = uri.strip_prefix("http://").expect("NAMEKO_TEST_RABBIT_API is http://user:pass@host:port");
+        let (userinfo, host) = rest.trim_end_matches('/').rsplit_once('@').expect("user:pass@ in NAMEKO_TEST_RABBIT_API");
+        let user = userinfo.split(':').next().unwrap_or("guest").to_owned();
+        ApiEndpoint { host: host.to_owned(), user, auth: base64(userinfo.as_bytes()) }
+    }
+
+    fn request(&self, method: &str, path: &str, body: &str) {
+        let mut stream = TcpStream::connect(&self.host).expect("connect to the RabbitMQ management API");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.host,
+            self.auth,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("send to the management API");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read the management API's answer");
+        let status = response.split_whitespace().nth(1).unwrap_or("");
+        assert!(status.starts_with('2'), "{method} {path} failed: {response}");
+    }
+}
+
+fn base64(input: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The Python interpreter with nameko 2.14.1, or `None` (skip) when not configured.
+pub fn python() -> Option<String> {
+    match std::env::var("NAMEKO_TEST_PYTHON") {
+        Ok(python) => Some(python),
+        Err(_) => missing("Python nameko (NAMEKO_TEST_PYTHON)"),
+    }
+}
+
+/// Runs a test body against each transport: the embedded broker always, RabbitMQ when
+/// configured.
+#[macro_export]
+macro_rules! on_both_transports {
+    ($(#[$meta:meta])* async fn $name:ident($broker:ident: &TestBroker) $body:block) => {
+        mod $name {
+            use super::*;
+            async fn body($broker: &TestBroker) $body
+
+            #[tokio::test]
+            async fn memory() {
+                body(&TestBroker::memory()).await
+            }
+
+            #[tokio::test]
+            async fn amqp() {
+                if let Some(broker) = TestBroker::amqp() {
+                    body(&broker).await
+                }
+            }
+        }
+    };
+}
+

@@ -1,0 +1,210 @@
+//! One suite, two transports: the embedded broker must behave as RabbitMQ does for everything
+//! the runtime relies on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestBroker;
+use futures_util::StreamExt;
+use nameko::transport::{
+    Consumer, Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec, SharedTransport,
+    TransportError,
+};
+use serde_json::json;
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn topology(t: &SharedTransport, bindings: &[&str]) -> (String, String) {
+    let exchange = unique("ex");
+    let queue = unique("q");
+    t.declare_exchange(&ExchangeSpec::durable_topic(&exchange)).await.unwrap();
+    t.declare_queue(&QueueSpec::durable(&queue)).await.unwrap();
+    for key in bindings {
+        t.bind_queue(&queue, &exchange, key).await.unwrap();
+    }
+    (exchange, queue)
+}
+
+fn message(exchange: &str, routing_key: &str, body: &str) -> OutgoingMessage {
+    OutgoingMessage {
+        exchange: exchange.into(),
+        routing_key: routing_key.into(),
+        mandatory: false,
+        properties: Properties::nameko_json(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .expect("a delivery within 5 s")
+        .expect("consumer still open")
+        .expect("no transport error")
+}
+
+/// Waits briefly and asserts nothing more arrives.
+async fn assert_nothing(consumer: &mut Consumer) {
+    let extra = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
+    assert!(extra.is_err(), "unexpected delivery: {extra:?}");
+}
+
+on_both_transports! {
+    async fn delivers_body_properties_and_headers(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, queue) = topology(&t, &["svc.*"]).await;
+        let mut consumer = t.consume(&queue, 10).await.unwrap();
+        let mut out = message(&exchange, "svc.greet", r#"{"args": ["Tim"], "kwargs": {}}"#);
+        out.properties.correlation_id = Some("corr-1".into());
+        out.properties.reply_to = Some("reply-key".into());
+        out.properties.headers.insert("nameko.call_id_stack".into(), json!(["a.b.c"]));
+        out.properties.headers.insert("nameko.auth_token".into(), json!("tok"));
+        t.publish(out).await.unwrap();
+        let d = next(&mut consumer).await;
+        assert_eq!(d.exchange, exchange);
+        assert_eq!(d.routing_key, "svc.greet");
+        assert!(!d.redelivered);
+        assert_eq!(d.body, br#"{"args": ["Tim"], "kwargs": {}}"#);
+        assert_eq!(d.properties.content_type.as_deref(), Some("application/json"));
+        assert_eq!(d.properties.content_encoding.as_deref(), Some("utf-8"));
+        assert_eq!(d.properties.delivery_mode, Some(2));
+        assert_eq!(d.properties.correlation_id.as_deref(), Some("corr-1"));
+        assert_eq!(d.properties.reply_to.as_deref(), Some("reply-key"));
+        assert_eq!(d.properties.headers["nameko.call_id_stack"], json!(["a.b.c"]));
+        assert_eq!(d.properties.headers["nameko.auth_token"], json!("tok"));
+        d.ack().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn topic_bindings_route_by_word(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, queue) = topology(&t, &["svc.*"]).await;
+        let mut consumer = t.consume(&queue, 10).await.unwrap();
+        for key in ["svc.a.b", "other.a", "svc", "svc.match"] {
+            t.publish(message(&exchange, key, key)).await.unwrap();
+        }
+        let d = next(&mut consumer).await;
+        assert_eq!(d.routing_key, "svc.match");
+        d.ack().await.unwrap();
+        assert_nothing(&mut consumer).await;
+    }
+}
+
+on_both_transports! {
+    async fn an_unroutable_mandatory_message_is_refused(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, _queue) = topology(&t, &["svc.*"]).await;
+        let mut out = message(&exchange, "nobody.listens", "{}");
+        out.mandatory = true;
+        let error = t.publish(out.clone()).await.unwrap_err();
+        assert!(matches!(error, TransportError::Unroutable { ref routing_key, .. } if routing_key == "nobody.listens"), "{error:?}");
+        out.mandatory = false;
+        t.publish(out).await.expect("a non-mandatory unroutable message is dropped quietly");
+        // The transport still works after a refusal.
+        let mut ok = message(&exchange, "svc.x", "{}");
+        ok.mandatory = true;
+        t.publish(ok).await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn publishing_to_a_missing_exchange_fails(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let error = t.publish(message(&unique("missing"), "k", "{}")).await.unwrap_err();
+        assert!(matches!(error, TransportError::NotFound(_)), "{error:?}");
+        let (exchange, queue) = topology(&t, &["k"]).await;
+        let mut consumer = t.consume(&queue, 1).await.unwrap();
+        t.publish(message(&exchange, "k", "after")).await.unwrap();
+        assert_eq!(next(&mut consumer).await.body, b"after");
+    }
+}
+
+on_both_transports! {
+    async fn competing_consumers_each_get_a_share(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, queue) = topology(&t, &["k"]).await;
+        let mut a = t.consume(&queue, 1).await.unwrap();
+        let mut b = t.consume(&queue, 1).await.unwrap();
+        for i in 0..4 {
+            t.publish(message(&exchange, "k", &i.to_string())).await.unwrap();
+        }
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            for consumer in [&mut a, &mut b] {
+                let d = next(consumer).await;
+                seen.push(String::from_utf8(d.body.clone()).unwrap());
+                d.ack().await.unwrap();
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, ["0", "1", "2", "3"]);
+    }
+}
+
+on_both_transports! {
+    async fn prefetch_bounds_unsettled_deliveries(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, queue) = topology(&t, &["k"]).await;
+        let mut consumer = t.consume(&queue, 2).await.unwrap();
+        for i in 0..3 {
+            t.publish(message(&exchange, "k", &i.to_string())).await.unwrap();
+        }
+        let first = next(&mut consumer).await;
+        let _second = next(&mut consumer).await;
+        assert_nothing(&mut consumer).await;
+        first.ack().await.unwrap();
+        assert_eq!(next(&mut consumer).await.body, b"2");
+    }
+}
+
+on_both_transports! {
+    async fn unsettled_deliveries_return_when_the_consumer_goes(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, queue) = topology(&t, &["k"]).await;
+        let mut first = t.consume(&queue, 10).await.unwrap();
+        t.publish(message(&exchange, "k", "work")).await.unwrap();
+        let d = next(&mut first).await;
+        assert!(!d.redelivered);
+        drop(d);
+        first.cancel().await;
+        first.close().await;
+        let mut second = t.consume(&queue, 10).await.unwrap();
+        let again = next(&mut second).await;
+        assert_eq!(again.body, b"work");
+        assert!(again.redelivered);
+        again.ack().await.unwrap();
+        assert_nothing(&mut second).await;
+    }
+}
+
+on_both_transports! {
+    async fn reject_requeues_or_drops(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, queue) = topology(&t, &["k"]).await;
+        let mut consumer = t.consume(&queue, 10).await.unwrap();
+        t.publish(message(&exchange, "k", "once")).await.unwrap();
+        next(&mut consumer).await.reject(true).await.unwrap();
+        let again = next(&mut consumer).await;
+        assert!(again.redelivered);
+        again.reject(false).await.unwrap();
+        assert_nothing(&mut consumer).await;
+    }
+}
+
+on_both_transports! {
+    async fn redeclaring_a_queue_with_other_flags_fails(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let name = unique("q");
+        t.declare_queue(&QueueSpec::durable(&name)).await.unwrap();
+        t.declare_queue(&QueueSpec::durable(&name)).await.expect("same flags are fine");
+        let other = QueueSpec { expires: Some(Duration::from_secs(300)), ..QueueSpec::durable(&name) };
+        let error = t.declare_queue(&other).await.unwrap_err();
+        assert!(matches!(error, TransportError::PreconditionFailed(_)), "{error:?}");
+        // The transport keeps working after a failed declaration.
+        t.declare_queue(&QueueSpec::durable(unique("q"))).await.unwrap();
+    }
+}
