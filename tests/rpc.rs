@@ -1,0 +1,530 @@
+//! RPC as a user sees it, on the embedded broker and on RabbitMQ: calls, arguments, every
+//! error a caller can get, context propagation, worker limits, blocking methods, stop and kill.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::TestBroker;
+use futures_util::StreamExt;
+use nameko::prelude::*;
+use nameko::transport::{ExchangeSpec, OutgoingMessage, Properties, QueueSpec, SharedTransport};
+use nameko::{Dependency, DependencyContext, RunningServices};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------------
+// The services under test.
+
+/// Counts workers running at once.
+#[derive(Clone, Default)]
+pub struct Gauge(Arc<(AtomicUsize, AtomicUsize)>);
+
+impl Gauge {
+    fn enter(&self) -> GaugeGuard {
+        let now = self.0.0.fetch_add(1, Ordering::SeqCst) + 1;
+        self.0.1.fetch_max(now, Ordering::SeqCst);
+        GaugeGuard(self.clone())
+    }
+    fn max(&self) -> usize {
+        self.0.1.load(Ordering::SeqCst)
+    }
+}
+
+struct GaugeGuard(Gauge);
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Dependency for Gauge {
+    async fn build(_cx: &DependencyContext, _field: &'static str) -> Result<Self, nameko::Error> {
+        Ok(Gauge::default())
+    }
+}
+
+/// Tokens of the slow calls that have started, so tests can wait for a worker to be running.
+fn started() -> &'static Mutex<Vec<String>> {
+    static STARTED: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    STARTED.get_or_init(Default::default)
+}
+
+async fn wait_started(token: &str) {
+    for _ in 0..500 {
+        if started().lock().unwrap().iter().any(|t| t == token) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the call {token} never started");
+}
+
+/// A meeting point for two synchronous calls; each waits up to 5 s for the other.
+fn rendezvous(token: &str) -> bool {
+    static POINTS: OnceLock<Mutex<HashMap<String, Arc<(Mutex<usize>, Condvar)>>>> = OnceLock::new();
+    let point = POINTS.get_or_init(Default::default).lock().unwrap().entry(token.to_owned()).or_default().clone();
+    let (count, arrived) = &*point;
+    let mut count = count.lock().unwrap();
+    *count += 1;
+    arrived.notify_all();
+    let (count, _) = arrived.wait_timeout_while(count, Duration::from_secs(5), |c| *c < 2).unwrap();
+    *count >= 2
+}
+
+#[derive(Debug)]
+pub struct DivisionByZero;
+
+impl ToRemoteError for DivisionByZero {
+    fn to_remote_error(&self) -> RemoteError {
+        RemoteError::new("ZeroDivisionError", "division by zero").with_path("builtins.ZeroDivisionError")
+    }
+}
+
+#[derive(Debug)]
+pub struct OutOfStock(String);
+
+impl std::fmt::Display for OutOfStock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no {} left", self.0)
+    }
+}
+
+#[derive(Dependencies)]
+pub struct Calculator {
+    gauge: Gauge,
+}
+
+#[service(name = "calculator")]
+impl Calculator {
+    #[rpc]
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+
+    #[rpc]
+    async fn echo(&self, value: Value) -> Value {
+        value
+    }
+
+    #[rpc]
+    async fn greet(&self, name: String, greeting: Option<String>) -> String {
+        format!("{} {name}!", greeting.as_deref().unwrap_or("Hello"))
+    }
+
+    #[rpc]
+    async fn divide(&self, a: f64, b: f64) -> Result<f64, DivisionByZero> {
+        if b == 0.0 { Err(DivisionByZero) } else { Ok(a / b) }
+    }
+
+    #[rpc]
+    async fn buy(&self, item: String) -> Result<(), OutOfStock> {
+        Err(OutOfStock(item))
+    }
+
+    #[rpc]
+    async fn explode(&self) -> String {
+        panic!("the worker fell over")
+    }
+
+    #[rpc]
+    async fn unserializable(&self) -> HashMap<(i32, i32), i32> {
+        HashMap::from([((1, 2), 3)])
+    }
+
+    #[rpc]
+    async fn context(&self) -> Value {
+        let worker = WorkerContext::current().expect("a worker context");
+        json!({
+            "call_id": worker.call_id(),
+            "call_id_stack": worker.call_id_stack(),
+            "auth_token": worker.auth_token(),
+        })
+    }
+
+    #[rpc]
+    async fn slow(&self, token: String, millis: u64) -> String {
+        let _running = self.gauge.enter();
+        started().lock().unwrap().push(token.clone());
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        token
+    }
+
+    #[rpc]
+    async fn max_concurrency(&self) -> usize {
+        self.gauge.max()
+    }
+
+    #[rpc]
+    fn meet(&self, token: String) -> bool {
+        rendezvous(&token)
+    }
+
+    #[rpc(name = "public_name")]
+    async fn internal_name(&self) -> String {
+        "renamed".into()
+    }
+}
+
+#[derive(Dependencies)]
+pub struct Relay {
+    calculator: CalculatorClient,
+    rpc: ClusterRpcClient,
+}
+
+#[service(name = "relay")]
+impl Relay {
+    #[rpc]
+    async fn add_via(&self, a: i64, b: i64) -> Result<i64, RpcError> {
+        self.calculator.add(a, b).await
+    }
+
+    #[rpc]
+    async fn context_via(&self) -> Result<Value, RpcError> {
+        self.calculator.context().await
+    }
+
+    #[rpc]
+    async fn buy_via(&self, item: String) -> Result<(), RpcError> {
+        self.calculator.buy(item).await
+    }
+
+    #[rpc]
+    async fn call_nowhere(&self) -> Result<Value, RpcError> {
+        self.rpc.service("nowhere").call("anything", [(); 0]).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+async fn start(broker: &TestBroker, config: Config) -> (RunningServices, ClusterRpcClient) {
+    let running = ServiceRunner::new(config.with_broker(&broker.uri))
+        .with_service::<Calculator>()
+        .with_service::<Relay>()
+        .start()
+        .await
+        .expect("services start");
+    let client = ClusterRpcClient::standalone(broker.connect().await, running.config()).await.unwrap();
+    (running, client)
+}
+
+/// Publishes a hand-made request and returns the reply body, or `None` if none came.
+async fn raw_request(t: &SharedTransport, routing_key: &str, body: &[u8], properties: Properties) -> Option<Value> {
+    let reply_key = uuid::Uuid::new_v4().to_string();
+    let queue = format!("raw-reply-{reply_key}");
+    t.declare_exchange(&ExchangeSpec::durable_topic("nameko-rpc")).await.unwrap();
+    t.declare_queue(&QueueSpec { auto_delete: true, ..QueueSpec::durable(&queue) }).await.unwrap();
+    t.bind_queue(&queue, "nameko-rpc", &reply_key).await.unwrap();
+    let mut replies = t.consume(&queue, 0).await.unwrap();
+    let reply_to = properties.reply_to.clone().map(|_| reply_key);
+    let message = OutgoingMessage {
+        exchange: "nameko-rpc".into(),
+        routing_key: routing_key.into(),
+        mandatory: true,
+        properties: Properties { reply_to, correlation_id: Some("raw".into()), ..properties },
+        body: body.to_vec(),
+    };
+    t.publish(message).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(2), replies.next()).await.ok()??.ok()?;
+    assert_eq!(reply.properties.correlation_id.as_deref(), Some("raw"));
+    let body = serde_json::from_slice(&reply.body).expect("the reply is JSON");
+    reply.ack().await.unwrap();
+    Some(body)
+}
+
+fn with_reply_to() -> Properties {
+    Properties { reply_to: Some("set by raw_request".into()), ..Properties::nameko_json() }
+}
+
+fn error_type(reply: &Value) -> &str {
+    reply["error"]["exc_type"].as_str().unwrap_or("<no error>")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+on_both_transports! {
+    async fn calls_bind_positional_keyword_and_optional_arguments(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let calc = client.service("calculator");
+        assert_eq!(calc.call::<_, i64>("add", (1, 2)).await.unwrap(), 3);
+        assert_eq!(calc.call_with::<_, _, i64>("add", [1], json!({"b": 41})).await.unwrap(), 42);
+        assert_eq!(calc.call::<_, String>("greet", ["Tim"]).await.unwrap(), "Hello Tim!");
+        assert_eq!(
+            calc.call_with::<_, _, String>("greet", json!([]), json!({"name": "Tim", "greeting": "Hi"})).await.unwrap(),
+            "Hi Tim!"
+        );
+        let nested = json!({"ünïcödé": "日本語 ✓", "list": [1, 2.5, null, true], "deep": {"a": [{"b": "c"}]}});
+        assert_eq!(calc.call::<_, Value>("echo", [&nested]).await.unwrap(), nested);
+        assert_eq!(CalculatorClient::new(&client).internal_name().await.unwrap(), "renamed");
+        assert_eq!(calc.call::<_, String>("public_name", [(); 0]).await.unwrap(), "renamed");
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn a_service_calls_another_through_its_typed_client(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        assert_eq!(RelayClient::new(&client).add_via(20, 22).await.unwrap(), 42);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn context_data_and_call_ids_flow_through_nested_calls(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let client = client.with_context_data(BTreeMap::from([("auth_token".to_owned(), json!("tok"))]));
+        let seen = RelayClient::new(&client).context_via().await.unwrap();
+        assert_eq!(seen["auth_token"], "tok");
+        let stack: Vec<&str> = seen["call_id_stack"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(stack.len(), 3, "{stack:?}");
+        assert!(stack[0].starts_with("standalone_rpc_proxy.call."), "{stack:?}");
+        assert!(stack[1].starts_with("relay.context_via."), "{stack:?}");
+        assert!(stack[2].starts_with("calculator.context."), "{stack:?}");
+        assert_eq!(seen["call_id"], stack[2]);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn an_unknown_method_replies_method_not_found(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let error = client.service("calculator").call::<_, Value>("subtract", (1, 2)).await.unwrap_err();
+        assert!(matches!(&error, RpcError::MethodNotFound(m) if m == "subtract"), "{error:?}");
+        assert_eq!(client.service("calculator").call::<_, i64>("add", (1, 1)).await.unwrap(), 2);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn wrong_arguments_reply_incorrect_signature(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let calc = client.service("calculator");
+        let cases = [
+            (json!([1, 2, 3]), json!({}), "add() takes 3 positional arguments but 4 were given"),
+            (json!([1]), json!({}), "add() missing 1 required positional argument: 'b'"),
+            (json!([1, 2]), json!({"c": 3}), "add() got an unexpected keyword argument 'c'"),
+            (json!([1, 2]), json!({"a": 3}), "add() got multiple values for argument 'a'"),
+        ];
+        for (args, kwargs, message) in cases {
+            let error = calc.call_with::<_, _, Value>("add", args, kwargs).await.unwrap_err();
+            assert!(matches!(&error, RpcError::IncorrectSignature(m) if m == message), "{error:?}");
+        }
+        let error = calc.call::<_, Value>("add", ("one", 2)).await.unwrap_err();
+        assert!(
+            matches!(&error, RpcError::IncorrectSignature(m) if m.starts_with("add() argument 'a': invalid type: string \"one\"")),
+            "{error:?}"
+        );
+        assert_eq!(calc.call::<_, i64>("add", (1, 1)).await.unwrap(), 2);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn malformed_requests_get_malformed_request_replies(broker: &TestBroker) {
+        let (running, _client) = start(broker, Config::default()).await;
+        let t = broker.connect().await;
+        let missing_kwargs = raw_request(&t, "calculator.add", br#"{"args": [1, 2]}"#, with_reply_to()).await.unwrap();
+        assert_eq!(missing_kwargs["error"]["exc_path"], "nameko.exceptions.MalformedRequest");
+        assert_eq!(missing_kwargs["error"]["value"], "Message missing `args` or `kwargs`");
+        assert_eq!(missing_kwargs["result"], Value::Null);
+        for body in [&b"{not json"[..], b"[1, 2]", b"\xff\xfe\x00", b""] {
+            let reply = raw_request(&t, "calculator.add", body, with_reply_to()).await.unwrap();
+            assert_eq!(error_type(&reply), "MalformedRequest", "{body:?}: {reply}");
+        }
+        let pickle = Properties { content_type: Some("application/x-python-serialize".into()), ..with_reply_to() };
+        let reply = raw_request(&t, "calculator.add", br#"{"args": [1, 2], "kwargs": {}}"#, pickle).await.unwrap();
+        assert_eq!(error_type(&reply), "MalformedRequest");
+        assert!(reply["error"]["value"].as_str().unwrap().contains("application/x-python-serialize"));
+        let fine = raw_request(&t, "calculator.add", br#"{"args": [1, 2], "kwargs": {}}"#, with_reply_to()).await.unwrap();
+        assert_eq!(fine, json!({"result": 3, "error": null}));
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn a_request_without_reply_to_is_rejected_and_the_service_keeps_serving(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let t = broker.connect().await;
+        let no_reply_to = Properties::nameko_json();
+        let reply = raw_request(&t, "calculator.add", br#"{"args": [1, 2], "kwargs": {}}"#, no_reply_to).await;
+        assert_eq!(reply, None);
+        assert_eq!(client.service("calculator").call::<_, i64>("add", (2, 2)).await.unwrap(), 4);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn user_errors_become_remote_errors(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let calc = CalculatorClient::new(&client);
+        assert_eq!(calc.divide(1.0, 4.0).await.unwrap(), 0.25);
+        let error = calc.divide(1.0, 0.0).await.unwrap_err();
+        let remote = error.remote().expect("a remote error");
+        assert_eq!(remote.exc_type, "ZeroDivisionError");
+        assert_eq!(remote.exc_path, "builtins.ZeroDivisionError");
+        assert_eq!(remote.value, "division by zero");
+
+        let error = calc.buy("spam".into()).await.unwrap_err();
+        let remote = error.remote().expect("a remote error");
+        assert_eq!(remote.exc_type, "OutOfStock");
+        assert_eq!(remote.value, "no spam left");
+        assert_eq!(remote.exc_args, vec![json!("no spam left")]);
+
+        // Re-raised by a service in between, it arrives as Nameko's RemoteError.
+        let error = RelayClient::new(&client).buy_via("eggs".into()).await.unwrap_err();
+        let remote = error.remote().expect("a remote error");
+        assert_eq!(remote.exc_type, "RemoteError");
+        assert_eq!(remote.exc_args, vec![json!("OutOfStock"), json!("no eggs left")]);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn a_panicking_method_replies_an_error_and_the_service_keeps_serving(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let calc = CalculatorClient::new(&client);
+        for _ in 0..3 {
+            let error = calc.explode().await.unwrap_err();
+            let remote = error.remote().expect("a remote error");
+            assert_eq!(remote.exc_type, "WorkerPanic");
+            assert_eq!(remote.value, "the worker fell over");
+        }
+        assert_eq!(calc.add(1, 2).await.unwrap(), 3);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn an_unserializable_result_replies_unserializable_value_error(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let error = CalculatorClient::new(&client).unserializable().await.unwrap_err();
+        let remote = error.remote().expect("a remote error");
+        assert_eq!(remote.exc_type, "UnserializableValueError");
+        assert_eq!(remote.exc_path, "nameko.exceptions.UnserializableValueError");
+        assert!(remote.value.starts_with("Unserializable value: "), "{}", remote.value);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn calling_an_unknown_service_fails_with_unknown_service(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let error = client.service("nowhere").call::<_, Value>("anything", [(); 0]).await.unwrap_err();
+        assert!(matches!(&error, RpcError::UnknownService(s) if s == "nowhere"), "{error:?}");
+        assert_eq!(error.to_string(), "Unknown service `nowhere`");
+        // From inside a service, it reaches the caller as Nameko's UnknownService.
+        let error = RelayClient::new(&client).call_nowhere().await.unwrap_err();
+        assert_eq!(error.remote().map(|e| e.exc_type.as_str()), Some("UnknownService"));
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn a_call_without_reply_times_out(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let impatient = CalculatorClient::new(&client).with_timeout(Duration::from_millis(200));
+        let token = uuid::Uuid::new_v4().to_string();
+        let error = impatient.slow(token, 3_000).await.unwrap_err();
+        assert!(matches!(error, RpcError::Timeout(d) if d == Duration::from_millis(200)), "{error:?}");
+        running.kill().await;
+    }
+}
+
+on_both_transports! {
+    async fn many_calls_in_flight_from_one_client(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let calc = CalculatorClient::new(&client);
+        let calls = (0..50).map(|i| {
+            let calc = calc.clone();
+            async move { calc.add(i, 1000).await }
+        });
+        let results = futures_util::future::join_all(calls).await;
+        for (i, result) in results.into_iter().enumerate() {
+            assert_eq!(result.unwrap(), i as i64 + 1000);
+        }
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn max_workers_bounds_concurrent_workers(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default().with_max_workers(2).with_prefetch_count(10)).await;
+        let calc = CalculatorClient::new(&client);
+        let calls = (0..6).map(|i| calc.slow(format!("gauge-{i}-{}", uuid::Uuid::new_v4()), 100));
+        for result in futures_util::future::join_all(calls).await {
+            result.unwrap();
+        }
+        let max = calc.max_concurrency().await.unwrap();
+        assert!((1..=2).contains(&max), "max concurrent workers was {max}");
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn synchronous_methods_run_on_the_blocking_pool(broker: &TestBroker) {
+        // Two synchronous calls that each wait for the other: on a runtime worker thread (this
+        // test's runtime has one) they could not both be running.
+        let (running, client) = start(broker, Config::default()).await;
+        let calc = CalculatorClient::new(&client);
+        let token = uuid::Uuid::new_v4().to_string();
+        let (a, b) = tokio::join!(calc.meet(token.clone()), calc.meet(token));
+        assert!(a.unwrap() && b.unwrap(), "the two calls did not run at the same time");
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn a_graceful_stop_lets_running_workers_reply(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let calc = CalculatorClient::new(&client);
+        let token = uuid::Uuid::new_v4().to_string();
+        let call = tokio::spawn({
+            let (calc, token) = (calc.clone(), token.clone());
+            async move { calc.slow(token, 300).await }
+        });
+        wait_started(&token).await;
+        running.stop().await.unwrap();
+        assert_eq!(call.await.unwrap().unwrap(), token);
+    }
+}
+
+on_both_transports! {
+    async fn a_killed_worker_leaves_its_request_to_another_instance(broker: &TestBroker) {
+        let (first, client) = start(broker, Config::default()).await;
+        let calc = CalculatorClient::new(&client).with_timeout(Duration::from_secs(20));
+        let token = uuid::Uuid::new_v4().to_string();
+        let call = tokio::spawn({
+            let (calc, token) = (calc.clone(), token.clone());
+            async move { calc.slow(token, 500).await }
+        });
+        wait_started(&token).await;
+        first.kill().await;
+        let (second, _) = start(broker, Config::default()).await;
+        assert_eq!(call.await.unwrap().unwrap(), token, "the request was redelivered and answered");
+        second.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn duplicate_service_names_are_refused_at_start() {
+    let broker = TestBroker::memory();
+    let result = ServiceRunner::new(Config::default().with_broker(&broker.uri))
+        .with_service::<Calculator>()
+        .with_service::<Calculator>()
+        .start()
+        .await;
+    let error = result.err().expect("duplicate names are refused");
+    assert_eq!(error.to_string(), "service `calculator` is registered twice; service names must be unique");
+}
+
+#[tokio::test]
+async fn services_register_themselves_and_unknown_names_are_refused() {
+    let names: Vec<_> = nameko::ServiceRegistration::all().iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["calculator", "relay"]);
+    let error = ServiceRunner::new(Config::default()).with_registered(&["calculater"]).err().unwrap();
+    assert_eq!(error.to_string(), "no service named `calculater` is registered (registered: calculator, relay)");
+}
