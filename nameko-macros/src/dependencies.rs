@@ -27,13 +27,8 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                     let name = field.ident.as_ref().expect("named field");
                     let ty = &field.ty;
                     let label = name.to_string();
-                    let check = quote_spanned!(ty.span()=> const _: () = #p::assert_dependency::<#ty>(););
-                    quote! {
-                        #name: {
-                            #check
-                            #p::build_dependency::<#ty>(cx, #label).await?
-                        }
-                    }
+                    let build = quote_spanned!(ty.span()=> #p::build_dependency::<#ty>(cx, #label).await?);
+                    quote!(#name: #build)
                 });
                 quote!(Self { #(#inits),* })
             }

@@ -1,7 +1,7 @@
 //! `#[rpc]`: the model of one RPC method, read from a method of a `#[service]` block.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{
     Attribute, FnArg, GenericArgument, Ident, ImplItemFn, LitStr, Pat, PathArguments, ReturnType,
@@ -211,24 +211,33 @@ impl RpcMethod {
         let names: Vec<&Ident> = self.params.iter().map(|param| &param.ident).collect();
         let takes = self.params.iter().enumerate().map(|(i, param)| {
             let (name, ty) = (&param.ident, &param.ty);
-            quote!(let #name: #ty = args.take(#i)?;)
+            quote_spanned!(ty.span()=> let #name = args.take::<#ty>(#i)?;)
         });
         let call = if self.is_async {
             quote!(this.#ident(#(#names),*).await)
         } else {
             quote!(#p::run_blocking(move || this.#ident(#(#names),*)).await?)
         };
+        let encode_value = |value: TokenStream| match &self.output {
+            RpcOutput::Unit => quote!(#p::encode_result::<()>(&#value)),
+            RpcOutput::Value(ty) | RpcOutput::Result { ok: ty } => {
+                quote_spanned!(ty.span()=> #p::encode_result::<#ty>(&#value))
+            }
+        };
         let encode = match &self.output {
-            RpcOutput::Unit | RpcOutput::Value(_) => quote!(#p::encode_result(&#call)),
-            RpcOutput::Result { .. } => quote! {
+            RpcOutput::Unit | RpcOutput::Value(_) => encode_value(call),
+            RpcOutput::Result { .. } => {
+                let ok = encode_value(quote!(value));
+                quote! {
                 match #call {
-                    ::std::result::Result::Ok(value) => #p::encode_result(&value),
+                    ::std::result::Result::Ok(value) => #ok,
                     ::std::result::Result::Err(error) => {
                         use #p::{ViaDisplay as _, ViaToRemoteError as _};
                         ::std::result::Result::Err((&#p::Wrap(&error)).__to_remote_error())
                     }
                 }
-            },
+                }
+            }
         };
         quote! {
             #p::Entrypoint::rpc(#wire, |this, body| {
@@ -243,24 +252,9 @@ impl RpcMethod {
         }
     }
 
-    /// Compile-time checks that put the error on the user's own types.
-    pub(crate) fn assertions(&self, krate: &syn::Path) -> TokenStream {
-        let p = quote!(#krate::__private);
-        let args = self.params.iter().map(|param| {
-            let ty = &param.ty;
-            quote::quote_spanned!(ty.span()=> #p::assert_argument::<#ty>();)
-        });
-        let result = match &self.output {
-            RpcOutput::Unit => None,
-            RpcOutput::Value(ty) | RpcOutput::Result { ok: ty } => {
-                Some(quote::quote_spanned!(ty.span()=> #p::assert_result::<#ty>();))
-            }
-        };
-        quote!(#(#args)* #result)
-    }
-
     /// The typed client's method for this RPC method.
     pub(crate) fn client_method(&self, krate: &syn::Path) -> TokenStream {
+        let p = quote!(#krate::__private);
         let ident = &self.ident;
         let wire = &self.wire_name;
         let docs = &self.docs;
@@ -268,16 +262,23 @@ impl RpcMethod {
             let (name, ty) = (&param.ident, &param.ty);
             quote!(#name: #ty)
         });
-        let names: Vec<&Ident> = self.params.iter().map(|param| &param.ident).collect();
-        let args = if names.is_empty() { quote!([(); 0]) } else { quote!((#(#names,)*)) };
-        let ok = match &self.output {
-            RpcOutput::Unit => quote!(()),
-            RpcOutput::Value(ty) | RpcOutput::Result { ok: ty } => quote!(#ty),
+        let count = self.params.len();
+        let args = self.params.iter().map(|param| {
+            let (name, ty) = (&param.ident, &param.ty);
+            quote_spanned!(ty.span()=> #p::encode_argument::<#ty>(&#name)?)
+        });
+        let (ok, call) = match &self.output {
+            RpcOutput::Unit => (quote!(()), quote!(#p::call::<()>(&self.proxy, #wire, &args).await)),
+            RpcOutput::Value(ty) | RpcOutput::Result { ok: ty } => (
+                quote!(#ty),
+                quote_spanned!(ty.span()=> #p::call::<#ty>(&self.proxy, #wire, &args).await),
+            ),
         };
         quote! {
             #(#docs)*
             pub async fn #ident(&self, #(#params),*) -> ::std::result::Result<#ok, #krate::RpcError> {
-                self.proxy.call(#wire, #args).await
+                let args: [#p::RawArgument; #count] = [#(#args),*];
+                #call
             }
         }
     }

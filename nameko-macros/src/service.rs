@@ -84,7 +84,6 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let self_ty = &item.self_ty;
     let p = quote!(#krate::__private);
     let entrypoints = methods.iter().map(|m| m.entrypoint(&krate));
-    let assertions = methods.iter().map(|m| m.assertions(&krate));
     let client = format_ident!("{}Client", self_ident);
     let client_methods = methods.iter().map(|m| m.client_method(&krate));
     let client_doc = format!(
@@ -100,7 +99,6 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             const NAME: &'static str = #name;
 
             fn entrypoints() -> ::std::vec::Vec<#p::Entrypoint<Self>> {
-                #(#assertions)*
                 ::std::vec![#(#entrypoints),*]
             }
         }

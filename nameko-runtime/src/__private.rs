@@ -17,7 +17,7 @@ pub use std::time::Duration;
 
 /// Encodes a method's result; a value JSON cannot hold gives Nameko's
 /// `UnserializableValueError`.
-pub fn encode_result<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, RemoteError> {
+pub fn encode_result<T: RpcResult>(value: &T) -> Result<Vec<u8>, RemoteError> {
     serde_json::to_vec(value).map_err(|e| {
         RemoteError::nameko("UnserializableValueError", format!("Unserializable value: `{e}`"))
             .with_args(Vec::new())
@@ -61,14 +61,22 @@ impl<T: Serialize + DeserializeOwned> RpcArgument for T {}
 pub trait RpcResult: Serialize + DeserializeOwned {}
 impl<T: Serialize + DeserializeOwned> RpcResult for T {}
 
-/// Checks, where the user wrote the type, that it can be an RPC argument.
-pub const fn assert_argument<T: RpcArgument>() {}
+/// One argument of a typed client's call, already encoded.
+pub type RawArgument = Box<serde_json::value::RawValue>;
 
-/// Checks, where the user wrote the type, that it can be an RPC result.
-pub const fn assert_result<T: RpcResult>() {}
+/// Encodes one argument of a typed client's call.
+pub fn encode_argument<T: RpcArgument>(value: &T) -> Result<RawArgument, RpcError> {
+    serde_json::value::to_raw_value(value).map_err(|e| RpcError::Serialization(format!("arguments: {e}")))
+}
 
-/// Checks, where the user wrote the field, that its type is a dependency.
-pub const fn assert_dependency<T: Dependency>() {}
+/// A typed client's call.
+pub async fn call<R: RpcResult>(
+    proxy: &ServiceProxy,
+    method: &str,
+    args: &[RawArgument],
+) -> Result<R, RpcError> {
+    proxy.call(method, args).await
+}
 
 /// Builds one field of a service struct.
 pub async fn build_dependency<T: Dependency>(

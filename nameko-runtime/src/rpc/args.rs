@@ -1,7 +1,6 @@
 //! Binding a request's `args` and `kwargs` to a method's parameters, as Python does, with
 //! Python's messages for each way it can fail (`IncorrectSignature`).
 
-use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::protocol::{RemoteError, RequestBody};
@@ -88,7 +87,7 @@ impl BoundArgs {
     }
 
     /// Reads parameter `index` as a `T`; a value of the wrong type is an `IncorrectSignature`.
-    pub fn take<T: DeserializeOwned>(&mut self, index: usize) -> Result<T, RemoteError> {
+    pub fn take<T: crate::__private::RpcArgument>(&mut self, index: usize) -> Result<T, RemoteError> {
         let raw = self.slots.get_mut(index).and_then(Option::take);
         let text = raw.as_ref().map_or("null", |r| r.get());
         serde_json::from_str(text).map_err(|e| {

@@ -1,0 +1,6 @@
+use nameko::prelude::*;
+
+#[service(name = "svc")]
+pub struct Svc;
+
+fn main() {}
