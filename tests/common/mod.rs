@@ -158,3 +158,98 @@ macro_rules! on_both_transports {
     };
 }
 
+
+/// The folder of the Python interop scripts.
+pub fn interop_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// A `nameko run` process of Python services, killed on drop.
+pub struct PythonServices {
+    child: std::process::Child,
+    _config: tempfile_path::TempPath,
+}
+
+impl PythonServices {
+    /// Runs `nameko run py_services:<classes>` against `broker`.
+    pub fn start(python: &str, broker: &TestBroker, classes: &[&str]) -> PythonServices {
+        let config = tempfile_path::TempPath::new("yaml", &format!("AMQP_URI: '{}'\n", broker.python_uri()));
+        let nameko = std::path::Path::new(python).with_file_name("nameko");
+        let mut command = std::process::Command::new(nameko);
+        command.arg("run");
+        for class in classes {
+            command.arg(format!("py_services:{class}"));
+        }
+        let child = command
+            .arg("--config")
+            .arg(config.path())
+            .current_dir(interop_dir())
+            .env("PYTHONPATH", interop_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start `nameko run`");
+        PythonServices { child, _config: config }
+    }
+}
+
+impl Drop for PythonServices {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `py_client.py`: each call made with Python's `ClusterRpcProxy`, one JSON value each.
+pub async fn python_calls(python: &str, broker: &TestBroker, calls: &serde_json::Value) -> Vec<serde_json::Value> {
+    let output = tokio::process::Command::new(python)
+        .arg(interop_dir().join("py_client.py"))
+        .arg(broker.python_uri())
+        .arg(calls.to_string())
+        .output()
+        .await
+        .expect("run py_client.py");
+    assert!(output.status.success(), "py_client.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout)
+        .expect("UTF-8 output")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+/// Waits until `service` answers (its queue exists and a consumer replies).
+pub async fn wait_for_service(client: &nameko::ClusterRpcClient, service: &str, method: &str, args: serde_json::Value) {
+    let proxy = client.service(service.to_owned()).with_timeout(std::time::Duration::from_secs(5));
+    for _ in 0..120 {
+        match proxy.call::<_, serde_json::Value>(method, &args).await {
+            Err(nameko::RpcError::UnknownService(_)) | Err(nameko::RpcError::Timeout(_)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await
+            }
+            _ => return,
+        }
+    }
+    panic!("{service} did not come up");
+}
+
+/// A file removed on drop.
+mod tempfile_path {
+    pub struct TempPath(std::path::PathBuf);
+
+    impl TempPath {
+        pub fn new(extension: &str, contents: &str) -> TempPath {
+            let path = std::env::temp_dir().join(format!("nameko-test-{}.{extension}", uuid::Uuid::new_v4()));
+            std::fs::write(&path, contents).expect("write a temporary file");
+            TempPath(path)
+        }
+
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}

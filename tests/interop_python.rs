@@ -1,0 +1,143 @@
+//! Interop with the real Python nameko 2.14.1 on a real RabbitMQ: Python calls Rust, Rust
+//! calls Python, and instances in both languages share one service queue.
+
+mod common;
+
+use common::{PythonServices, TestBroker, python, python_calls, wait_for_service};
+use nameko::RunningServices;
+use nameko::prelude::*;
+use serde_json::{Value, json};
+
+#[derive(Dependencies)]
+pub struct RustService;
+
+#[service(name = "rust_service")]
+impl RustService {
+    #[rpc]
+    async fn echo(&self, value: Value) -> Value {
+        value
+    }
+
+    #[rpc]
+    async fn greet(&self, name: String, greeting: Option<String>) -> String {
+        format!("{} {name}!", greeting.as_deref().unwrap_or("Hello"))
+    }
+
+    #[rpc]
+    async fn fail(&self, message: String) -> Result<(), RemoteError> {
+        Err(RemoteError::new("ValueError", message.clone()).with_path("builtins.ValueError"))
+    }
+
+    #[rpc]
+    async fn explode(&self) -> String {
+        panic!("boom")
+    }
+}
+
+#[derive(Dependencies)]
+pub struct SharedService;
+
+#[service(name = "shared_service")]
+impl SharedService {
+    #[rpc]
+    async fn who(&self) -> String {
+        "rust".into()
+    }
+}
+
+async fn start_rust(broker: &TestBroker) -> RunningServices {
+    ServiceRunner::new(Config::default().with_broker(&broker.uri))
+        .with_service::<RustService>()
+        .start()
+        .await
+        .expect("the Rust service starts")
+}
+
+#[tokio::test]
+async fn python_calls_a_rust_service() {
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let running = start_rust(&broker).await;
+    let nested = json!({"ünïcödé": "日本語 ✓", "list": [1, 2.5, null, true], "deep": {"a": [{"b": "c"}]}});
+    let calls = json!([
+        {"service": "rust_service", "method": "greet", "args": ["Tim"]},
+        {"service": "rust_service", "method": "greet", "kwargs": {"name": "Tim", "greeting": "Hi"}},
+        {"service": "rust_service", "method": "greet", "args": ["Zoë"], "kwargs": {"greeting": "Grüß"}},
+        {"service": "rust_service", "method": "echo", "args": [nested]},
+        {"service": "rust_service", "method": "nope"},
+        {"service": "rust_service", "method": "greet", "args": ["a", "b", "c"]},
+        {"service": "rust_service", "method": "greet"},
+        {"service": "rust_service", "method": "greet", "kwargs": {"nom": "x"}},
+        {"service": "rust_service", "method": "greet", "args": [42]},
+        {"service": "rust_service", "method": "fail", "args": ["boom"]},
+        {"service": "rust_service", "method": "explode"},
+        {"service": "no_such_service", "method": "foo"},
+        {"service": "rust_service", "method": "greet", "args": ["still serving"]},
+    ]);
+    let out = python_calls(&python, &broker, &calls).await;
+    assert_eq!(out.len(), 13, "{out:#?}");
+    assert_eq!(out[0], json!({"result": "Hello Tim!"}));
+    assert_eq!(out[1], json!({"result": "Hi Tim!"}));
+    assert_eq!(out[2], json!({"result": "Grüß Zoë!"}));
+    assert_eq!(out[3], json!({"result": nested}));
+    assert_eq!(out[4]["error"]["class"], "MethodNotFound");
+    assert_eq!(out[4]["error"]["value"], "nope");
+    assert_eq!(out[5]["error"]["class"], "IncorrectSignature");
+    assert_eq!(out[5]["error"]["value"], "greet() takes 3 positional arguments but 4 were given");
+    assert_eq!(out[6]["error"]["class"], "IncorrectSignature");
+    assert_eq!(out[6]["error"]["value"], "greet() missing 1 required positional argument: 'name'");
+    assert_eq!(out[7]["error"]["value"], "greet() got an unexpected keyword argument 'nom'");
+    assert_eq!(out[8]["error"]["class"], "IncorrectSignature");
+    assert_eq!(out[9]["error"], json!({"class": "RemoteError", "exc_type": "ValueError", "value": "boom", "args": ["ValueError boom"]}));
+    assert_eq!(out[10]["error"]["exc_type"], "WorkerPanic");
+    assert_eq!(out[10]["error"]["value"], "boom");
+    assert_eq!(out[11]["error"]["class"], "UnknownService");
+    assert_eq!(out[12], json!({"result": "Hello still serving!"}));
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn rust_calls_a_python_service() {
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let _python = PythonServices::start(&python, &broker, &["PythonService"]);
+    let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
+    wait_for_service(&client, "python_service", "echo", json!([1])).await;
+    let py = client.service("python_service");
+    let nested = json!({"ünïcödé": "日本語 ✓", "list": [1, 2.5, null, true]});
+    assert_eq!(py.call::<_, Value>("echo", [&nested]).await.unwrap(), nested);
+    assert_eq!(py.call_with::<_, _, i64>("add", [40], json!({"b": 2})).await.unwrap(), 42);
+    let error = py.call::<_, Value>("raise_value_error", ["boom"]).await.unwrap_err();
+    let remote = error.remote().expect("a RemoteError");
+    assert_eq!(remote.exc_type, "ValueError");
+    assert_eq!(remote.exc_path, "builtins.ValueError");
+    assert_eq!(remote.exc_args, vec![json!("boom")]);
+    assert_eq!(remote.value, "boom");
+    let error = py.call::<_, Value>("nope", [(); 0]).await.unwrap_err();
+    assert!(matches!(&error, RpcError::MethodNotFound(m) if m == "nope"), "{error:?}");
+    let error = py.call::<_, Value>("add", [1, 2, 3]).await.unwrap_err();
+    assert!(matches!(&error, RpcError::IncorrectSignature(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn python_and_rust_instances_share_one_queue() {
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let rust = ServiceRunner::new(Config::default().with_broker(&broker.uri))
+        .with_service::<SharedService>()
+        .start()
+        .await
+        .unwrap();
+    let _python = PythonServices::start(&python, &broker, &["SharedService"]);
+    let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
+    let who = client.service("shared_service");
+    // Wait until the Python instance consumes too: then answers come from both.
+    let mut answers = Vec::new();
+    for _ in 0..200 {
+        answers.push(who.call::<_, String>("who", [(); 0]).await.unwrap());
+        if answers.iter().any(|a| a == "python") && answers.iter().any(|a| a == "rust") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(answers.iter().any(|a| a == "python"), "{answers:?}");
+    assert!(answers.iter().any(|a| a == "rust"), "{answers:?}");
+    rust.stop().await.unwrap();
+}
