@@ -1,0 +1,121 @@
+//! The examples, run as a user runs them: as binaries.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use common::{TestBroker, python, python_calls, wait_for_service};
+use serde_json::json;
+
+/// The path of a built example (`cargo test` builds the examples next to the tests).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    dir.join("examples").join(name)
+}
+
+struct Running(Child);
+
+impl Running {
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status().expect("kill");
+        assert!(status.success());
+        self.0.wait().expect("wait for the example")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_demo_runs_the_talk_on_the_embedded_broker() {
+    let output = Command::new(example("demo")).env_remove("AMQP_URI").output().expect("run the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("Services running on memory://"), "{stdout}");
+    assert!(stdout.contains("\nHello Tim!\n"), "{stdout}");
+    assert!(stdout.contains("\nHello Tim the Enchanter! Welcome to Pygotham!\n"), "{stdout}");
+    assert!(stdout.contains("-> MethodNotFound: shout"), "{stdout}");
+    assert!(stdout.contains("-> IncorrectSignature: greet() takes 2 positional arguments but 3 were given"), "{stdout}");
+    assert!(stdout.contains("-> Unknown service `holy_grail`"), "{stdout}");
+    assert!(stdout.contains("-> Hello Lancelot!"), "{stdout}");
+}
+
+#[test]
+fn a_service_binary_lists_its_services() {
+    let output = Command::new(example("greeter")).arg("list").output().expect("run greeter list");
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "expanded_greeter_service\n  rpc greet\ngreeter_service\n  rpc greet\n"
+    );
+}
+
+#[test]
+fn without_a_broker_the_greeter_runs_embedded_says_so_and_stops_on_sigterm() {
+    let child = Command::new(example("greeter"))
+        .arg("run")
+        .env_remove("AMQP_URI")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the greeter");
+    let mut running = Running(child);
+    let stderr = running.0.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().expect("a first log line").expect("UTF-8");
+    assert!(first.contains("running on the embedded broker (memory://)"), "{first}");
+    assert!(first.contains("--broker amqp://guest:guest@localhost"), "{first}");
+    // Wait until both services started, then stop with SIGTERM.
+    let mut started = 0;
+    for line in lines.by_ref() {
+        if line.expect("UTF-8").contains("service started") {
+            started += 1;
+            if started == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(started, 2);
+    let status = running.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_greeter_on_rabbitmq_answers_python_and_the_client_example() {
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let greeter = Running(
+        Command::new(example("greeter"))
+            .args(["run", "--broker", &broker.uri])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the greeter"),
+    );
+    let client = nameko::ClusterRpcClient::connect(&broker.uri).await.unwrap();
+    wait_for_service(&client, "expanded_greeter_service", "greet", json!(["ready?"])).await;
+
+    let out = python_calls(
+        &python,
+        &broker,
+        &json!([{"service": "expanded_greeter_service", "method": "greet", "args": ["Tim the Enchanter"]}]),
+    )
+    .await;
+    assert_eq!(out, [json!({"result": "Hello Tim the Enchanter! Welcome to Pygotham!"})]);
+
+    let output = tokio::process::Command::new(example("client"))
+        .args(["--broker", &broker.uri])
+        .output()
+        .await
+        .expect("run the client example");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "Hello Tim the Enchanter! Welcome to Pygotham!\n");
+
+    drop(client);
+    let status = greeter.terminate();
+    assert!(status.success(), "{status:?}");
+}
