@@ -23,8 +23,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client = ClusterRpcClient::connect(&args.broker).await?;
-    let greeting: String =
-        client.service("expanded_greeter_service").call("greet", [&args.name]).await?;
+    let greeting: String = client
+        .service("expanded_greeter_service")
+        .call("greet", [&args.name])
+        .await?;
     println!("{greeting}");
     Ok(())
 }

@@ -31,31 +31,63 @@ async fn main() -> anyhow::Result<()> {
         .with_service::<ExpandedGreeterService>()
         .start()
         .await?;
-    println!("== Services running on {}: {:?}", running.transport().describe(), running.service_names());
+    println!(
+        "== Services running on {}: {:?}",
+        running.transport().describe(),
+        running.service_names()
+    );
 
     let client = ClusterRpcClient::standalone(running.transport(), running.config()).await?;
 
     println!("\n== Example 2: RPC (n.rpc.greeter_service.greet(\"Tim\"))");
-    let greeting: String = client.service("greeter_service").call("greet", ["Tim"]).await?;
+    let greeting: String = client
+        .service("greeter_service")
+        .call("greet", ["Tim"])
+        .await?;
     println!("{greeting}");
 
-    println!("\n== Service to service (n.rpc.expanded_greeter_service.greet(\"Tim the Enchanter\"))");
+    println!(
+        "\n== Service to service (n.rpc.expanded_greeter_service.greet(\"Tim the Enchanter\"))"
+    );
     let expanded = ExpandedGreeterServiceClient::new(&client);
     println!("{}", expanded.greet("Tim the Enchanter".into()).await?);
 
     println!("\n== Keyword arguments (greet(name=\"Arthur\"))");
-    let by_keyword: String =
-        client.service("greeter_service").call_with("greet", json!([]), json!({"name": "Arthur"})).await?;
+    let by_keyword: String = client
+        .service("greeter_service")
+        .call_with("greet", json!([]), json!({"name": "Arthur"}))
+        .await?;
     println!("{by_keyword}");
 
     println!("\n== Mistakes get clear errors, and the services keep serving");
-    let unknown_method = client.service("greeter_service").call::<_, Value>("shout", ["Tim"]).await;
-    println!("greeter_service.shout(\"Tim\")      -> {}", unknown_method.unwrap_err());
-    let wrong_args = client.service("greeter_service").call::<_, Value>("greet", json!([1, 2])).await;
-    println!("greeter_service.greet(1, 2)        -> {}", wrong_args.unwrap_err());
-    let unknown_service = client.service("holy_grail").call::<_, Value>("find", ["it"]).await;
-    println!("holy_grail.find(\"it\")              -> {}", unknown_service.unwrap_err());
-    let still_serving: String = client.service("greeter_service").call("greet", ["Lancelot"]).await?;
+    let unknown_method = client
+        .service("greeter_service")
+        .call::<_, Value>("shout", ["Tim"])
+        .await;
+    println!(
+        "greeter_service.shout(\"Tim\")      -> {}",
+        unknown_method.unwrap_err()
+    );
+    let wrong_args = client
+        .service("greeter_service")
+        .call::<_, Value>("greet", json!([1, 2]))
+        .await;
+    println!(
+        "greeter_service.greet(1, 2)        -> {}",
+        wrong_args.unwrap_err()
+    );
+    let unknown_service = client
+        .service("holy_grail")
+        .call::<_, Value>("find", ["it"])
+        .await;
+    println!(
+        "holy_grail.find(\"it\")              -> {}",
+        unknown_service.unwrap_err()
+    );
+    let still_serving: String = client
+        .service("greeter_service")
+        .call("greet", ["Lancelot"])
+        .await?;
     println!("greeter_service.greet(\"Lancelot\")  -> {still_serving}");
 
     drop(client);

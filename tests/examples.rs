@@ -12,7 +12,10 @@ use serde_json::json;
 /// The path of a built example (`cargo test` builds the examples next to the tests).
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
     dir.join("examples").join(name)
 }
 
@@ -20,7 +23,11 @@ struct Running(Child);
 
 impl Running {
     fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success());
         self.0.wait().expect("wait for the example")
     }
@@ -35,21 +42,42 @@ impl Drop for Running {
 
 #[test]
 fn the_demo_runs_the_talk_on_the_embedded_broker() {
-    let output = Command::new(example("demo")).env_remove("AMQP_URI").output().expect("run the demo");
+    let output = Command::new(example("demo"))
+        .env_remove("AMQP_URI")
+        .output()
+        .expect("run the demo");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("Services running on memory://"), "{stdout}");
     assert!(stdout.contains("\nHello Tim!\n"), "{stdout}");
-    assert!(stdout.contains("\nHello Tim the Enchanter! Welcome to Pygotham!\n"), "{stdout}");
+    assert!(
+        stdout.contains("\nHello Tim the Enchanter! Welcome to Pygotham!\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("-> MethodNotFound: shout"), "{stdout}");
-    assert!(stdout.contains("-> IncorrectSignature: greet() takes 2 positional arguments but 3 were given"), "{stdout}");
-    assert!(stdout.contains("-> Unknown service `holy_grail`"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "-> IncorrectSignature: greet() takes 2 positional arguments but 3 were given"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("-> Unknown service `holy_grail`"),
+        "{stdout}"
+    );
     assert!(stdout.contains("-> Hello Lancelot!"), "{stdout}");
 }
 
 #[test]
 fn a_service_binary_lists_its_services() {
-    let output = Command::new(example("greeter")).arg("list").output().expect("run greeter list");
+    let output = Command::new(example("greeter"))
+        .arg("list")
+        .output()
+        .expect("run greeter list");
     assert!(output.status.success());
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
@@ -69,8 +97,14 @@ fn without_a_broker_the_greeter_runs_embedded_says_so_and_stops_on_sigterm() {
     let stderr = running.0.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let first = lines.next().expect("a first log line").expect("UTF-8");
-    assert!(first.contains("running on the embedded broker (memory://)"), "{first}");
-    assert!(first.contains("--broker amqp://guest:guest@localhost"), "{first}");
+    assert!(
+        first.contains("running on the embedded broker (memory://)"),
+        "{first}"
+    );
+    assert!(
+        first.contains("--broker amqp://guest:guest@localhost"),
+        "{first}"
+    );
     // Wait until both services started, then stop with SIGTERM.
     let mut started = 0;
     for line in lines.by_ref() {
@@ -88,7 +122,9 @@ fn without_a_broker_the_greeter_runs_embedded_says_so_and_stops_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_greeter_on_rabbitmq_answers_python_and_the_client_example() {
-    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else {
+        return;
+    };
     let greeter = Running(
         Command::new(example("greeter"))
             .args(["run", "--broker", &broker.uri])
@@ -96,8 +132,16 @@ async fn the_greeter_on_rabbitmq_answers_python_and_the_client_example() {
             .spawn()
             .expect("start the greeter"),
     );
-    let client = nameko::ClusterRpcClient::connect(&broker.uri).await.unwrap();
-    wait_for_service(&client, "expanded_greeter_service", "greet", json!(["ready?"])).await;
+    let client = nameko::ClusterRpcClient::connect(&broker.uri)
+        .await
+        .unwrap();
+    wait_for_service(
+        &client,
+        "expanded_greeter_service",
+        "greet",
+        json!(["ready?"]),
+    )
+    .await;
 
     let out = python_calls(
         &python,
@@ -105,15 +149,25 @@ async fn the_greeter_on_rabbitmq_answers_python_and_the_client_example() {
         &json!([{"service": "expanded_greeter_service", "method": "greet", "args": ["Tim the Enchanter"]}]),
     )
     .await;
-    assert_eq!(out, [json!({"result": "Hello Tim the Enchanter! Welcome to Pygotham!"})]);
+    assert_eq!(
+        out,
+        [json!({"result": "Hello Tim the Enchanter! Welcome to Pygotham!"})]
+    );
 
     let output = tokio::process::Command::new(example("client"))
         .args(["--broker", &broker.uri])
         .output()
         .await
         .expect("run the client example");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "Hello Tim the Enchanter! Welcome to Pygotham!\n");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "Hello Tim the Enchanter! Welcome to Pygotham!\n"
+    );
 
     drop(client);
     let status = greeter.terminate();

@@ -55,9 +55,12 @@ async fn start_rust(broker: &TestBroker) -> RunningServices {
 
 #[tokio::test]
 async fn python_calls_a_rust_service() {
-    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else {
+        return;
+    };
     let running = start_rust(&broker).await;
-    let nested = json!({"ünïcödé": "日本語 ✓", "list": [1, 2.5, null, true], "deep": {"a": [{"b": "c"}]}});
+    let nested =
+        json!({"ünïcödé": "日本語 ✓", "list": [1, 2.5, null, true], "deep": {"a": [{"b": "c"}]}});
     let calls = json!([
         {"service": "rust_service", "method": "greet", "args": ["Tim"]},
         {"service": "rust_service", "method": "greet", "kwargs": {"name": "Tim", "greeting": "Hi"}},
@@ -82,12 +85,24 @@ async fn python_calls_a_rust_service() {
     assert_eq!(out[4]["error"]["class"], "MethodNotFound");
     assert_eq!(out[4]["error"]["value"], "nope");
     assert_eq!(out[5]["error"]["class"], "IncorrectSignature");
-    assert_eq!(out[5]["error"]["value"], "greet() takes 3 positional arguments but 4 were given");
+    assert_eq!(
+        out[5]["error"]["value"],
+        "greet() takes 3 positional arguments but 4 were given"
+    );
     assert_eq!(out[6]["error"]["class"], "IncorrectSignature");
-    assert_eq!(out[6]["error"]["value"], "greet() missing 1 required positional argument: 'name'");
-    assert_eq!(out[7]["error"]["value"], "greet() got an unexpected keyword argument 'nom'");
+    assert_eq!(
+        out[6]["error"]["value"],
+        "greet() missing 1 required positional argument: 'name'"
+    );
+    assert_eq!(
+        out[7]["error"]["value"],
+        "greet() got an unexpected keyword argument 'nom'"
+    );
     assert_eq!(out[8]["error"]["class"], "IncorrectSignature");
-    assert_eq!(out[9]["error"], json!({"class": "RemoteError", "exc_type": "ValueError", "value": "boom", "args": ["ValueError boom"]}));
+    assert_eq!(
+        out[9]["error"],
+        json!({"class": "RemoteError", "exc_type": "ValueError", "value": "boom", "args": ["ValueError boom"]})
+    );
     assert_eq!(out[10]["error"]["exc_type"], "WorkerPanic");
     assert_eq!(out[10]["error"]["value"], "boom");
     assert_eq!(out[11]["error"]["class"], "UnknownService");
@@ -97,29 +112,50 @@ async fn python_calls_a_rust_service() {
 
 #[tokio::test]
 async fn rust_calls_a_python_service() {
-    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else {
+        return;
+    };
     let _python = PythonServices::start(&python, &broker, &["PythonService"]);
     let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
     wait_for_service(&client, "python_service", "echo", json!([1])).await;
     let py = client.service("python_service");
     let nested = json!({"ünïcödé": "日本語 ✓", "list": [1, 2.5, null, true]});
-    assert_eq!(py.call::<_, Value>("echo", [&nested]).await.unwrap(), nested);
-    assert_eq!(py.call_with::<_, _, i64>("add", [40], json!({"b": 2})).await.unwrap(), 42);
-    let error = py.call::<_, Value>("raise_value_error", ["boom"]).await.unwrap_err();
+    assert_eq!(
+        py.call::<_, Value>("echo", [&nested]).await.unwrap(),
+        nested
+    );
+    assert_eq!(
+        py.call_with::<_, _, i64>("add", [40], json!({"b": 2}))
+            .await
+            .unwrap(),
+        42
+    );
+    let error = py
+        .call::<_, Value>("raise_value_error", ["boom"])
+        .await
+        .unwrap_err();
     let remote = error.remote().expect("a RemoteError");
     assert_eq!(remote.exc_type, "ValueError");
     assert_eq!(remote.exc_path, "builtins.ValueError");
     assert_eq!(remote.exc_args, vec![json!("boom")]);
     assert_eq!(remote.value, "boom");
     let error = py.call::<_, Value>("nope", [(); 0]).await.unwrap_err();
-    assert!(matches!(&error, RpcError::MethodNotFound(m) if m == "nope"), "{error:?}");
+    assert!(
+        matches!(&error, RpcError::MethodNotFound(m) if m == "nope"),
+        "{error:?}"
+    );
     let error = py.call::<_, Value>("add", [1, 2, 3]).await.unwrap_err();
-    assert!(matches!(&error, RpcError::IncorrectSignature(_)), "{error:?}");
+    assert!(
+        matches!(&error, RpcError::IncorrectSignature(_)),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]
 async fn python_and_rust_instances_share_one_queue() {
-    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else {
+        return;
+    };
     let rust = ServiceRunner::new(Config::default().with_broker(&broker.uri))
         .with_service::<SharedService>()
         .start()

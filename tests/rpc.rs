@@ -64,13 +64,22 @@ async fn wait_started(token: &str) {
 
 /// A meeting point for two synchronous calls; each waits up to 5 s for the other.
 fn rendezvous(token: &str) -> bool {
-    static POINTS: OnceLock<Mutex<HashMap<String, Arc<(Mutex<usize>, Condvar)>>>> = OnceLock::new();
-    let point = POINTS.get_or_init(Default::default).lock().unwrap().entry(token.to_owned()).or_default().clone();
+    type Point = Arc<(Mutex<usize>, Condvar)>;
+    static POINTS: OnceLock<Mutex<HashMap<String, Point>>> = OnceLock::new();
+    let point = POINTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(token.to_owned())
+        .or_default()
+        .clone();
     let (count, arrived) = &*point;
     let mut count = count.lock().unwrap();
     *count += 1;
     arrived.notify_all();
-    let (count, _) = arrived.wait_timeout_while(count, Duration::from_secs(5), |c| *c < 2).unwrap();
+    let (count, _) = arrived
+        .wait_timeout_while(count, Duration::from_secs(5), |c| *c < 2)
+        .unwrap();
     *count >= 2
 }
 
@@ -79,7 +88,8 @@ pub struct DivisionByZero;
 
 impl ToRemoteError for DivisionByZero {
     fn to_remote_error(&self) -> RemoteError {
-        RemoteError::new("ZeroDivisionError", "division by zero").with_path("builtins.ZeroDivisionError")
+        RemoteError::new("ZeroDivisionError", "division by zero")
+            .with_path("builtins.ZeroDivisionError")
     }
 }
 
@@ -116,7 +126,11 @@ impl Calculator {
 
     #[rpc]
     async fn divide(&self, a: f64, b: f64) -> Result<f64, DivisionByZero> {
-        if b == 0.0 { Err(DivisionByZero) } else { Ok(a / b) }
+        if b == 0.0 {
+            Err(DivisionByZero)
+        } else {
+            Ok(a / b)
+        }
     }
 
     #[rpc]
@@ -207,28 +221,51 @@ async fn start(broker: &TestBroker, config: Config) -> (RunningServices, Cluster
         .start()
         .await
         .expect("services start");
-    let client = ClusterRpcClient::standalone(broker.connect().await, running.config()).await.unwrap();
+    let client = ClusterRpcClient::standalone(broker.connect().await, running.config())
+        .await
+        .unwrap();
     (running, client)
 }
 
 /// Publishes a hand-made request and returns the reply body, or `None` if none came.
-async fn raw_request(t: &SharedTransport, routing_key: &str, body: &[u8], properties: Properties) -> Option<Value> {
+async fn raw_request(
+    t: &SharedTransport,
+    routing_key: &str,
+    body: &[u8],
+    properties: Properties,
+) -> Option<Value> {
     let reply_key = uuid::Uuid::new_v4().to_string();
     let queue = format!("raw-reply-{reply_key}");
-    t.declare_exchange(&ExchangeSpec::durable_topic("nameko-rpc")).await.unwrap();
-    t.declare_queue(&QueueSpec { auto_delete: true, ..QueueSpec::durable(&queue) }).await.unwrap();
-    t.bind_queue(&queue, "nameko-rpc", &reply_key).await.unwrap();
+    t.declare_exchange(&ExchangeSpec::durable_topic("nameko-rpc"))
+        .await
+        .unwrap();
+    t.declare_queue(&QueueSpec {
+        auto_delete: true,
+        ..QueueSpec::durable(&queue)
+    })
+    .await
+    .unwrap();
+    t.bind_queue(&queue, "nameko-rpc", &reply_key)
+        .await
+        .unwrap();
     let mut replies = t.consume(&queue, 0).await.unwrap();
     let reply_to = properties.reply_to.clone().map(|_| reply_key);
     let message = OutgoingMessage {
         exchange: "nameko-rpc".into(),
         routing_key: routing_key.into(),
         mandatory: true,
-        properties: Properties { reply_to, correlation_id: Some("raw".into()), ..properties },
+        properties: Properties {
+            reply_to,
+            correlation_id: Some("raw".into()),
+            ..properties
+        },
         body: body.to_vec(),
     };
     t.publish(message).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(2), replies.next()).await.ok()??.ok()?;
+    let reply = tokio::time::timeout(Duration::from_secs(2), replies.next())
+        .await
+        .ok()??
+        .ok()?;
     assert_eq!(reply.properties.correlation_id.as_deref(), Some("raw"));
     let body = serde_json::from_slice(&reply.body).expect("the reply is JSON");
     reply.ack().await.unwrap();
@@ -236,7 +273,10 @@ async fn raw_request(t: &SharedTransport, routing_key: &str, body: &[u8], proper
 }
 
 fn with_reply_to() -> Properties {
-    Properties { reply_to: Some("set by raw_request".into()), ..Properties::nameko_json() }
+    Properties {
+        reply_to: Some("set by raw_request".into()),
+        ..Properties::nameko_json()
+    }
 }
 
 fn error_type(reply: &Value) -> &str {
@@ -518,13 +558,25 @@ async fn duplicate_service_names_are_refused_at_start() {
         .start()
         .await;
     let error = result.err().expect("duplicate names are refused");
-    assert_eq!(error.to_string(), "service `calculator` is registered twice; service names must be unique");
+    assert_eq!(
+        error.to_string(),
+        "service `calculator` is registered twice; service names must be unique"
+    );
 }
 
 #[tokio::test]
 async fn services_register_themselves_and_unknown_names_are_refused() {
-    let names: Vec<_> = nameko::ServiceRegistration::all().iter().map(|r| r.name()).collect();
+    let names: Vec<_> = nameko::ServiceRegistration::all()
+        .iter()
+        .map(|r| r.name())
+        .collect();
     assert_eq!(names, ["calculator", "relay"]);
-    let error = ServiceRunner::new(Config::default()).with_registered(&["calculater"]).err().unwrap();
-    assert_eq!(error.to_string(), "no service named `calculater` is registered (registered: calculator, relay)");
+    let error = ServiceRunner::new(Config::default())
+        .with_registered(&["calculater"])
+        .err()
+        .unwrap();
+    assert_eq!(
+        error.to_string(),
+        "no service named `calculater` is registered (registered: calculator, relay)"
+    );
 }

@@ -20,7 +20,9 @@ fn unique(prefix: &str) -> String {
 async fn topology(t: &SharedTransport, bindings: &[&str]) -> (String, String) {
     let exchange = unique("ex");
     let queue = unique("q");
-    t.declare_exchange(&ExchangeSpec::durable_topic(&exchange)).await.unwrap();
+    t.declare_exchange(&ExchangeSpec::durable_topic(&exchange))
+        .await
+        .unwrap();
     t.declare_queue(&QueueSpec::durable(&queue)).await.unwrap();
     for key in bindings {
         t.bind_queue(&queue, &exchange, key).await.unwrap();

@@ -20,16 +20,29 @@ impl KeyValues {
         let parsed = match Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(tokens) {
             Ok(parsed) => parsed,
             Err(e) => {
-                let expected = allowed.iter().map(|k| format!("`{k} = \"...\"`")).collect::<Vec<_>>();
-                cx.push(syn::Error::new(e.span(), format!("{e}; expected {}", expected.join(", "))));
+                let expected = allowed
+                    .iter()
+                    .map(|k| format!("`{k} = \"...\"`"))
+                    .collect::<Vec<_>>();
+                cx.push(syn::Error::new(
+                    e.span(),
+                    format!("{e}; expected {}", expected.join(", ")),
+                ));
                 return KeyValues { entries };
             }
         };
         for meta in parsed {
-            let key = meta.path.get_ident().map(|i| i.to_string()).unwrap_or_default();
+            let key = meta
+                .path
+                .get_ident()
+                .map(|i| i.to_string())
+                .unwrap_or_default();
             if !allowed.contains(&key.as_str()) {
                 let expected = allowed.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>();
-                cx.error(&meta.path, format!("unknown key; expected one of {}", expected.join(", ")));
+                cx.error(
+                    &meta.path,
+                    format!("unknown key; expected one of {}", expected.join(", ")),
+                );
                 continue;
             }
             if entries.iter().any(|(p, _)| p.is_ident(&key)) {
@@ -37,15 +50,23 @@ impl KeyValues {
                 continue;
             }
             match &meta.value {
-                Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => entries.push((meta.path, s.clone())),
-                other => cx.error(other, format!("`{key}` takes a string literal: `{key} = \"...\"`")),
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(s), ..
+                }) => entries.push((meta.path, s.clone())),
+                other => cx.error(
+                    other,
+                    format!("`{key}` takes a string literal: `{key} = \"...\"`"),
+                ),
             }
         }
         KeyValues { entries }
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&LitStr> {
-        self.entries.iter().find(|(p, _)| p.is_ident(key)).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .find(|(p, _)| p.is_ident(key))
+            .map(|(_, v)| v)
     }
 }
 
@@ -54,10 +75,15 @@ pub(crate) fn check_wire_name(lit: &LitStr, what: &str, cx: &mut Ctxt) {
     let value = lit.value();
     if value.is_empty() {
         cx.error(lit, format!("the {what} cannot be empty"));
-    } else if value.chars().any(|c| matches!(c, '.' | '*' | '#') || c.is_whitespace()) {
+    } else if value
+        .chars()
+        .any(|c| matches!(c, '.' | '*' | '#') || c.is_whitespace())
+    {
         cx.error(
             lit,
-            format!("the {what} is part of AMQP routing keys and cannot contain '.', '*', '#' or spaces"),
+            format!(
+                "the {what} is part of AMQP routing keys and cannot contain '.', '*', '#' or spaces"
+            ),
         );
     }
 }

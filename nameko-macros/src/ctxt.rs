@@ -21,7 +21,9 @@ impl Ctxt {
     /// All errors as one, if there were any.
     pub(crate) fn check(self) -> Result<(), syn::Error> {
         let mut errors = self.errors.into_iter();
-        let Some(mut first) = errors.next() else { return Ok(()) };
+        let Some(mut first) = errors.next() else {
+            return Ok(());
+        };
         for e in errors {
             first.combine(e);
         }

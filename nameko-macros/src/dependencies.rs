@@ -27,13 +27,17 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                     let name = field.ident.as_ref().expect("named field");
                     let ty = &field.ty;
                     let label = name.to_string();
-                    let build = quote_spanned!(ty.span()=> #p::build_dependency::<#ty>(cx, #label).await?);
+                    let build =
+                        quote_spanned!(ty.span()=> #p::build_dependency::<#ty>(cx, #label).await?);
                     quote!(#name: #build)
                 });
                 quote!(Self { #(#inits),* })
             }
             Fields::Unnamed(fields) => {
-                cx.error(fields, "name the fields of a service struct: each is a named dependency");
+                cx.error(
+                    fields,
+                    "name the fields of a service struct: each is a named dependency",
+                );
                 quote!(unreachable!())
             }
         },

@@ -41,7 +41,10 @@ pub(crate) enum RpcOutput {
 
 /// Whether `attr` is `#[rpc]` or `#[...::rpc]`.
 pub(crate) fn is_rpc_attr(attr: &Attribute) -> bool {
-    attr.path().segments.last().is_some_and(|s| s.ident == "rpc")
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "rpc")
 }
 
 /// The `T` of `Option<T>`, written as a path ending in `Option`.
@@ -140,7 +143,9 @@ impl RpcMethod {
         }
         let mut params = Vec::new();
         for input in sig.inputs.iter().skip(1) {
-            let FnArg::Typed(pat_type) = input else { continue };
+            let FnArg::Typed(pat_type) = input else {
+                continue;
+            };
             let ident = match &*pat_type.pat {
                 Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => pi.ident.clone(),
                 other => {
@@ -160,15 +165,25 @@ impl RpcMethod {
                 continue;
             }
             if contains_impl_trait(&ty) {
-                cx.error(&ty, "RPC arguments cannot be `impl Trait`: name a concrete type");
+                cx.error(
+                    &ty,
+                    "RPC arguments cannot be `impl Trait`: name a concrete type",
+                );
                 continue;
             }
-            params.push(RpcParam { optional: option_inner(&ty).is_some(), ident, ty });
+            params.push(RpcParam {
+                optional: option_inner(&ty).is_some(),
+                ident,
+                ty,
+            });
         }
         let output = match &sig.output {
             ReturnType::Default => RpcOutput::Unit,
             ReturnType::Type(_, ty) if contains_impl_trait(ty) => {
-                cx.error(ty, "RPC methods cannot return `impl Trait`: name a concrete type");
+                cx.error(
+                    ty,
+                    "RPC methods cannot return `impl Trait`: name a concrete type",
+                );
                 RpcOutput::Unit
             }
             ReturnType::Type(_, ty) => match generic_args_of(ty, "Result").as_deref() {
@@ -185,7 +200,12 @@ impl RpcMethod {
                 None => RpcOutput::Value((**ty).clone()),
             },
         };
-        let docs = f.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect();
+        let docs = f
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .cloned()
+            .collect();
         Some(RpcMethod {
             ident: sig.ident.clone(),
             wire_name,
@@ -233,7 +253,9 @@ impl RpcMethod {
                     ::std::result::Result::Ok(value) => #ok,
                     ::std::result::Result::Err(error) => {
                         use #p::{ViaDisplay as _, ViaToRemoteError as _};
-                        ::std::result::Result::Err((&#p::Wrap(&error)).__to_remote_error())
+                        #[allow(clippy::needless_borrow)] // The borrow selects the conversion.
+                        let error = (&#p::Wrap(&error)).__to_remote_error();
+                        ::std::result::Result::Err(error)
                     }
                 }
                 }
@@ -268,7 +290,10 @@ impl RpcMethod {
             quote_spanned!(ty.span()=> #p::encode_argument::<#ty>(&#name)?)
         });
         let (ok, call) = match &self.output {
-            RpcOutput::Unit => (quote!(()), quote!(#p::call::<()>(&self.proxy, #wire, &args).await)),
+            RpcOutput::Unit => (
+                quote!(()),
+                quote!(#p::call::<()>(&self.proxy, #wire, &args).await),
+            ),
             RpcOutput::Value(ty) | RpcOutput::Result { ok: ty } => (
                 quote!(#ty),
                 quote_spanned!(ty.span()=> #p::call::<#ty>(&self.proxy, #wire, &args).await),

@@ -26,7 +26,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     match &name {
         Some(lit) => check_wire_name(lit, "service name", &mut cx),
         None => cx.error(
-            &item.impl_token,
+            item.impl_token,
             "missing the service's name: `#[service(name = \"my_service\")]`",
         ),
     }
@@ -41,14 +41,20 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         cx.error(&item.generics, "services cannot be generic");
     }
     if let Some((_, path, _)) = &item.trait_ {
-        cx.error(path, "`#[service]` goes on an inherent `impl` block, not a trait implementation");
+        cx.error(
+            path,
+            "`#[service]` goes on an inherent `impl` block, not a trait implementation",
+        );
     }
     let self_ident = match &*item.self_ty {
         Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
         _ => None,
     };
     if self_ident.is_none() {
-        cx.error(&item.self_ty, "`#[service]` implements a named struct: `impl MyService { ... }`");
+        cx.error(
+            &item.self_ty,
+            "`#[service]` implements a named struct: `impl MyService { ... }`",
+        );
     }
 
     let mut methods: Vec<RpcMethod> = Vec::new();
@@ -59,7 +65,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         if let Some(extra) = rpc_attrs.get(1) {
             cx.error(extra, "duplicate `#[rpc]` attribute");
         }
-        let Some(attr) = rpc_attrs.first() else { continue };
+        let Some(attr) = rpc_attrs.first() else {
+            continue;
+        };
         if let Some(method) = RpcMethod::parse(f, attr, &mut cx) {
             if let Some(first) = methods.iter().find(|m| m.wire_name == method.wire_name) {
                 cx.push(syn::Error::new(
@@ -78,7 +86,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         return with_item(error, item);
     }
     let (Some(name), Some(self_ident)) = (name, self_ident) else {
-        return with_item(syn::Error::new(proc_macro2::Span::call_site(), "invalid service"), item);
+        return with_item(
+            syn::Error::new(proc_macro2::Span::call_site(), "invalid service"),
+            item,
+        );
     };
 
     let self_ty = &item.self_ty;

@@ -19,8 +19,11 @@ pub use std::time::Duration;
 /// `UnserializableValueError`.
 pub fn encode_result<T: RpcResult>(value: &T) -> Result<Vec<u8>, RemoteError> {
     serde_json::to_vec(value).map_err(|e| {
-        RemoteError::nameko("UnserializableValueError", format!("Unserializable value: `{e}`"))
-            .with_args(Vec::new())
+        RemoteError::nameko(
+            "UnserializableValueError",
+            format!("Unserializable value: `{e}`"),
+        )
+        .with_args(Vec::new())
     })
 }
 
@@ -37,8 +40,11 @@ where
     });
     match task.await {
         Ok(value) => Ok(value),
-        Err(e) if e.is_panic() => Err(crate::service::container::panic_error(e.into_panic().as_ref())),
-        Err(e) => Err(RemoteError::new("WorkerCancelled", e.to_string()).with_path("nameko_rs.WorkerCancelled")),
+        Err(e) if e.is_panic() => Err(crate::service::container::panic_error(
+            e.into_panic().as_ref(),
+        )),
+        Err(e) => Err(RemoteError::new("WorkerCancelled", e.to_string())
+            .with_path("nameko_rs.WorkerCancelled")),
     }
 }
 
@@ -66,7 +72,8 @@ pub type RawArgument = Box<serde_json::value::RawValue>;
 
 /// Encodes one argument of a typed client's call.
 pub fn encode_argument<T: RpcArgument>(value: &T) -> Result<RawArgument, RpcError> {
-    serde_json::value::to_raw_value(value).map_err(|e| RpcError::Serialization(format!("arguments: {e}")))
+    serde_json::value::to_raw_value(value)
+        .map_err(|e| RpcError::Serialization(format!("arguments: {e}")))
 }
 
 /// A typed client's call.

@@ -24,7 +24,7 @@ pub enum Command {
     Run {
         /// The services to run (all registered services when none is named).
         services: Vec<String>,
-        /// The broker: amqp://user:pass@host[:port][/vhost], or memory:// for the embedded one.
+        /// The broker: `amqp://user:pass@host[:port][/vhost]`, or `memory://` for the embedded one.
         #[arg(long, env = "AMQP_URI")]
         broker: Option<String>,
         /// Workers running at once per service.
@@ -64,7 +64,10 @@ pub fn init_logging() {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the tokio runtime");
@@ -86,8 +89,15 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run { services, broker, max_workers, prefetch_count } => {
-            let mut config = Config::default().with_max_workers(max_workers).with_prefetch_count(prefetch_count);
+        Command::Run {
+            services,
+            broker,
+            max_workers,
+            prefetch_count,
+        } => {
+            let mut config = Config::default()
+                .with_max_workers(max_workers)
+                .with_prefetch_count(prefetch_count);
             config.amqp_uri = broker.filter(|b| !b.is_empty());
             if config.is_embedded() {
                 tracing::info!(

@@ -47,7 +47,10 @@ impl Default for Config {
 impl Config {
     /// The defaults, with `AMQP_URI` taken from the environment when set.
     pub fn from_env() -> Self {
-        Config { amqp_uri: std::env::var("AMQP_URI").ok().filter(|s| !s.is_empty()), ..Config::default() }
+        Config {
+            amqp_uri: std::env::var("AMQP_URI").ok().filter(|s| !s.is_empty()),
+            ..Config::default()
+        }
     }
 
     /// Sets the broker URI (`amqp://...`, `amqps://...` or `memory://[name]`).

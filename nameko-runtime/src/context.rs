@@ -174,13 +174,19 @@ mod tests {
         .into();
         let ctx = WorkerContext::new("svc", "greet", &headers, 10);
         assert_eq!(ctx.call_id_stack().len(), 11);
-        assert_eq!(ctx.call_id_stack().last().map(String::as_str), Some(ctx.call_id()));
+        assert_eq!(
+            ctx.call_id_stack().last().map(String::as_str),
+            Some(ctx.call_id())
+        );
         assert_eq!(ctx.call_id_stack()[0], "p.m.2");
         assert_eq!(ctx.immediate_parent_call_id(), Some("p.m.11"));
         assert_eq!(ctx.language(), Some("en-gb"));
         let out = ctx.outgoing_headers();
         assert_eq!(out["nameko.language"], json!("en-gb"));
-        assert_eq!(out["nameko.call_id_stack"].as_array().map(Vec::len), Some(11));
+        assert_eq!(
+            out["nameko.call_id_stack"].as_array().map(Vec::len),
+            Some(11)
+        );
     }
 
     #[test]

@@ -143,9 +143,7 @@ impl ToRemoteError for RpcError {
         match self {
             RpcError::MethodNotFound(m) => RemoteError::nameko("MethodNotFound", m.clone()),
             RpcError::MalformedRequest(m) => RemoteError::nameko("MalformedRequest", m.clone()),
-            RpcError::IncorrectSignature(m) => {
-                RemoteError::nameko("IncorrectSignature", m.clone())
-            }
+            RpcError::IncorrectSignature(m) => RemoteError::nameko("IncorrectSignature", m.clone()),
             RpcError::UnknownService(s) => {
                 RemoteError::nameko("UnknownService", format!("Unknown service `{s}`"))
                     .with_args(vec![Value::String(s.clone())])
@@ -153,10 +151,15 @@ impl ToRemoteError for RpcError {
             RpcError::Timeout(d) => {
                 RemoteError::nameko("RpcTimeout", format!("{}", d.as_secs_f64()))
             }
-            RpcError::Remote(e) => RemoteError::nameko("RemoteError", e.to_string()).with_args(
-                vec![Value::String(e.exc_type.clone()), Value::String(e.value.clone())],
-            ),
-            other => RemoteError::new("RpcError", other.to_string()).with_path("nameko_rs.RpcError"),
+            RpcError::Remote(e) => {
+                RemoteError::nameko("RemoteError", e.to_string()).with_args(vec![
+                    Value::String(e.exc_type.clone()),
+                    Value::String(e.value.clone()),
+                ])
+            }
+            other => {
+                RemoteError::new("RpcError", other.to_string()).with_path("nameko_rs.RpcError")
+            }
         }
     }
 }
@@ -220,6 +223,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_borrow)] // The borrow is what selects the implementation.
     fn to_remote_error_wins_over_display() {
         let e = (&Wrap(&RpcError::MethodNotFound("x".into()))).__to_remote_error();
         assert_eq!(e.exc_path, "nameko.exceptions.MethodNotFound");

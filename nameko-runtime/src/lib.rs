@@ -1,6 +1,6 @@
 //! Nameko-style microservices in Rust, wire-compatible with Python Nameko 2.x.
 //!
-//! Annotate an `impl` block with [`#[service]`](service), its methods with [`#[rpc]`](rpc), and
+//! Annotate an `impl` block with [`#[service]`](macro@service), its methods with [`#[rpc]`](macro@rpc), and
 //! derive [`Dependencies`] on the struct whose fields are the service's dependencies:
 //!
 //! ```

@@ -255,7 +255,9 @@ pub fn context_from_headers(headers: &Headers) -> BTreeMap<String, Value> {
 }
 
 /// Headers for context data: each non-null value under `nameko.<key>`.
-pub fn headers_from_context<'a>(data: impl IntoIterator<Item = (&'a String, &'a Value)>) -> Headers {
+pub fn headers_from_context<'a>(
+    data: impl IntoIterator<Item = (&'a String, &'a Value)>,
+) -> Headers {
     data.into_iter()
         .filter(|(_, value)| !value.is_null())
         .map(|(key, value)| (format!("{HEADER_PREFIX}{key}"), value.clone()))
@@ -287,10 +289,22 @@ mod tests {
 
     #[test]
     fn malformed_requests_are_told_apart() {
-        assert!(matches!(RequestBody::parse(b"{nope"), Err(MalformedRequest::NotJson(_))));
-        assert!(matches!(RequestBody::parse(b"\xff\xfe"), Err(MalformedRequest::NotJson(_))));
-        assert_eq!(RequestBody::parse(b"[1, 2]").unwrap_err(), MalformedRequest::NotAnObject);
-        assert_eq!(RequestBody::parse(b"\"x\"").unwrap_err(), MalformedRequest::NotAnObject);
+        assert!(matches!(
+            RequestBody::parse(b"{nope"),
+            Err(MalformedRequest::NotJson(_))
+        ));
+        assert!(matches!(
+            RequestBody::parse(b"\xff\xfe"),
+            Err(MalformedRequest::NotJson(_))
+        ));
+        assert_eq!(
+            RequestBody::parse(b"[1, 2]").unwrap_err(),
+            MalformedRequest::NotAnObject
+        );
+        assert_eq!(
+            RequestBody::parse(b"\"x\"").unwrap_err(),
+            MalformedRequest::NotAnObject
+        );
         assert_eq!(
             RequestBody::parse(br#"{"args": ["x"]}"#).unwrap_err(),
             MalformedRequest::MissingArgsOrKwargs

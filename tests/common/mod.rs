@@ -9,9 +9,9 @@
 
 #![allow(dead_code)]
 
+use nameko::transport::{self, SharedTransport};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use nameko::transport::{self, SharedTransport};
 
 fn required() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -20,7 +20,9 @@ fn required() -> bool {
 
 fn missing<T>(what: &str) -> Option<T> {
     if required() {
-        panic!("{what} is not configured, and CI=true / NAMEKO_TEST_REQUIRE_BROKER=1 forbids skipping: run tests/run.sh");
+        panic!(
+            "{what} is not configured, and CI=true / NAMEKO_TEST_REQUIRE_BROKER=1 forbids skipping: run tests/run.sh"
+        );
     }
     eprintln!("SKIPPED: {what} is not configured (run tests/run.sh to run this test)");
     None
@@ -35,18 +37,27 @@ pub struct TestBroker {
 impl TestBroker {
     /// A new embedded broker of its own.
     pub fn memory() -> TestBroker {
-        TestBroker { uri: format!("memory://test-{}", uuid::Uuid::new_v4()), vhost: None }
+        TestBroker {
+            uri: format!("memory://test-{}", uuid::Uuid::new_v4()),
+            vhost: None,
+        }
     }
 
     /// A new RabbitMQ virtual host, or `None` (skip) when RabbitMQ is not configured.
     pub fn amqp() -> Option<TestBroker> {
-        let (Ok(base), Ok(api)) =
-            (std::env::var("NAMEKO_TEST_AMQP_URI"), std::env::var("NAMEKO_TEST_RABBIT_API"))
-        else {
+        let (Ok(base), Ok(api)) = (
+            std::env::var("NAMEKO_TEST_AMQP_URI"),
+            std::env::var("NAMEKO_TEST_RABBIT_API"),
+        ) else {
             return missing("RabbitMQ (NAMEKO_TEST_AMQP_URI and NAMEKO_TEST_RABBIT_API)");
         };
         let api = ApiEndpoint::parse(&api);
-        let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().take(10).collect();
+        let suffix: String = uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .chars()
+            .take(10)
+            .collect();
         let vhost = format!("nameko_test_{suffix}");
         api.request("PUT", &format!("/api/vhosts/{vhost}"), "");
         api.request(
@@ -55,7 +66,10 @@ impl TestBroker {
             r#"{"configure":".*","write":".*","read":".*"}"#,
         );
         let uri = format!("{}/{vhost}", base.trim_end_matches('/'));
-        Some(TestBroker { uri, vhost: Some((api, vhost)) })
+        Some(TestBroker {
+            uri,
+            vhost: Some((api, vhost)),
+        })
     }
 
     /// The URI in Python kombu's spelling.
@@ -65,7 +79,9 @@ impl TestBroker {
 
     /// A transport connected to this broker.
     pub async fn connect(&self) -> SharedTransport {
-        transport::connect(&self.uri).await.expect("connect to the test broker")
+        transport::connect(&self.uri)
+            .await
+            .expect("connect to the test broker")
     }
 }
 
@@ -87,25 +103,42 @@ struct ApiEndpoint {
 
 impl ApiEndpoint {
     fn parse(uri: &str) -> ApiEndpoint {
-        let rest = uri.strip_prefix("http://").expect("NAMEKO_TEST_RABBIT_API is http://user:pass@host:port");
-        let (userinfo, host) = rest.trim_end_matches('/').rsplit_once('@').expect("user:pass@ in NAMEKO_TEST_RABBIT_API");
+        let rest = uri
+            .strip_prefix("http://")
+            .expect("NAMEKO_TEST_RABBIT_API is http://user:pass@host:port");
+        let (userinfo, host) = rest
+            .trim_end_matches('/')
+            .rsplit_once('@')
+            .expect("user:pass@ in NAMEKO_TEST_RABBIT_API");
         let user = userinfo.split(':').next().unwrap_or("guest").to_owned();
-        ApiEndpoint { host: host.to_owned(), user, auth: base64(userinfo.as_bytes()) }
+        ApiEndpoint {
+            host: host.to_owned(),
+            user,
+            auth: base64(userinfo.as_bytes()),
+        }
     }
 
     fn request(&self, method: &str, path: &str, body: &str) {
-        let mut stream = TcpStream::connect(&self.host).expect("connect to the RabbitMQ management API");
+        let mut stream =
+            TcpStream::connect(&self.host).expect("connect to the RabbitMQ management API");
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.host,
             self.auth,
             body.len()
         );
-        stream.write_all(request.as_bytes()).expect("send to the management API");
+        stream
+            .write_all(request.as_bytes())
+            .expect("send to the management API");
         let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read the management API's answer");
+        stream
+            .read_to_string(&mut response)
+            .expect("read the management API's answer");
         let status = response.split_whitespace().nth(1).unwrap_or("");
-        assert!(status.starts_with('2'), "{method} {path} failed: {response}");
+        assert!(
+            status.starts_with('2'),
+            "{method} {path} failed: {response}"
+        );
     }
 }
 
@@ -113,7 +146,11 @@ fn base64(input: &[u8]) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -158,7 +195,6 @@ macro_rules! on_both_transports {
     };
 }
 
-
 /// The folder of the Python interop scripts.
 pub fn interop_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
@@ -173,7 +209,8 @@ pub struct PythonServices {
 impl PythonServices {
     /// Runs `nameko run py_services:<classes>` against `broker`.
     pub fn start(python: &str, broker: &TestBroker, classes: &[&str]) -> PythonServices {
-        let config = tempfile_path::TempPath::new("yaml", &format!("AMQP_URI: '{}'\n", broker.python_uri()));
+        let config =
+            tempfile_path::TempPath::new("yaml", &format!("AMQP_URI: '{}'\n", broker.python_uri()));
         let nameko = std::path::Path::new(python).with_file_name("nameko");
         let mut command = std::process::Command::new(nameko);
         command.arg("run");
@@ -189,7 +226,10 @@ impl PythonServices {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start `nameko run`");
-        PythonServices { child, _config: config }
+        PythonServices {
+            child,
+            _config: config,
+        }
     }
 }
 
@@ -201,7 +241,11 @@ impl Drop for PythonServices {
 }
 
 /// Runs `py_client.py`: each call made with Python's `ClusterRpcProxy`, one JSON value each.
-pub async fn python_calls(python: &str, broker: &TestBroker, calls: &serde_json::Value) -> Vec<serde_json::Value> {
+pub async fn python_calls(
+    python: &str,
+    broker: &TestBroker,
+    calls: &serde_json::Value,
+) -> Vec<serde_json::Value> {
     let output = tokio::process::Command::new(python)
         .arg(interop_dir().join("py_client.py"))
         .arg(broker.python_uri())
@@ -209,7 +253,11 @@ pub async fn python_calls(python: &str, broker: &TestBroker, calls: &serde_json:
         .output()
         .await
         .expect("run py_client.py");
-    assert!(output.status.success(), "py_client.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "py_client.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout)
         .expect("UTF-8 output")
         .lines()
@@ -218,8 +266,15 @@ pub async fn python_calls(python: &str, broker: &TestBroker, calls: &serde_json:
 }
 
 /// Waits until `service` answers (its queue exists and a consumer replies).
-pub async fn wait_for_service(client: &nameko::ClusterRpcClient, service: &str, method: &str, args: serde_json::Value) {
-    let proxy = client.service(service.to_owned()).with_timeout(std::time::Duration::from_secs(5));
+pub async fn wait_for_service(
+    client: &nameko::ClusterRpcClient,
+    service: &str,
+    method: &str,
+    args: serde_json::Value,
+) {
+    let proxy = client
+        .service(service.to_owned())
+        .with_timeout(std::time::Duration::from_secs(5));
     for _ in 0..120 {
         match proxy.call::<_, serde_json::Value>(method, &args).await {
             Err(nameko::RpcError::UnknownService(_)) | Err(nameko::RpcError::Timeout(_)) => {
@@ -237,7 +292,8 @@ mod tempfile_path {
 
     impl TempPath {
         pub fn new(extension: &str, contents: &str) -> TempPath {
-            let path = std::env::temp_dir().join(format!("nameko-test-{}.{extension}", uuid::Uuid::new_v4()));
+            let path = std::env::temp_dir()
+                .join(format!("nameko-test-{}.{extension}", uuid::Uuid::new_v4()));
             std::fs::write(&path, contents).expect("write a temporary file");
             TempPath(path)
         }

@@ -83,11 +83,18 @@ impl BoundArgs {
                 quoted_list(&missing)
             )));
         }
-        Ok(BoundArgs { method, params, slots })
+        Ok(BoundArgs {
+            method,
+            params,
+            slots,
+        })
     }
 
     /// Reads parameter `index` as a `T`; a value of the wrong type is an `IncorrectSignature`.
-    pub fn take<T: crate::__private::RpcArgument>(&mut self, index: usize) -> Result<T, RemoteError> {
+    pub fn take<T: crate::__private::RpcArgument>(
+        &mut self,
+        index: usize,
+    ) -> Result<T, RemoteError> {
         let raw = self.slots.get_mut(index).and_then(Option::take);
         let text = raw.as_ref().map_or("null", |r| r.get());
         serde_json::from_str(text).map_err(|e| {
@@ -101,18 +108,37 @@ impl BoundArgs {
 mod tests {
     use super::*;
 
-    const GREET: &[Param] = &[Param { name: "name", optional: false }];
+    const GREET: &[Param] = &[Param {
+        name: "name",
+        optional: false,
+    }];
     const ADD: &[Param] = &[
-        Param { name: "a", optional: false },
-        Param { name: "b", optional: false },
-        Param { name: "c", optional: false },
-        Param { name: "label", optional: true },
+        Param {
+            name: "a",
+            optional: false,
+        },
+        Param {
+            name: "b",
+            optional: false,
+        },
+        Param {
+            name: "c",
+            optional: false,
+        },
+        Param {
+            name: "label",
+            optional: true,
+        },
     ];
 
     fn bind(params: &'static [Param], body: &str) -> Result<BoundArgs, String> {
         let body = RequestBody::parse(body.as_bytes()).unwrap();
-        BoundArgs::bind(if params.len() == 1 { "greet" } else { "add" }, params, body)
-            .map_err(|e| e.value)
+        BoundArgs::bind(
+            if params.len() == 1 { "greet" } else { "add" },
+            params,
+            body,
+        )
+        .map_err(|e| e.value)
     }
 
     #[test]
@@ -153,6 +179,12 @@ mod tests {
         let mut bound = bind(GREET, r#"{"args": [42], "kwargs": {}}"#).unwrap();
         let error = bound.take::<String>(0).unwrap_err();
         assert_eq!(error.exc_type, "IncorrectSignature");
-        assert!(error.value.starts_with("greet() argument 'name': invalid type: integer `42`"), "{}", error.value);
+        assert!(
+            error
+                .value
+                .starts_with("greet() argument 'name': invalid type: integer `42`"),
+            "{}",
+            error.value
+        );
     }
 }

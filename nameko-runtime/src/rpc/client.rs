@@ -46,10 +46,14 @@ impl ReplyListener {
     ) -> Result<ReplyListener, TransportError> {
         let routing_key = uuid::Uuid::new_v4().to_string();
         let queue = protocol::reply_queue_name(owner, &routing_key);
-        transport.declare_exchange(&ExchangeSpec::durable_topic(exchange)).await?;
+        transport
+            .declare_exchange(&ExchangeSpec::durable_topic(exchange))
+            .await?;
         transport
             .declare_queue(&QueueSpec {
-                expires: Some(Duration::from_millis(u64::from(protocol::REPLY_QUEUE_EXPIRES_MS))),
+                expires: Some(Duration::from_millis(u64::from(
+                    protocol::REPLY_QUEUE_EXPIRES_MS,
+                ))),
                 ..QueueSpec::durable(queue.clone())
             })
             .await?;
@@ -58,7 +62,8 @@ impl ReplyListener {
         let pending: Pending = Arc::default();
         let closed: Arc<Mutex<Option<String>>> = Arc::default();
         let stop = CancellationToken::new();
-        let (task_pending, task_closed, task_stop) = (pending.clone(), closed.clone(), stop.clone());
+        let (task_pending, task_closed, task_stop) =
+            (pending.clone(), closed.clone(), stop.clone());
         tokio::spawn(async move {
             let reason = loop {
                 let delivery = tokio::select! {
@@ -69,7 +74,9 @@ impl ReplyListener {
                 match delivery {
                     Some(Ok(mut delivery)) => {
                         let correlation_id = delivery.properties.correlation_id.clone();
-                        let waiter = correlation_id.as_ref().and_then(|id| lock(&task_pending).remove(id));
+                        let waiter = correlation_id
+                            .as_ref()
+                            .and_then(|id| lock(&task_pending).remove(id));
                         let body = std::mem::take(&mut delivery.body);
                         if let Err(e) = delivery.ack().await {
                             tracing::warn!(error = %e, "could not acknowledge a reply");
@@ -98,7 +105,12 @@ impl ReplyListener {
             }
             consumer.close().await;
         });
-        Ok(ReplyListener { routing_key, pending, closed, _stop: stop.drop_guard() })
+        Ok(ReplyListener {
+            routing_key,
+            pending,
+            closed,
+            _stop: stop.drop_guard(),
+        })
     }
 }
 
@@ -203,13 +215,19 @@ impl ClusterRpcClient {
 
     /// A client whose calls time out after `timeout`.
     pub fn with_timeout(&self, timeout: Duration) -> ClusterRpcClient {
-        ClusterRpcClient { timeout, ..self.clone() }
+        ClusterRpcClient {
+            timeout,
+            ..self.clone()
+        }
     }
 
     /// A client whose calls carry this context data (e.g. `auth_token`), on top of the current
     /// worker's.
     pub fn with_context_data(&self, data: ContextData) -> ClusterRpcClient {
-        ClusterRpcClient { context_data: Arc::new(data), ..self.clone() }
+        ClusterRpcClient {
+            context_data: Arc::new(data),
+            ..self.clone()
+        }
     }
 
     /// The timeout of this client's calls.
@@ -219,7 +237,10 @@ impl ClusterRpcClient {
 
     /// A proxy for calling the methods of one service.
     pub fn service(&self, name: impl Into<Arc<str>>) -> ServiceProxy {
-        ServiceProxy { client: self.clone(), service: name.into() }
+        ServiceProxy {
+            client: self.clone(),
+            service: name.into(),
+        }
     }
 
     fn headers(&self) -> protocol::Headers {
@@ -246,7 +267,12 @@ impl ClusterRpcClient {
     }
 
     /// Sends a request body to `service.method` and returns the raw reply body.
-    async fn request(&self, service: &str, method: &str, body: Vec<u8>) -> Result<Vec<u8>, RpcError> {
+    async fn request(
+        &self,
+        service: &str,
+        method: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, RpcError> {
         if let Some(reason) = lock(&self.core.listener.closed).clone() {
             return Err(RpcError::Transport(TransportError::Connection(reason)));
         }
@@ -254,7 +280,10 @@ impl ClusterRpcClient {
         let (tx, rx) = oneshot::channel();
         let pending = &self.core.listener.pending;
         lock(pending).insert(correlation_id.clone(), tx);
-        let _guard = PendingGuard { pending, correlation_id: &correlation_id };
+        let _guard = PendingGuard {
+            pending,
+            correlation_id: &correlation_id,
+        };
         let message = OutgoingMessage {
             exchange: self.core.exchange.clone(),
             routing_key: protocol::rpc_routing_key(service, method),
@@ -268,10 +297,16 @@ impl ClusterRpcClient {
             body,
         };
         let call = async {
-            self.core.transport.publish(message).await.map_err(|e| match e {
-                TransportError::Unroutable { .. } => RpcError::UnknownService(service.to_owned()),
-                other => RpcError::Transport(other),
-            })?;
+            self.core
+                .transport
+                .publish(message)
+                .await
+                .map_err(|e| match e {
+                    TransportError::Unroutable { .. } => {
+                        RpcError::UnknownService(service.to_owned())
+                    }
+                    other => RpcError::Transport(other),
+                })?;
             rx.await.map_err(|_| {
                 RpcError::Transport(TransportError::Connection("reply listener stopped".into()))
             })?
@@ -298,7 +333,10 @@ impl ServiceProxy {
 
     /// A proxy whose calls time out after `timeout`.
     pub fn with_timeout(&self, timeout: Duration) -> ServiceProxy {
-        ServiceProxy { client: self.client.with_timeout(timeout), service: self.service.clone() }
+        ServiceProxy {
+            client: self.client.with_timeout(timeout),
+            service: self.service.clone(),
+        }
     }
 
     /// Calls `method` with positional arguments (anything that serialises to a JSON array: a
@@ -351,7 +389,10 @@ mod tests {
             br#"{"result": null, "error": {"exc_type": "ValueError", "exc_path": "builtins.ValueError", "exc_args": ["boom"], "value": "boom"}}"#,
         )
         .unwrap_err();
-        assert_eq!(err.remote().map(|e| e.exc_type.as_str()), Some("ValueError"));
+        assert_eq!(
+            err.remote().map(|e| e.exc_type.as_str()),
+            Some("ValueError")
+        );
         let wrong = decode_reply::<u32>(br#"{"result": "x", "error": null}"#).unwrap_err();
         assert!(matches!(wrong, RpcError::Serialization(_)));
     }

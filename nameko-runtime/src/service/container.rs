@@ -19,9 +19,7 @@ use super::runner::Shared;
 use super::{DependencyContext, Entrypoint, RpcEntrypoint, Service};
 use crate::context::WorkerContext;
 use crate::error::Error;
-use crate::protocol::{
-    self, CONTENT_TYPE_JSON, MalformedRequest, RemoteError, RequestBody,
-};
+use crate::protocol::{self, CONTENT_TYPE_JSON, MalformedRequest, RemoteError, RequestBody};
 use crate::transport::{Consumer, Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec};
 
 /// A started service. Stop it through the runner's [`StopHandle`](super::runner::StopHandle).
@@ -61,10 +59,15 @@ pub(crate) fn start<S: Service>(
         } else {
             let t = &shared.transport;
             let queue = protocol::rpc_queue_name(S::NAME);
-            t.declare_exchange(&ExchangeSpec::durable_topic(&shared.config.rpc_exchange)).await?;
-            t.declare_queue(&QueueSpec::durable(&queue)).await?;
-            t.bind_queue(&queue, &shared.config.rpc_exchange, &protocol::rpc_binding_key(S::NAME))
+            t.declare_exchange(&ExchangeSpec::durable_topic(&shared.config.rpc_exchange))
                 .await?;
+            t.declare_queue(&QueueSpec::durable(&queue)).await?;
+            t.bind_queue(
+                &queue,
+                &shared.config.rpc_exchange,
+                &protocol::rpc_binding_key(S::NAME),
+            )
+            .await?;
             Some(t.consume(&queue, shared.config.prefetch_count).await?)
         };
         tracing::info!(
@@ -72,9 +75,16 @@ pub(crate) fn start<S: Service>(
             rpc = ?{ let mut names: Vec<_> = rpc.keys().copied().collect(); names.sort(); names },
             "service started"
         );
-        let rpc = Arc::new(RpcDispatch { service, handlers: rpc, shared: shared.clone() });
+        let rpc = Arc::new(RpcDispatch {
+            service,
+            handlers: rpc,
+            shared: shared.clone(),
+        });
         let task = tokio::spawn(run(rpc, consumer, shared));
-        Ok(ServiceContainer { name: S::NAME, task })
+        Ok(ServiceContainer {
+            name: S::NAME,
+            task,
+        })
     })
 }
 
@@ -109,7 +119,10 @@ async fn run<S: Service>(
                 break;
             }
             None => {
-                failure = Some(format!("consumer of rpc-{} was cancelled by the broker", S::NAME));
+                failure = Some(format!(
+                    "consumer of rpc-{} was cancelled by the broker",
+                    S::NAME
+                ));
                 break;
             }
         };
@@ -150,7 +163,10 @@ async fn run<S: Service>(
     match failure {
         Some(reason) => {
             tracing::error!(service = S::NAME, %reason, "service failed");
-            Err(Error::ServiceFailed { service: S::NAME.to_owned(), reason })
+            Err(Error::ServiceFailed {
+                service: S::NAME.to_owned(),
+                reason,
+            })
         }
         None => Ok(()),
     }

@@ -93,7 +93,10 @@ pub trait Dependencies: Sized + Send + Sync + 'static {
 )]
 pub trait Dependency: Sized + Send + Sync + 'static {
     /// Builds the dependency for the field `field` of the service in `cx`.
-    fn build(cx: &DependencyContext, field: &'static str) -> impl Future<Output = Result<Self, Error>> + Send;
+    fn build(
+        cx: &DependencyContext,
+        field: &'static str,
+    ) -> impl Future<Output = Result<Self, Error>> + Send;
 }
 
 /// What a dependency can use while it is built: the service, its configuration, its broker.
@@ -105,8 +108,17 @@ pub struct DependencyContext {
 }
 
 impl DependencyContext {
-    pub(crate) fn new(service_name: &'static str, config: Config, transport: SharedTransport) -> Self {
-        DependencyContext { service_name, config, transport, rpc_client: OnceCell::new() }
+    pub(crate) fn new(
+        service_name: &'static str,
+        config: Config,
+        transport: SharedTransport,
+    ) -> Self {
+        DependencyContext {
+            service_name,
+            config,
+            transport,
+            rpc_client: OnceCell::new(),
+        }
     }
 
     /// The service being built.
@@ -129,7 +141,11 @@ impl DependencyContext {
     pub async fn rpc_client(&self) -> Result<ClusterRpcClient, Error> {
         self.rpc_client
             .get_or_try_init(|| {
-                ClusterRpcClient::for_service(self.transport.clone(), &self.config, self.service_name)
+                ClusterRpcClient::for_service(
+                    self.transport.clone(),
+                    &self.config,
+                    self.service_name,
+                )
             })
             .await
             .cloned()
@@ -174,7 +190,9 @@ pub struct ServiceRegistration {
 
 impl std::fmt::Debug for ServiceRegistration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceRegistration").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("ServiceRegistration")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -198,13 +216,19 @@ impl ServiceRegistration {
         (self.entrypoints)()
     }
 
-    pub(crate) fn start(&self, shared: runner::Shared) -> BoxFuture<'static, Result<container::ServiceContainer, Error>> {
+    pub(crate) fn start(
+        &self,
+        shared: runner::Shared,
+    ) -> BoxFuture<'static, Result<container::ServiceContainer, Error>> {
         (self.start)(shared)
     }
 
     /// Every service registered with `#[service]` in this binary, sorted by name.
     pub fn all() -> Vec<ServiceRegistration> {
-        let mut all: Vec<_> = inventory::iter::<ServiceRegistration>.into_iter().copied().collect();
+        let mut all: Vec<_> = inventory::iter::<ServiceRegistration>
+            .into_iter()
+            .copied()
+            .collect();
         all.sort_by_key(|r| r.name);
         all
     }

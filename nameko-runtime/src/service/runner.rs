@@ -56,7 +56,11 @@ pub struct ServiceRunner {
 impl ServiceRunner {
     /// A runner with this configuration and no services yet.
     pub fn new(config: Config) -> Self {
-        ServiceRunner { config, transport: None, services: Vec::new() }
+        ServiceRunner {
+            config,
+            transport: None,
+            services: Vec::new(),
+        }
     }
 
     /// Uses this transport instead of connecting to the configured broker.
@@ -88,10 +92,13 @@ impl ServiceRunner {
         let all = ServiceRegistration::all();
         for name in names {
             let name = name.as_ref();
-            let found = all.iter().find(|r| r.name() == name).ok_or_else(|| Error::NoSuchService {
-                name: name.to_owned(),
-                registered: all.iter().map(|r| r.name()).collect::<Vec<_>>().join(", "),
-            })?;
+            let found =
+                all.iter()
+                    .find(|r| r.name() == name)
+                    .ok_or_else(|| Error::NoSuchService {
+                        name: name.to_owned(),
+                        registered: all.iter().map(|r| r.name()).collect::<Vec<_>>().join(", "),
+                    })?;
             self.services.push(*found);
         }
         Ok(self)
@@ -172,7 +179,10 @@ pub struct RunningServices {
 impl RunningServices {
     /// A handle that stops these services.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle { stop: self.shared.stop.clone(), kill: self.shared.kill.clone() }
+        StopHandle {
+            stop: self.shared.stop.clone(),
+            kill: self.shared.kill.clone(),
+        }
     }
 
     /// The broker the services use (to make a client in the same process).
@@ -211,7 +221,10 @@ impl RunningServices {
         let mut first_error = None;
         while let Some(result) = futures_util::StreamExt::next(&mut tasks).await {
             let result = result.unwrap_or_else(|e| {
-                Err(Error::ServiceFailed { service: "?".into(), reason: e.to_string() })
+                Err(Error::ServiceFailed {
+                    service: "?".into(),
+                    reason: e.to_string(),
+                })
             });
             if let Err(e) = result {
                 shared.stop.cancel();

@@ -15,7 +15,9 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -62,22 +64,32 @@ impl AmqpTransport {
             .map_err(|e| {
                 TransportError::Connection(format!("cannot connect to {}: {e}", mask_password(uri)))
             })?;
-        Ok(AmqpTransport { uri: normalized, connection, publisher: Mutex::new(None) })
+        Ok(AmqpTransport {
+            uri: normalized,
+            connection,
+            publisher: Mutex::new(None),
+        })
     }
 
     async fn channel(&self) -> Result<Channel, TransportError> {
-        self.connection.create_channel().await.map_err(connection_error)
+        self.connection
+            .create_channel()
+            .await
+            .map_err(connection_error)
     }
 
     async fn publisher(&self) -> Result<Channel, TransportError> {
         let mut publisher = self.publisher.lock().await;
-        if let Some(channel) = publisher.as_ref() {
-            if channel.status().connected() {
-                return Ok(channel.clone());
-            }
+        if let Some(channel) = publisher.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
         }
         let channel = self.channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(connection_error)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(connection_error)?;
         *publisher = Some(channel.clone());
         Ok(channel)
     }
@@ -97,8 +109,10 @@ impl AmqpTransport {
 
 /// Converts headers to an AMQP field table.
 pub(crate) fn to_field_table(headers: &Headers) -> FieldTable {
-    let map: BTreeMap<ShortString, AMQPValue> =
-        headers.iter().map(|(k, v)| (ShortString::from(k.as_str()), to_amqp(v))).collect();
+    let map: BTreeMap<ShortString, AMQPValue> = headers
+        .iter()
+        .map(|(k, v)| (ShortString::from(k.as_str()), to_amqp(v)))
+        .collect();
     FieldTable::from(map)
 }
 
@@ -131,7 +145,11 @@ fn to_amqp(value: &Value) -> AMQPValue {
 
 /// Converts an AMQP field table to headers.
 pub(crate) fn from_field_table(table: &FieldTable) -> Headers {
-    table.inner().iter().map(|(k, v)| (k.as_str().to_owned(), from_amqp(v))).collect()
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), from_amqp(v)))
+        .collect()
 }
 
 fn from_amqp(value: &AMQPValue) -> Value {
@@ -150,13 +168,20 @@ fn from_amqp(value: &AMQPValue) -> Value {
             Value::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
         }
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(from_amqp).collect()),
         AMQPValue::Timestamp(t) => Value::from(*t),
         AMQPValue::FieldTable(t) => Value::Object(
-            t.inner().iter().map(|(k, v)| (k.as_str().to_owned(), from_amqp(v))).collect(),
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), from_amqp(v)))
+                .collect(),
         ),
-        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::ByteArray(b) => {
+            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
+        }
         AMQPValue::Void => Value::Null,
     }
 }
@@ -193,7 +218,11 @@ fn from_basic_properties(p: &BasicProperties) -> Properties {
         reply_to: text(p.reply_to()),
         delivery_mode: *p.delivery_mode(),
         priority: *p.priority(),
-        headers: p.headers().as_ref().map(from_field_table).unwrap_or_default(),
+        headers: p
+            .headers()
+            .as_ref()
+            .map(from_field_table)
+            .unwrap_or_default(),
     }
 }
 
@@ -201,13 +230,23 @@ struct AmqpAcker(lapin::Acker);
 
 impl Acker for AmqpAcker {
     fn ack(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
-        async move { self.0.ack(BasicAckOptions::default()).await.map(drop).map_err(connection_error) }
-            .boxed()
+        async move {
+            self.0
+                .ack(BasicAckOptions::default())
+                .await
+                .map(drop)
+                .map_err(connection_error)
+        }
+        .boxed()
     }
 
     fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>> {
         async move {
-            self.0.reject(BasicRejectOptions { requeue }).await.map(drop).map_err(connection_error)
+            self.0
+                .reject(BasicRejectOptions { requeue })
+                .await
+                .map(drop)
+                .map_err(connection_error)
         }
         .boxed()
     }
@@ -220,21 +259,26 @@ struct AmqpConsumer {
 }
 
 impl ConsumerSource for AmqpConsumer {
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, TransportError>>> {
-        std::pin::Pin::new(&mut self.consumer).poll_next(cx).map(|item| {
-            item.map(|result| {
-                result.map_err(connection_error).map(|d| {
-                    Delivery::new(
-                        d.exchange.as_str().to_owned(),
-                        d.routing_key.as_str().to_owned(),
-                        d.redelivered,
-                        from_basic_properties(&d.properties),
-                        d.data,
-                        Box::new(AmqpAcker(d.acker)),
-                    )
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Delivery, TransportError>>> {
+        std::pin::Pin::new(&mut self.consumer)
+            .poll_next(cx)
+            .map(|item| {
+                item.map(|result| {
+                    result.map_err(connection_error).map(|d| {
+                        Delivery::new(
+                            d.exchange.as_str().to_owned(),
+                            d.routing_key.as_str().to_owned(),
+                            d.redelivered,
+                            from_basic_properties(&d.properties),
+                            d.data,
+                            Box::new(AmqpAcker(d.acker)),
+                        )
+                    })
                 })
             })
-        })
     }
 
     fn cancel(&mut self) -> BoxFuture<'_, ()> {
@@ -242,7 +286,11 @@ impl ConsumerSource for AmqpConsumer {
             if !self.cancelled && self.channel.status().connected() {
                 self.cancelled = true;
                 let tag = self.consumer.tag();
-                if let Err(e) = self.channel.basic_cancel(tag, BasicCancelOptions::default()).await {
+                if let Err(e) = self
+                    .channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await
+                {
                     tracing::debug!(error = %e, "consumer cancel failed");
                 }
             }
@@ -339,7 +387,10 @@ impl Transport for AmqpTransport {
                 .basic_publish(
                     message.exchange.as_str().into(),
                     message.routing_key.as_str().into(),
-                    BasicPublishOptions { mandatory: message.mandatory, ..Default::default() },
+                    BasicPublishOptions {
+                        mandatory: message.mandatory,
+                        ..Default::default()
+                    },
                     &message.body,
                     to_basic_properties(&message.properties),
                 )
@@ -366,7 +417,10 @@ impl Transport for AmqpTransport {
     ) -> BoxFuture<'a, Result<Consumer, TransportError>> {
         async move {
             let channel = self.channel().await?;
-            channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(connection_error)?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(connection_error)?;
             let consumer = channel
                 .basic_consume(
                     queue.into(),
@@ -376,7 +430,11 @@ impl Transport for AmqpTransport {
                 )
                 .await
                 .map_err(connection_error)?;
-            Ok(Consumer::new(Box::new(AmqpConsumer { channel, consumer, cancelled: false })))
+            Ok(Consumer::new(Box::new(AmqpConsumer {
+                channel,
+                consumer,
+                cancelled: false,
+            })))
         }
         .boxed()
     }

@@ -10,8 +10,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 
-use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::{
@@ -78,10 +78,12 @@ impl MemoryBroker {
     pub fn named(name: &str) -> SharedTransport {
         static BROKERS: OnceLock<Mutex<HashMap<String, MemoryBroker>>> = OnceLock::new();
         let mut brokers = lock(BROKERS.get_or_init(Default::default));
-        let broker = brokers.entry(name.to_owned()).or_insert_with(|| MemoryBroker {
-            name: Arc::from(name),
-            state: Arc::default(),
-        });
+        let broker = brokers
+            .entry(name.to_owned())
+            .or_insert_with(|| MemoryBroker {
+                name: Arc::from(name),
+                state: Arc::default(),
+            });
         Arc::new(broker.clone())
     }
 
@@ -98,12 +100,16 @@ impl MemoryBroker {
     fn publish_now(&self, message: OutgoingMessage) -> Result<(), TransportError> {
         let mut state = lock(&self.state);
         let targets: Vec<String> = if message.exchange.is_empty() {
-            state.queues.contains_key(&message.routing_key).then(|| message.routing_key.clone()).into_iter().collect()
+            state
+                .queues
+                .contains_key(&message.routing_key)
+                .then(|| message.routing_key.clone())
+                .into_iter()
+                .collect()
         } else {
-            let exchange = state
-                .exchanges
-                .get(&message.exchange)
-                .ok_or_else(|| TransportError::NotFound(format!("no exchange '{}'", message.exchange)))?;
+            let exchange = state.exchanges.get(&message.exchange).ok_or_else(|| {
+                TransportError::NotFound(format!("no exchange '{}'", message.exchange))
+            })?;
             let mut targets: Vec<String> = exchange
                 .bindings
                 .iter()
@@ -143,7 +149,9 @@ impl MemoryBroker {
     fn settle(state: &Weak<Mutex<State>>, queue: &str, consumer: u64, requeue: Option<Stored>) {
         let Some(state) = state.upgrade() else { return };
         let mut state = lock(&state);
-        let Some(q) = state.queues.get_mut(queue) else { return };
+        let Some(q) = state.queues.get_mut(queue) else {
+            return;
+        };
         if let Some(slot) = q.consumers.iter_mut().find(|s| s.id == consumer) {
             slot.unsettled = slot.unsettled.saturating_sub(1);
         }
@@ -154,17 +162,25 @@ impl MemoryBroker {
         q.dispatch();
     }
 
-    fn remove_consumer(state: &Weak<Mutex<State>>, queue: &str, consumer: u64, returned: Vec<Stored>) {
+    fn remove_consumer(
+        state: &Weak<Mutex<State>>,
+        queue: &str,
+        consumer: u64,
+        returned: Vec<Stored>,
+    ) {
         let Some(state) = state.upgrade() else { return };
         let mut state = lock(&state);
-        let Some(q) = state.queues.get_mut(queue) else { return };
+        let Some(q) = state.queues.get_mut(queue) else {
+            return;
+        };
         q.consumers.retain(|s| s.id != consumer);
         for mut message in returned.into_iter().rev() {
             message.redelivered = true;
             q.ready.push_front(message);
         }
         let spec = &q.spec;
-        if q.consumers.is_empty() && (spec.auto_delete || spec.exclusive || spec.expires.is_some()) {
+        if q.consumers.is_empty() && (spec.auto_delete || spec.exclusive || spec.expires.is_some())
+        {
             state.queues.remove(queue);
             for exchange in state.exchanges.values_mut() {
                 exchange.bindings.retain(|(_, q)| q != queue);
@@ -188,7 +204,9 @@ impl Queue {
             };
             let index = (self.next + offset) % n;
             self.next = (index + 1) % n;
-            let Some(message) = self.ready.pop_front() else { return };
+            let Some(message) = self.ready.pop_front() else {
+                return;
+            };
             let slot = &mut self.consumers[index];
             match slot.tx.send(message) {
                 Ok(()) => slot.unsettled += 1,
@@ -205,7 +223,9 @@ impl Queue {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The broker's state stays consistent between statements, so a panic elsewhere while the
     // lock was held leaves nothing half-done worth refusing to continue for.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct MemoryAcker {
@@ -225,7 +245,12 @@ impl Acker for MemoryAcker {
 
     fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>> {
         if let Some(message) = self.message.take() {
-            MemoryBroker::settle(&self.state, &self.queue, self.consumer, requeue.then_some(message));
+            MemoryBroker::settle(
+                &self.state,
+                &self.queue,
+                self.consumer,
+                requeue.then_some(message),
+            );
         }
         async { Ok(()) }.boxed()
     }
@@ -263,7 +288,10 @@ impl MemoryConsumer {
 }
 
 impl ConsumerSource for MemoryConsumer {
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, TransportError>>> {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Delivery, TransportError>>> {
         if self.cancelled {
             return Poll::Ready(None);
         }
@@ -275,7 +303,14 @@ impl ConsumerSource for MemoryConsumer {
                     consumer: self.id,
                     message: Some(m.clone()),
                 };
-                Ok(Delivery::new(m.exchange, m.routing_key, m.redelivered, m.properties, m.body, Box::new(acker)))
+                Ok(Delivery::new(
+                    m.exchange,
+                    m.routing_key,
+                    m.redelivered,
+                    m.properties,
+                    m.body,
+                    Box::new(acker),
+                ))
             })
         })
     }
@@ -302,14 +337,21 @@ impl Transport for MemoryBroker {
         let result = {
             let mut state = lock(&self.state);
             match state.exchanges.get(&spec.name) {
-                Some(existing) if existing.spec != *spec => Err(TransportError::PreconditionFailed(
-                    format!("exchange '{}' exists with other flags", spec.name),
-                )),
+                Some(existing) if existing.spec != *spec => {
+                    Err(TransportError::PreconditionFailed(format!(
+                        "exchange '{}' exists with other flags",
+                        spec.name
+                    )))
+                }
                 Some(_) => Ok(()),
                 None => {
-                    state
-                        .exchanges
-                        .insert(spec.name.clone(), Exchange { spec: spec.clone(), bindings: Vec::new() });
+                    state.exchanges.insert(
+                        spec.name.clone(),
+                        Exchange {
+                            spec: spec.clone(),
+                            bindings: Vec::new(),
+                        },
+                    );
                     Ok(())
                 }
             }
@@ -321,14 +363,22 @@ impl Transport for MemoryBroker {
         let result = {
             let mut state = lock(&self.state);
             match state.queues.get(&spec.name) {
-                Some(existing) if existing.spec != *spec => Err(TransportError::PreconditionFailed(
-                    format!("queue '{}' exists with other flags or arguments", spec.name),
-                )),
+                Some(existing) if existing.spec != *spec => {
+                    Err(TransportError::PreconditionFailed(format!(
+                        "queue '{}' exists with other flags or arguments",
+                        spec.name
+                    )))
+                }
                 Some(_) => Ok(()),
                 None => {
                     state.queues.insert(
                         spec.name.clone(),
-                        Queue { spec: spec.clone(), ready: VecDeque::new(), consumers: Vec::new(), next: 0 },
+                        Queue {
+                            spec: spec.clone(),
+                            ready: VecDeque::new(),
+                            consumers: Vec::new(),
+                            next: 0,
+                        },
                     );
                     Ok(())
                 }
@@ -349,7 +399,9 @@ impl Transport for MemoryBroker {
                 Err(TransportError::NotFound(format!("no queue '{queue}'")))
             } else {
                 match state.exchanges.get_mut(exchange) {
-                    None => Err(TransportError::NotFound(format!("no exchange '{exchange}'"))),
+                    None => Err(TransportError::NotFound(format!(
+                        "no exchange '{exchange}'"
+                    ))),
                     Some(ex) => {
                         let binding = (binding_key.to_owned(), queue.to_owned());
                         if !ex.bindings.contains(&binding) {
@@ -381,7 +433,12 @@ impl Transport for MemoryBroker {
                 None => Err(TransportError::NotFound(format!("no queue '{queue}'"))),
                 Some(q) => {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    q.consumers.push(Slot { id, prefetch, unsettled: 0, tx });
+                    q.consumers.push(Slot {
+                        id,
+                        prefetch,
+                        unsettled: 0,
+                        tx,
+                    });
                     q.dispatch();
                     Ok(Consumer::new(Box::new(MemoryConsumer {
                         state: Arc::downgrade(&self.state),

@@ -61,7 +61,11 @@ pub struct ExchangeSpec {
 impl ExchangeSpec {
     /// A durable topic exchange, as Nameko declares every exchange.
     pub fn durable_topic(name: impl Into<String>) -> Self {
-        ExchangeSpec { name: name.into(), durable: true, auto_delete: false }
+        ExchangeSpec {
+            name: name.into(),
+            durable: true,
+            auto_delete: false,
+        }
     }
 }
 
@@ -83,7 +87,11 @@ pub struct QueueSpec {
 impl QueueSpec {
     /// A durable queue with no arguments, as Nameko declares `rpc-<service>`.
     pub fn durable(name: impl Into<String>) -> Self {
-        QueueSpec { name: name.into(), durable: true, ..QueueSpec::default() }
+        QueueSpec {
+            name: name.into(),
+            durable: true,
+            ..QueueSpec::default()
+        }
     }
 }
 
@@ -180,7 +188,14 @@ impl Delivery {
         body: Vec<u8>,
         acker: Box<dyn Acker>,
     ) -> Self {
-        Delivery { exchange, routing_key, redelivered, properties, body, acker }
+        Delivery {
+            exchange,
+            routing_key,
+            redelivered,
+            properties,
+            body,
+            acker,
+        }
     }
 
     /// Acknowledges the delivery: the broker forgets it.
@@ -198,7 +213,8 @@ impl Delivery {
 /// Where a consumer's deliveries come from; implemented by each transport.
 pub trait ConsumerSource: Send {
     /// The next delivery, `None` once cancelled or when the connection is gone.
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, TransportError>>>;
+    fn poll_next(&mut self, cx: &mut Context<'_>)
+    -> Poll<Option<Result<Delivery, TransportError>>>;
     /// Stops new deliveries. Deliveries received but not yet settled stay valid.
     fn cancel(&mut self) -> BoxFuture<'_, ()>;
     /// Releases the consumer: deliveries not yet settled go back to the queue.

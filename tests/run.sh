@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit, macro (trybuild), embedded-broker, RabbitMQ and Python nameko
+# interop tests. Brings up what they need:
+#   - RabbitMQ: installs Debian's rabbitmq-server if missing (as root, or with passwordless sudo),
+#     starts it if it is not running, enables its management API (tests use it to create an
+#     isolated virtual host per test);
+#   - Python nameko 2.14.1 in a virtualenv under target/, from tests/interop/requirements.txt.
+# To use a RabbitMQ elsewhere, set NAMEKO_TEST_AMQP_URI and NAMEKO_TEST_RABBIT_API yourself.
+# Extra arguments go to `cargo test` (e.g. tests/run.sh --test rpc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@";
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo "$@";
+  else return 1; fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+if [ -z "${NAMEKO_TEST_AMQP_URI:-}" ]; then
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    say "Installing RabbitMQ (Debian's rabbitmq-server)"
+    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null || {
+      echo "RabbitMQ is not installed and cannot be installed without root: run 'sudo apt-get install rabbitmq-server'" >&2
+      exit 1
+    }
+  fi
+  if ! as_root rabbitmqctl -q status >/dev/null 2>&1; then
+    say "Starting RabbitMQ"
+    as_root rabbitmq-server -detached
+    for _ in $(seq 1 60); do
+      as_root rabbitmqctl -q await_startup --timeout 60 >/dev/null 2>&1 && break
+      sleep 1
+    done
+    as_root rabbitmqctl -q await_startup --timeout 60 >/dev/null
+  fi
+  if ! port_open 15672; then
+    say "Enabling the RabbitMQ management API"
+    as_root rabbitmq-plugins -q enable rabbitmq_management >/dev/null
+    for _ in $(seq 1 60); do port_open 15672 && break; sleep 1; done
+  fi
+  port_open 5672 || { echo "RabbitMQ is not listening on 5672" >&2; exit 1; }
+  port_open 15672 || { echo "the RabbitMQ management API is not listening on 15672" >&2; exit 1; }
+  export NAMEKO_TEST_AMQP_URI="amqp://guest:guest@127.0.0.1:5672"
+  export NAMEKO_TEST_RABBIT_API="http://guest:guest@127.0.0.1:15672"
+fi
+
+venv=target/interop-venv
+if [ -z "${NAMEKO_TEST_PYTHON:-}" ]; then
+  if ! "$venv/bin/python" -c 'import nameko' >/dev/null 2>&1 \
+     || ! cmp -s tests/interop/requirements.txt "$venv/requirements.txt"; then
+    say "Installing Python nameko 2.14.1 into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv" 2>/dev/null || {
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$venv"
+    }
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/interop/requirements.txt
+    cp tests/interop/requirements.txt "$venv/requirements.txt"
+  fi
+  export NAMEKO_TEST_PYTHON="$PWD/$venv/bin/python"
+fi
+
+# Every test that needs RabbitMQ or Python runs; none may skip.
+export NAMEKO_TEST_REQUIRE_BROKER=1
+say "cargo test --workspace $*"
+cargo test --workspace "$@"
