@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     println!("\n== Keyword arguments (greet(name=\"Arthur\"))");
     let by_keyword: String = client
         .service("greeter_service")
-        .call_with("greet", json!([]), json!({"name": "Arthur"}))
+        .call_with("greet", (), json!({"name": "Arthur"}))
         .await?;
     println!("{by_keyword}");
 

@@ -139,7 +139,7 @@ async fn rust_calls_a_python_service() {
     assert_eq!(remote.exc_path, "builtins.ValueError");
     assert_eq!(remote.exc_args, vec![json!("boom")]);
     assert_eq!(remote.value, "boom");
-    let error = py.call::<_, Value>("nope", [(); 0]).await.unwrap_err();
+    let error = py.call::<_, Value>("nope", ()).await.unwrap_err();
     assert!(
         matches!(&error, RpcError::MethodNotFound(m) if m == "nope"),
         "{error:?}"
@@ -167,7 +167,7 @@ async fn python_and_rust_instances_share_one_queue() {
     // Wait until the Python instance consumes too: then answers come from both.
     let mut answers = Vec::new();
     for _ in 0..200 {
-        answers.push(who.call::<_, String>("who", [(); 0]).await.unwrap());
+        answers.push(who.call::<_, String>("who", ()).await.unwrap());
         if answers.iter().any(|a| a == "python") && answers.iter().any(|a| a == "rust") {
             break;
         }

@@ -207,7 +207,7 @@ impl Relay {
 
     #[rpc]
     async fn call_nowhere(&self) -> Result<Value, RpcError> {
-        self.rpc.service("nowhere").call("anything", [(); 0]).await
+        self.rpc.service("nowhere").call("anything", ()).await
     }
 }
 
@@ -300,7 +300,7 @@ on_both_transports! {
         let nested = json!({"ünïcödé": "日本語 ✓", "list": [1, 2.5, null, true], "deep": {"a": [{"b": "c"}]}});
         assert_eq!(calc.call::<_, Value>("echo", [&nested]).await.unwrap(), nested);
         assert_eq!(CalculatorClient::new(&client).internal_name().await.unwrap(), "renamed");
-        assert_eq!(calc.call::<_, String>("public_name", [(); 0]).await.unwrap(), "renamed");
+        assert_eq!(calc.call::<_, String>("public_name", ()).await.unwrap(), "renamed");
         running.stop().await.unwrap();
     }
 }
@@ -453,7 +453,7 @@ on_both_transports! {
 on_both_transports! {
     async fn calling_an_unknown_service_fails_with_unknown_service(broker: &TestBroker) {
         let (running, client) = start(broker, Config::default()).await;
-        let error = client.service("nowhere").call::<_, Value>("anything", [(); 0]).await.unwrap_err();
+        let error = client.service("nowhere").call::<_, Value>("anything", ()).await.unwrap_err();
         assert!(matches!(&error, RpcError::UnknownService(s) if s == "nowhere"), "{error:?}");
         assert_eq!(error.to_string(), "Unknown service `nowhere`");
         // From inside a service, it reaches the caller as Nameko's UnknownService.

@@ -67,4 +67,11 @@ fi
 # Every test that needs RabbitMQ or Python runs; none may skip.
 export NAMEKO_TEST_REQUIRE_BROKER=1
 say "cargo test --workspace $*"
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '/^test result:/ { p += $4; f += $6; i += $8 }
+  END { printf "\nall test binaries: %d passed, %d failed, %d ignored\n%d passed, %d failed\n", p, f, i, p, f }'
+exit "$status"

@@ -122,17 +122,50 @@ impl RequestBody {
     }
 }
 
-/// Serialises a request body from already-serialisable positional and keyword arguments.
+/// Why arguments could not be made into a request body.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgumentsError {
+    /// An argument failed to serialise.
+    #[error("{0}")]
+    Serialize(#[from] serde_json::Error),
+    /// Positional arguments must serialise to a JSON array.
+    #[error("positional arguments must be a tuple, an array, a Vec or `()`, not {0}")]
+    NotAList(String),
+    /// Keyword arguments must serialise to a JSON object.
+    #[error("keyword arguments must be a map, a struct or `()`, not {0}")]
+    NotAnObject(String),
+}
+
+/// Serialises a request body from positional arguments (anything that serialises to a JSON array;
+/// `()` for none) and keyword arguments (anything that serialises to a JSON object; `()` for
+/// none).
 pub fn encode_request<A: Serialize + ?Sized, K: Serialize + ?Sized>(
     args: &A,
     kwargs: &K,
-) -> serde_json::Result<Vec<u8>> {
-    #[derive(Serialize)]
-    struct Request<'a, A: ?Sized, K: ?Sized> {
-        args: &'a A,
-        kwargs: &'a K,
-    }
-    serde_json::to_vec(&Request { args, kwargs })
+) -> Result<Vec<u8>, ArgumentsError> {
+    let args = serde_json::value::to_raw_value(args)?;
+    let kwargs = serde_json::value::to_raw_value(kwargs)?;
+    let args = match args.get() {
+        "null" => "[]",
+        list if list.starts_with('[') => list,
+        other => return Err(ArgumentsError::NotAList(other.chars().take(40).collect())),
+    };
+    let kwargs = match kwargs.get() {
+        "null" => "{}",
+        map if map.starts_with('{') => map,
+        other => {
+            return Err(ArgumentsError::NotAnObject(
+                other.chars().take(40).collect(),
+            ));
+        }
+    };
+    let mut body = Vec::with_capacity(args.len() + kwargs.len() + 24);
+    body.extend_from_slice(b"{\"args\": ");
+    body.extend_from_slice(args.as_bytes());
+    body.extend_from_slice(b", \"kwargs\": ");
+    body.extend_from_slice(kwargs.as_bytes());
+    body.push(b'}');
+    Ok(body)
 }
 
 /// The error object of a failed call, as Nameko serialises an exception:
@@ -317,6 +350,22 @@ mod tests {
             MalformedRequest::MissingArgsOrKwargs.to_string(),
             "Message missing `args` or `kwargs`"
         );
+    }
+
+    #[test]
+    fn requests_encode_like_nameko() {
+        let body = encode_request(&("Tim",), &()).unwrap();
+        assert_eq!(body, br#"{"args": ["Tim"], "kwargs": {}}"#);
+        let body = encode_request(&(), &json!({"name": "Tim"})).unwrap();
+        assert_eq!(body, br#"{"args": [], "kwargs": {"name":"Tim"}}"#);
+        assert!(matches!(
+            encode_request(&"Tim", &()),
+            Err(ArgumentsError::NotAList(_))
+        ));
+        assert!(matches!(
+            encode_request(&(), &[1]),
+            Err(ArgumentsError::NotAnObject(_))
+        ));
     }
 
     #[test]

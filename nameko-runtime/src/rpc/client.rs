@@ -149,7 +149,7 @@ struct Core {
 /// let greeting: String = client.service("greeter_service").call("greet", ["Tim"]).await?;
 /// let value: Value = client
 ///     .service("greeter_service")
-///     .call_with("greet", json!([]), json!({"name": "Tim"}))
+///     .call_with("greet", (), json!({"name": "Tim"}))
 ///     .await?;
 /// # Ok(()) }
 /// ```
@@ -340,17 +340,17 @@ impl ServiceProxy {
     }
 
     /// Calls `method` with positional arguments (anything that serialises to a JSON array: a
-    /// tuple, an array, a `Vec`, `json!([...])`) and reads the result as an `R`.
+    /// tuple, an array, a `Vec`, `json!([...])`; `()` for none) and reads the result as an `R`.
     pub async fn call<A, R>(&self, method: &str, args: A) -> Result<R, RpcError>
     where
         A: Serialize,
         R: DeserializeOwned,
     {
-        self.call_with(method, args, serde_json::Map::new()).await
+        self.call_with(method, args, ()).await
     }
 
     /// Calls `method` with positional and keyword arguments (`kwargs` serialises to a JSON
-    /// object: a map, a struct, `json!({...})`).
+    /// object: a map, a struct, `json!({...})`; `()` for none).
     pub async fn call_with<A, K, R>(&self, method: &str, args: A, kwargs: K) -> Result<R, RpcError>
     where
         A: Serialize,

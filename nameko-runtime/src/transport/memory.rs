@@ -461,3 +461,89 @@ impl Transport for MemoryBroker {
         async {}.boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn brokers_of_one_name_share_their_queues() {
+        let a = MemoryBroker::named("shared-by-name");
+        let b = MemoryBroker::named("shared-by-name");
+        a.declare_queue(&QueueSpec::durable("q")).await.unwrap();
+        let mut consumer = b.consume("q", 0).await.unwrap();
+        a.publish(OutgoingMessage {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            mandatory: true,
+            properties: Properties::default(),
+            body: b"hi".to_vec(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(consumer.next().await.unwrap().unwrap().body, b"hi");
+        assert!(
+            MemoryBroker::named("another-name")
+                .consume("q", 0)
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn expiring_queues_go_with_their_last_consumer() {
+        let broker = MemoryBroker::new();
+        let spec = QueueSpec {
+            expires: Some(Duration::from_secs(300)),
+            ..QueueSpec::durable("reply")
+        };
+        broker
+            .declare_exchange(&ExchangeSpec::durable_topic("ex"))
+            .await
+            .unwrap();
+        broker.declare_queue(&spec).await.unwrap();
+        broker.bind_queue("reply", "ex", "key").await.unwrap();
+        let consumer = broker.consume("reply", 0).await.unwrap();
+        assert!(broker.has_queue("reply"));
+        drop(consumer);
+        assert!(!broker.has_queue("reply"));
+        let message = OutgoingMessage {
+            exchange: "ex".into(),
+            routing_key: "key".into(),
+            mandatory: true,
+            properties: Properties::default(),
+            body: Vec::new(),
+        };
+        assert!(matches!(
+            broker.publish(message).await,
+            Err(TransportError::Unroutable { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn messages_wait_for_a_consumer() {
+        let broker = MemoryBroker::new();
+        broker
+            .declare_queue(&QueueSpec::durable("q"))
+            .await
+            .unwrap();
+        for body in [b"1", b"2"] {
+            let message = OutgoingMessage {
+                exchange: String::new(),
+                routing_key: "q".into(),
+                mandatory: false,
+                properties: Properties::default(),
+                body: body.to_vec(),
+            };
+            broker.publish(message).await.unwrap();
+        }
+        assert_eq!(broker.queue_len("q"), Some(2));
+        let mut consumer = broker.consume("q", 1).await.unwrap();
+        let first = consumer.next().await.unwrap().unwrap();
+        assert_eq!(broker.queue_len("q"), Some(1));
+        first.ack().await.unwrap();
+        assert_eq!(consumer.next().await.unwrap().unwrap().body, b"2");
+    }
+}
