@@ -19,9 +19,13 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let krate = quote!(::nameko);
     let p = quote!(#krate::__private);
     let ident = &input.ident;
+    let mut uses_cx = true;
     let body = match &input.data {
         Data::Struct(data) => match &data.fields {
-            Fields::Unit => quote!(Self),
+            Fields::Unit => {
+                uses_cx = false;
+                quote!(Self)
+            }
             Fields::Named(fields) => {
                 let inits = fields.named.iter().map(|field| {
                     let name = field.ident.as_ref().expect("named field");
@@ -53,10 +57,11 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     if let Err(e) = cx.check() {
         return e.to_compile_error();
     }
+    let cx = if uses_cx { quote!(cx) } else { quote!(_cx) };
     quote! {
         impl #p::Dependencies for #ident {
             async fn build(
-                cx: &#p::DependencyContext,
+                #cx: &#p::DependencyContext,
             ) -> ::std::result::Result<Self, #p::Error> {
                 ::std::result::Result::Ok(#body)
             }

@@ -229,6 +229,7 @@ impl RpcMethod {
             quote!(#p::Param { name: #name, optional: #optional })
         });
         let names: Vec<&Ident> = self.params.iter().map(|param| &param.ident).collect();
+        let mutability = (!names.is_empty()).then(|| quote!(mut));
         let takes = self.params.iter().enumerate().map(|(i, param)| {
             let (name, ty) = (&param.ident, &param.ty);
             quote_spanned!(ty.span()=> let #name = args.take::<#ty>(#i)?;)
@@ -265,8 +266,7 @@ impl RpcMethod {
             #p::Entrypoint::rpc(#wire, |this, body| {
                 ::std::boxed::Box::pin(async move {
                     const PARAMS: &[#p::Param] = &[#(#param_descs),*];
-                    #[allow(unused_mut)]
-                    let mut args = #p::BoundArgs::bind(#wire, PARAMS, body)?;
+                    let #mutability args = #p::BoundArgs::bind(#wire, PARAMS, body)?;
                     #(#takes)*
                     #encode
                 })
