@@ -1,72 +1,105 @@
-//! The strict `key = "value"` grammar shared by every attribute: unknown keys list the
-//! expected ones, a repeated key is an error at its second occurrence, values must be strings.
+//! The strict grammar shared by every attribute: a fixed number of positional string literals,
+//! then `key = value` pairs. Unknown keys list the expected ones, a repeated key is an error at
+//! its second occurrence, and a value of the wrong kind says which kind the key takes.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
-use syn::{Expr, ExprLit, Lit, LitStr, MetaNameValue, Token};
+use syn::spanned::Spanned;
+use syn::{Expr, ExprAssign, ExprLit, Lit, LitBool, LitStr, Token};
 
 use crate::ctxt::Ctxt;
 
-/// A parsed `key = "value", ...` list.
-pub(crate) struct KeyValues {
-    entries: Vec<(syn::Path, LitStr)>,
+/// A parsed attribute argument list.
+pub(crate) struct AttrArgs {
+    pub(crate) positional: Vec<LitStr>,
+    named: Vec<(syn::Ident, Expr)>,
 }
 
-impl KeyValues {
-    /// Parses `tokens`, accepting only `allowed` keys.
-    pub(crate) fn parse(tokens: TokenStream, allowed: &[&str], cx: &mut Ctxt) -> KeyValues {
-        let mut entries: Vec<(syn::Path, LitStr)> = Vec::new();
-        let parsed = match Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(tokens) {
-            Ok(parsed) => parsed,
+impl AttrArgs {
+    /// Parses `tokens`: exactly `positional.len()` string literals (described by `usage` when
+    /// missing), then keys from `allowed`.
+    pub(crate) fn parse(
+        tokens: TokenStream,
+        positional: &[&str],
+        allowed: &[&str],
+        usage: &str,
+        cx: &mut Ctxt,
+    ) -> AttrArgs {
+        let mut args = AttrArgs { positional: Vec::new(), named: Vec::new() };
+        let exprs = match Punctuated::<Expr, Token![,]>::parse_terminated.parse2(tokens.clone()) {
+            Ok(exprs) => exprs,
             Err(e) => {
-                let expected = allowed
-                    .iter()
-                    .map(|k| format!("`{k} = \"...\"`"))
-                    .collect::<Vec<_>>();
-                cx.push(syn::Error::new(
-                    e.span(),
-                    format!("{e}; expected {}", expected.join(", ")),
-                ));
-                return KeyValues { entries };
+                cx.push(syn::Error::new(e.span(), format!("{e}; expected {usage}")));
+                return args;
             }
         };
-        for meta in parsed {
-            let key = meta
-                .path
-                .get_ident()
-                .map(|i| i.to_string())
-                .unwrap_or_default();
-            if !allowed.contains(&key.as_str()) {
-                let expected = allowed.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>();
-                cx.error(
-                    &meta.path,
-                    format!("unknown key; expected one of {}", expected.join(", ")),
-                );
-                continue;
-            }
-            if entries.iter().any(|(p, _)| p.is_ident(&key)) {
-                cx.error(&meta.path, format!("duplicate key `{key}`"));
-                continue;
-            }
-            match &meta.value {
-                Expr::Lit(ExprLit {
-                    lit: Lit::Str(s), ..
-                }) => entries.push((meta.path, s.clone())),
-                other => cx.error(
-                    other,
-                    format!("`{key}` takes a string literal: `{key} = \"...\"`"),
-                ),
+        for expr in exprs {
+            match expr {
+                Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) if args.named.is_empty() => {
+                    if args.positional.len() == positional.len() {
+                        cx.error(&s, format!("unexpected argument; expected {usage}"));
+                    } else {
+                        args.positional.push(s);
+                    }
+                }
+                Expr::Assign(ExprAssign { left, right, .. }) => {
+                    let Expr::Path(path) = &*left else {
+                        cx.error(&left, format!("expected a key; expected {usage}"));
+                        continue;
+                    };
+                    let Some(key) = path.path.get_ident().cloned() else {
+                        cx.error(&left, format!("expected a key; expected {usage}"));
+                        continue;
+                    };
+                    if !allowed.contains(&key.to_string().as_str()) {
+                        let expected: Vec<String> = allowed.iter().map(|k| format!("`{k}`")).collect();
+                        if expected.is_empty() {
+                            cx.error(&key, format!("unknown key: this attribute takes no keys; expected {usage}"));
+                        } else {
+                            cx.error(&key, format!("unknown key; expected one of {}", expected.join(", ")));
+                        }
+                        continue;
+                    }
+                    if args.named.iter().any(|(k, _)| *k == key) {
+                        cx.error(&key, format!("duplicate key `{key}`"));
+                        continue;
+                    }
+                    args.named.push((key, *right));
+                }
+                other => cx.error(&other, format!("unexpected argument; expected {usage}")),
             }
         }
-        KeyValues { entries }
+        if args.positional.len() < positional.len() {
+            let span = if tokens.is_empty() { Span::call_site() } else { tokens.span() };
+            let missing = positional[args.positional.len()..].join(", ");
+            cx.push(syn::Error::new(span, format!("missing {missing}; expected {usage}")));
+        }
+        args
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<&LitStr> {
-        self.entries
-            .iter()
-            .find(|(p, _)| p.is_ident(key))
-            .map(|(_, v)| v)
+    /// The string value of `key`, if given; another kind of value is an error.
+    pub(crate) fn string(&self, key: &str, cx: &mut Ctxt) -> Option<LitStr> {
+        let (_, value) = self.named.iter().find(|(k, _)| k == key)?;
+        match value {
+            Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Some(s.clone()),
+            other => {
+                cx.error(other, format!("`{key}` takes a string literal: `{key} = \"...\"`"));
+                None
+            }
+        }
+    }
+
+    /// The boolean value of `key`, if given; another kind of value is an error.
+    pub(crate) fn boolean(&self, key: &str, cx: &mut Ctxt) -> Option<LitBool> {
+        let (_, value) = self.named.iter().find(|(k, _)| k == key)?;
+        match value {
+            Expr::Lit(ExprLit { lit: Lit::Bool(b), .. }) => Some(b.clone()),
+            other => {
+                cx.error(other, format!("`{key}` takes `true` or `false`"));
+                None
+            }
+        }
     }
 }
 
@@ -75,15 +108,10 @@ pub(crate) fn check_wire_name(lit: &LitStr, what: &str, cx: &mut Ctxt) {
     let value = lit.value();
     if value.is_empty() {
         cx.error(lit, format!("the {what} cannot be empty"));
-    } else if value
-        .chars()
-        .any(|c| matches!(c, '.' | '*' | '#') || c.is_whitespace())
-    {
+    } else if value.chars().any(|c| matches!(c, '.' | '*' | '#') || c.is_whitespace()) {
         cx.error(
             lit,
-            format!(
-                "the {what} is part of AMQP routing keys and cannot contain '.', '*', '#' or spaces"
-            ),
+            format!("the {what} is part of AMQP routing keys and cannot contain '.', '*', '#' or spaces"),
         );
     }
 }

@@ -7,6 +7,8 @@
 mod attr;
 mod ctxt;
 mod dependencies;
+mod event;
+mod method;
 mod rpc;
 mod service;
 
@@ -21,7 +23,15 @@ pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
 /// Marks an RPC method inside a `#[service]` block. See the `nameko` crate's documentation.
 #[proc_macro_attribute]
 pub fn rpc(args: TokenStream, input: TokenStream) -> TokenStream {
-    rpc::expand_outside_service(args.into(), input.into()).into()
+    let _ = args;
+    rpc::outside_service("rpc", input.into()).into()
+}
+
+/// Marks an event handler inside a `#[service]` block. See the `nameko` crate's documentation.
+#[proc_macro_attribute]
+pub fn event_handler(args: TokenStream, input: TokenStream) -> TokenStream {
+    let _ = args;
+    rpc::outside_service("event_handler", input.into()).into()
 }
 
 /// Builds a service struct from its fields. See the `nameko` crate's documentation.

@@ -1,13 +1,23 @@
 //! `#[service(name = "...")]` on an `impl` block: implements `Service`, registers it, and
 //! generates the typed client `<Type>Client`.
+//!
+//! Reads the entrypoint attributes (`#[rpc]`, `#[event_handler]`) off the block's methods and
+//! removes them; a method may carry several.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::{ImplItem, ItemImpl, Type};
 
-use crate::attr::{KeyValues, check_wire_name};
+use crate::attr::{AttrArgs, check_wire_name};
 use crate::ctxt::{Ctxt, with_item};
-use crate::rpc::{RpcMethod, is_rpc_attr};
+use crate::event::EventHandler;
+use crate::method::{Method, is_attr};
+use crate::rpc::Rpc;
+
+const USAGE: &str = "`#[service(name = \"...\")]`";
+
+/// The entrypoint attributes a method of a service may carry.
+const ENTRYPOINT_ATTRS: &[&str] = &["rpc", "event_handler"];
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut item: ItemImpl = match syn::parse2(input.clone()) {
@@ -21,8 +31,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         }
     };
     let mut cx = Ctxt::default();
-    let keys = KeyValues::parse(args, &["name", "crate"], &mut cx);
-    let name = keys.get("name").cloned();
+    let keys = AttrArgs::parse(args, &[], &["name", "crate"], USAGE, &mut cx);
+    let name = keys.string("name", &mut cx);
     match &name {
         Some(lit) => check_wire_name(lit, "service name", &mut cx),
         None => cx.error(
@@ -30,7 +40,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             "missing the service's name: `#[service(name = \"my_service\")]`",
         ),
     }
-    let krate: syn::Path = match keys.get("crate") {
+    let krate: syn::Path = match keys.string("crate", &mut cx) {
         Some(lit) => lit.parse().unwrap_or_else(|e| {
             cx.push(e);
             syn::parse_quote!(::nameko)
@@ -41,44 +51,53 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         cx.error(&item.generics, "services cannot be generic");
     }
     if let Some((_, path, _)) = &item.trait_ {
-        cx.error(
-            path,
-            "`#[service]` goes on an inherent `impl` block, not a trait implementation",
-        );
+        cx.error(path, "`#[service]` goes on an inherent `impl` block, not a trait implementation");
     }
     let self_ident = match &*item.self_ty {
         Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
         _ => None,
     };
     if self_ident.is_none() {
-        cx.error(
-            &item.self_ty,
-            "`#[service]` implements a named struct: `impl MyService { ... }`",
-        );
+        cx.error(&item.self_ty, "`#[service]` implements a named struct: `impl MyService { ... }`");
     }
 
-    let mut methods: Vec<RpcMethod> = Vec::new();
+    let mut entrypoints = Vec::new();
+    let mut client_methods = Vec::new();
+    let mut rpc_names: Vec<(String, syn::Ident)> = Vec::new();
     for impl_item in &mut item.items {
         let ImplItem::Fn(f) = impl_item else { continue };
-        let rpc_attrs: Vec<_> = f.attrs.iter().filter(|a| is_rpc_attr(a)).cloned().collect();
-        f.attrs.retain(|a| !is_rpc_attr(a));
-        if let Some(extra) = rpc_attrs.get(1) {
-            cx.error(extra, "duplicate `#[rpc]` attribute");
-        }
-        let Some(attr) = rpc_attrs.first() else {
+        let attrs: Vec<_> = f
+            .attrs
+            .iter()
+            .filter(|a| ENTRYPOINT_ATTRS.iter().any(|n| is_attr(a, n)))
+            .cloned()
+            .collect();
+        f.attrs.retain(|a| !ENTRYPOINT_ATTRS.iter().any(|n| is_attr(a, n)));
+        if attrs.is_empty() {
             continue;
-        };
-        if let Some(method) = RpcMethod::parse(f, attr, &mut cx) {
-            if let Some(first) = methods.iter().find(|m| m.wire_name == method.wire_name) {
-                cx.push(syn::Error::new(
-                    method.wire_name_span,
-                    format!(
-                        "two RPC methods are named `{}` on the wire (the other is `{}`)",
-                        method.wire_name, first.ident
-                    ),
-                ));
+        }
+        let what = if attrs.iter().all(|a| is_attr(a, "rpc")) { "RPC" } else { "entrypoint" };
+        let method = Method::parse(f, what, &mut cx);
+        let mut seen_rpc = false;
+        for attr in &attrs {
+            if is_attr(attr, "rpc") {
+                if std::mem::replace(&mut seen_rpc, true) {
+                    cx.error(attr, "duplicate `#[rpc]` attribute");
+                    continue;
+                }
+                let rpc = Rpc::parse(&method, attr, &mut cx);
+                if let Some((_, other)) = rpc_names.iter().find(|(n, _)| *n == rpc.wire_name) {
+                    cx.push(syn::Error::new(
+                        rpc.wire_name_span,
+                        format!("two RPC methods are named `{}` on the wire (the other is `{other}`)", rpc.wire_name),
+                    ));
+                }
+                rpc_names.push((rpc.wire_name.clone(), method.ident.clone()));
+                entrypoints.push(rpc.entrypoint(&method, &krate));
+                client_methods.push(rpc.client_method(&method, &krate));
+            } else if let Some(handler) = EventHandler::parse(&method, attr, &mut cx) {
+                entrypoints.push(handler.entrypoint(&method, &krate));
             }
-            methods.push(method);
         }
     }
 
@@ -86,17 +105,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         return with_item(error, item);
     }
     let (Some(name), Some(self_ident)) = (name, self_ident) else {
-        return with_item(
-            syn::Error::new(proc_macro2::Span::call_site(), "invalid service"),
-            item,
-        );
+        return with_item(syn::Error::new(proc_macro2::Span::call_site(), "invalid service"), item);
     };
 
     let self_ty = &item.self_ty;
     let p = quote!(#krate::__private);
-    let entrypoints = methods.iter().map(|m| m.entrypoint(&krate));
     let client = format_ident!("{}Client", self_ident);
-    let client_methods = methods.iter().map(|m| m.client_method(&krate));
     let client_doc = format!(
         "Typed client for the `{}` service, generated by `#[service]` on [`{}`].",
         name.value(),

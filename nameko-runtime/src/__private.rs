@@ -6,9 +6,10 @@ use serde::de::DeserializeOwned;
 pub use crate::error::select::{ViaDisplay, ViaToRemoteError, Wrap};
 pub use crate::protocol::{RemoteError, RequestBody};
 pub use crate::rpc::args::{BoundArgs, Param};
+pub use crate::events::{EventError, HandlerType};
 pub use crate::service::{
-    Dependencies, Dependency, DependencyContext, Entrypoint, RpcFuture, Service, ServiceClient,
-    ServiceRegistration,
+    Dependencies, Dependency, DependencyContext, Entrypoint, EventEntrypoint, RpcFuture, Service,
+    ServiceClient, ServiceRegistration,
 };
 pub use crate::{ClusterRpcClient, Error, RpcError, ServiceProxy};
 pub use inventory;
@@ -57,6 +58,20 @@ where
 )]
 pub trait RpcArgument: Serialize + DeserializeOwned {}
 impl<T: Serialize + DeserializeOwned> RpcArgument for T {}
+
+/// A type that can be the payload of an event handler.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the payload of an event handler",
+    label = "this type must implement `serde::Deserialize` (owned)",
+    note = "event payloads arrive as JSON: derive `Deserialize` for it, and use owned types"
+)]
+pub trait EventPayload: DeserializeOwned {}
+impl<T: DeserializeOwned> EventPayload for T {}
+
+/// Decodes an event's payload into the handler's parameter type.
+pub fn decode_payload<T: EventPayload>(body: &[u8]) -> Result<T, EventError> {
+    serde_json::from_slice(body).map_err(|e| EventError::Payload(e.to_string()))
+}
 
 /// A type that can be the result of an RPC method.
 #[diagnostic::on_unimplemented(

@@ -84,7 +84,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             for service in ServiceRegistration::all() {
                 println!("{}", service.name());
                 for entrypoint in service.entrypoints() {
-                    println!("  rpc {entrypoint}");
+                    println!("  {entrypoint}");
                 }
             }
             ExitCode::SUCCESS

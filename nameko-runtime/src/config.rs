@@ -28,6 +28,12 @@ pub struct Config {
     pub rpc_timeout: Duration,
     /// How long a graceful stop waits for running workers before killing them.
     pub stop_timeout: Duration,
+    /// `AUTO_DELETE_EVENT_EXCHANGES`: declare `<service>.events` exchanges auto-deleting.
+    pub auto_delete_event_exchanges: bool,
+    /// The identifier of this instance in broadcast handlers' queue names (e.g. the host name).
+    /// Unset, each start picks a new random one, which only suits handlers declared with
+    /// `reliable_delivery = false`.
+    pub broadcast_identifier: Option<String>,
 }
 
 impl Default for Config {
@@ -40,6 +46,8 @@ impl Default for Config {
             parent_calls_tracked: 10,
             rpc_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(30),
+            auto_delete_event_exchanges: false,
+            broadcast_identifier: None,
         }
     }
 }
@@ -80,6 +88,12 @@ impl Config {
     /// Sets the graceful-stop timeout.
     pub fn with_stop_timeout(mut self, timeout: Duration) -> Self {
         self.stop_timeout = timeout;
+        self
+    }
+
+    /// Sets the broadcast identifier of this instance.
+    pub fn with_broadcast_identifier(mut self, identifier: impl Into<String>) -> Self {
+        self.broadcast_identifier = Some(identifier.into());
         self
     }
 

@@ -56,6 +56,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod protocol;
 pub mod rpc;
 pub mod service;
@@ -88,14 +89,25 @@ pub use nameko_macros::service;
 /// [`ToRemoteError`]).
 pub use nameko_macros::rpc;
 
+/// Marks a method of a `#[service]` block as an event handler:
+/// `#[event_handler("source_service", "event_type")]`.
+///
+/// Keys: `handler_type = "service_pool" | "singleton" | "broadcast"` (default service pool),
+/// `reliable_delivery = bool` (default `true`: the queue outlives the service),
+/// `requeue_on_error = bool` (default `false`: a failed event is logged and acknowledged). The
+/// method takes the payload, decoded from JSON, as its only argument; a payload that does not
+/// decode is logged and dropped, never retried.
+pub use nameko_macros::event_handler;
+
 /// Builds a service struct from its fields, each a [`Dependency`].
 pub use nameko_macros::Dependencies;
 
 /// The names a service module needs.
 pub mod prelude {
+    pub use crate::events::{EventDispatcher, HandlerType};
     pub use crate::{
         ClusterRpcClient, Config, Dependencies, RemoteError, RpcError, ServiceProxy, ServiceRunner,
-        ToRemoteError, WorkerContext, rpc, service,
+        ToRemoteError, WorkerContext, event_handler, rpc, service,
     };
 }
 

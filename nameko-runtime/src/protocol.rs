@@ -49,6 +49,32 @@ pub fn reply_queue_name(owner: &str, uuid: &str) -> String {
     format!("rpc.reply-{owner}-{uuid}")
 }
 
+/// The topic exchange of a service's events: `<service>.events`.
+pub fn event_exchange_name(source: &str) -> String {
+    format!("{source}.events")
+}
+
+/// The queue of an event handler, named as Nameko names it for each handler type:
+/// `evt-<source>-<type>--<service>.<method>` (service pool), `evt-<source>-<type>` (singleton),
+/// `evt-<source>-<type>--<service>.<method>-<identifier>` (broadcast).
+pub fn event_queue_name(
+    source: &str,
+    event_type: &str,
+    handler_type: crate::events::HandlerType,
+    service: &str,
+    method: &str,
+    broadcast_identifier: &str,
+) -> String {
+    use crate::events::HandlerType;
+    match handler_type {
+        HandlerType::ServicePool => format!("evt-{source}-{event_type}--{service}.{method}"),
+        HandlerType::Singleton => format!("evt-{source}-{event_type}"),
+        HandlerType::Broadcast => {
+            format!("evt-{source}-{event_type}--{service}.{method}-{broadcast_identifier}")
+        }
+    }
+}
+
 /// A call id: `<service>.<method>.<uuid4>`.
 pub fn new_call_id(service: &str, method: &str) -> String {
     format!("{service}.{method}.{}", uuid::Uuid::new_v4())
@@ -310,6 +336,15 @@ mod tests {
         assert_eq!(reply_queue_name("svc", "abc"), "rpc.reply-svc-abc");
         let id = new_call_id("svc", "m");
         assert!(id.starts_with("svc.m.") && id.len() == "svc.m.".len() + 36);
+    }
+
+    #[test]
+    fn event_names_match_nameko() {
+        use crate::events::HandlerType::*;
+        assert_eq!(event_exchange_name("src"), "src.events");
+        assert_eq!(event_queue_name("src", "ping", ServicePool, "svc", "on_ping", "x"), "evt-src-ping--svc.on_ping");
+        assert_eq!(event_queue_name("src", "ping", Singleton, "svc", "on_ping", "x"), "evt-src-ping");
+        assert_eq!(event_queue_name("src", "ping", Broadcast, "svc", "on_ping", "abc"), "evt-src-ping--svc.on_ping-abc");
     }
 
     #[test]

@@ -1,26 +1,31 @@
-//! One running service: its consumer, its workers, their limit, and its stop.
+//! One running service: its consumers, its workers, their limit, and its stop.
 //!
-//! The path of an RPC request: the consumer of `rpc-<service>` yields a delivery; the loop waits
-//! for a free worker slot (`max_workers`) and spawns a worker; the worker reads the method from
-//! the routing key and the arguments from the body, runs the handler inside a
-//! [`WorkerContext`], publishes the reply to the RPC exchange with the request's `reply_to` as
-//! routing key, and only then acknowledges the request.
+//! Each entrypoint that listens on a queue (the RPC queue `rpc-<service>`, one queue per event
+//! handler) has a consumer loop. A loop takes a delivery, waits for one of the service's
+//! `max_workers` worker slots (shared by all its entrypoints) and spawns a worker for it. The
+//! worker runs the entrypoint's handler inside a [`WorkerContext`] and settles the delivery: an
+//! RPC request is acknowledged only after its reply is published; an event after its handler
+//! finished.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::runner::Shared;
-use super::{DependencyContext, Entrypoint, RpcEntrypoint, Service};
+use super::{DependencyContext, Entrypoint, EventEntrypoint, RpcEntrypoint, Service};
 use crate::context::WorkerContext;
 use crate::error::Error;
+use crate::events::{EventError, HandlerType};
 use crate::protocol::{self, CONTENT_TYPE_JSON, MalformedRequest, RemoteError, RequestBody};
-use crate::transport::{Consumer, Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec};
+use crate::transport::{
+    Consumer, Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec,
+};
 
 /// A started service. Stop it through the runner's [`StopHandle`](super::runner::StopHandle).
 pub struct ServiceContainer {
@@ -38,142 +43,220 @@ pub(crate) fn panic_error(payload: &(dyn std::any::Any + Send)) -> RemoteError {
     RemoteError::new("WorkerPanic", message).with_path("nameko_rs.WorkerPanic")
 }
 
-/// Starts the container of service `S`: builds its dependencies, declares its queue and starts
-/// consuming.
-pub(crate) fn start<S: Service>(
-    shared: Shared,
-) -> futures_util::future::BoxFuture<'static, Result<ServiceContainer, Error>> {
+/// Handles the deliveries of one consumer.
+trait Handler: Send + Sync + 'static {
+    fn handle(self: Arc<Self>, delivery: Delivery) -> BoxFuture<'static, ()>;
+}
+
+/// A queue being consumed and what handles its deliveries.
+struct Listener {
+    queue: String,
+    consumer: Consumer,
+    handler: Arc<dyn Handler>,
+}
+
+/// Starts the container of service `S`: builds its dependencies, declares its queues and starts
+/// consuming them.
+pub(crate) fn start<S: Service>(shared: Shared) -> BoxFuture<'static, Result<ServiceContainer, Error>> {
     Box::pin(async move {
         let cx = DependencyContext::new(S::NAME, shared.config.clone(), shared.transport.clone());
         let service = Arc::new(S::build(&cx).await?);
-        let mut rpc = HashMap::new();
+        let mut rpc = Vec::new();
+        let mut events = Vec::new();
         for entrypoint in S::entrypoints() {
             match entrypoint {
-                Entrypoint::Rpc(e) => {
-                    rpc.insert(e.name, e);
-                }
+                Entrypoint::Rpc(e) => rpc.push(e),
+                Entrypoint::Event(e) => events.push(e),
             }
         }
-        let consumer = if rpc.is_empty() {
-            None
-        } else {
+        let mut listeners = Vec::new();
+        if !rpc.is_empty() {
             let t = &shared.transport;
+            let exchange = &shared.config.rpc_exchange;
             let queue = protocol::rpc_queue_name(S::NAME);
-            t.declare_exchange(&ExchangeSpec::durable_topic(&shared.config.rpc_exchange))
-                .await?;
+            t.declare_exchange(&ExchangeSpec::durable_topic(exchange)).await?;
             t.declare_queue(&QueueSpec::durable(&queue)).await?;
-            t.bind_queue(
-                &queue,
-                &shared.config.rpc_exchange,
-                &protocol::rpc_binding_key(S::NAME),
-            )
-            .await?;
-            Some(t.consume(&queue, shared.config.prefetch_count).await?)
-        };
+            t.bind_queue(&queue, exchange, &protocol::rpc_binding_key(S::NAME)).await?;
+            let consumer = t.consume(&queue, shared.config.prefetch_count).await?;
+            let handler = Arc::new(RpcHandler { service: service.clone(), entrypoints: rpc, shared: shared.clone() });
+            listeners.push(Listener { queue, consumer, handler });
+        }
+        let random_identifier = uuid::Uuid::new_v4().simple().to_string();
+        for entrypoint in events {
+            let queue = declare_event_queue::<S>(&shared, &entrypoint, &random_identifier).await?;
+            let consumer = shared.transport.consume(&queue, shared.config.prefetch_count).await?;
+            let handler = Arc::new(EventHandler { service: service.clone(), entrypoint, shared: shared.clone() });
+            listeners.push(Listener { queue, consumer, handler });
+        }
         tracing::info!(
             service = S::NAME,
-            rpc = ?{ let mut names: Vec<_> = rpc.keys().copied().collect(); names.sort(); names },
+            queues = ?listeners.iter().map(|l| l.queue.as_str()).collect::<Vec<_>>(),
             "service started"
         );
-        let rpc = Arc::new(RpcDispatch {
-            service,
-            handlers: rpc,
-            shared: shared.clone(),
-        });
-        let task = tokio::spawn(run(rpc, consumer, shared));
-        Ok(ServiceContainer {
-            name: S::NAME,
-            task,
-        })
+        let task = tokio::spawn(run(S::NAME, listeners, shared));
+        Ok(ServiceContainer { name: S::NAME, task })
     })
 }
 
-struct RpcDispatch<S> {
-    service: Arc<S>,
-    handlers: HashMap<&'static str, RpcEntrypoint<S>>,
-    shared: Shared,
+async fn declare_event_queue<S: Service>(
+    shared: &Shared,
+    e: &EventEntrypoint<S>,
+    random_identifier: &str,
+) -> Result<String, Error> {
+    let identifier = match (&shared.config.broadcast_identifier, e.handler_type, e.reliable_delivery) {
+        (Some(identifier), _, _) => identifier.as_str(),
+        (None, HandlerType::Broadcast, true) => {
+            return Err(Error::Config(format!(
+                "{}.{}: a broadcast handler with reliable_delivery needs a stable broadcast identifier \
+                 (set Config::broadcast_identifier, e.g. to the host name), or declare it with \
+                 reliable_delivery = false",
+                S::NAME,
+                e.name
+            )));
+        }
+        (None, _, _) => random_identifier,
+    };
+    let queue = protocol::event_queue_name(
+        e.source_service,
+        e.event_type,
+        e.handler_type,
+        S::NAME,
+        e.name,
+        identifier,
+    );
+    let exchange = crate::events::event_exchange(&shared.config, e.source_service);
+    let spec = QueueSpec {
+        auto_delete: !e.reliable_delivery,
+        exclusive: e.handler_type == HandlerType::Broadcast && !e.reliable_delivery,
+        ..QueueSpec::durable(&queue)
+    };
+    let t = &shared.transport;
+    t.declare_exchange(&exchange).await?;
+    t.declare_queue(&spec).await?;
+    t.bind_queue(&queue, &exchange.name, e.event_type).await?;
+    Ok(queue)
 }
 
-async fn run<S: Service>(
-    rpc: Arc<RpcDispatch<S>>,
-    consumer: Option<Consumer>,
-    shared: Shared,
-) -> Result<(), Error> {
-    let Some(mut consumer) = consumer else {
-        shared.stop.cancelled().await;
-        return Ok(());
-    };
+async fn run(service: &'static str, listeners: Vec<Listener>, shared: Shared) -> Result<(), Error> {
     let workers = Arc::new(Semaphore::new(shared.config.max_workers.max(1)));
     let tracker = TaskTracker::new();
+    // Stops this container's loops: on a stop of the runner, or when one loop fails.
+    let stop = shared.stop.child_token();
+    if listeners.is_empty() {
+        // Nothing to consume (a service with no entrypoints yet): run until stopped.
+        stop.cancelled().await;
+    }
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(consume(listener, workers.clone(), tracker.clone(), stop.clone(), shared.kill.clone()))
+        })
+        .collect();
+    let mut consumers = Vec::new();
+    let mut failure = None;
+    for handle in loops {
+        match handle.await {
+            Ok((consumer, None)) => consumers.push(consumer),
+            Ok((consumer, Some(reason))) => {
+                consumers.push(consumer);
+                failure.get_or_insert(reason);
+                stop.cancel();
+            }
+            Err(e) => {
+                failure.get_or_insert(format!("a consumer loop ended abnormally: {e}"));
+                stop.cancel();
+            }
+        }
+    }
+    tracker.close();
+    tokio::select! {
+        _ = tracker.wait() => {}
+        _ = shared.kill.cancelled() => tracker.wait().await,
+        _ = tokio::time::sleep(shared.config.stop_timeout) => {
+            tracing::warn!(service, "workers still running after the stop timeout; killing them");
+            shared.kill.cancel();
+            tracker.wait().await;
+        }
+    }
+    for consumer in consumers {
+        consumer.close().await;
+    }
+    tracing::info!(service, "service stopped");
+    match failure {
+        Some(reason) => {
+            tracing::error!(service, %reason, "service failed");
+            Err(Error::ServiceFailed { service: service.to_owned(), reason })
+        }
+        None => Ok(()),
+    }
+}
+
+/// One consumer's loop: returns the consumer (cancelled, to be closed once the workers are done)
+/// and why it failed, if it did.
+async fn consume(
+    listener: Listener,
+    workers: Arc<Semaphore>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    kill: CancellationToken,
+) -> (Consumer, Option<String>) {
+    let Listener { queue, mut consumer, handler } = listener;
     let mut failure = None;
     loop {
         let next = tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => break,
+            _ = stop.cancelled() => break,
             next = consumer.next() => next,
         };
         let delivery = match next {
             Some(Ok(delivery)) => delivery,
             Some(Err(e)) => {
-                failure = Some(format!("consumer of rpc-{} failed: {e}", S::NAME));
+                failure = Some(format!("consumer of {queue} failed: {e}"));
                 break;
             }
             None => {
-                failure = Some(format!(
-                    "consumer of rpc-{} was cancelled by the broker",
-                    S::NAME
-                ));
+                failure = Some(format!("consumer of {queue} was cancelled by the broker"));
                 break;
             }
         };
         let permit = tokio::select! {
             biased;
             // Not acknowledged: the delivery goes back to the queue.
-            _ = shared.stop.cancelled() => break,
+            _ = stop.cancelled() => break,
             permit = workers.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
         };
-        let rpc = rpc.clone();
-        let kill = shared.kill.clone();
+        let (handler, kill) = (handler.clone(), kill.clone());
         tracker.spawn(async move {
             let _permit = permit;
             tokio::select! {
                 biased;
-                // Killed: neither reply nor ack; the broker redelivers the request.
+                // Killed: the delivery is neither settled nor answered; the broker redelivers it.
                 _ = kill.cancelled() => {}
-                _ = rpc.handle(delivery) => {}
+                _ = handler.handle(delivery) => {}
             }
         });
     }
     consumer.cancel().await;
-    tracker.close();
-    tokio::select! {
-        _ = tracker.wait() => {}
-        _ = shared.kill.cancelled() => tracker.wait().await,
-        _ = tokio::time::sleep(shared.config.stop_timeout) => {
-            tracing::warn!(service = S::NAME, "workers still running after the stop timeout; killing them");
-            shared.kill.cancel();
-            tracker.wait().await;
-        }
-    }
-    consumer.close().await;
-    tracing::info!(service = S::NAME, "service stopped");
-    match failure {
-        Some(reason) => {
-            tracing::error!(service = S::NAME, %reason, "service failed");
-            Err(Error::ServiceFailed {
-                service: S::NAME.to_owned(),
-                reason,
-            })
-        }
-        None => Ok(()),
+    (consumer, failure)
+}
+
+struct RpcHandler<S> {
+    service: Arc<S>,
+    entrypoints: Vec<RpcEntrypoint<S>>,
+    shared: Shared,
+}
+
+impl<S: Service> Handler for RpcHandler<S> {
+    fn handle(self: Arc<Self>, delivery: Delivery) -> BoxFuture<'static, ()> {
+        Box::pin(async move { self.reply(delivery).await })
     }
 }
 
-impl<S: Service> RpcDispatch<S> {
-    async fn handle(&self, delivery: Delivery) {
+impl<S: Service> RpcHandler<S> {
+    async fn reply(&self, delivery: Delivery) {
         let Some(reply_to) = delivery.properties.reply_to.clone() else {
             tracing::error!(
                 service = S::NAME,
@@ -229,7 +312,7 @@ impl<S: Service> RpcDispatch<S> {
     }
 
     async fn call(&self, method: &str, delivery: &Delivery) -> Result<Vec<u8>, RemoteError> {
-        let Some(entrypoint) = self.handlers.get(method) else {
+        let Some(entrypoint) = self.entrypoints.iter().find(|e| e.name == method) else {
             tracing::warn!(service = S::NAME, %method, "MethodNotFound");
             return Err(RemoteError::nameko("MethodNotFound", method.to_owned()));
         };
@@ -249,8 +332,7 @@ impl<S: Service> RpcDispatch<S> {
         ));
         let call_id = context.call_id().to_owned();
         let future = (entrypoint.handler)(self.service.clone(), body);
-        let outcome = context.scope(AssertUnwindSafe(future).catch_unwind()).await;
-        match outcome {
+        match context.scope(AssertUnwindSafe(future).catch_unwind()).await {
             Ok(Ok(result)) => {
                 tracing::debug!(service = S::NAME, %method, %call_id, "worker finished");
                 Ok(result)
@@ -264,6 +346,67 @@ impl<S: Service> RpcDispatch<S> {
                 tracing::error!(service = S::NAME, %method, %call_id, panic = %error.value, "worker panicked");
                 Err(error)
             }
+        }
+    }
+}
+
+struct EventHandler<S> {
+    service: Arc<S>,
+    entrypoint: EventEntrypoint<S>,
+    shared: Shared,
+}
+
+impl<S: Service> Handler for EventHandler<S> {
+    fn handle(self: Arc<Self>, delivery: Delivery) -> BoxFuture<'static, ()> {
+        Box::pin(async move { self.handle_event(delivery).await })
+    }
+}
+
+impl<S: Service> EventHandler<S> {
+    async fn handle_event(&self, delivery: Delivery) {
+        let e = &self.entrypoint;
+        let context = Arc::new(WorkerContext::new(
+            S::NAME,
+            e.name,
+            &delivery.properties.headers,
+            self.shared.config.parent_calls_tracked,
+        ));
+        let outcome = match delivery.properties.content_type.as_deref() {
+            None | Some(CONTENT_TYPE_JSON) => {
+                let future = (e.handler)(self.service.clone(), delivery.body.clone());
+                match context.clone().scope(AssertUnwindSafe(future).catch_unwind()).await {
+                    Ok(outcome) => outcome,
+                    Err(panic) => Err(EventError::Handler(panic_error(panic.as_ref()))),
+                }
+            }
+            Some(other) => Err(EventError::Payload(format!("unsupported content type `{other}`"))),
+        };
+        let (service, handler, call_id) = (S::NAME, e.name, context.call_id());
+        let (source, event_type) = (e.source_service, e.event_type);
+        let settled = match outcome {
+            Ok(()) => {
+                tracing::debug!(service, handler, call_id, source, event_type, "event handled");
+                delivery.ack().await
+            }
+            Err(EventError::Payload(reason)) => {
+                tracing::error!(
+                    service, handler, source, event_type, %reason,
+                    payload = %String::from_utf8_lossy(&delivery.body),
+                    "dropped an event whose payload does not fit the handler"
+                );
+                delivery.reject(false).await
+            }
+            Err(EventError::Handler(error)) if e.requeue_on_error => {
+                tracing::warn!(service, handler, call_id, source, event_type, %error, "event handler failed; requeueing the event");
+                delivery.reject(true).await
+            }
+            Err(EventError::Handler(error)) => {
+                tracing::error!(service, handler, call_id, source, event_type, %error, "event handler failed");
+                delivery.ack().await
+            }
+        };
+        if let Err(error) = settled {
+            tracing::warn!(service, handler, %error, "could not settle an event");
         }
     }
 }

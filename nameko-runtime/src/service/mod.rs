@@ -11,6 +11,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::events::{EventError, HandlerType};
 use crate::protocol::{RemoteError, RequestBody};
 use crate::rpc::ClusterRpcClient;
 use crate::transport::SharedTransport;
@@ -42,6 +43,29 @@ pub type RpcFuture = BoxFuture<'static, Result<Vec<u8>, RemoteError>>;
 pub enum Entrypoint<S> {
     /// An `#[rpc]` method.
     Rpc(RpcEntrypoint<S>),
+    /// An `#[event_handler]` method.
+    Event(EventEntrypoint<S>),
+}
+
+/// The future an event handler returns.
+pub type EventFuture = BoxFuture<'static, Result<(), EventError>>;
+
+/// An `#[event_handler]` method: what it listens to and how.
+pub struct EventEntrypoint<S> {
+    /// The method's name.
+    pub name: &'static str,
+    /// The service whose events it handles.
+    pub source_service: &'static str,
+    /// The event type (routing key) it handles.
+    pub event_type: &'static str,
+    /// Who gets each event.
+    pub handler_type: HandlerType,
+    /// Whether its queue survives the service being down (`auto_delete` when not).
+    pub reliable_delivery: bool,
+    /// Whether a failed event goes back to the queue (else it is acknowledged and logged).
+    pub requeue_on_error: bool,
+    /// Decodes the payload and calls the method.
+    pub handler: fn(Arc<S>, Vec<u8>) -> EventFuture,
 }
 
 /// An `#[rpc]` method: its name on the wire and the function that binds the arguments, calls
@@ -59,10 +83,22 @@ impl<S> Entrypoint<S> {
         Entrypoint::Rpc(RpcEntrypoint { name, handler })
     }
 
-    /// The entrypoint's name.
+    /// The entrypoint's (method's) name.
     pub fn name(&self) -> &'static str {
         match self {
             Entrypoint::Rpc(rpc) => rpc.name,
+            Entrypoint::Event(event) => event.name,
+        }
+    }
+
+    /// A one-line description, as `list` prints it.
+    pub fn describe(&self) -> String {
+        match self {
+            Entrypoint::Rpc(rpc) => format!("rpc {}", rpc.name),
+            Entrypoint::Event(e) => format!(
+                "event {} <- {}.{} ({})",
+                e.name, e.source_service, e.event_type, e.handler_type
+            ),
         }
     }
 }
@@ -185,7 +221,7 @@ pub(crate) type StartFn =
 pub struct ServiceRegistration {
     name: &'static str,
     start: StartFn,
-    entrypoints: fn() -> Vec<&'static str>,
+    entrypoints: fn() -> Vec<String>,
 }
 
 impl std::fmt::Debug for ServiceRegistration {
@@ -211,8 +247,8 @@ impl ServiceRegistration {
         self.name
     }
 
-    /// The names of the service's entrypoints.
-    pub fn entrypoints(&self) -> Vec<&'static str> {
+    /// A description of each of the service's entrypoints.
+    pub fn entrypoints(&self) -> Vec<String> {
         (self.entrypoints)()
     }
 
@@ -234,8 +270,8 @@ impl ServiceRegistration {
     }
 }
 
-fn entrypoint_names<S: Service>() -> Vec<&'static str> {
-    S::entrypoints().iter().map(Entrypoint::name).collect()
+fn entrypoint_names<S: Service>() -> Vec<String> {
+    S::entrypoints().iter().map(Entrypoint::describe).collect()
 }
 
 inventory::collect!(ServiceRegistration);

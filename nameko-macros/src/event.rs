@@ -1,0 +1,96 @@
+//! `#[event_handler("source_service", "event_type", ...)]`: an event entrypoint.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Attribute, LitBool, LitStr};
+
+use crate::attr::{AttrArgs, check_wire_name};
+use crate::ctxt::Ctxt;
+use crate::method::{Method, attr_tokens};
+
+const USAGE: &str = "`#[event_handler(\"source_service\", \"event_type\")]`, optionally with \
+    `handler_type = \"service_pool\" | \"singleton\" | \"broadcast\"`, `reliable_delivery = bool`, \
+    `requeue_on_error = bool`";
+
+/// One `#[event_handler]` attribute on a method.
+pub(crate) struct EventHandler {
+    source: LitStr,
+    event_type: LitStr,
+    handler_type: TokenStream,
+    reliable_delivery: bool,
+    requeue_on_error: bool,
+}
+
+impl EventHandler {
+    pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Option<EventHandler> {
+        let tokens = attr_tokens(attr, USAGE, cx);
+        let args = AttrArgs::parse(
+            tokens,
+            &["the source service", "the event type"],
+            &["handler_type", "reliable_delivery", "requeue_on_error"],
+            USAGE,
+            cx,
+        );
+        let handler_type = match args.string("handler_type", cx) {
+            None => quote!(ServicePool),
+            Some(lit) => match lit.value().as_str() {
+                "service_pool" => quote!(ServicePool),
+                "singleton" => quote!(Singleton),
+                "broadcast" => quote!(Broadcast),
+                _ => {
+                    cx.error(&lit, "unknown handler type; expected \"service_pool\", \"singleton\" or \"broadcast\"");
+                    quote!(ServicePool)
+                }
+            },
+        };
+        let flag = |key: &str, default: bool, cx: &mut Ctxt| {
+            args.boolean(key, cx).as_ref().map_or(default, LitBool::value)
+        };
+        let reliable_delivery = flag("reliable_delivery", true, cx);
+        let requeue_on_error = flag("requeue_on_error", false, cx);
+        if method.params.len() != 1 {
+            cx.error(
+                &method.ident,
+                "an event handler takes the event's payload as its only argument: `fn handle(&self, payload: T)`",
+            );
+        }
+        let [source, event_type] = <[LitStr; 2]>::try_from(args.positional.clone()).ok()?;
+        check_wire_name(&source, "source service name", cx);
+        if event_type.value().is_empty() {
+            cx.error(&event_type, "the event type cannot be empty");
+        }
+        Some(EventHandler { source, event_type, handler_type, reliable_delivery, requeue_on_error })
+    }
+
+    /// `Entrypoint::Event(EventEntrypoint { ... })`: decodes the payload, calls the method,
+    /// maps its error.
+    pub(crate) fn entrypoint(&self, method: &Method, krate: &syn::Path) -> TokenStream {
+        let p = quote!(#krate::__private);
+        let name = method.ident.to_string();
+        let EventHandler { source, event_type, handler_type, reliable_delivery, requeue_on_error } = self;
+        let decode = method.params.first().map(|param| {
+            let (ident, ty) = (&param.ident, &param.ty);
+            quote_spanned!(ty.span()=> let #ident = #p::decode_payload::<#ty>(&body)?;)
+        });
+        let outcome = method.map_outcome(&p, method.call(&p), |_, value| {
+            quote!({ let _ = #value; ::std::result::Result::Ok(()) })
+        });
+        quote! {
+            #p::Entrypoint::Event(#p::EventEntrypoint {
+                name: #name,
+                source_service: #source,
+                event_type: #event_type,
+                handler_type: #p::HandlerType::#handler_type,
+                reliable_delivery: #reliable_delivery,
+                requeue_on_error: #requeue_on_error,
+                handler: |this, body| {
+                    ::std::boxed::Box::pin(async move {
+                        #decode
+                        #outcome
+                    })
+                },
+            })
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Events: publish/subscribe between services, as Nameko does it.
+//!
+//! A service dispatches with an [`EventDispatcher`] field: the payload is published as raw JSON
+//! to the topic exchange `<service>.events` with the event type as routing key. Handlers are
+//! methods marked `#[event_handler("source_service", "event_type")]`; each gets a queue named by
+//! its [`HandlerType`] and bound to the source's exchange. Code outside services dispatches with
+//! a [`StandaloneEventDispatcher`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::context::WorkerContext;
+use crate::error::Error;
+use crate::protocol::{self, RemoteError};
+use crate::service::{Dependency, DependencyContext};
+use crate::transport::{self, ExchangeSpec, OutgoingMessage, Properties, SharedTransport, TransportError};
+
+/// Who receives an event (Nameko's `handler_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerType {
+    /// Each listening service gets every event once, shared among its instances (the default).
+    ServicePool,
+    /// One handler in the whole cluster gets each event.
+    Singleton,
+    /// Every instance of every listening service gets every event.
+    Broadcast,
+}
+
+impl fmt::Display for HandlerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HandlerType::ServicePool => "service_pool",
+            HandlerType::Singleton => "singleton",
+            HandlerType::Broadcast => "broadcast",
+        })
+    }
+}
+
+/// An event type known by its payload's type, for [`EventDispatcher::dispatch_event`].
+///
+/// ```
+/// use nameko::events::Event;
+///
+/// #[derive(serde::Serialize)]
+/// struct OrderPlaced { order_id: u64 }
+///
+/// impl Event for OrderPlaced {
+///     const EVENT_TYPE: &'static str = "order_placed";
+/// }
+/// ```
+pub trait Event: Serialize {
+    /// The event type (the routing key).
+    const EVENT_TYPE: &'static str;
+}
+
+/// Why an event could not be dispatched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DispatchError {
+    /// The payload does not serialise to JSON.
+    #[error("event payload could not be serialised: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// The broker did not take the event.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+fn event_message(source: &str, event_type: &str, body: Vec<u8>, headers: protocol::Headers) -> OutgoingMessage {
+    OutgoingMessage {
+        exchange: protocol::event_exchange_name(source),
+        routing_key: event_type.to_owned(),
+        mandatory: false,
+        properties: Properties { headers, ..Properties::nameko_json() },
+        body,
+    }
+}
+
+/// Dispatches the events of one service (Nameko's `EventDispatcher`); a field of a service.
+///
+/// Events carry the current worker's context data and call id stack, like every message a worker
+/// sends. `dispatch` returns once the broker has confirmed the event.
+#[derive(Clone)]
+pub struct EventDispatcher {
+    transport: SharedTransport,
+    source: Arc<str>,
+}
+
+impl fmt::Debug for EventDispatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventDispatcher").field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+impl EventDispatcher {
+    /// A dispatcher of `source`'s events; declares `<source>.events`.
+    pub async fn new(
+        transport: SharedTransport,
+        config: &Config,
+        source: &str,
+    ) -> Result<EventDispatcher, TransportError> {
+        transport.declare_exchange(&event_exchange(config, source)).await?;
+        Ok(EventDispatcher { transport, source: Arc::from(source) })
+    }
+
+    /// The service whose events these are.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Publishes `payload` as an event of type `event_type`.
+    pub async fn dispatch<T: Serialize + ?Sized>(
+        &self,
+        event_type: &str,
+        payload: &T,
+    ) -> Result<(), DispatchError> {
+        let body = serde_json::to_vec(payload)?;
+        let headers = WorkerContext::current().map(|w| w.outgoing_headers()).unwrap_or_default();
+        self.transport.publish(event_message(&self.source, event_type, body, headers)).await?;
+        Ok(())
+    }
+
+    /// Publishes a typed event.
+    pub async fn dispatch_event<E: Event>(&self, event: &E) -> Result<(), DispatchError> {
+        self.dispatch(E::EVENT_TYPE, event).await
+    }
+}
+
+impl Dependency for EventDispatcher {
+    async fn build(cx: &DependencyContext, _field: &'static str) -> Result<Self, Error> {
+        Ok(EventDispatcher::new(cx.transport().clone(), cx.config(), cx.service_name()).await?)
+    }
+}
+
+pub(crate) fn event_exchange(config: &Config, source: &str) -> ExchangeSpec {
+    ExchangeSpec {
+        auto_delete: config.auto_delete_event_exchanges,
+        ..ExchangeSpec::durable_topic(protocol::event_exchange_name(source))
+    }
+}
+
+/// Dispatches events from outside any service, in the name of any source service (Nameko's
+/// standalone `event_dispatcher`). Sends no context headers.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use nameko::events::StandaloneEventDispatcher;
+///
+/// let dispatcher = StandaloneEventDispatcher::connect("amqp://guest:guest@localhost").await?;
+/// dispatcher.dispatch("my_event_publisher_service", "my_event", &"hi").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct StandaloneEventDispatcher {
+    transport: SharedTransport,
+    config: Config,
+    declared: Arc<Mutex<HashSet<String>>>,
+}
+
+impl StandaloneEventDispatcher {
+    /// Connects to the broker at `uri`.
+    pub async fn connect(uri: &str) -> Result<Self, TransportError> {
+        Ok(Self::new(transport::connect(uri).await?, &Config::default()))
+    }
+
+    /// A dispatcher on an existing transport.
+    pub fn new(transport: SharedTransport, config: &Config) -> Self {
+        StandaloneEventDispatcher { transport, config: config.clone(), declared: Arc::default() }
+    }
+
+    /// Publishes `payload` as `source`'s event of type `event_type`, declaring `<source>.events`
+    /// the first time.
+    pub async fn dispatch<T: Serialize + ?Sized>(
+        &self,
+        source: &str,
+        event_type: &str,
+        payload: &T,
+    ) -> Result<(), DispatchError> {
+        let body = serde_json::to_vec(payload)?;
+        let known = self.declared.lock().unwrap_or_else(|p| p.into_inner()).contains(source);
+        if !known {
+            self.transport.declare_exchange(&event_exchange(&self.config, source)).await?;
+            self.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(source.to_owned());
+        }
+        let message = event_message(source, event_type, body, protocol::Headers::new());
+        self.transport.publish(message).await?;
+        Ok(())
+    }
+}
+
+/// Why an event handler did not finish.
+#[derive(Debug)]
+pub enum EventError {
+    /// The payload does not decode into the handler's parameter type: never retried.
+    Payload(String),
+    /// The handler failed.
+    Handler(RemoteError),
+}
+
+impl From<RemoteError> for EventError {
+    fn from(error: RemoteError) -> Self {
+        EventError::Handler(error)
+    }
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventError::Payload(e) => write!(f, "payload does not fit the handler: {e}"),
+            EventError::Handler(e) => write!(f, "{e}"),
+        }
+    }
+}
