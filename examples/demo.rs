@@ -6,10 +6,13 @@
 //! cargo run --example demo -- --broker amqp://guest:guest@localhost # or on RabbitMQ
 //! ```
 
+#[path = "events.rs"]
+mod events;
 #[path = "greeter.rs"]
 mod greeter;
 
 use clap::Parser;
+use events::{MyEventHandlerService1, MyEventHandlerService2, MyEventPublisherService};
 use greeter::{ExpandedGreeterService, ExpandedGreeterServiceClient, GreeterService};
 use nameko::prelude::*;
 use serde_json::{Value, json};
@@ -29,6 +32,9 @@ async fn main() -> anyhow::Result<()> {
     let running = ServiceRunner::new(Config::default().with_broker(&args.broker))
         .with_service::<GreeterService>()
         .with_service::<ExpandedGreeterService>()
+        .with_service::<MyEventPublisherService>()
+        .with_service::<MyEventHandlerService1>()
+        .with_service::<MyEventHandlerService2>()
         .start()
         .await?;
     println!(
@@ -58,6 +64,14 @@ async fn main() -> anyhow::Result<()> {
         .call_with("greet", (), json!({"name": "Arthur"}))
         .await?;
     println!("{by_keyword}");
+
+    println!("\n== Example 3: events (n.rpc.my_event_publisher_service.publish(\"hi\"))");
+    client
+        .service("my_event_publisher_service")
+        .call::<_, ()>("publish", ["hi"])
+        .await?;
+    // Both handler services log what they received (on stderr), in a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     println!("\n== Mistakes get clear errors, and the services keep serving");
     let unknown_method = client
@@ -90,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     println!("greeter_service.greet(\"Lancelot\")  -> {still_serving}");
 
-    drop(client);
+    drop((client, expanded));
     running.stop().await?;
     println!("\n== Stopped");
     Ok(())

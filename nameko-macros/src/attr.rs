@@ -26,7 +26,10 @@ impl AttrArgs {
         usage: &str,
         cx: &mut Ctxt,
     ) -> AttrArgs {
-        let mut args = AttrArgs { positional: Vec::new(), named: Vec::new() };
+        let mut args = AttrArgs {
+            positional: Vec::new(),
+            named: Vec::new(),
+        };
         let exprs = match Punctuated::<Expr, Token![,]>::parse_terminated.parse2(tokens.clone()) {
             Ok(exprs) => exprs,
             Err(e) => {
@@ -35,8 +38,10 @@ impl AttrArgs {
             }
         };
         for expr in exprs {
-            match expr {
-                Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) if args.named.is_empty() => {
+            match ungroup(expr) {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(s), ..
+                }) if args.named.is_empty() => {
                     if args.positional.len() == positional.len() {
                         cx.error(&s, format!("unexpected argument; expected {usage}"));
                     } else {
@@ -53,11 +58,20 @@ impl AttrArgs {
                         continue;
                     };
                     if !allowed.contains(&key.to_string().as_str()) {
-                        let expected: Vec<String> = allowed.iter().map(|k| format!("`{k}`")).collect();
+                        let expected: Vec<String> =
+                            allowed.iter().map(|k| format!("`{k}`")).collect();
                         if expected.is_empty() {
-                            cx.error(&key, format!("unknown key: this attribute takes no keys; expected {usage}"));
+                            cx.error(
+                                &key,
+                                format!(
+                                    "unknown key: this attribute takes no keys; expected {usage}"
+                                ),
+                            );
                         } else {
-                            cx.error(&key, format!("unknown key; expected one of {}", expected.join(", ")));
+                            cx.error(
+                                &key,
+                                format!("unknown key; expected one of {}", expected.join(", ")),
+                            );
                         }
                         continue;
                     }
@@ -65,15 +79,22 @@ impl AttrArgs {
                         cx.error(&key, format!("duplicate key `{key}`"));
                         continue;
                     }
-                    args.named.push((key, *right));
+                    args.named.push((key, ungroup(*right)));
                 }
                 other => cx.error(&other, format!("unexpected argument; expected {usage}")),
             }
         }
         if args.positional.len() < positional.len() {
-            let span = if tokens.is_empty() { Span::call_site() } else { tokens.span() };
+            let span = if tokens.is_empty() {
+                Span::call_site()
+            } else {
+                tokens.span()
+            };
             let missing = positional[args.positional.len()..].join(", ");
-            cx.push(syn::Error::new(span, format!("missing {missing}; expected {usage}")));
+            cx.push(syn::Error::new(
+                span,
+                format!("missing {missing}; expected {usage}"),
+            ));
         }
         args
     }
@@ -82,9 +103,14 @@ impl AttrArgs {
     pub(crate) fn string(&self, key: &str, cx: &mut Ctxt) -> Option<LitStr> {
         let (_, value) = self.named.iter().find(|(k, _)| k == key)?;
         match value {
-            Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Some(s.clone()),
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(s), ..
+            }) => Some(s.clone()),
             other => {
-                cx.error(other, format!("`{key}` takes a string literal: `{key} = \"...\"`"));
+                cx.error(
+                    other,
+                    format!("`{key}` takes a string literal: `{key} = \"...\"`"),
+                );
                 None
             }
         }
@@ -94,7 +120,9 @@ impl AttrArgs {
     pub(crate) fn boolean(&self, key: &str, cx: &mut Ctxt) -> Option<LitBool> {
         let (_, value) = self.named.iter().find(|(k, _)| k == key)?;
         match value {
-            Expr::Lit(ExprLit { lit: Lit::Bool(b), .. }) => Some(b.clone()),
+            Expr::Lit(ExprLit {
+                lit: Lit::Bool(b), ..
+            }) => Some(b.clone()),
             other => {
                 cx.error(other, format!("`{key}` takes `true` or `false`"));
                 None
@@ -103,15 +131,28 @@ impl AttrArgs {
     }
 }
 
+/// Removes the invisible groups `macro_rules!` puts around fragments such as `$name:literal`.
+fn ungroup(expr: Expr) -> Expr {
+    match expr {
+        Expr::Group(group) => ungroup(*group.expr),
+        other => other,
+    }
+}
+
 /// Checks a name used on the wire in routing keys: non-empty, no `.`, `*`, `#` or whitespace.
 pub(crate) fn check_wire_name(lit: &LitStr, what: &str, cx: &mut Ctxt) {
     let value = lit.value();
     if value.is_empty() {
         cx.error(lit, format!("the {what} cannot be empty"));
-    } else if value.chars().any(|c| matches!(c, '.' | '*' | '#') || c.is_whitespace()) {
+    } else if value
+        .chars()
+        .any(|c| matches!(c, '.' | '*' | '#') || c.is_whitespace())
+    {
         cx.error(
             lit,
-            format!("the {what} is part of AMQP routing keys and cannot contain '.', '*', '#' or spaces"),
+            format!(
+                "the {what} is part of AMQP routing keys and cannot contain '.', '*', '#' or spaces"
+            ),
         );
     }
 }

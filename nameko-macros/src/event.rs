@@ -45,7 +45,9 @@ impl EventHandler {
             },
         };
         let flag = |key: &str, default: bool, cx: &mut Ctxt| {
-            args.boolean(key, cx).as_ref().map_or(default, LitBool::value)
+            args.boolean(key, cx)
+                .as_ref()
+                .map_or(default, LitBool::value)
         };
         let reliable_delivery = flag("reliable_delivery", true, cx);
         let requeue_on_error = flag("requeue_on_error", false, cx);
@@ -60,7 +62,13 @@ impl EventHandler {
         if event_type.value().is_empty() {
             cx.error(&event_type, "the event type cannot be empty");
         }
-        Some(EventHandler { source, event_type, handler_type, reliable_delivery, requeue_on_error })
+        Some(EventHandler {
+            source,
+            event_type,
+            handler_type,
+            reliable_delivery,
+            requeue_on_error,
+        })
     }
 
     /// `Entrypoint::Event(EventEntrypoint { ... })`: decodes the payload, calls the method,
@@ -68,14 +76,22 @@ impl EventHandler {
     pub(crate) fn entrypoint(&self, method: &Method, krate: &syn::Path) -> TokenStream {
         let p = quote!(#krate::__private);
         let name = method.ident.to_string();
-        let EventHandler { source, event_type, handler_type, reliable_delivery, requeue_on_error } = self;
+        let EventHandler {
+            source,
+            event_type,
+            handler_type,
+            reliable_delivery,
+            requeue_on_error,
+        } = self;
         let decode = method.params.first().map(|param| {
             let (ident, ty) = (&param.ident, &param.ty);
             quote_spanned!(ty.span()=> let #ident = #p::decode_payload::<#ty>(&body)?;)
         });
-        let outcome = method.map_outcome(&p, method.call(&p), |_, value| {
-            quote!({ let _ = #value; ::std::result::Result::Ok(()) })
-        });
+        let outcome = method.map_outcome(
+            &p,
+            method.call(&p),
+            |_, value| quote!({ let _ = #value; ::std::result::Result::Ok(()) }),
+        );
         quote! {
             #p::Entrypoint::Event(#p::EventEntrypoint {
                 name: #name,

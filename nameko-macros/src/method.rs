@@ -129,7 +129,9 @@ impl Method {
         }
         let mut params = Vec::new();
         for input in sig.inputs.iter().skip(1) {
-            let FnArg::Typed(pat_type) = input else { continue };
+            let FnArg::Typed(pat_type) = input else {
+                continue;
+            };
             let ident = match &*pat_type.pat {
                 Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => pi.ident.clone(),
                 other => {
@@ -149,15 +151,25 @@ impl Method {
                 continue;
             }
             if contains_impl_trait(&ty) {
-                cx.error(&ty, format!("{what} arguments cannot be `impl Trait`: name a concrete type"));
+                cx.error(
+                    &ty,
+                    format!("{what} arguments cannot be `impl Trait`: name a concrete type"),
+                );
                 continue;
             }
-            params.push(Param { optional: option_inner(&ty).is_some(), ident, ty });
+            params.push(Param {
+                optional: option_inner(&ty).is_some(),
+                ident,
+                ty,
+            });
         }
         let output = match &sig.output {
             ReturnType::Default => Output::Unit,
             ReturnType::Type(_, ty) if contains_impl_trait(ty) => {
-                cx.error(ty, format!("{what} methods cannot return `impl Trait`: name a concrete type"));
+                cx.error(
+                    ty,
+                    format!("{what} methods cannot return `impl Trait`: name a concrete type"),
+                );
                 Output::Unit
             }
             ReturnType::Type(_, ty) => match generic_args_of(ty, "Result").as_deref() {
@@ -165,14 +177,28 @@ impl Method {
                     Output::Result { ok: ok.clone() }
                 }
                 Some(_) => {
-                    cx.error(ty, "write the result type as `Result<T, E>` so the error type is known");
+                    cx.error(
+                        ty,
+                        "write the result type as `Result<T, E>` so the error type is known",
+                    );
                     Output::Unit
                 }
                 None => Output::Value((**ty).clone()),
             },
         };
-        let docs = f.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect();
-        Method { ident: sig.ident.clone(), is_async: sig.asyncness.is_some(), params, output, docs }
+        let docs = f
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .cloned()
+            .collect();
+        Method {
+            ident: sig.ident.clone(),
+            is_async: sig.asyncness.is_some(),
+            params,
+            output,
+            docs,
+        }
     }
 
     /// The call of the user's method with the bound parameters, awaited (an `async` method) or

@@ -25,9 +25,15 @@ impl Rpc {
         match args.string("name", cx) {
             Some(lit) => {
                 check_wire_name(&lit, "RPC method name", cx);
-                Rpc { wire_name: lit.value(), wire_name_span: lit.span() }
+                Rpc {
+                    wire_name: lit.value(),
+                    wire_name_span: lit.span(),
+                }
             }
-            None => Rpc { wire_name: method.ident.to_string(), wire_name_span: method.ident.span() },
+            None => Rpc {
+                wire_name: method.ident.to_string(),
+                wire_name_span: method.ident.span(),
+            },
         }
     }
 
@@ -78,7 +84,10 @@ impl Rpc {
             quote_spanned!(ty.span()=> #p::encode_argument::<#ty>(&#name)?)
         });
         let (ok, call) = match &method.output {
-            Output::Unit => (quote!(()), quote!(#p::call::<()>(&self.proxy, #wire, &args).await)),
+            Output::Unit => (
+                quote!(()),
+                quote!(#p::call::<()>(&self.proxy, #wire, &args).await),
+            ),
             Output::Value(ty) | Output::Result { ok: ty } => (
                 quote!(#ty),
                 quote_spanned!(ty.span()=> #p::call::<#ty>(&self.proxy, #wire, &args).await),

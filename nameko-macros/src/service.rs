@@ -51,14 +51,20 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         cx.error(&item.generics, "services cannot be generic");
     }
     if let Some((_, path, _)) = &item.trait_ {
-        cx.error(path, "`#[service]` goes on an inherent `impl` block, not a trait implementation");
+        cx.error(
+            path,
+            "`#[service]` goes on an inherent `impl` block, not a trait implementation",
+        );
     }
     let self_ident = match &*item.self_ty {
         Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
         _ => None,
     };
     if self_ident.is_none() {
-        cx.error(&item.self_ty, "`#[service]` implements a named struct: `impl MyService { ... }`");
+        cx.error(
+            &item.self_ty,
+            "`#[service]` implements a named struct: `impl MyService { ... }`",
+        );
     }
 
     let mut entrypoints = Vec::new();
@@ -72,11 +78,16 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             .filter(|a| ENTRYPOINT_ATTRS.iter().any(|n| is_attr(a, n)))
             .cloned()
             .collect();
-        f.attrs.retain(|a| !ENTRYPOINT_ATTRS.iter().any(|n| is_attr(a, n)));
+        f.attrs
+            .retain(|a| !ENTRYPOINT_ATTRS.iter().any(|n| is_attr(a, n)));
         if attrs.is_empty() {
             continue;
         }
-        let what = if attrs.iter().all(|a| is_attr(a, "rpc")) { "RPC" } else { "entrypoint" };
+        let what = if attrs.iter().all(|a| is_attr(a, "rpc")) {
+            "RPC"
+        } else {
+            "entrypoint"
+        };
         let method = Method::parse(f, what, &mut cx);
         let mut seen_rpc = false;
         for attr in &attrs {
@@ -89,7 +100,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 if let Some((_, other)) = rpc_names.iter().find(|(n, _)| *n == rpc.wire_name) {
                     cx.push(syn::Error::new(
                         rpc.wire_name_span,
-                        format!("two RPC methods are named `{}` on the wire (the other is `{other}`)", rpc.wire_name),
+                        format!(
+                            "two RPC methods are named `{}` on the wire (the other is `{other}`)",
+                            rpc.wire_name
+                        ),
                     ));
                 }
                 rpc_names.push((rpc.wire_name.clone(), method.ident.clone()));
@@ -105,7 +119,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         return with_item(error, item);
     }
     let (Some(name), Some(self_ident)) = (name, self_ident) else {
-        return with_item(syn::Error::new(proc_macro2::Span::call_site(), "invalid service"), item);
+        return with_item(
+            syn::Error::new(proc_macro2::Span::call_site(), "invalid service"),
+            item,
+        );
     };
 
     let self_ty = &item.self_ty;

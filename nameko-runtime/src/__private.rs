@@ -4,9 +4,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use crate::error::select::{ViaDisplay, ViaToRemoteError, Wrap};
+pub use crate::events::{EventError, HandlerType};
 pub use crate::protocol::{RemoteError, RequestBody};
 pub use crate::rpc::args::{BoundArgs, Param};
-pub use crate::events::{EventError, HandlerType};
 pub use crate::service::{
     Dependencies, Dependency, DependencyContext, Entrypoint, EventEntrypoint, RpcFuture, Service,
     ServiceClient, ServiceRegistration,

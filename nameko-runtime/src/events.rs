@@ -17,7 +17,9 @@ use crate::context::WorkerContext;
 use crate::error::Error;
 use crate::protocol::{self, RemoteError};
 use crate::service::{Dependency, DependencyContext};
-use crate::transport::{self, ExchangeSpec, OutgoingMessage, Properties, SharedTransport, TransportError};
+use crate::transport::{
+    self, ExchangeSpec, OutgoingMessage, Properties, SharedTransport, TransportError,
+};
 
 /// Who receives an event (Nameko's `handler_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +71,20 @@ pub enum DispatchError {
     Transport(#[from] TransportError),
 }
 
-fn event_message(source: &str, event_type: &str, body: Vec<u8>, headers: protocol::Headers) -> OutgoingMessage {
+fn event_message(
+    source: &str,
+    event_type: &str,
+    body: Vec<u8>,
+    headers: protocol::Headers,
+) -> OutgoingMessage {
     OutgoingMessage {
         exchange: protocol::event_exchange_name(source),
         routing_key: event_type.to_owned(),
         mandatory: false,
-        properties: Properties { headers, ..Properties::nameko_json() },
+        properties: Properties {
+            headers,
+            ..Properties::nameko_json()
+        },
         body,
     }
 }
@@ -91,7 +101,9 @@ pub struct EventDispatcher {
 
 impl fmt::Debug for EventDispatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventDispatcher").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("EventDispatcher")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,8 +114,13 @@ impl EventDispatcher {
         config: &Config,
         source: &str,
     ) -> Result<EventDispatcher, TransportError> {
-        transport.declare_exchange(&event_exchange(config, source)).await?;
-        Ok(EventDispatcher { transport, source: Arc::from(source) })
+        transport
+            .declare_exchange(&event_exchange(config, source))
+            .await?;
+        Ok(EventDispatcher {
+            transport,
+            source: Arc::from(source),
+        })
     }
 
     /// The service whose events these are.
@@ -118,8 +135,12 @@ impl EventDispatcher {
         payload: &T,
     ) -> Result<(), DispatchError> {
         let body = serde_json::to_vec(payload)?;
-        let headers = WorkerContext::current().map(|w| w.outgoing_headers()).unwrap_or_default();
-        self.transport.publish(event_message(&self.source, event_type, body, headers)).await?;
+        let headers = WorkerContext::current()
+            .map(|w| w.outgoing_headers())
+            .unwrap_or_default();
+        self.transport
+            .publish(event_message(&self.source, event_type, body, headers))
+            .await?;
         Ok(())
     }
 
@@ -163,12 +184,19 @@ pub struct StandaloneEventDispatcher {
 impl StandaloneEventDispatcher {
     /// Connects to the broker at `uri`.
     pub async fn connect(uri: &str) -> Result<Self, TransportError> {
-        Ok(Self::new(transport::connect(uri).await?, &Config::default()))
+        Ok(Self::new(
+            transport::connect(uri).await?,
+            &Config::default(),
+        ))
     }
 
     /// A dispatcher on an existing transport.
     pub fn new(transport: SharedTransport, config: &Config) -> Self {
-        StandaloneEventDispatcher { transport, config: config.clone(), declared: Arc::default() }
+        StandaloneEventDispatcher {
+            transport,
+            config: config.clone(),
+            declared: Arc::default(),
+        }
     }
 
     /// Publishes `payload` as `source`'s event of type `event_type`, declaring `<source>.events`
@@ -180,10 +208,19 @@ impl StandaloneEventDispatcher {
         payload: &T,
     ) -> Result<(), DispatchError> {
         let body = serde_json::to_vec(payload)?;
-        let known = self.declared.lock().unwrap_or_else(|p| p.into_inner()).contains(source);
+        let known = self
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(source);
         if !known {
-            self.transport.declare_exchange(&event_exchange(&self.config, source)).await?;
-            self.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(source.to_owned());
+            self.transport
+                .declare_exchange(&event_exchange(&self.config, source))
+                .await?;
+            self.declared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(source.to_owned());
         }
         let message = event_message(source, event_type, body, protocol::Headers::new());
         self.transport.publish(message).await?;

@@ -342,9 +342,18 @@ mod tests {
     fn event_names_match_nameko() {
         use crate::events::HandlerType::*;
         assert_eq!(event_exchange_name("src"), "src.events");
-        assert_eq!(event_queue_name("src", "ping", ServicePool, "svc", "on_ping", "x"), "evt-src-ping--svc.on_ping");
-        assert_eq!(event_queue_name("src", "ping", Singleton, "svc", "on_ping", "x"), "evt-src-ping");
-        assert_eq!(event_queue_name("src", "ping", Broadcast, "svc", "on_ping", "abc"), "evt-src-ping--svc.on_ping-abc");
+        assert_eq!(
+            event_queue_name("src", "ping", ServicePool, "svc", "on_ping", "x"),
+            "evt-src-ping--svc.on_ping"
+        );
+        assert_eq!(
+            event_queue_name("src", "ping", Singleton, "svc", "on_ping", "x"),
+            "evt-src-ping"
+        );
+        assert_eq!(
+            event_queue_name("src", "ping", Broadcast, "svc", "on_ping", "abc"),
+            "evt-src-ping--svc.on_ping-abc"
+        );
     }
 
     #[test]

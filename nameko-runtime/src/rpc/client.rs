@@ -64,6 +64,7 @@ impl ReplyListener {
         let stop = CancellationToken::new();
         let (task_pending, task_closed, task_stop) =
             (pending.clone(), closed.clone(), stop.clone());
+        let task_transport = transport.clone();
         tokio::spawn(async move {
             let reason = loop {
                 let delivery = tokio::select! {
@@ -96,7 +97,11 @@ impl ReplyListener {
                 }
             };
             if let Some(reason) = &reason {
-                tracing::error!(%reason, "RPC replies can no longer be received");
+                if task_transport.is_closed() {
+                    tracing::debug!(%reason, "reply listener ended with its connection");
+                } else {
+                    tracing::error!(%reason, "RPC replies can no longer be received");
+                }
                 *lock(&task_closed) = Some(reason.clone());
             }
             for (_, waiter) in lock(&task_pending).drain() {

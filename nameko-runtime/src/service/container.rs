@@ -23,9 +23,7 @@ use crate::context::WorkerContext;
 use crate::error::Error;
 use crate::events::{EventError, HandlerType};
 use crate::protocol::{self, CONTENT_TYPE_JSON, MalformedRequest, RemoteError, RequestBody};
-use crate::transport::{
-    Consumer, Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec,
-};
+use crate::transport::{Consumer, Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec};
 
 /// A started service. Stop it through the runner's [`StopHandle`](super::runner::StopHandle).
 pub struct ServiceContainer {
@@ -57,7 +55,9 @@ struct Listener {
 
 /// Starts the container of service `S`: builds its dependencies, declares its queues and starts
 /// consuming them.
-pub(crate) fn start<S: Service>(shared: Shared) -> BoxFuture<'static, Result<ServiceContainer, Error>> {
+pub(crate) fn start<S: Service>(
+    shared: Shared,
+) -> BoxFuture<'static, Result<ServiceContainer, Error>> {
     Box::pin(async move {
         let cx = DependencyContext::new(S::NAME, shared.config.clone(), shared.transport.clone());
         let service = Arc::new(S::build(&cx).await?);
@@ -74,19 +74,40 @@ pub(crate) fn start<S: Service>(shared: Shared) -> BoxFuture<'static, Result<Ser
             let t = &shared.transport;
             let exchange = &shared.config.rpc_exchange;
             let queue = protocol::rpc_queue_name(S::NAME);
-            t.declare_exchange(&ExchangeSpec::durable_topic(exchange)).await?;
+            t.declare_exchange(&ExchangeSpec::durable_topic(exchange))
+                .await?;
             t.declare_queue(&QueueSpec::durable(&queue)).await?;
-            t.bind_queue(&queue, exchange, &protocol::rpc_binding_key(S::NAME)).await?;
+            t.bind_queue(&queue, exchange, &protocol::rpc_binding_key(S::NAME))
+                .await?;
             let consumer = t.consume(&queue, shared.config.prefetch_count).await?;
-            let handler = Arc::new(RpcHandler { service: service.clone(), entrypoints: rpc, shared: shared.clone() });
-            listeners.push(Listener { queue, consumer, handler });
+            let handler = Arc::new(RpcHandler {
+                service: service.clone(),
+                entrypoints: rpc,
+                shared: shared.clone(),
+            });
+            listeners.push(Listener {
+                queue,
+                consumer,
+                handler,
+            });
         }
         let random_identifier = uuid::Uuid::new_v4().simple().to_string();
         for entrypoint in events {
             let queue = declare_event_queue::<S>(&shared, &entrypoint, &random_identifier).await?;
-            let consumer = shared.transport.consume(&queue, shared.config.prefetch_count).await?;
-            let handler = Arc::new(EventHandler { service: service.clone(), entrypoint, shared: shared.clone() });
-            listeners.push(Listener { queue, consumer, handler });
+            let consumer = shared
+                .transport
+                .consume(&queue, shared.config.prefetch_count)
+                .await?;
+            let handler = Arc::new(EventHandler {
+                service: service.clone(),
+                entrypoint,
+                shared: shared.clone(),
+            });
+            listeners.push(Listener {
+                queue,
+                consumer,
+                handler,
+            });
         }
         tracing::info!(
             service = S::NAME,
@@ -94,7 +115,10 @@ pub(crate) fn start<S: Service>(shared: Shared) -> BoxFuture<'static, Result<Ser
             "service started"
         );
         let task = tokio::spawn(run(S::NAME, listeners, shared));
-        Ok(ServiceContainer { name: S::NAME, task })
+        Ok(ServiceContainer {
+            name: S::NAME,
+            task,
+        })
     })
 }
 
@@ -103,7 +127,11 @@ async fn declare_event_queue<S: Service>(
     e: &EventEntrypoint<S>,
     random_identifier: &str,
 ) -> Result<String, Error> {
-    let identifier = match (&shared.config.broadcast_identifier, e.handler_type, e.reliable_delivery) {
+    let identifier = match (
+        &shared.config.broadcast_identifier,
+        e.handler_type,
+        e.reliable_delivery,
+    ) {
         (Some(identifier), _, _) => identifier.as_str(),
         (None, HandlerType::Broadcast, true) => {
             return Err(Error::Config(format!(
@@ -149,7 +177,13 @@ async fn run(service: &'static str, listeners: Vec<Listener>, shared: Shared) ->
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
-            tokio::spawn(consume(listener, workers.clone(), tracker.clone(), stop.clone(), shared.kill.clone()))
+            tokio::spawn(consume(
+                listener,
+                workers.clone(),
+                tracker.clone(),
+                stop.clone(),
+                shared.kill.clone(),
+            ))
         })
         .collect();
     let mut consumers = Vec::new();
@@ -185,7 +219,10 @@ async fn run(service: &'static str, listeners: Vec<Listener>, shared: Shared) ->
     match failure {
         Some(reason) => {
             tracing::error!(service, %reason, "service failed");
-            Err(Error::ServiceFailed { service: service.to_owned(), reason })
+            Err(Error::ServiceFailed {
+                service: service.to_owned(),
+                reason,
+            })
         }
         None => Ok(()),
     }
@@ -200,7 +237,11 @@ async fn consume(
     stop: CancellationToken,
     kill: CancellationToken,
 ) -> (Consumer, Option<String>) {
-    let Listener { queue, mut consumer, handler } = listener;
+    let Listener {
+        queue,
+        mut consumer,
+        handler,
+    } = listener;
     let mut failure = None;
     loop {
         let next = tokio::select! {
@@ -374,18 +415,31 @@ impl<S: Service> EventHandler<S> {
         let outcome = match delivery.properties.content_type.as_deref() {
             None | Some(CONTENT_TYPE_JSON) => {
                 let future = (e.handler)(self.service.clone(), delivery.body.clone());
-                match context.clone().scope(AssertUnwindSafe(future).catch_unwind()).await {
+                match context
+                    .clone()
+                    .scope(AssertUnwindSafe(future).catch_unwind())
+                    .await
+                {
                     Ok(outcome) => outcome,
                     Err(panic) => Err(EventError::Handler(panic_error(panic.as_ref()))),
                 }
             }
-            Some(other) => Err(EventError::Payload(format!("unsupported content type `{other}`"))),
+            Some(other) => Err(EventError::Payload(format!(
+                "unsupported content type `{other}`"
+            ))),
         };
         let (service, handler, call_id) = (S::NAME, e.name, context.call_id());
         let (source, event_type) = (e.source_service, e.event_type);
         let settled = match outcome {
             Ok(()) => {
-                tracing::debug!(service, handler, call_id, source, event_type, "event handled");
+                tracing::debug!(
+                    service,
+                    handler,
+                    call_id,
+                    source,
+                    event_type,
+                    "event handled"
+                );
                 delivery.ack().await
             }
             Err(EventError::Payload(reason)) => {

@@ -32,6 +32,7 @@ pub struct AmqpTransport {
     uri: String,
     connection: Connection,
     publisher: Mutex<Option<Channel>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for AmqpTransport {
@@ -68,6 +69,7 @@ impl AmqpTransport {
             uri: normalized,
             connection,
             publisher: Mutex::new(None),
+            closed: Default::default(),
         })
     }
 
@@ -443,7 +445,12 @@ impl Transport for AmqpTransport {
         mask_password(&self.uri)
     }
 
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         async move {
             if self.connection.status().connected() {
                 let _ = self.connection.close(200, "OK".into()).await;

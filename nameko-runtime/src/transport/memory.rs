@@ -460,6 +460,10 @@ impl Transport for MemoryBroker {
     fn close(&self) -> BoxFuture<'_, ()> {
         async {}.boxed()
     }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

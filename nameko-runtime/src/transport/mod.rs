@@ -278,6 +278,8 @@ pub trait Transport: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Closes the connection.
     fn close(&self) -> BoxFuture<'_, ()>;
+    /// Whether [`close`](Transport::close) was called (consumers ending afterwards is expected).
+    fn is_closed(&self) -> bool;
 }
 
 /// A shared handle to a transport.
