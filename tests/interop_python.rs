@@ -177,3 +177,113 @@ async fn python_and_rust_instances_share_one_queue() {
     assert!(answers.iter().any(|a| a == "rust"), "{answers:?}");
     rust.stop().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Events across languages.
+
+fn recorded() -> &'static std::sync::Mutex<Vec<(Value, Vec<String>)>> {
+    static RECORDED: std::sync::OnceLock<std::sync::Mutex<Vec<(Value, Vec<String>)>>> =
+        std::sync::OnceLock::new();
+    RECORDED.get_or_init(Default::default)
+}
+
+fn record(payload: Value) {
+    let stack = WorkerContext::current().map(|w| w.call_id_stack().to_vec()).unwrap_or_default();
+    recorded().lock().unwrap().push((payload, stack));
+}
+
+fn recorded_with(token: &str) -> Option<(Value, Vec<String>)> {
+    recorded().lock().unwrap().iter().find(|(p, _)| p["token"] == token).cloned()
+}
+
+#[derive(Dependencies)]
+pub struct RustListener;
+
+#[service(name = "rust_listener")]
+impl RustListener {
+    #[event_handler("python_publisher", "python_event")]
+    async fn on_python_event(&self, payload: Value) {
+        record(payload);
+    }
+}
+
+#[derive(Dependencies)]
+pub struct RustRecorder;
+
+#[service(name = "rust_recorder")]
+impl RustRecorder {
+    #[rpc]
+    async fn record(&self, payload: Value) {
+        record(payload);
+    }
+}
+
+#[derive(Dependencies)]
+pub struct RustPublisher {
+    dispatch: EventDispatcher,
+}
+
+#[service(name = "rust_publisher")]
+impl RustPublisher {
+    #[rpc]
+    async fn publish(&self, payload: Value) -> Result<(), nameko::events::DispatchError> {
+        self.dispatch.dispatch("rust_event", &payload).await
+    }
+}
+
+#[tokio::test]
+async fn a_python_event_reaches_a_rust_handler() {
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let rust = ServiceRunner::new(Config::default().with_broker(&broker.uri))
+        .with_service::<RustListener>()
+        .start()
+        .await
+        .unwrap();
+    let _python = PythonServices::start(&python, &broker, &["PythonPublisher"]);
+    let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
+    wait_for_service(&client, "python_publisher", "publish", json!([{"warm-up": true}])).await;
+    let token = uuid::Uuid::new_v4().to_string();
+    let payload = json!({"token": token, "text": "grüße aus Python"});
+    client.service("python_publisher").call::<_, Value>("publish", [&payload]).await.unwrap();
+    for _ in 0..500 {
+        if recorded_with(&token).is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (received, stack) = recorded_with(&token).expect("the Rust handler got the Python event");
+    assert_eq!(received, payload);
+    assert!(stack.iter().any(|id| id.starts_with("python_publisher.publish.")), "{stack:?}");
+    assert!(stack.last().is_some_and(|id| id.starts_with("rust_listener.on_python_event.")), "{stack:?}");
+    rust.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rust_event_reaches_a_python_handler() {
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let rust = ServiceRunner::new(Config::default().with_broker(&broker.uri))
+        .with_service::<RustRecorder>()
+        .with_service::<RustPublisher>()
+        .start()
+        .await
+        .unwrap();
+    let _python = PythonServices::start(&python, &broker, &["PythonListener"]);
+    let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
+    let token = uuid::Uuid::new_v4().to_string();
+    let payload = json!({"token": token, "nested": {"list": [1, 2, 3]}});
+    // Events sent before the Python handler's queue exists are lost (as in Nameko): repeat
+    // until one arrives.
+    for _ in 0..150 {
+        client.service("rust_publisher").call::<_, ()>("publish", [&payload]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if recorded_with(&token).is_some() {
+            break;
+        }
+    }
+    let (received, stack) = recorded_with(&token).expect("the Python handler got the Rust event");
+    assert_eq!(received, payload);
+    assert!(stack.iter().any(|id| id.starts_with("rust_publisher.publish.")), "{stack:?}");
+    assert!(stack.iter().any(|id| id.starts_with("python_listener.on_rust_event.")), "{stack:?}");
+    assert!(stack.last().is_some_and(|id| id.starts_with("rust_recorder.record.")), "{stack:?}");
+    rust.stop().await.unwrap();
+}

@@ -1,6 +1,7 @@
 """Python nameko 2.14.1 services the interop tests run with `nameko run`."""
 
-from nameko.rpc import rpc
+from nameko.events import EventDispatcher, event_handler
+from nameko.rpc import RpcProxy, rpc
 
 
 class PythonService:
@@ -27,3 +28,25 @@ class SharedService:
     @rpc
     def who(self):
         return "python"
+
+
+class PythonPublisher:
+    """Dispatches `python_event` when asked to."""
+
+    name = "python_publisher"
+    dispatch = EventDispatcher()
+
+    @rpc
+    def publish(self, payload):
+        self.dispatch("python_event", payload)
+
+
+class PythonListener:
+    """Handles a Rust service's event and reports it to a Rust service over RPC."""
+
+    name = "python_listener"
+    recorder = RpcProxy("rust_recorder")
+
+    @event_handler("rust_publisher", "rust_event")
+    def on_rust_event(self, payload):
+        self.recorder.record(payload)
