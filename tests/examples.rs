@@ -70,6 +70,9 @@ fn the_demo_runs_the_talk_on_the_embedded_broker() {
         "{stdout}"
     );
     assert!(stdout.contains("-> Hello Lancelot!"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("my_event_handler_service_1 received: hi"), "{stderr}");
+    assert!(stderr.contains("my_event_handler_service_2 received: hi"), "{stderr}");
 }
 
 #[test]
@@ -82,6 +85,13 @@ fn a_service_binary_lists_its_services() {
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
         "expanded_greeter_service\n  rpc greet\ngreeter_service\n  rpc greet\n"
+    );
+    let output = Command::new(example("events")).arg("list").output().expect("run events list");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "my_event_handler_service_1\n  event handle_event <- my_event_publisher_service.my_event (service_pool)\n\
+         my_event_handler_service_2\n  event handle_event <- my_event_publisher_service.my_event (service_pool)\n\
+         my_event_publisher_service\n  rpc publish\n"
     );
 }
 
@@ -172,4 +182,44 @@ async fn the_greeter_on_rabbitmq_answers_python_and_the_client_example() {
     drop(client);
     let status = greeter.terminate();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_events_example_on_rabbitmq_reaches_both_handlers_from_python() {
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let mut child = Command::new(example("events"))
+        .args(["run", "--broker", &broker.uri])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the events example");
+    let stderr = child.stderr.take().expect("stderr");
+    let running = Running(child);
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let client = nameko::ClusterRpcClient::connect(&broker.uri).await.unwrap();
+    wait_for_service(&client, "my_event_publisher_service", "publish", json!(["warm-up"])).await;
+    let out = python_calls(
+        &python,
+        &broker,
+        &json!([{"service": "my_event_publisher_service", "method": "publish", "args": ["hi"]}]),
+    )
+    .await;
+    assert_eq!(out, [json!({"result": null})]);
+    let mut received = Vec::new();
+    while received.len() < 2 {
+        let line = lines_rx.recv_timeout(std::time::Duration::from_secs(10)).expect("a log line");
+        if line.contains("received: hi") {
+            received.push(line);
+        }
+    }
+    assert!(received.iter().any(|l| l.contains("my_event_handler_service_1 received: hi")), "{received:?}");
+    assert!(received.iter().any(|l| l.contains("my_event_handler_service_2 received: hi")), "{received:?}");
+    drop(client);
+    assert!(running.terminate().success());
 }
