@@ -20,7 +20,7 @@ pub struct MyEventPublisherService {
 impl MyEventPublisherService {
     /// Dispatches `payload` as `my_event`.
     #[rpc]
-    async fn publish(&self, payload: String) -> Result<(), nameko::events::DispatchError> {
+    async fn publish(&self, payload: String) -> Result<(), DispatchError> {
         self.dispatch.dispatch("my_event", &payload).await
     }
 }

@@ -71,8 +71,14 @@ fn the_demo_runs_the_talk_on_the_embedded_broker() {
     );
     assert!(stdout.contains("-> Hello Lancelot!"), "{stdout}");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("my_event_handler_service_1 received: hi"), "{stderr}");
-    assert!(stderr.contains("my_event_handler_service_2 received: hi"), "{stderr}");
+    assert!(
+        stderr.contains("my_event_handler_service_1 received: hi"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("my_event_handler_service_2 received: hi"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -86,7 +92,10 @@ fn a_service_binary_lists_its_services() {
         String::from_utf8_lossy(&output.stdout),
         "expanded_greeter_service\n  rpc greet\ngreeter_service\n  rpc greet\n"
     );
-    let output = Command::new(example("events")).arg("list").output().expect("run events list");
+    let output = Command::new(example("events"))
+        .arg("list")
+        .output()
+        .expect("run events list");
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
         "my_event_handler_service_1\n  event handle_event <- my_event_publisher_service.my_event (service_pool)\n\
@@ -186,7 +195,9 @@ async fn the_greeter_on_rabbitmq_answers_python_and_the_client_example() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_events_example_on_rabbitmq_reaches_both_handlers_from_python() {
-    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else {
+        return;
+    };
     let mut child = Command::new(example("events"))
         .args(["run", "--broker", &broker.uri])
         .stderr(Stdio::piped())
@@ -202,8 +213,16 @@ async fn the_events_example_on_rabbitmq_reaches_both_handlers_from_python() {
             }
         }
     });
-    let client = nameko::ClusterRpcClient::connect(&broker.uri).await.unwrap();
-    wait_for_service(&client, "my_event_publisher_service", "publish", json!(["warm-up"])).await;
+    let client = nameko::ClusterRpcClient::connect(&broker.uri)
+        .await
+        .unwrap();
+    wait_for_service(
+        &client,
+        "my_event_publisher_service",
+        "publish",
+        json!(["warm-up"]),
+    )
+    .await;
     let out = python_calls(
         &python,
         &broker,
@@ -213,13 +232,25 @@ async fn the_events_example_on_rabbitmq_reaches_both_handlers_from_python() {
     assert_eq!(out, [json!({"result": null})]);
     let mut received = Vec::new();
     while received.len() < 2 {
-        let line = lines_rx.recv_timeout(std::time::Duration::from_secs(10)).expect("a log line");
+        let line = lines_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a log line");
         if line.contains("received: hi") {
             received.push(line);
         }
     }
-    assert!(received.iter().any(|l| l.contains("my_event_handler_service_1 received: hi")), "{received:?}");
-    assert!(received.iter().any(|l| l.contains("my_event_handler_service_2 received: hi")), "{received:?}");
+    assert!(
+        received
+            .iter()
+            .any(|l| l.contains("my_event_handler_service_1 received: hi")),
+        "{received:?}"
+    );
+    assert!(
+        received
+            .iter()
+            .any(|l| l.contains("my_event_handler_service_2 received: hi")),
+        "{received:?}"
+    );
     drop(client);
     assert!(running.terminate().success());
 }

@@ -181,19 +181,29 @@ async fn python_and_rust_instances_share_one_queue() {
 // ---------------------------------------------------------------------------------------------
 // Events across languages.
 
-fn recorded() -> &'static std::sync::Mutex<Vec<(Value, Vec<String>)>> {
-    static RECORDED: std::sync::OnceLock<std::sync::Mutex<Vec<(Value, Vec<String>)>>> =
+/// A payload and the call id stack of the worker that recorded it.
+type Recorded = (Value, Vec<String>);
+
+fn recorded() -> &'static std::sync::Mutex<Vec<Recorded>> {
+    static RECORDED: std::sync::OnceLock<std::sync::Mutex<Vec<Recorded>>> =
         std::sync::OnceLock::new();
     RECORDED.get_or_init(Default::default)
 }
 
 fn record(payload: Value) {
-    let stack = WorkerContext::current().map(|w| w.call_id_stack().to_vec()).unwrap_or_default();
+    let stack = WorkerContext::current()
+        .map(|w| w.call_id_stack().to_vec())
+        .unwrap_or_default();
     recorded().lock().unwrap().push((payload, stack));
 }
 
-fn recorded_with(token: &str) -> Option<(Value, Vec<String>)> {
-    recorded().lock().unwrap().iter().find(|(p, _)| p["token"] == token).cloned()
+fn recorded_with(token: &str) -> Option<Recorded> {
+    recorded()
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| p["token"] == token)
+        .cloned()
 }
 
 #[derive(Dependencies)]
@@ -233,7 +243,9 @@ impl RustPublisher {
 
 #[tokio::test]
 async fn a_python_event_reaches_a_rust_handler() {
-    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else {
+        return;
+    };
     let rust = ServiceRunner::new(Config::default().with_broker(&broker.uri))
         .with_service::<RustListener>()
         .start()
@@ -241,10 +253,20 @@ async fn a_python_event_reaches_a_rust_handler() {
         .unwrap();
     let _python = PythonServices::start(&python, &broker, &["PythonPublisher"]);
     let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
-    wait_for_service(&client, "python_publisher", "publish", json!([{"warm-up": true}])).await;
+    wait_for_service(
+        &client,
+        "python_publisher",
+        "publish",
+        json!([{"warm-up": true}]),
+    )
+    .await;
     let token = uuid::Uuid::new_v4().to_string();
     let payload = json!({"token": token, "text": "grüße aus Python"});
-    client.service("python_publisher").call::<_, Value>("publish", [&payload]).await.unwrap();
+    client
+        .service("python_publisher")
+        .call::<_, Value>("publish", [&payload])
+        .await
+        .unwrap();
     for _ in 0..500 {
         if recorded_with(&token).is_some() {
             break;
@@ -253,14 +275,26 @@ async fn a_python_event_reaches_a_rust_handler() {
     }
     let (received, stack) = recorded_with(&token).expect("the Rust handler got the Python event");
     assert_eq!(received, payload);
-    assert!(stack.iter().any(|id| id.starts_with("python_publisher.publish.")), "{stack:?}");
-    assert!(stack.last().is_some_and(|id| id.starts_with("rust_listener.on_python_event.")), "{stack:?}");
+    assert!(
+        stack
+            .iter()
+            .any(|id| id.starts_with("python_publisher.publish.")),
+        "{stack:?}"
+    );
+    assert!(
+        stack
+            .last()
+            .is_some_and(|id| id.starts_with("rust_listener.on_python_event.")),
+        "{stack:?}"
+    );
     rust.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_rust_event_reaches_a_python_handler() {
-    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else { return };
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else {
+        return;
+    };
     let rust = ServiceRunner::new(Config::default().with_broker(&broker.uri))
         .with_service::<RustRecorder>()
         .with_service::<RustPublisher>()
@@ -274,7 +308,11 @@ async fn a_rust_event_reaches_a_python_handler() {
     // Events sent before the Python handler's queue exists are lost (as in Nameko): repeat
     // until one arrives.
     for _ in 0..150 {
-        client.service("rust_publisher").call::<_, ()>("publish", [&payload]).await.unwrap();
+        client
+            .service("rust_publisher")
+            .call::<_, ()>("publish", [&payload])
+            .await
+            .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         if recorded_with(&token).is_some() {
             break;
@@ -282,8 +320,23 @@ async fn a_rust_event_reaches_a_python_handler() {
     }
     let (received, stack) = recorded_with(&token).expect("the Python handler got the Rust event");
     assert_eq!(received, payload);
-    assert!(stack.iter().any(|id| id.starts_with("rust_publisher.publish.")), "{stack:?}");
-    assert!(stack.iter().any(|id| id.starts_with("python_listener.on_rust_event.")), "{stack:?}");
-    assert!(stack.last().is_some_and(|id| id.starts_with("rust_recorder.record.")), "{stack:?}");
+    assert!(
+        stack
+            .iter()
+            .any(|id| id.starts_with("rust_publisher.publish.")),
+        "{stack:?}"
+    );
+    assert!(
+        stack
+            .iter()
+            .any(|id| id.starts_with("python_listener.on_rust_event.")),
+        "{stack:?}"
+    );
+    assert!(
+        stack
+            .last()
+            .is_some_and(|id| id.starts_with("rust_recorder.record.")),
+        "{stack:?}"
+    );
     rust.stop().await.unwrap();
 }

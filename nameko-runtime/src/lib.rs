@@ -104,7 +104,7 @@ pub use nameko_macros::Dependencies;
 
 /// The names a service module needs.
 pub mod prelude {
-    pub use crate::events::{EventDispatcher, HandlerType};
+    pub use crate::events::{DispatchError, EventDispatcher, HandlerType};
     pub use crate::{
         ClusterRpcClient, Config, Dependencies, RemoteError, RpcError, ServiceProxy, ServiceRunner,
         ToRemoteError, WorkerContext, event_handler, rpc, service,
