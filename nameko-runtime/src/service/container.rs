@@ -41,6 +41,17 @@ pub(crate) fn panic_error(payload: &(dyn std::any::Any + Send)) -> RemoteError {
     RemoteError::new("WorkerPanic", message).with_path("nameko_rs.WorkerPanic")
 }
 
+/// Runs a worker's future inside its context; a panic becomes the error object of the panic.
+async fn run_worker<T>(
+    context: Arc<WorkerContext>,
+    future: impl Future<Output = T>,
+) -> Result<T, RemoteError> {
+    context
+        .scope(AssertUnwindSafe(future).catch_unwind())
+        .await
+        .map_err(|panic| panic_error(panic.as_ref()))
+}
+
 /// Handles the deliveries of one consumer.
 trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, delivery: Delivery) -> BoxFuture<'static, ()>;
@@ -373,7 +384,7 @@ impl<S: Service> RpcHandler<S> {
         ));
         let call_id = context.call_id().to_owned();
         let future = (entrypoint.handler)(self.service.clone(), body);
-        match context.scope(AssertUnwindSafe(future).catch_unwind()).await {
+        match run_worker(context, future).await {
             Ok(Ok(result)) => {
                 tracing::debug!(service = S::NAME, %method, %call_id, "worker finished");
                 Ok(result)
@@ -383,9 +394,8 @@ impl<S: Service> RpcHandler<S> {
                 Err(error)
             }
             Err(panic) => {
-                let error = panic_error(panic.as_ref());
-                tracing::error!(service = S::NAME, %method, %call_id, panic = %error.value, "worker panicked");
-                Err(error)
+                tracing::error!(service = S::NAME, %method, %call_id, panic = %panic.value, "worker panicked");
+                Err(panic)
             }
         }
     }
@@ -415,14 +425,9 @@ impl<S: Service> EventHandler<S> {
         let outcome = match delivery.properties.content_type.as_deref() {
             None | Some(CONTENT_TYPE_JSON) => {
                 let future = (e.handler)(self.service.clone(), delivery.body.clone());
-                match context
-                    .clone()
-                    .scope(AssertUnwindSafe(future).catch_unwind())
+                run_worker(context.clone(), future)
                     .await
-                {
-                    Ok(outcome) => outcome,
-                    Err(panic) => Err(EventError::Handler(panic_error(panic.as_ref()))),
-                }
+                    .unwrap_or_else(|panic| Err(EventError::Handler(panic)))
             }
             Some(other) => Err(EventError::Payload(format!(
                 "unsupported content type `{other}`"
