@@ -343,3 +343,19 @@ on_both_transports! {
         running.stop().await.unwrap();
     }
 }
+
+impl nameko::events::Event for Ping {
+    const EVENT_TYPE: &'static str = "pooled";
+}
+
+on_both_transports! {
+    async fn a_typed_event_knows_its_event_type(broker: &TestBroker) {
+        let running = start(broker, |r| r.with_service::<PoolA>()).await;
+        let dispatcher = EventDispatcher::new(broker.connect().await, &Config::default(), "ev_source").await.unwrap();
+        let token = uuid::Uuid::new_v4().to_string();
+        dispatcher.dispatch_event(&ping(&token, 9)).await.unwrap();
+        wait_until("handled", || seen_for(&token).len() == 1).await;
+        assert_eq!(seen_for(&token)[0].handler, "pool_a");
+        running.stop().await.unwrap();
+    }
+}

@@ -239,6 +239,23 @@ impl RustPublisher {
     async fn publish(&self, payload: Value) -> Result<(), nameko::events::DispatchError> {
         self.dispatch.dispatch("rust_event", &payload).await
     }
+
+    #[rpc]
+    async fn publish_shared(&self, payload: Value) -> Result<(), nameko::events::DispatchError> {
+        self.dispatch.dispatch("shared_event", &payload).await
+    }
+}
+
+#[derive(Dependencies)]
+pub struct SharedListener;
+
+#[service(name = "shared_listener")]
+impl SharedListener {
+    #[event_handler("rust_publisher", "shared_event")]
+    async fn on_event(&self, mut payload: Value) {
+        payload["by"] = json!("rust");
+        record(payload);
+    }
 }
 
 #[tokio::test]
@@ -338,5 +355,48 @@ async fn a_rust_event_reaches_a_python_handler() {
             .is_some_and(|id| id.starts_with("rust_recorder.record.")),
         "{stack:?}"
     );
+    rust.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn python_and_rust_handlers_of_one_service_share_one_event_queue() {
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else {
+        return;
+    };
+    let rust = ServiceRunner::new(Config::default().with_broker(&broker.uri))
+        .with_service::<RustRecorder>()
+        .with_service::<RustPublisher>()
+        .with_service::<SharedListener>()
+        .start()
+        .await
+        .unwrap();
+    let _python = PythonServices::start(&python, &broker, &["SharedListener"]);
+    let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
+    let token = uuid::Uuid::new_v4().to_string();
+    let handled_by = || -> Vec<String> {
+        recorded()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p["token"] == token)
+            .map(|(p, _)| p["by"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    for n in 0..300 {
+        let payload = json!({"token": token, "n": n});
+        client
+            .service("rust_publisher")
+            .call::<_, ()>("publish_shared", [&payload])
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let by = handled_by();
+        if by.iter().any(|b| b == "python") && by.iter().any(|b| b == "rust") {
+            break;
+        }
+    }
+    let by = handled_by();
+    assert!(by.iter().any(|b| b == "python"), "{by:?}");
+    assert!(by.iter().any(|b| b == "rust"), "{by:?}");
     rust.stop().await.unwrap();
 }

@@ -210,3 +210,46 @@ on_both_transports! {
         t.declare_queue(&QueueSpec::durable(unique("q"))).await.unwrap();
     }
 }
+
+on_both_transports! {
+    async fn each_bound_queue_gets_its_own_copy(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, first) = topology(&t, &["my_event"]).await;
+        let second = unique("q");
+        t.declare_queue(&QueueSpec::durable(&second)).await.unwrap();
+        t.bind_queue(&second, &exchange, "my_event").await.unwrap();
+        let mut a = t.consume(&first, 10).await.unwrap();
+        let mut b = t.consume(&second, 10).await.unwrap();
+        t.publish(message(&exchange, "my_event", "\"hi\"")).await.unwrap();
+        assert_eq!(next(&mut a).await.body, b"\"hi\"");
+        assert_eq!(next(&mut b).await.body, b"\"hi\"");
+    }
+}
+
+on_both_transports! {
+    async fn an_auto_delete_queue_goes_with_its_last_consumer(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let exchange = unique("ex");
+        let queue = unique("q");
+        t.declare_exchange(&ExchangeSpec::durable_topic(&exchange)).await.unwrap();
+        t.declare_queue(&QueueSpec { auto_delete: true, ..QueueSpec::durable(&queue) }).await.unwrap();
+        t.bind_queue(&queue, &exchange, "k").await.unwrap();
+        let mut consumer = t.consume(&queue, 1).await.unwrap();
+        let mut routed = message(&exchange, "k", "{}");
+        routed.mandatory = true;
+        t.publish(routed.clone()).await.expect("routed while the queue exists");
+        next(&mut consumer).await.ack().await.unwrap();
+        consumer.cancel().await;
+        consumer.close().await;
+        // RabbitMQ deletes the queue right after the consumer goes; allow it a moment.
+        let mut outcome = Ok(());
+        for _ in 0..50 {
+            outcome = t.publish(routed.clone()).await;
+            if outcome.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(matches!(outcome, Err(TransportError::Unroutable { .. })), "{outcome:?}");
+    }
+}

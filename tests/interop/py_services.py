@@ -50,3 +50,15 @@ class PythonListener:
     @event_handler("rust_publisher", "rust_event")
     def on_rust_event(self, payload):
         self.recorder.record(payload)
+
+
+class SharedListener:
+    """Shares its name and handler (and so its event queue) with a Rust service in the tests."""
+
+    name = "shared_listener"
+    recorder = RpcProxy("rust_recorder")
+
+    @event_handler("rust_publisher", "shared_event")
+    def on_event(self, payload):
+        payload["by"] = "python"
+        self.recorder.record(payload)
