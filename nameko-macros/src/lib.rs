@@ -8,6 +8,7 @@ mod attr;
 mod ctxt;
 mod dependencies;
 mod event;
+mod http;
 mod method;
 mod rpc;
 mod service;
@@ -38,4 +39,12 @@ pub fn event_handler(args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_derive(Dependencies)]
 pub fn derive_dependencies(input: TokenStream) -> TokenStream {
     dependencies::expand(input.into()).into()
+}
+
+/// Marks an HTTP route of a method inside a `#[service]` block. See the `nameko` crate's
+/// documentation.
+#[proc_macro_attribute]
+pub fn http(args: TokenStream, input: TokenStream) -> TokenStream {
+    let _ = args;
+    rpc::outside_service("http", input.into()).into()
 }

@@ -114,3 +114,118 @@ pub async fn build_dependency<T: Dependency>(
         },
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP.
+
+pub use crate::http::{Converter, HttpCall, HttpFuture, Segment};
+pub use crate::service::HttpEntrypoint;
+pub use axum::response::{IntoResponse, Response};
+
+/// The response for a panic in a synchronous handler.
+pub fn panic_response(panic: RemoteError) -> Response {
+    tracing::error!(panic = %panic.value, "worker panicked");
+    crate::http::error_response(&panic, &[])
+}
+
+/// A route parameter as the handler's parameter type; a value that does not convert is a 404,
+/// as in Nameko.
+pub fn path_param<T: std::str::FromStr>(path: &[String], index: usize) -> Result<T, Response> {
+    path.get(index)
+        .and_then(|value| value.parse().ok())
+        .ok_or_else(|| (axum::http::StatusCode::NOT_FOUND, "Not Found\n").into_response())
+}
+
+/// An extractor that reads only the request's head.
+pub async fn extract_parts<T>(parts: &mut axum::http::request::Parts) -> Result<T, Response>
+where
+    T: axum::extract::FromRequestParts<()>,
+{
+    T::from_request_parts(parts, &())
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+/// The last extractor, which may read the body.
+pub async fn extract_last<T, M>(
+    parts: axum::http::request::Parts,
+    body: axum::body::Body,
+) -> Result<T, Response>
+where
+    T: axum::extract::FromRequest<(), M>,
+{
+    T::from_request(axum::extract::Request::from_parts(parts, body), &())
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+/// A value a handler may return.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the result of an HTTP method",
+    label = "this type must implement `axum::response::IntoResponse`",
+    note = "return a `String`, `(StatusCode, body)`, `(StatusCode, headers, body)`, `Json<T>`, or anything implementing `IntoResponse`"
+)]
+pub trait HttpResult: IntoResponse {}
+impl<T: IntoResponse> HttpResult for T {}
+
+/// The response for a handler's value.
+pub fn http_response<T: HttpResult>(value: T) -> Response {
+    value.into_response()
+}
+
+fn log_http_error(error: &RemoteError, expected: bool) {
+    let worker = crate::WorkerContext::current();
+    let (service, entrypoint) = worker
+        .as_ref()
+        .map_or(("", ""), |w| (w.service_name(), w.entrypoint()));
+    if expected {
+        tracing::warn!(service, entrypoint, %error, "HTTP handler failed (expected)");
+    } else {
+        tracing::error!(service, entrypoint, %error, "HTTP handler failed");
+    }
+}
+
+/// An error returned by an HTTP handler, mapped at the user's call site: its own
+/// `IntoResponse` first, else its error object (`ToRemoteError`, else `Display`) as Nameko's
+/// `Error: <exc_type>: <value>` with 400 if expected and 500 otherwise.
+pub struct HttpErr<E>(pub std::cell::Cell<Option<E>>);
+
+impl<E> HttpErr<E> {
+    pub fn new(error: E) -> Self {
+        HttpErr(std::cell::Cell::new(Some(error)))
+    }
+    fn take(&self) -> E {
+        self.0.take().expect("an HTTP error is mapped once")
+    }
+}
+
+pub trait ViaIntoResponse {
+    fn __http_error(self, expected: &[&str]) -> Response;
+}
+impl<E: IntoResponse> ViaIntoResponse for &&&HttpErr<E> {
+    fn __http_error(self, _expected: &[&str]) -> Response {
+        self.take().into_response()
+    }
+}
+
+pub trait ViaRemoteHttp {
+    fn __http_error(self, expected: &[&str]) -> Response;
+}
+impl<E: crate::ToRemoteError> ViaRemoteHttp for &&HttpErr<E> {
+    fn __http_error(self, expected: &[&str]) -> Response {
+        let error = self.take().to_remote_error();
+        log_http_error(&error, expected.contains(&error.exc_type.as_str()));
+        crate::http::error_response(&error, expected)
+    }
+}
+
+pub trait ViaDisplayHttp {
+    fn __http_error(self, expected: &[&str]) -> Response;
+}
+impl<E: std::fmt::Display> ViaDisplayHttp for &HttpErr<E> {
+    fn __http_error(self, expected: &[&str]) -> Response {
+        let error = crate::error::remote_error_from_display(&self.take());
+        log_http_error(&error, expected.contains(&error.exc_type.as_str()));
+        crate::http::error_response(&error, expected)
+    }
+}

@@ -33,6 +33,9 @@ pub enum Command {
         /// Unacknowledged messages each consumer may hold.
         #[arg(long, default_value_t = 10)]
         prefetch_count: u16,
+        /// Where the HTTP server listens, `[host:]port`.
+        #[arg(long, env = "WEB_SERVER_ADDRESS", default_value = "0.0.0.0:8000")]
+        web_server_address: String,
     },
     /// List the services registered in this binary and their entrypoints.
     List,
@@ -94,11 +97,13 @@ pub async fn execute(cli: Cli) -> ExitCode {
             broker,
             max_workers,
             prefetch_count,
+            web_server_address,
         } => {
             let mut config = Config::default()
                 .with_max_workers(max_workers)
                 .with_prefetch_count(prefetch_count);
             config.amqp_uri = broker.filter(|b| !b.is_empty());
+            config.web_server_address = web_server_address;
             if config.is_embedded() {
                 tracing::info!(
                     "running on the embedded broker ({}): services in this process only; \

@@ -30,6 +30,12 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// `AUTO_DELETE_EVENT_EXCHANGES`: declare `<service>.events` exchanges auto-deleting.
     pub auto_delete_event_exchanges: bool,
+    /// `WEB_SERVER_ADDRESS`: where the HTTP server listens, `[host:]port`.
+    pub web_server_address: String,
+    /// The largest request body the HTTP server accepts (413 beyond).
+    pub http_max_body_bytes: usize,
+    /// How long the HTTP server lets a request run (408 beyond).
+    pub http_request_timeout: Duration,
     /// The identifier of this instance in broadcast handlers' queue names (e.g. the host name).
     /// Unset, each start picks a new random one, which only suits handlers declared with
     /// `reliable_delivery = false`.
@@ -47,18 +53,31 @@ impl Default for Config {
             rpc_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(30),
             auto_delete_event_exchanges: false,
+            web_server_address: "0.0.0.0:8000".to_owned(),
+            http_max_body_bytes: 1024 * 1024,
+            http_request_timeout: Duration::from_secs(30),
             broadcast_identifier: None,
         }
     }
 }
 
 impl Config {
-    /// The defaults, with `AMQP_URI` taken from the environment when set.
+    /// The defaults, with `AMQP_URI` and `WEB_SERVER_ADDRESS` taken from the environment when set.
     pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|s| !s.is_empty());
+        let defaults = Config::default();
         Config {
-            amqp_uri: std::env::var("AMQP_URI").ok().filter(|s| !s.is_empty()),
-            ..Config::default()
+            amqp_uri: var("AMQP_URI"),
+            web_server_address: var("WEB_SERVER_ADDRESS")
+                .unwrap_or(defaults.web_server_address.clone()),
+            ..defaults
         }
+    }
+
+    /// Sets where the HTTP server listens (`[host:]port`; port 0 picks a free port).
+    pub fn with_web_server_address(mut self, address: impl Into<String>) -> Self {
+        self.web_server_address = address.into();
+        self
     }
 
     /// Sets the broker URI (`amqp://...`, `amqps://...` or `memory://[name]`).

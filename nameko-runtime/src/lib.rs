@@ -57,6 +57,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod events;
+pub mod http;
 pub mod protocol;
 pub mod rpc;
 pub mod service;
@@ -99,15 +100,33 @@ pub use nameko_macros::rpc;
 /// decode is logged and dropped, never retried.
 pub use nameko_macros::event_handler;
 
+/// Marks a method of a `#[service]` block as an HTTP endpoint:
+/// `#[http("GET", "/multiply/<int:first>/<int:second>")]`; several attributes may stand on one
+/// method.
+///
+/// The first argument is the method, or several separated by commas (`"GET,POST"`; `GET` also
+/// answers `HEAD`); the second is the route in Nameko's (werkzeug's) syntax with converters
+/// `<int:x>`, `<float:x>`, `<string:x>` or `<x>`, `<path:x>` (last segment), `<uuid:x>`,
+/// `<any(a,b):x>`. Each route parameter binds to the method's parameter of the same name; a
+/// value its converter rejects (`abc` for `<int:x>`) is a 404. Other parameters are extractors:
+/// [`http::Request`], `Json<T>`, any axum extractor (the last one may read the body).
+///
+/// The method returns anything implementing axum's `IntoResponse` (a `String` is a 200
+/// `text/plain; charset=utf-8`), or a `Result` whose error is answered with its own
+/// `IntoResponse` if it has one, else with Nameko's `Error: <exc_type>: <value>` body: 400 when
+/// its `exc_type` is listed in `expected_exceptions = "A,B"`, 500 otherwise.
+pub use nameko_macros::http;
+
 /// Builds a service struct from its fields, each a [`Dependency`].
 pub use nameko_macros::Dependencies;
 
 /// The names a service module needs.
 pub mod prelude {
     pub use crate::events::{DispatchError, EventDispatcher, HandlerType};
+    pub use crate::http::{Json, Request};
     pub use crate::{
         ClusterRpcClient, Config, Dependencies, RemoteError, RpcError, ServiceProxy, ServiceRunner,
-        ToRemoteError, WorkerContext, event_handler, rpc, service,
+        ToRemoteError, WorkerContext, event_handler, http, rpc, service,
     };
 }
 

@@ -18,12 +18,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::runner::Shared;
-use super::{DependencyContext, Entrypoint, EventEntrypoint, RpcEntrypoint, Service};
+use super::{
+    DependencyContext, Entrypoint, EventEntrypoint, HttpEntrypoint, RpcEntrypoint, Service,
+};
 use crate::context::WorkerContext;
 use crate::error::Error;
 use crate::events::{EventError, HandlerType};
+use crate::http::{Route, error_response};
+use crate::protocol::Headers;
 use crate::protocol::{self, CONTENT_TYPE_JSON, MalformedRequest, RemoteError, RequestBody};
 use crate::transport::{Consumer, Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 
 /// A started service. Stop it through the runner's [`StopHandle`](super::runner::StopHandle).
 pub struct ServiceContainer {
@@ -39,6 +45,46 @@ pub(crate) fn panic_error(payload: &(dyn std::any::Any + Send)) -> RemoteError {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic with a non-string payload".to_owned());
     RemoteError::new("WorkerPanic", message).with_path("nameko_rs.WorkerPanic")
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An HTTP route of service `S`: each request waits for a worker slot, then runs in a worker
+/// context of its own (empty context data, as in Nameko).
+fn http_route<S: Service>(
+    service: Arc<S>,
+    entrypoint: HttpEntrypoint<S>,
+    workers: Arc<Semaphore>,
+    shared: &Shared,
+) -> Route {
+    let (kill, tracked) = (shared.kill.clone(), shared.config.parent_calls_tracked);
+    let (name, handler) = (entrypoint.name, entrypoint.handler);
+    Route {
+        service: S::NAME,
+        entrypoint: name,
+        methods: entrypoint.methods,
+        route: entrypoint.route,
+        segments: entrypoint.segments,
+        handler: Arc::new(move |call| {
+            let (service, workers, kill) = (service.clone(), workers.clone(), kill.clone());
+            Box::pin(async move {
+                let Ok(_permit) = workers.acquire_owned().await else {
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                };
+                let context = Arc::new(WorkerContext::new(S::NAME, name, &Headers::new(), tracked));
+                tokio::select! {
+                    biased;
+                    _ = kill.cancelled() => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                    outcome = run_worker(context, handler(service, call)) => outcome.unwrap_or_else(|panic| {
+                        tracing::error!(service = S::NAME, entrypoint = name, panic = %panic.value, "worker panicked");
+                        error_response(&panic, &[])
+                    }),
+                }
+            })
+        }),
+    }
 }
 
 /// Runs a worker's future inside its context; a panic becomes the error object of the panic.
@@ -72,12 +118,17 @@ pub(crate) fn start<S: Service>(
     Box::pin(async move {
         let cx = DependencyContext::new(S::NAME, shared.config.clone(), shared.transport.clone());
         let service = Arc::new(S::build(&cx).await?);
+        let workers = Arc::new(Semaphore::new(shared.config.max_workers.max(1)));
         let mut rpc = Vec::new();
         let mut events = Vec::new();
         for entrypoint in S::entrypoints() {
             match entrypoint {
                 Entrypoint::Rpc(e) => rpc.push(e),
                 Entrypoint::Event(e) => events.push(e),
+                Entrypoint::Http(e) => {
+                    let route = http_route(service.clone(), e, workers.clone(), &shared);
+                    lock(&shared.http_routes).push(route);
+                }
             }
         }
         let mut listeners = Vec::new();
@@ -125,7 +176,7 @@ pub(crate) fn start<S: Service>(
             queues = ?listeners.iter().map(|l| l.queue.as_str()).collect::<Vec<_>>(),
             "service started"
         );
-        let task = tokio::spawn(run(S::NAME, listeners, shared));
+        let task = tokio::spawn(run(S::NAME, listeners, workers, shared));
         Ok(ServiceContainer {
             name: S::NAME,
             task,
@@ -176,8 +227,12 @@ async fn declare_event_queue<S: Service>(
     Ok(queue)
 }
 
-async fn run(service: &'static str, listeners: Vec<Listener>, shared: Shared) -> Result<(), Error> {
-    let workers = Arc::new(Semaphore::new(shared.config.max_workers.max(1)));
+async fn run(
+    service: &'static str,
+    listeners: Vec<Listener>,
+    workers: Arc<Semaphore>,
+    shared: Shared,
+) -> Result<(), Error> {
     let tracker = TaskTracker::new();
     // Stops this container's loops: on a stop of the runner, or when one loop fails.
     let stop = shared.stop.child_token();

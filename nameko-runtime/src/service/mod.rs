@@ -12,6 +12,7 @@ use tokio::sync::OnceCell;
 use crate::config::Config;
 use crate::error::Error;
 use crate::events::{EventError, HandlerType};
+use crate::http::{HttpCall, HttpFuture, Segment};
 use crate::protocol::{RemoteError, RequestBody};
 use crate::rpc::ClusterRpcClient;
 use crate::transport::SharedTransport;
@@ -45,6 +46,24 @@ pub enum Entrypoint<S> {
     Rpc(RpcEntrypoint<S>),
     /// An `#[event_handler]` method.
     Event(EventEntrypoint<S>),
+    /// An `#[http]` method (one per route attribute).
+    Http(HttpEntrypoint<S>),
+}
+
+/// An `#[http]` route of a method.
+pub struct HttpEntrypoint<S> {
+    /// The method's name.
+    pub name: &'static str,
+    /// The HTTP methods it answers (`GET` also answers `HEAD`).
+    pub methods: &'static [&'static str],
+    /// The route as written (`/multiply/<int:first>/<int:second>`).
+    pub route: &'static str,
+    /// The route's segments.
+    pub segments: &'static [Segment],
+    /// Error types (`exc_type`s) answered with 400 rather than 500.
+    pub expected_exceptions: &'static [&'static str],
+    /// Extracts the parameters, calls the method, makes the response.
+    pub handler: fn(Arc<S>, HttpCall) -> HttpFuture,
 }
 
 /// The future an event handler returns.
@@ -88,6 +107,7 @@ impl<S> Entrypoint<S> {
         match self {
             Entrypoint::Rpc(rpc) => rpc.name,
             Entrypoint::Event(event) => event.name,
+            Entrypoint::Http(http) => http.name,
         }
     }
 
@@ -99,6 +119,7 @@ impl<S> Entrypoint<S> {
                 "event {} <- {}.{} ({})",
                 e.name, e.source_service, e.event_type, e.handler_type
             ),
+            Entrypoint::Http(h) => format!("http {} {} {}", h.name, h.methods.join(","), h.route),
         }
     }
 }

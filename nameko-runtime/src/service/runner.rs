@@ -1,6 +1,10 @@
 //! Running several services in one process, on one broker connection.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinHandle;
 
 use tokio_util::sync::CancellationToken;
 
@@ -8,6 +12,7 @@ use super::container::ServiceContainer;
 use super::{Service, ServiceRegistration};
 use crate::config::Config;
 use crate::error::Error;
+use crate::http::{self, Route};
 use crate::transport::{self, SharedTransport};
 
 /// What every container of a runner shares.
@@ -17,6 +22,15 @@ pub(crate) struct Shared {
     pub(crate) transport: SharedTransport,
     pub(crate) stop: CancellationToken,
     pub(crate) kill: CancellationToken,
+    /// The HTTP routes of every service, collected as they start.
+    pub(crate) http_routes: Arc<Mutex<Vec<Route>>>,
+}
+
+/// The process's HTTP server, when a service has HTTP entrypoints.
+struct HttpServer {
+    address: SocketAddr,
+    router: axum::Router,
+    task: JoinHandle<std::io::Result<()>>,
 }
 
 /// Collects services and starts them together (Nameko's `ServiceRunner`).
@@ -127,22 +141,67 @@ impl ServiceRunner {
             transport,
             stop: CancellationToken::new(),
             kill: CancellationToken::new(),
+            http_routes: Arc::default(),
         };
         let mut containers = Vec::new();
+        let mut started = Ok(());
         for service in &self.services {
             match service.start(shared.clone()).await {
                 Ok(container) => containers.push(container),
                 Err(e) => {
-                    shared.stop.cancel();
-                    for c in containers {
-                        let _ = c.task.await;
-                    }
-                    return Err(e);
+                    started = Err(e);
+                    break;
                 }
             }
         }
-        Ok(RunningServices { shared, containers })
+        let http = match started {
+            Ok(()) => serve_http(&shared).await,
+            Err(e) => Err(e),
+        };
+        match http {
+            Ok(http) => Ok(RunningServices {
+                shared,
+                containers,
+                http,
+            }),
+            Err(e) => {
+                shared.stop.cancel();
+                for c in containers {
+                    let _ = c.task.await;
+                }
+                Err(e)
+            }
+        }
     }
+}
+
+/// Binds `WEB_SERVER_ADDRESS` and serves the collected routes, if there are any, until the
+/// runner stops (in-flight requests finish; a kill aborts them).
+async fn serve_http(shared: &Shared) -> Result<Option<HttpServer>, Error> {
+    let routes = std::mem::take(&mut *shared.http_routes.lock().unwrap_or_else(|p| p.into_inner()));
+    if routes.is_empty() {
+        return Ok(None);
+    }
+    let router = http::router(routes, &shared.config)?;
+    let address = http::parse_address(&shared.config.web_server_address)?;
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        Error::Config(format!(
+            "cannot listen on {address} (WEB_SERVER_ADDRESS): {e}"
+        ))
+    })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let stop = shared.stop.clone();
+    let serve = axum::serve(listener, router.clone())
+        .with_graceful_shutdown(async move { stop.cancelled().await });
+    let task = tokio::spawn(async move { serve.await });
+    tracing::info!(%address, "HTTP server listening");
+    Ok(Some(HttpServer {
+        address,
+        router,
+        task,
+    }))
 }
 
 /// Stops the services of a runner from anywhere (clone it freely).
@@ -174,6 +233,7 @@ impl StopHandle {
 pub struct RunningServices {
     shared: Shared,
     containers: Vec<ServiceContainer>,
+    http: Option<HttpServer>,
 }
 
 impl RunningServices {
@@ -193,6 +253,16 @@ impl RunningServices {
     /// The configuration in effect.
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// The address the HTTP server listens on, if a service has HTTP entrypoints.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.address)
+    }
+
+    /// The HTTP router, to send requests without a socket (e.g. with `tower::ServiceExt::oneshot`).
+    pub fn http_router(&self) -> Option<axum::Router> {
+        self.http.as_ref().map(|h| h.router.clone())
     }
 
     /// The names of the running services.
@@ -215,7 +285,11 @@ impl RunningServices {
     /// Waits until the services stop (through a [`StopHandle`]) or one of them fails, in which
     /// case the others are stopped too and the failure returned.
     pub async fn wait(self) -> Result<(), Error> {
-        let RunningServices { shared, containers } = self;
+        let RunningServices {
+            shared,
+            containers,
+            http,
+        } = self;
         let mut tasks: futures_util::stream::FuturesUnordered<_> =
             containers.into_iter().map(|c| c.task).collect();
         let mut first_error = None;
@@ -229,6 +303,18 @@ impl RunningServices {
             if let Err(e) = result {
                 shared.stop.cancel();
                 first_error.get_or_insert(e);
+            }
+        }
+        if let Some(http) = http {
+            let kill = shared.kill.clone();
+            let mut task = http.task;
+            tokio::select! {
+                result = &mut task => {
+                    if let Ok(Err(e)) = result {
+                        first_error.get_or_insert(Error::ServiceFailed { service: "HTTP server".into(), reason: e.to_string() });
+                    }
+                }
+                _ = kill.cancelled() => task.abort(),
             }
         }
         shared.transport.close().await;

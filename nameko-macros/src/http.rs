@@ -1,0 +1,341 @@
+//! `#[http("GET", "/multiply/<int:first>/<int:second>")]`: an HTTP route of a method.
+//!
+//! The route is parsed and checked here, against the method's signature: each route parameter
+//! must be a parameter of the method with a type its converter can produce. Other parameters
+//! are axum extractors (such as `nameko::http::Request`, `Json<T>`), the last one may read the
+//! body.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Attribute, LitStr, Type};
+
+use crate::attr::AttrArgs;
+use crate::ctxt::Ctxt;
+use crate::method::{Method, Output, attr_tokens};
+
+const USAGE: &str = "`#[http(\"GET\", \"/path/<int:id>\")]`, optionally with \
+    `expected_exceptions = \"ErrorType,...\"`";
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+const INTEGERS: &[&str] = &[
+    "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+enum Converter {
+    String,
+    Int,
+    Float,
+    Path,
+    Uuid,
+    Any(Vec<String>),
+}
+
+enum Segment {
+    Static(String),
+    Param { converter: Converter, name: String },
+}
+
+/// One `#[http]` attribute on a method.
+pub(crate) struct Http {
+    methods: Vec<String>,
+    route: LitStr,
+    segments: Vec<Segment>,
+    expected: Vec<String>,
+}
+
+fn parse_converter(spec: &str) -> Option<Converter> {
+    Some(match spec {
+        "" | "string" | "default" => Converter::String,
+        "int" => Converter::Int,
+        "float" => Converter::Float,
+        "path" => Converter::Path,
+        "uuid" => Converter::Uuid,
+        any if any.starts_with("any(") && any.ends_with(')') => {
+            let words: Vec<String> = any[4..any.len() - 1]
+                .split(',')
+                .map(|w| w.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+                .collect();
+            if words.iter().any(|w| w.is_empty()) {
+                return None;
+            }
+            Converter::Any(words)
+        }
+        _ => return None,
+    })
+}
+
+/// Parses a werkzeug route into segments, or says what is wrong with it.
+fn parse_route(route: &str) -> Result<Vec<Segment>, String> {
+    let Some(rest) = route.strip_prefix('/') else {
+        return Err("a route starts with `/`".into());
+    };
+    let mut segments = Vec::new();
+    if rest.is_empty() {
+        return Ok(segments);
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if let Some(inner) = part.strip_prefix('<') {
+            let Some(inner) = inner.strip_suffix('>') else {
+                return Err(format!(
+                    "malformed parameter `{part}`: a parameter is a whole segment, `<converter:name>`"
+                ));
+            };
+            let (spec, name) = match inner.rsplit_once(':') {
+                Some((spec, name)) => (spec, name),
+                None => ("", inner),
+            };
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "malformed parameter `{part}`: `{name}` is not a valid name"
+                ));
+            }
+            let converter = parse_converter(spec).ok_or_else(|| {
+                format!("unknown converter `{spec}`; expected int, float, string, path, uuid or any(a,b)")
+            })?;
+            if converter == Converter::Path && i + 1 != parts.len() {
+                return Err("a `<path:...>` parameter must be the last segment".into());
+            }
+            if segments
+                .iter()
+                .any(|s| matches!(s, Segment::Param { name: n, .. } if n == name))
+            {
+                return Err(format!("the parameter `{name}` appears twice"));
+            }
+            segments.push(Segment::Param {
+                converter,
+                name: name.to_owned(),
+            });
+        } else if part.contains('<') || part.contains('>') {
+            return Err(format!(
+                "malformed segment `{part}`: a parameter is a whole segment, `<converter:name>`"
+            ));
+        } else {
+            segments.push(Segment::Static((*part).to_owned()));
+        }
+    }
+    Ok(segments)
+}
+
+fn type_name(ty: &Type) -> Option<String> {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => {
+            let last = p.path.segments.last()?;
+            last.arguments.is_none().then(|| last.ident.to_string())
+        }
+        Type::Group(g) => type_name(&g.elem),
+        _ => None,
+    }
+}
+
+impl Converter {
+    /// Whether a parameter of type `ty` can hold this converter's value.
+    fn fits(&self, ty: &Type) -> bool {
+        let Some(name) = type_name(ty) else {
+            return false;
+        };
+        match self {
+            Converter::Int => INTEGERS.contains(&name.as_str()),
+            Converter::Float => name == "f32" || name == "f64",
+            Converter::String | Converter::Any(_) => name == "String",
+            Converter::Path => name == "String" || name == "PathBuf",
+            Converter::Uuid => name == "Uuid" || name == "String",
+        }
+    }
+
+    fn expected_types(&self) -> &'static str {
+        match self {
+            Converter::Int => "an integer type (`i64`, `u32`, ...)",
+            Converter::Float => "`f64` or `f32`",
+            Converter::String | Converter::Any(_) => "`String`",
+            Converter::Path => "`String` or `PathBuf`",
+            Converter::Uuid => "`uuid::Uuid` or `String`",
+        }
+    }
+}
+
+impl Http {
+    pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Option<Http> {
+        let tokens = attr_tokens(attr, USAGE, cx);
+        let args = AttrArgs::parse(
+            tokens,
+            &["the HTTP method", "the route"],
+            &["expected_exceptions"],
+            USAGE,
+            cx,
+        );
+        let expected = args
+            .string("expected_exceptions", cx)
+            .map(|lit| {
+                lit.value()
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let [methods_lit, route] = <[LitStr; 2]>::try_from(args.positional.clone()).ok()?;
+        let mut methods = Vec::new();
+        for m in methods_lit.value().split(',') {
+            let m = m.trim().to_ascii_uppercase();
+            if METHODS.contains(&m.as_str()) {
+                methods.push(m);
+            } else {
+                cx.error(
+                    &methods_lit,
+                    format!("unknown HTTP method `{m}`; expected {}", METHODS.join(", ")),
+                );
+            }
+        }
+        let segments = match parse_route(&route.value()) {
+            Ok(segments) => segments,
+            Err(message) => {
+                cx.error(&route, message);
+                return None;
+            }
+        };
+        for segment in &segments {
+            let Segment::Param { converter, name } = segment else {
+                continue;
+            };
+            match method.params.iter().find(|p| p.ident == name) {
+                None => cx.error(
+                    &route,
+                    format!("the route parameter `{name}` is not a parameter of `{}`: add `{name}: ...`", method.ident),
+                ),
+                Some(param) if !converter.fits(&param.ty) => cx.error(
+                    &param.ty,
+                    format!("the route parameter `{name}` needs {}", converter.expected_types()),
+                ),
+                Some(_) => {}
+            }
+        }
+        Some(Http {
+            methods,
+            route,
+            segments,
+            expected,
+        })
+    }
+
+    /// `Entrypoint::Http(HttpEntrypoint { ... })`.
+    pub(crate) fn entrypoint(&self, method: &Method, krate: &syn::Path) -> TokenStream {
+        let p = quote!(#krate::__private);
+        let name = method.ident.to_string();
+        let (methods, route, expected) = (&self.methods, &self.route, &self.expected);
+        let segments = self.segments.iter().map(|segment| match segment {
+            Segment::Static(s) => quote!(#p::Segment::Static(#s)),
+            Segment::Param { converter, .. } => {
+                let converter = match converter {
+                    Converter::String => quote!(String),
+                    Converter::Int => quote!(Int),
+                    Converter::Float => quote!(Float),
+                    Converter::Path => quote!(Path),
+                    Converter::Uuid => quote!(Uuid),
+                    Converter::Any(words) => quote!(Any(&[#(#words),*])),
+                };
+                quote!(#p::Segment::Param(#p::Converter::#converter))
+            }
+        });
+        let route_params: Vec<&str> = self
+            .segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Param { name, .. } => Some(name.as_str()),
+                Segment::Static(_) => None,
+            })
+            .collect();
+        let from_path = method.params.iter().filter_map(|param| {
+            let index = route_params.iter().position(|n| param.ident == n)?;
+            let (ident, ty) = (&param.ident, &param.ty);
+            Some(quote_spanned! {ty.span()=>
+                let #ident = match #p::path_param::<#ty>(&path, #index) {
+                    ::std::result::Result::Ok(value) => value,
+                    ::std::result::Result::Err(response) => return response,
+                };
+            })
+        });
+        let extractors: Vec<_> = method
+            .params
+            .iter()
+            .filter(|param| !route_params.iter().any(|n| param.ident == n))
+            .collect();
+        let extract = extractors.iter().enumerate().map(|(i, param)| {
+            let (ident, ty) = (&param.ident, &param.ty);
+            if i + 1 == extractors.len() {
+                quote_spanned! {ty.span()=>
+                    let #ident = match #p::extract_last::<#ty, _>(parts, body).await {
+                        ::std::result::Result::Ok(value) => value,
+                        ::std::result::Result::Err(response) => return response,
+                    };
+                }
+            } else {
+                quote_spanned! {ty.span()=>
+                    let #ident = match #p::extract_parts::<#ty>(&mut parts).await {
+                        ::std::result::Result::Ok(value) => value,
+                        ::std::result::Result::Err(response) => return response,
+                    };
+                }
+            }
+        });
+        let mutability = (extractors.len() > 1).then(|| quote!(mut));
+        let unused = extractors
+            .is_empty()
+            .then(|| quote!(let _ = (parts, body);));
+        let ident = &method.ident;
+        let names = method.params.iter().map(|param| &param.ident);
+        let call = if method.is_async {
+            quote!(this.#ident(#(#names),*).await)
+        } else {
+            quote! {
+                match #p::run_blocking(move || this.#ident(#(#names),*)).await {
+                    ::std::result::Result::Ok(value) => value,
+                    ::std::result::Result::Err(panic) => return #p::panic_response(panic),
+                }
+            }
+        };
+        let respond = match &method.output {
+            Output::Unit => quote!({ #call; #p::http_response(()) }),
+            Output::Value(ty) => quote_spanned!(ty.span()=> #p::http_response::<#ty>(#call)),
+            Output::Result { ok } => {
+                let ok_response = quote_spanned!(ok.span()=> #p::http_response::<#ok>(value));
+                quote! {
+                    match #call {
+                        ::std::result::Result::Ok(value) => #ok_response,
+                        ::std::result::Result::Err(error) => {
+                            use #p::{ViaDisplayHttp as _, ViaIntoResponse as _, ViaRemoteHttp as _};
+                            (&&&#p::HttpErr::new(error)).__http_error(EXPECTED)
+                        }
+                    }
+                }
+            }
+        };
+        quote! {
+            #p::Entrypoint::Http(#p::HttpEntrypoint {
+                name: #name,
+                methods: &[#(#methods),*],
+                route: #route,
+                segments: &[#(#segments),*],
+                expected_exceptions: &[#(#expected),*],
+                handler: |this, call| {
+                    ::std::boxed::Box::pin(async move {
+                        #[allow(unused)]
+                        const EXPECTED: &[&str] = &[#(#expected),*];
+                        let #p::HttpCall { #mutability parts, body, path } = call;
+                        #(#from_path)*
+                        #(#extract)*
+                        #unused
+                        #respond
+                    })
+                },
+            })
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! HTTP entrypoints: `#[http("GET", "/multiply/<int:first>/<int:second>")]` on axum.
+//!
+//! Routes use Nameko's (werkzeug's) syntax; the macro checks them at compile time and hands
+//! the runtime their segments. One server per process serves the routes of every service in
+//! it, on `WEB_SERVER_ADDRESS`. Each request is a worker like any other: it takes one of its
+//! service's `max_workers` slots and runs inside a [`WorkerContext`](crate::WorkerContext).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::FromRequest;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::protocol::RemoteError;
+
+pub use axum::Json;
+pub use axum::http::StatusCode as Status;
+
+/// One segment of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// Literal text.
+    Static(&'static str),
+    /// A value, checked by its converter.
+    Param(Converter),
+}
+
+/// Werkzeug's converters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Converter {
+    /// `<name>` or `<string:name>`: any text without a slash.
+    String,
+    /// `<int:name>`: digits.
+    Int,
+    /// `<float:name>`: digits, a dot, digits.
+    Float,
+    /// `<path:name>`: the rest of the path, slashes included (last segment only).
+    Path,
+    /// `<uuid:name>`: a UUID.
+    Uuid,
+    /// `<any(a,b):name>`: one of the listed words.
+    Any(&'static [&'static str]),
+}
+
+impl Converter {
+    fn accepts(&self, value: &str) -> bool {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        match self {
+            Converter::String => !value.is_empty(),
+            Converter::Path => !value.is_empty(),
+            Converter::Int => digits(value),
+            Converter::Float => value
+                .split_once('.')
+                .is_some_and(|(a, b)| digits(a) && digits(b)),
+            Converter::Uuid => uuid::Uuid::parse_str(value).is_ok(),
+            Converter::Any(words) => words.contains(&value),
+        }
+    }
+}
+
+/// The request a handler is called with, taken apart.
+pub struct HttpCall {
+    /// Method, URI, headers.
+    pub parts: Parts,
+    /// The body.
+    pub body: Body,
+    /// The route's parameters, in route order, percent-decoded and checked by their converters.
+    pub path: Vec<String>,
+}
+
+/// The future an HTTP handler returns.
+pub type HttpFuture = BoxFuture<'static, Response>;
+
+/// An error answered with a status and a plain-text message.
+///
+/// Return it from a handler (`Result<T, HttpError>`) to choose the status; [`Request::json`] and
+/// [`Request::form`] fail with one (400) for a body that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    /// The status.
+    pub status: StatusCode,
+    /// The message (the response body).
+    pub message: String,
+}
+
+impl HttpError {
+    /// An error with this status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        HttpError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// A 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        HttpError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        plain(self.status, format!("{}\n", self.message))
+    }
+}
+
+fn plain(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [("content-type", "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// The response for an error object, as Nameko answers: `Error: <exc_type>: <value>`, 400 when
+/// the error is expected (or one of Nameko's `BadRequest` errors), 500 otherwise.
+pub fn error_response(error: &RemoteError, expected: &[&str]) -> Response {
+    let bad_request = ["MalformedRequest", "MethodNotFound", "IncorrectSignature"];
+    let status = if expected.contains(&error.exc_type.as_str())
+        || bad_request.contains(&error.exc_type.as_str())
+    {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    plain(
+        status,
+        format!("Error: {}: {}\n", error.exc_type, error.value),
+    )
+}
+
+/// An HTTP request, with werkzeug-style accessors.
+///
+/// Take it as a handler parameter (`request: Request`), after the route's parameters.
+#[derive(Debug, Clone)]
+pub struct Request {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    args: Args,
+    body: Bytes,
+}
+
+/// Query arguments (werkzeug's `request.args`).
+#[derive(Debug, Clone, Default)]
+pub struct Args(Vec<(String, String)>);
+
+impl Args {
+    fn parse(query: Option<&str>) -> Args {
+        Args(query.map(query_pairs).unwrap_or_default())
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `name`.
+    pub fn get_all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// All arguments as a map (the last value of each name).
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (form_decode(k), form_decode(v))
+        })
+        .collect()
+}
+
+fn form_decode(s: &str) -> String {
+    percent_decode(&s.replace('+', " "))
+}
+
+/// Percent-decodes `s` (invalid escapes are kept as they are).
+pub(crate) fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(b) = hex {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Request {
+    /// The method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The URI.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The path.
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// A header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The query arguments: `request.args().get("third")`.
+    pub fn args(&self) -> &Args {
+        &self.args
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The body as UTF-8 text.
+    pub fn text(&self) -> Result<&str, HttpError> {
+        std::str::from_utf8(&self.body)
+            .map_err(|e| HttpError::bad_request(format!("The body is not UTF-8 text: {e}")))
+    }
+
+    /// The body parsed as JSON; a 400 with the parser's message if it does not parse.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, HttpError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| HttpError::bad_request(format!("Malformed JSON: {e}")))
+    }
+
+    /// The body parsed as a URL-encoded form into a map.
+    pub fn form(&self) -> Result<BTreeMap<String, String>, HttpError> {
+        let text = self.text()?;
+        Ok(query_pairs(text).into_iter().collect())
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for Request {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .map(|s| s.to_string().contains("length limit"))
+                .unwrap_or(false)
+                || e.to_string().contains("length limit");
+            if too_large {
+                plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The request body is too large\n".into(),
+                )
+            } else {
+                plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("The request body could not be read: {e}\n"),
+                )
+            }
+        })?;
+        Ok(Request {
+            args: Args::parse(parts.uri.query()),
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// A route of one service's entrypoint, ready to be served.
+pub(crate) struct Route {
+    pub(crate) service: &'static str,
+    pub(crate) entrypoint: &'static str,
+    pub(crate) methods: &'static [&'static str],
+    pub(crate) route: &'static str,
+    pub(crate) segments: &'static [Segment],
+    pub(crate) handler: Arc<dyn Fn(HttpCall) -> HttpFuture + Send + Sync>,
+}
+
+/// Matches `path` against `segments`, returning the parameters' values (decoded), or `None`.
+fn path_values(segments: &[Segment], path: &str) -> Option<Vec<String>> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut values = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        match segment {
+            Segment::Static(_) => {}
+            Segment::Param(Converter::Path) => {
+                let rest = parts.get(i..)?.join("/");
+                let value = percent_decode(&rest);
+                return Converter::Path.accepts(&value).then(|| {
+                    values.push(value);
+                    values
+                });
+            }
+            Segment::Param(converter) => {
+                let value = percent_decode(parts.get(i)?);
+                if !converter.accepts(&value) {
+                    return None;
+                }
+                values.push(value);
+            }
+        }
+    }
+    Some(values)
+}
+
+/// The axum path of `segments`, with parameters named by position so that routes of the same
+/// shape from different entrypoints share one axum route.
+fn axum_path(segments: &[Segment]) -> String {
+    if segments.is_empty() {
+        return "/".into();
+    }
+    let mut path = String::new();
+    for (i, segment) in segments.iter().enumerate() {
+        path.push('/');
+        match segment {
+            Segment::Static(s) => path.push_str(&s.replace('{', "{{").replace('}', "}}")),
+            Segment::Param(Converter::Path) => path.push_str(&format!("{{*p{i}}}")),
+            Segment::Param(_) => path.push_str(&format!("{{p{i}}}")),
+        }
+    }
+    path
+}
+
+fn not_found() -> Response {
+    plain(StatusCode::NOT_FOUND, "Not Found\n".into())
+}
+
+/// Builds one router from the routes of every service; two entrypoints claiming the same route
+/// and method is an error.
+pub(crate) fn router(routes: Vec<Route>, config: &Config) -> Result<axum::Router, Error> {
+    use axum::routing::{MethodRouter, delete, get, head, options, patch, post, put};
+    let mut by_path: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
+    for route in routes {
+        by_path
+            .entry(axum_path(route.segments))
+            .or_default()
+            .push(Arc::new(route));
+    }
+    let mut router = axum::Router::new();
+    for (path, routes) in by_path {
+        // Within one axum path, each method goes to the entrypoints whose segments match.
+        let mut methods: BTreeMap<&'static str, Vec<Arc<Route>>> = BTreeMap::new();
+        for route in &routes {
+            for method in route.methods {
+                let claimed = methods.entry(method).or_default();
+                if let Some(other) = claimed.iter().find(|r| r.segments == route.segments) {
+                    return Err(Error::Config(format!(
+                        "two entrypoints claim {method} {}: {}.{} and {}.{}",
+                        route.route,
+                        other.service,
+                        other.entrypoint,
+                        route.service,
+                        route.entrypoint
+                    )));
+                }
+                claimed.push(route.clone());
+            }
+        }
+        let mut method_router: MethodRouter = MethodRouter::new();
+        for (method, candidates) in methods {
+            let handler = move |request: axum::extract::Request| {
+                let candidates = candidates.clone();
+                async move {
+                    let (parts, body) = request.into_parts();
+                    for route in &candidates {
+                        if let Some(path) = path_values(route.segments, parts.uri.path()) {
+                            return (route.handler)(HttpCall { parts, body, path }).await;
+                        }
+                    }
+                    not_found()
+                }
+            };
+            method_router = match method {
+                "GET" => method_router.merge(get(handler)),
+                "POST" => method_router.merge(post(handler)),
+                "PUT" => method_router.merge(put(handler)),
+                "PATCH" => method_router.merge(patch(handler)),
+                "DELETE" => method_router.merge(delete(handler)),
+                "HEAD" => method_router.merge(head(handler)),
+                "OPTIONS" => method_router.merge(options(handler)),
+                other => {
+                    return Err(Error::Config(format!("unsupported HTTP method {other}")));
+                }
+            };
+        }
+        router = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            router.route(&path, method_router)
+        }))
+        .map_err(|_| Error::Config(format!("the route {path} conflicts with another route")))?;
+    }
+    Ok(router
+        .fallback(|| async { not_found() })
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            config.http_max_body_bytes,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.http_request_timeout,
+        )))
+}
+
+/// Parses Nameko's `[host:]port` address.
+pub(crate) fn parse_address(address: &str) -> Result<SocketAddr, Error> {
+    let full = if address.contains(':') {
+        address.to_owned()
+    } else {
+        format!("0.0.0.0:{address}")
+    };
+    full.parse().map_err(|_| {
+        Error::Config(format!(
+            "WEB_SERVER_ADDRESS `{address}` is not of the form [host:]port"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MULTIPLY: &[Segment] = &[
+        Segment::Static("multiply"),
+        Segment::Param(Converter::Int),
+        Segment::Param(Converter::Int),
+    ];
+
+    #[test]
+    fn converters_accept_what_werkzeug_accepts() {
+        assert!(Converter::Int.accepts("42"));
+        assert!(!Converter::Int.accepts("-4"));
+        assert!(!Converter::Int.accepts("abc"));
+        assert!(Converter::Float.accepts("1.5"));
+        assert!(!Converter::Float.accepts("1"));
+        assert!(Converter::Uuid.accepts("12345678-1234-5678-1234-567812345678"));
+        assert!(!Converter::Uuid.accepts("nope"));
+        assert!(Converter::Any(&["a", "b"]).accepts("b"));
+        assert!(!Converter::Any(&["a", "b"]).accepts("c"));
+    }
+
+    #[test]
+    fn path_values_are_matched_decoded_and_checked() {
+        assert_eq!(
+            path_values(MULTIPLY, "/multiply/6/7"),
+            Some(vec!["6".into(), "7".into()])
+        );
+        assert_eq!(path_values(MULTIPLY, "/multiply/6/x"), None);
+        let files = &[Segment::Static("files"), Segment::Param(Converter::Path)];
+        assert_eq!(
+            path_values(files, "/files/a/b%20c.txt"),
+            Some(vec!["a/b c.txt".into()])
+        );
+        assert_eq!(axum_path(MULTIPLY), "/multiply/{p1}/{p2}");
+        assert_eq!(axum_path(files), "/files/{*p1}");
+        assert_eq!(axum_path(&[]), "/");
+    }
+
+    #[test]
+    fn query_arguments_decode() {
+        let args = Args::parse(Some("third=2&name=Zo%C3%AB+B&x&third=3"));
+        assert_eq!(args.get("third"), Some("2"));
+        assert_eq!(args.get_all("third"), ["2", "3"]);
+        assert_eq!(args.get("name"), Some("Zoë B"));
+        assert_eq!(args.get("x"), Some(""));
+        assert_eq!(args.get("missing"), None);
+    }
+
+    #[test]
+    fn addresses_parse_like_nameko() {
+        assert_eq!(parse_address("8000").unwrap().to_string(), "0.0.0.0:8000");
+        assert_eq!(
+            parse_address("127.0.0.1:0").unwrap().to_string(),
+            "127.0.0.1:0"
+        );
+        assert!(parse_address("localhost:x").is_err());
+    }
+}
