@@ -1,0 +1,517 @@
+//! HTTP entrypoints as a client sees them, over a real socket and through the router without
+//! one: routes and converters, responses, errors, limits, workers and stop.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use common::TestBroker;
+use nameko::http::{HttpError, Status};
+use nameko::prelude::*;
+use nameko::{Dependency, DependencyContext, RunningServices};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client over a real socket.
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn send(running: &RunningServices, method: &str, path: &str, body: &str) -> Reply {
+    let address = running.http_address().expect("an HTTP server");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn get(running: &RunningServices, path: &str) -> Reply {
+    send(running, "GET", path, "").await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The services under test.
+
+#[derive(Debug)]
+pub struct OutOfStock(String);
+
+impl std::fmt::Display for OutOfStock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no {} left", self.0)
+    }
+}
+
+/// An error with its own response.
+pub struct Teapot;
+
+impl IntoResponse for Teapot {
+    fn into_response(self) -> axum::response::Response {
+        (
+            StatusCode::IM_A_TEAPOT,
+            Json(json!({"error": "TEAPOT", "message": "short and stout"})),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Order {
+    sku: String,
+    quantity: u32,
+}
+
+/// Counts requests running at once.
+#[derive(Clone, Default)]
+pub struct Gauge(Arc<(AtomicUsize, AtomicUsize)>);
+
+impl Dependency for Gauge {
+    async fn build(_cx: &DependencyContext, _field: &'static str) -> Result<Self, nameko::Error> {
+        Ok(Gauge::default())
+    }
+}
+
+fn slow_started() -> &'static Mutex<usize> {
+    static STARTED: OnceLock<Mutex<usize>> = OnceLock::new();
+    STARTED.get_or_init(Default::default)
+}
+
+#[derive(Dependencies)]
+pub struct WebService {
+    gauge: Gauge,
+    echo: EchoServiceClient,
+}
+
+#[service(name = "web_service")]
+impl WebService {
+    #[http("GET", "/multiply/<int:first>/<int:second>")]
+    async fn multiply(&self, first: i64, second: i64, request: Request) -> Json<Value> {
+        let third: i64 = request
+            .args()
+            .get("third")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1);
+        Json(json!({ "value": first * second * third }))
+    }
+
+    #[http("GET", "/hello/<name>")]
+    #[http("GET", "/hi/<string:name>")]
+    fn hello(&self, name: String) -> String {
+        format!("hello {name}")
+    }
+
+    #[http("GET,POST", "/both")]
+    async fn both(&self, request: Request) -> String {
+        format!("{} {}", request.method(), request.text().unwrap_or(""))
+    }
+
+    #[http(
+        "GET",
+        "/kinds/<float:f>/<any(red,green):colour>/<uuid:id>/<path:rest>"
+    )]
+    async fn kinds(&self, f: f64, colour: String, id: uuid::Uuid, rest: String) -> Json<Value> {
+        Json(json!({"f": f, "colour": colour, "id": id.to_string(), "rest": rest}))
+    }
+
+    #[http("POST", "/created")]
+    async fn created(&self) -> (StatusCode, String) {
+        (StatusCode::CREATED, "made".into())
+    }
+
+    #[http("GET", "/with-headers")]
+    async fn with_headers(&self) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+        (StatusCode::ACCEPTED, [("x-spam", "eggs")], "ok".into())
+    }
+
+    #[http("GET", "/buy/<item>", expected_exceptions = "OutOfStock")]
+    async fn buy(&self, item: String) -> Result<String, OutOfStock> {
+        Err(OutOfStock(item))
+    }
+
+    #[http("GET", "/sell/<item>")]
+    async fn sell(&self, item: String) -> Result<String, OutOfStock> {
+        Err(OutOfStock(item))
+    }
+
+    #[http("GET", "/teapot")]
+    async fn teapot(&self) -> Result<String, Teapot> {
+        Err(Teapot)
+    }
+
+    #[http("GET", "/forbidden")]
+    async fn forbidden(&self) -> Result<String, HttpError> {
+        Err(HttpError::new(Status::FORBIDDEN, "not for you"))
+    }
+
+    #[http("GET", "/explode")]
+    async fn explode(&self) -> String {
+        panic!("the handler fell over")
+    }
+
+    #[http("POST", "/orders")]
+    async fn orders(&self, request: Request) -> Result<String, HttpError> {
+        let order: Value = request.json()?;
+        Ok(format!("ordered {}", order["sku"]))
+    }
+
+    #[http("POST", "/typed-orders")]
+    async fn typed_orders(&self, order: Json<Order>) -> String {
+        format!("{} x {}", order.quantity, order.sku)
+    }
+
+    #[http("GET", "/slow")]
+    async fn slow(&self) -> String {
+        let running = self.gauge.0.0.fetch_add(1, Ordering::SeqCst) + 1;
+        self.gauge.0.1.fetch_max(running, Ordering::SeqCst);
+        *slow_started().lock().unwrap() += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.gauge.0.0.fetch_sub(1, Ordering::SeqCst);
+        "slow".into()
+    }
+
+    #[http("GET", "/max-concurrency")]
+    async fn max_concurrency(&self) -> String {
+        self.gauge.0.1.load(Ordering::SeqCst).to_string()
+    }
+
+    #[http("GET", "/echo/<word>")]
+    async fn echo(&self, word: String) -> Result<Json<Value>, RpcError> {
+        Ok(Json(self.echo.echo(word).await?))
+    }
+}
+
+#[derive(Dependencies)]
+pub struct EchoService;
+
+#[service(name = "echo_service")]
+impl EchoService {
+    #[rpc]
+    async fn echo(&self, word: String) -> Value {
+        let worker = WorkerContext::current().expect("a worker");
+        json!({"word": word, "call_id_stack": worker.call_id_stack()})
+    }
+}
+
+#[derive(Dependencies)]
+pub struct Rival;
+
+#[service(name = "rival")]
+impl Rival {
+    #[http("GET", "/multiply/<int:a>/<int:b>")]
+    async fn multiply(&self, a: i64, b: i64) -> String {
+        (a * b).to_string()
+    }
+}
+
+async fn start(broker: &TestBroker, config: Config) -> RunningServices {
+    ServiceRunner::new(
+        config
+            .with_broker(&broker.uri)
+            .with_web_server_address("127.0.0.1:0"),
+    )
+    .with_service::<WebService>()
+    .with_service::<EchoService>()
+    .start()
+    .await
+    .expect("services start")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+on_both_transports! {
+    async fn the_talk_s_multiply_endpoint_answers(broker: &TestBroker) {
+        let running = start(broker, Config::default()).await;
+        let reply = get(&running, "/multiply/6/7?third=2").await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, r#"{"value":84}"#));
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        assert_eq!(get(&running, "/multiply/6/7").await.body, r#"{"value":42}"#);
+        assert_eq!(get(&running, "/multiply/6/x").await.status, 404, "a bad path value is a 404");
+        assert_eq!(get(&running, "/multiply/-6/7").await.status, 404, "<int:> takes digits only");
+        assert_eq!(send(&running, "POST", "/multiply/6/7", "").await.status, 405);
+        let head = send(&running, "HEAD", "/multiply/6/7", "").await;
+        assert_eq!((head.status, head.body.as_str()), (200, ""), "GET also answers HEAD");
+        assert_eq!(get(&running, "/nowhere").await.status, 404);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn an_http_worker_calls_another_service_with_its_context(broker: &TestBroker) {
+        let running = start(broker, Config::default()).await;
+        let reply = get(&running, "/echo/spam").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let body: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(body["word"], "spam");
+        let stack = body["call_id_stack"].as_array().unwrap();
+        assert_eq!(stack.len(), 2, "{stack:?}");
+        assert!(stack[0].as_str().unwrap().starts_with("web_service.echo."));
+        assert!(stack[1].as_str().unwrap().starts_with("echo_service.echo."));
+        running.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn converters_and_several_routes_bind_values() {
+    let running = start(&TestBroker::memory(), Config::default()).await;
+    let reply = get(&running, "/hello/Tim").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "hello Tim"));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(get(&running, "/hi/Zo%C3%AB").await.body, "hello Zoë");
+    let id = "12345678-1234-5678-1234-567812345678";
+    let reply = get(&running, &format!("/kinds/1.5/red/{id}/a/b/c.txt")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        body,
+        json!({"f": 1.5, "colour": "red", "id": id, "rest": "a/b/c.txt"})
+    );
+    assert_eq!(
+        get(&running, &format!("/kinds/1/red/{id}/x")).await.status,
+        404,
+        "<float:> needs a dot"
+    );
+    assert_eq!(
+        get(&running, &format!("/kinds/1.5/blue/{id}/x"))
+            .await
+            .status,
+        404,
+        "<any(..)> lists the words"
+    );
+    assert_eq!(
+        get(&running, "/kinds/1.5/red/not-a-uuid/x").await.status,
+        404
+    );
+    assert_eq!(get(&running, "/both").await.body, "GET ");
+    assert_eq!(
+        send(&running, "POST", "/both", "posted").await.body,
+        "POST posted"
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn responses_take_their_status_and_headers_from_the_return_value() {
+    let running = start(&TestBroker::memory(), Config::default()).await;
+    let reply = send(&running, "POST", "/created", "").await;
+    assert_eq!((reply.status, reply.body.as_str()), (201, "made"));
+    let reply = get(&running, "/with-headers").await;
+    assert_eq!((reply.status, reply.header("x-spam")), (202, Some("eggs")));
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_are_answered_as_nameko_does_or_as_the_error_says() {
+    let running = start(&TestBroker::memory(), Config::default()).await;
+    let reply = get(&running, "/buy/spam").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, "Error: OutOfStock: no spam left\n")
+    );
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let reply = get(&running, "/sell/eggs").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (500, "Error: OutOfStock: no eggs left\n")
+    );
+    let reply = get(&running, "/teapot").await;
+    assert_eq!(reply.status, 418);
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply.body).unwrap()["error"],
+        "TEAPOT"
+    );
+    let reply = get(&running, "/forbidden").await;
+    assert_eq!((reply.status, reply.body.as_str()), (403, "not for you\n"));
+    let reply = get(&running, "/explode").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (500, "Error: WorkerPanic: the handler fell over\n")
+    );
+    assert_eq!(
+        get(&running, "/hello/still-serving").await.body,
+        "hello still-serving"
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_with_a_clear_message() {
+    let running = start(&TestBroker::memory(), Config::default()).await;
+    let reply = send(&running, "POST", "/orders", r#"{"sku": "spam""#).await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply
+            .body
+            .starts_with("Malformed JSON: EOF while parsing an object"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        send(&running, "POST", "/orders", r#"{"sku": "spam"}"#)
+            .await
+            .body,
+        r#"ordered "spam""#
+    );
+    let reply = send(&running, "POST", "/typed-orders", r#"{"sku": 1}"#).await;
+    assert!(
+        (400..500).contains(&reply.status),
+        "{} {}",
+        reply.status,
+        reply.body
+    );
+    let reply = send(
+        &running,
+        "POST",
+        "/typed-orders",
+        r#"{"sku": "spam", "quantity": 2}"#,
+    )
+    .await;
+    assert_eq!(reply.body, "2 x spam", "{}", reply.status);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused() {
+    let mut config = Config::default();
+    config.http_max_body_bytes = 16;
+    let running = start(&TestBroker::memory(), config).await;
+    let reply = send(
+        &running,
+        "POST",
+        "/orders",
+        &format!(r#"{{"sku": "{}"}}"#, "x".repeat(100)),
+    )
+    .await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(
+        send(&running, "POST", "/orders", r#"{"sku": "s"}"#)
+            .await
+            .status,
+        200
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn http_workers_count_against_max_workers() {
+    let running = start(&TestBroker::memory(), Config::default().with_max_workers(1)).await;
+    let (a, b, c) = tokio::join!(
+        get(&running, "/slow"),
+        get(&running, "/slow"),
+        get(&running, "/slow")
+    );
+    assert_eq!([a.status, b.status, c.status], [200, 200, 200]);
+    assert_eq!(get(&running, "/max-concurrency").await.body, "1");
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_graceful_stop_lets_a_running_request_finish() {
+    let running = start(&TestBroker::memory(), Config::default()).await;
+    let address = running.http_address().unwrap();
+    let before = *slow_started().lock().unwrap();
+    let request = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.unwrap();
+        raw
+    });
+    for _ in 0..500 {
+        if *slow_started().lock().unwrap() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    running.stop().await.unwrap();
+    let raw = request.await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.ends_with("slow"), "{raw}");
+}
+
+#[tokio::test]
+async fn two_services_claiming_one_route_is_a_start_error() {
+    let broker = TestBroker::memory();
+    let error = ServiceRunner::new(
+        Config::default()
+            .with_broker(&broker.uri)
+            .with_web_server_address("127.0.0.1:0"),
+    )
+    .with_service::<WebService>()
+    .with_service::<EchoService>()
+    .with_service::<Rival>()
+    .start()
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(
+        error.to_string(),
+        "configuration error: two entrypoints claim GET /multiply/<int:a>/<int:b>: web_service.multiply and rival.multiply"
+    );
+}
+
+#[tokio::test]
+async fn the_router_answers_without_a_socket() {
+    use tower::ServiceExt;
+    let running = start(&TestBroker::memory(), Config::default()).await;
+    let router = running.http_router().expect("a router");
+    let request = axum::http::Request::get("/multiply/2/3?third=7")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1024)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], br#"{"value":42}"#);
+    running.stop().await.unwrap();
+}
