@@ -10,12 +10,16 @@
 mod events;
 #[path = "greeter.rs"]
 mod greeter;
+#[path = "multiply.rs"]
+mod multiply;
 
 use clap::Parser;
 use events::{MyEventHandlerService1, MyEventHandlerService2, MyEventPublisherService};
 use greeter::{ExpandedGreeterService, ExpandedGreeterServiceClient, GreeterService};
+use multiply::HttpService;
 use nameko::prelude::*;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Runs the talk's services and calls them.
 #[derive(Parser)]
@@ -23,18 +27,40 @@ struct Args {
     /// The broker: the embedded one by default.
     #[arg(long, env = "AMQP_URI", default_value = "memory://")]
     broker: String,
+    /// Where the HTTP server listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    web_server_address: String,
+}
+
+/// `GET path` on the demo's own HTTP server, printed as curl would show it.
+async fn http_get(address: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.lines().next().unwrap_or_default().to_owned();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    Ok(format!("{status} {body}").trim_end().to_owned())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     nameko::cli::init_logging();
     let args = Args::parse();
-    let running = ServiceRunner::new(Config::default().with_broker(&args.broker))
+    let config = Config::default()
+        .with_broker(&args.broker)
+        .with_web_server_address(&args.web_server_address);
+    let running = ServiceRunner::new(config)
         .with_service::<GreeterService>()
         .with_service::<ExpandedGreeterService>()
         .with_service::<MyEventPublisherService>()
         .with_service::<MyEventHandlerService1>()
         .with_service::<MyEventHandlerService2>()
+        .with_service::<HttpService>()
         .start()
         .await?;
     println!(
@@ -44,6 +70,14 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let client = ClusterRpcClient::standalone(running.transport(), running.config()).await?;
+
+    let address = running
+        .http_address()
+        .expect("the multiply service serves HTTP");
+    println!("\n== Example 1: HTTP (curl http://{address}/multiply/6/7?third=2)");
+    for path in ["/multiply/6/7?third=2", "/multiply/6/x", "/multiply/6/7"] {
+        println!("GET {path:<24} -> {}", http_get(address, path).await?);
+    }
 
     println!("\n== Example 2: RPC (n.rpc.greeter_service.greet(\"Tim\"))");
     let greeting: String = client

@@ -21,6 +21,18 @@ fn example(name: &str) -> PathBuf {
 
 struct Running(Child);
 
+/// Reads a child's log lines on a thread of its own, so the pipe stays open (and drained) for as
+/// long as the child runs; the receiver yields lines for up to 10 s each.
+fn log_lines(stderr: std::process::ChildStderr) -> impl Iterator<Item = String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::iter::from_fn(move || rx.recv_timeout(std::time::Duration::from_secs(10)).ok())
+}
+
 impl Running {
     fn terminate(mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
@@ -53,6 +65,14 @@ fn the_demo_runs_the_talk_on_the_embedded_broker() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("Services running on memory://"), "{stdout}");
+    assert!(
+        stdout.contains(r#"-> HTTP/1.1 200 OK {"value":84}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("GET /multiply/6/x            -> HTTP/1.1 404 Not Found"),
+        "{stdout}"
+    );
     assert!(stdout.contains("\nHello Tim!\n"), "{stdout}");
     assert!(
         stdout.contains("\nHello Tim the Enchanter! Welcome to Pygotham!\n"),
@@ -113,9 +133,8 @@ fn without_a_broker_the_greeter_runs_embedded_says_so_and_stops_on_sigterm() {
         .spawn()
         .expect("start the greeter");
     let mut running = Running(child);
-    let stderr = running.0.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let first = lines.next().expect("a first log line").expect("UTF-8");
+    let mut lines = log_lines(running.0.stderr.take().expect("stderr"));
+    let first = lines.next().expect("a first log line");
     assert!(
         first.contains("running on the embedded broker (memory://)"),
         "{first}"
@@ -127,7 +146,7 @@ fn without_a_broker_the_greeter_runs_embedded_says_so_and_stops_on_sigterm() {
     // Wait until both services started, then stop with SIGTERM.
     let mut started = 0;
     for line in lines.by_ref() {
-        if line.expect("UTF-8").contains("service started") {
+        if line.contains("service started") {
             started += 1;
             if started == 2 {
                 break;
@@ -203,16 +222,8 @@ async fn the_events_example_on_rabbitmq_reaches_both_handlers_from_python() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the events example");
-    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = log_lines(child.stderr.take().expect("stderr"));
     let running = Running(child);
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     let client = nameko::ClusterRpcClient::connect(&broker.uri)
         .await
         .unwrap();
@@ -230,15 +241,11 @@ async fn the_events_example_on_rabbitmq_reaches_both_handlers_from_python() {
     )
     .await;
     assert_eq!(out, [json!({"result": null})]);
-    let mut received = Vec::new();
-    while received.len() < 2 {
-        let line = lines_rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("a log line");
-        if line.contains("received: hi") {
-            received.push(line);
-        }
-    }
+    let received: Vec<String> = lines
+        .by_ref()
+        .filter(|line| line.contains("received: hi"))
+        .take(2)
+        .collect();
     assert!(
         received
             .iter()
@@ -252,5 +259,53 @@ async fn the_events_example_on_rabbitmq_reaches_both_handlers_from_python() {
         "{received:?}"
     );
     drop(client);
+    assert!(running.terminate().success());
+}
+
+/// `method path` against `address`: the status line's code and the body.
+fn http(address: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_multiply_example_answers_curl_as_in_the_talk() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut child = Command::new(example("multiply"))
+        .args(["run", "--web-server-address", &address])
+        .env_remove("AMQP_URI")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the multiply example");
+    let mut lines = log_lines(child.stderr.take().expect("stderr"));
+    let running = Running(child);
+    let listening = lines
+        .find(|line| line.contains("HTTP server listening"))
+        .expect("the server says it listens");
+    assert!(listening.contains(&address), "{listening}");
+    assert_eq!(
+        http(&address, "GET", "/multiply/6/7?third=2"),
+        (200, r#"{"value":84}"#.to_owned())
+    );
+    assert_eq!(http(&address, "GET", "/multiply/6/x").0, 404);
+    assert_eq!(http(&address, "POST", "/multiply/6/7").0, 405);
     assert!(running.terminate().success());
 }
