@@ -1,5 +1,8 @@
 //! Items the generated code refers to. Not a public API: names may change at any time.
 
+// A rejected HTTP request is answered at once: the response is the natural error type.
+#![allow(clippy::result_large_err)]
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
