@@ -208,6 +208,9 @@ fn form_decode(s: &str) -> String {
 
 /// Percent-decodes `s` (invalid escapes are kept as they are).
 pub(crate) fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_owned();
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -330,26 +333,20 @@ pub(crate) struct Route {
 
 /// Matches `path` against `segments`, returning the parameters' values (decoded), or `None`.
 fn path_values(segments: &[Segment], path: &str) -> Option<Vec<String>> {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut rest = path.trim_start_matches('/');
     let mut values = Vec::new();
-    for (i, segment) in segments.iter().enumerate() {
-        match segment {
-            Segment::Static(_) => {}
-            Segment::Param(Converter::Path) => {
-                let rest = parts.get(i..)?.join("/");
-                let value = percent_decode(&rest);
-                return Converter::Path.accepts(&value).then(|| {
-                    values.push(value);
-                    values
-                });
+    for segment in segments {
+        let (part, tail) = match segment {
+            Segment::Param(Converter::Path) => (rest, ""),
+            _ => rest.split_once('/').unwrap_or((rest, "")),
+        };
+        rest = tail;
+        if let Segment::Param(converter) = segment {
+            let value = percent_decode(part);
+            if !converter.accepts(&value) {
+                return None;
             }
-            Segment::Param(converter) => {
-                let value = percent_decode(parts.get(i)?);
-                if !converter.accepts(&value) {
-                    return None;
-                }
-                values.push(value);
-            }
+            values.push(value);
         }
     }
     Some(values)
@@ -410,11 +407,12 @@ pub(crate) fn router(routes: Vec<Route>, config: &Config) -> Result<axum::Router
         }
         let mut method_router: MethodRouter = MethodRouter::new();
         for (method, candidates) in methods {
+            let candidates: Arc<[Arc<Route>]> = candidates.into();
             let handler = move |request: axum::extract::Request| {
                 let candidates = candidates.clone();
                 async move {
                     let (parts, body) = request.into_parts();
-                    for route in &candidates {
+                    for route in candidates.iter() {
                         if let Some(path) = path_values(route.segments, parts.uri.path()) {
                             return (route.handler)(HttpCall { parts, body, path }).await;
                         }

@@ -1,0 +1,137 @@
+//! Requests per second for the talk's multiply endpoint served by a nameko-rs `#[http]` method,
+//! against a bare axum handler doing the same work, with the same load generator in the same run.
+//!
+//! ```text
+//! cargo bench --bench http -- [--seconds 5] [--connections 50] [--rounds 3]
+//! ```
+//!
+//! Needs `wrk` (Debian's package). Both servers run in this process on loopback, one at a time;
+//! wrk runs as a separate process with 2 threads.
+
+use std::process::Command;
+
+use axum::extract::{Path, Query};
+use clap::Parser;
+use nameko::prelude::*;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+struct Args {
+    /// Seconds of load per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 50)]
+    connections: u32,
+    /// Rounds (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// `max_workers` of the nameko-rs service (every request is a worker).
+    #[arg(long, default_value_t = 10)]
+    max_workers: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Dependencies)]
+pub struct HttpService;
+
+#[service(name = "multiply_service")]
+impl HttpService {
+    #[http("GET", "/multiply/<int:first>/<int:second>")]
+    async fn get_method(&self, first: i64, second: i64, request: Request) -> Json<Value> {
+        let third: i64 = request
+            .args()
+            .get("third")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1);
+        Json(json!({ "value": first * second * third }))
+    }
+}
+
+#[derive(Deserialize)]
+struct Third {
+    third: Option<i64>,
+}
+
+async fn bare_axum(Path((first, second)): Path<(i64, i64)>, Query(q): Query<Third>) -> Json<Value> {
+    Json(json!({ "value": first * second * q.third.unwrap_or(1) }))
+}
+
+/// Runs wrk against `url`; returns requests per second.
+fn wrk(url: &str, args: &Args) -> anyhow::Result<f64> {
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{}", args.connections),
+            &format!("-d{}s", args.seconds),
+            url,
+        ])
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run wrk ({e}): apt-get install wrk"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let errors = text
+        .lines()
+        .any(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    anyhow::ensure!(!errors, "wrk saw errors:\n{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    nameko::cli::init_logging();
+    let args = Args::parse();
+    let _ = args.bench;
+
+    let bare =
+        axum::Router::new().route("/multiply/{first}/{second}", axum::routing::get(bare_axum));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let bare_address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, bare).await });
+
+    let config = Config::default()
+        .with_broker("memory://bench-http")
+        .with_web_server_address("127.0.0.1:0")
+        .with_max_workers(args.max_workers);
+    let running = ServiceRunner::new(config)
+        .with_service::<HttpService>()
+        .start()
+        .await?;
+    let ours_address = running.http_address().expect("an HTTP server");
+
+    let path = "/multiply/6/7?third=2";
+    let (mut bare_rates, mut our_rates) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        let b =
+            tokio::task::block_in_place(|| wrk(&format!("http://{bare_address}{path}"), &args))?;
+        let o =
+            tokio::task::block_in_place(|| wrk(&format!("http://{ours_address}{path}"), &args))?;
+        eprintln!("round {round}: bare axum {b:.0}/s, nameko-rs {o:.0}/s");
+        bare_rates.push(b);
+        our_rates.push(o);
+    }
+    let (bare, ours) = (median(bare_rates), median(our_rates));
+    println!(
+        "\nGET {path}: requests per second (wrk -t2 -c{} -d{}s, median of {} rounds)\n",
+        args.connections, args.seconds, args.rounds
+    );
+    println!("| server | requests/s | ratio to bare axum |");
+    println!("|---|---:|---:|");
+    println!("| bare axum handler | {bare:.0} | 1.00 |");
+    println!(
+        "| nameko-rs `#[http]` method | {ours:.0} | {:.2} |",
+        ours / bare
+    );
+    running.stop().await?;
+    Ok(())
+}
