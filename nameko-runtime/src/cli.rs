@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::service::ServiceRegistration;
-use crate::service::runner::ServiceRunner;
+use crate::service::runner::{ServiceRunner, Signals};
 
 /// Nameko-style services in one binary.
 #[derive(Debug, Parser)]
@@ -113,6 +113,8 @@ pub async fn execute(cli: Cli) -> ExitCode {
             } else {
                 tracing::info!(broker = %crate::transport::mask_password(config.broker_uri()), "running on RabbitMQ");
             }
+            // Listen for signals before anything starts, so none is lost.
+            let signals = Signals::install();
             let runner = ServiceRunner::new(config);
             let runner = if services.is_empty() {
                 Ok(runner.with_all_registered())
@@ -121,7 +123,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             };
             let result = match runner {
                 Ok(runner) => match runner.start().await {
-                    Ok(running) => running.run_until_signal().await,
+                    Ok(running) => running.run_until(signals).await,
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),

@@ -323,39 +323,70 @@ impl RunningServices {
 
     /// Runs until SIGINT or SIGTERM, then stops gracefully; a second signal kills.
     pub async fn run_until_signal(self) -> Result<(), Error> {
+        self.run_until(Signals::install()).await
+    }
+
+    /// Runs until one of `signals` arrives, then stops gracefully; a second one kills.
+    pub(crate) async fn run_until(self, mut signals: Signals) -> Result<(), Error> {
         let handle = self.stop_handle();
-        let signals = tokio::spawn(async move {
-            wait_for_signal().await;
+        let listener = tokio::spawn(async move {
+            signals.recv().await;
             tracing::info!("stopping services (send the signal again to kill them)");
             handle.stop();
-            wait_for_signal().await;
+            signals.recv().await;
             tracing::warn!("killing services");
             handle.kill();
         });
         let result = self.wait().await;
-        signals.abort();
+        listener.abort();
         result
     }
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM, listened to from the moment this is made (so a signal that arrives while
+/// services are starting is not lost, and does not end the process abruptly).
+pub(crate) struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    pub(crate) fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(interrupt), Ok(terminate)) => Some((interrupt, terminate)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGINT/SIGTERM");
+                    None
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            };
+            Signals { streams }
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        match &mut self.streams {
+            Some((interrupt, terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            None => std::future::pending().await,
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
