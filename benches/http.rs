@@ -33,6 +33,9 @@ struct Args {
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
+    /// Serve only, for profiling one server: print both addresses and wait for Ctrl-C.
+    #[arg(long)]
+    serve_only: bool,
 }
 
 #[derive(Dependencies)]
@@ -109,6 +112,11 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let ours_address = running.http_address().expect("an HTTP server");
 
+    if args.serve_only {
+        println!("bare axum: http://{bare_address}\nnameko-rs: http://{ours_address}");
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
     let path = "/multiply/6/7?third=2";
     let (mut bare_rates, mut our_rates) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
