@@ -12,12 +12,15 @@ mod events;
 mod greeter;
 #[path = "multiply.rs"]
 mod multiply;
+#[path = "ping.rs"]
+mod ping;
 
 use clap::Parser;
 use events::{MyEventHandlerService1, MyEventHandlerService2, MyEventPublisherService};
 use greeter::{ExpandedGreeterService, ExpandedGreeterServiceClient, GreeterService};
 use multiply::HttpService;
 use nameko::prelude::*;
+use ping::PingService;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -61,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         .with_service::<MyEventHandlerService1>()
         .with_service::<MyEventHandlerService2>()
         .with_service::<HttpService>()
+        .with_service::<PingService>()
         .start()
         .await?;
     println!(
@@ -106,6 +110,9 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     // Both handler services log what they received (on stderr), in a moment.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    println!("\n== Example 4: timer (ping_service prints a word every second)");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 
     println!("\n== Mistakes get clear errors, and the services keep serving");
     let unknown_method = client

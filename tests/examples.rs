@@ -24,9 +24,14 @@ struct Running(Child);
 /// Reads a child's log lines on a thread of its own, so the pipe stays open (and drained) for as
 /// long as the child runs; the receiver yields lines for up to 10 s each.
 fn log_lines(stderr: std::process::ChildStderr) -> impl Iterator<Item = String> {
+    log_lines_of(stderr)
+}
+
+/// The lines a child writes on `pipe`, read on a thread of their own (see `log_lines`).
+fn log_lines_of(pipe: impl std::io::Read + Send + 'static) -> impl Iterator<Item = String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
@@ -90,6 +95,12 @@ fn the_demo_runs_the_talk_on_the_embedded_broker() {
         "{stdout}"
     );
     assert!(stdout.contains("-> Hello Lancelot!"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| ["SPAM", "EGG", "BACON", "SPAMMY SPAM"].contains(&l)),
+        "the timer printed a word: {stdout}"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("my_event_handler_service_1 received: hi"),
@@ -307,5 +318,27 @@ fn the_multiply_example_answers_curl_as_in_the_talk() {
     );
     assert_eq!(http(&address, "GET", "/multiply/6/x").0, 404);
     assert_eq!(http(&address, "POST", "/multiply/6/7").0, 405);
+    assert!(running.terminate().success());
+}
+
+#[test]
+fn the_ping_example_prints_a_word_each_second() {
+    let mut child = Command::new(example("ping"))
+        .arg("run")
+        .env_remove("AMQP_URI")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the ping example");
+    let mut words = log_lines_of(child.stdout.take().expect("stdout"));
+    let running = Running(child);
+    let first_two: Vec<String> = words.by_ref().take(2).collect();
+    assert_eq!(first_two.len(), 2, "two words within 10 s each");
+    for word in &first_two {
+        assert!(
+            ["SPAM", "EGG", "BACON", "SPAMMY SPAM"].contains(&word.as_str()),
+            "{word}"
+        );
+    }
     assert!(running.terminate().success());
 }

@@ -131,6 +131,58 @@ impl AttrArgs {
     }
 }
 
+impl AttrArgs {
+    /// The duration value of `key`, in nanoseconds: seconds as a number (`1`, `0.5`) or a string
+    /// with a unit (`"500ms"`, `"2s"`, `"1m"`, `"1h"`); it must be positive.
+    pub(crate) fn duration(&self, key: &str, cx: &mut Ctxt) -> Option<u64> {
+        let (_, value) = self.named.iter().find(|(k, _)| k == key)?;
+        let message = format!(
+            "`{key}` takes seconds (`{key} = 1`, `{key} = 0.5`) or a duration (`{key} = \"500ms\"`)"
+        );
+        let seconds = match value {
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(i), ..
+            }) => i.base10_parse::<f64>().ok(),
+            Expr::Lit(ExprLit {
+                lit: Lit::Float(f), ..
+            }) => f.base10_parse::<f64>().ok(),
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(s), ..
+            }) => parse_duration(&s.value()),
+            _ => None,
+        };
+        match seconds {
+            Some(seconds) if seconds > 0.0 && seconds.is_finite() => {
+                Some((seconds * 1e9).round() as u64)
+            }
+            Some(_) => {
+                cx.error(value, format!("`{key}` must be more than zero"));
+                None
+            }
+            None => {
+                cx.error(value, message);
+                None
+            }
+        }
+    }
+}
+
+/// `"500ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"` in seconds.
+fn parse_duration(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    Some(number * scale)
+}
+
 /// Removes the invisible groups `macro_rules!` puts around fragments such as `$name:literal`.
 fn ungroup(expr: Expr) -> Expr {
     match expr {

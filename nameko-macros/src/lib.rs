@@ -12,6 +12,7 @@ mod http;
 mod method;
 mod rpc;
 mod service;
+mod timer;
 
 use proc_macro::TokenStream;
 
@@ -47,4 +48,12 @@ pub fn derive_dependencies(input: TokenStream) -> TokenStream {
 pub fn http(args: TokenStream, input: TokenStream) -> TokenStream {
     let _ = args;
     rpc::outside_service("http", input.into()).into()
+}
+
+/// Marks a method inside a `#[service]` block to run on a schedule. See the `nameko` crate's
+/// documentation.
+#[proc_macro_attribute]
+pub fn timer(args: TokenStream, input: TokenStream) -> TokenStream {
+    let _ = args;
+    rpc::outside_service("timer", input.into()).into()
 }

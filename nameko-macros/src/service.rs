@@ -1,7 +1,7 @@
 //! `#[service(name = "...")]` on an `impl` block: implements `Service`, registers it, and
 //! generates the typed client `<Type>Client`.
 //!
-//! Reads the entrypoint attributes (`#[rpc]`, `#[event_handler]`, `#[http]`) off the block's methods and
+//! Reads the entrypoint attributes (`#[rpc]`, `#[event_handler]`, `#[http]`, `#[timer]`) off the block's methods and
 //! removes them; a method may carry several.
 
 use proc_macro2::TokenStream;
@@ -14,11 +14,12 @@ use crate::event::EventHandler;
 use crate::http::Http;
 use crate::method::{Method, is_attr};
 use crate::rpc::Rpc;
+use crate::timer::Timer;
 
 const USAGE: &str = "`#[service(name = \"...\")]`";
 
 /// The entrypoint attributes a method of a service may carry.
-const ENTRYPOINT_ATTRS: &[&str] = &["rpc", "event_handler", "http"];
+const ENTRYPOINT_ATTRS: &[&str] = &["rpc", "event_handler", "http", "timer"];
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut item: ItemImpl = match syn::parse2(input.clone()) {
@@ -110,6 +111,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 rpc_names.push((rpc.wire_name.clone(), method.ident.clone()));
                 entrypoints.push(rpc.entrypoint(&method, &krate));
                 client_methods.push(rpc.client_method(&method, &krate));
+            } else if is_attr(attr, "timer") {
+                if let Some(timer) = Timer::parse(&method, attr, &mut cx) {
+                    entrypoints.push(timer.entrypoint(&method, &krate));
+                }
             } else if is_attr(attr, "http") {
                 if let Some(http) = Http::parse(&method, attr, &mut cx) {
                     entrypoints.push(http.entrypoint(&method, &krate));

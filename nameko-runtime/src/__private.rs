@@ -122,7 +122,7 @@ pub async fn build_dependency<T: Dependency>(
 // HTTP.
 
 pub use crate::http::{Converter, HttpCall, HttpFuture, Segment};
-pub use crate::service::HttpEntrypoint;
+pub use crate::service::{HttpEntrypoint, TimerEntrypoint};
 pub use axum::response::{IntoResponse, Response};
 
 /// The response for a panic in a synchronous handler.

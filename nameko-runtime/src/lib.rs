@@ -117,6 +117,15 @@ pub use nameko_macros::event_handler;
 /// its `exc_type` is listed in `expected_exceptions = "A,B"`, 500 otherwise.
 pub use nameko_macros::http;
 
+/// Runs a method of a `#[service]` block on a schedule: `#[timer(interval = 1)]`.
+///
+/// `interval` is in seconds (`1`, `0.5`) or a duration string (`"500ms"`, `"2s"`, `"1m"`); with
+/// `eager = true` the first run is at start. As in Nameko the schedule is anchored to the start,
+/// one run at a time: a run that overruns makes the next one start at once, so none is skipped;
+/// a failing run is logged and the timer goes on; a stop interrupts the wait. Every instance of the
+/// service runs its timers (they are not coordinated across a cluster).
+pub use nameko_macros::timer;
+
 /// Builds a service struct from its fields, each a [`Dependency`].
 pub use nameko_macros::Dependencies;
 
@@ -126,7 +135,7 @@ pub mod prelude {
     pub use crate::http::{Json, Request};
     pub use crate::{
         ClusterRpcClient, Config, Dependencies, RemoteError, RpcError, ServiceProxy, ServiceRunner,
-        ToRemoteError, WorkerContext, event_handler, http, rpc, service,
+        ToRemoteError, WorkerContext, event_handler, http, rpc, service, timer,
     };
 }
 

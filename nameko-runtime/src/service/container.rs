@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::runner::Shared;
 use super::{
     DependencyContext, Entrypoint, EventEntrypoint, HttpEntrypoint, RpcEntrypoint, Service,
+    TimerEntrypoint,
 };
 use crate::context::WorkerContext;
 use crate::error::Error;
@@ -87,6 +88,56 @@ fn http_route<S: Service>(
     }
 }
 
+/// A timer's loop: the n-th run is due at `start + n * interval` (n from 0 if eager, else 1);
+/// one run at a time; a run that overruns makes the next start at once, so none is skipped.
+/// A failing run is logged and the timer goes on; a stop interrupts the wait.
+async fn run_timer<S: Service>(
+    service: Arc<S>,
+    timer: TimerEntrypoint<S>,
+    workers: Arc<Semaphore>,
+    shared: Shared,
+) {
+    let start = tokio::time::Instant::now();
+    let mut n: u32 = if timer.eager { 0 } else { 1 };
+    loop {
+        let due = start + timer.interval * n;
+        tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return,
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        let _permit = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return,
+            permit = workers.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let context = Arc::new(WorkerContext::new(
+            S::NAME,
+            timer.name,
+            &Headers::new(),
+            shared.config.parent_calls_tracked,
+        ));
+        let call_id = context.call_id().to_owned();
+        let outcome = tokio::select! {
+            biased;
+            _ = shared.kill.cancelled() => return,
+            outcome = run_worker(context, (timer.handler)(service.clone())) => outcome,
+        };
+        match outcome {
+            Ok(Ok(())) => {
+                tracing::debug!(service = S::NAME, timer = timer.name, %call_id, "timer ran")
+            }
+            Ok(Err(error)) | Err(error) => {
+                tracing::error!(service = S::NAME, timer = timer.name, %call_id, %error, "timer run failed; the timer goes on")
+            }
+        }
+        n = n.saturating_add(1);
+    }
+}
+
 /// Runs a worker's future inside its context; a panic becomes the error object of the panic.
 async fn run_worker<T>(
     context: Arc<WorkerContext>,
@@ -121,10 +172,12 @@ pub(crate) fn start<S: Service>(
         let workers = Arc::new(Semaphore::new(shared.config.max_workers.max(1)));
         let mut rpc = Vec::new();
         let mut events = Vec::new();
+        let mut timers = Vec::new();
         for entrypoint in S::entrypoints() {
             match entrypoint {
                 Entrypoint::Rpc(e) => rpc.push(e),
                 Entrypoint::Event(e) => events.push(e),
+                Entrypoint::Timer(e) => timers.push(e),
                 Entrypoint::Http(e) => {
                     let route = http_route(service.clone(), e, workers.clone(), &shared);
                     lock(&shared.http_routes).push(route);
@@ -176,7 +229,18 @@ pub(crate) fn start<S: Service>(
             queues = ?listeners.iter().map(|l| l.queue.as_str()).collect::<Vec<_>>(),
             "service started"
         );
-        let task = tokio::spawn(run(S::NAME, listeners, workers, shared));
+        let timers = timers
+            .into_iter()
+            .map(|timer| {
+                Box::pin(run_timer(
+                    service.clone(),
+                    timer,
+                    workers.clone(),
+                    shared.clone(),
+                )) as BoxFuture<'static, ()>
+            })
+            .collect();
+        let task = tokio::spawn(run(S::NAME, listeners, timers, workers, shared));
         Ok(ServiceContainer {
             name: S::NAME,
             task,
@@ -230,14 +294,16 @@ async fn declare_event_queue<S: Service>(
 async fn run(
     service: &'static str,
     listeners: Vec<Listener>,
+    timers: Vec<BoxFuture<'static, ()>>,
     workers: Arc<Semaphore>,
     shared: Shared,
 ) -> Result<(), Error> {
     let tracker = TaskTracker::new();
     // Stops this container's loops: on a stop of the runner, or when one loop fails.
     let stop = shared.stop.child_token();
+    let timers: Vec<_> = timers.into_iter().map(tokio::spawn).collect();
     if listeners.is_empty() {
-        // Nothing to consume (a service with no entrypoints yet): run until stopped.
+        // Nothing to consume (HTTP or timers only): run until stopped.
         stop.cancelled().await;
     }
     let loops: Vec<_> = listeners
@@ -267,6 +333,10 @@ async fn run(
                 stop.cancel();
             }
         }
+    }
+    for timer in timers {
+        // A timer loop ends at the stop, once its running tick (if any) has finished.
+        let _ = timer.await;
     }
     tracker.close();
     tokio::select! {

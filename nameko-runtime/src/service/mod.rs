@@ -48,6 +48,23 @@ pub enum Entrypoint<S> {
     Event(EventEntrypoint<S>),
     /// An `#[http]` method (one per route attribute).
     Http(HttpEntrypoint<S>),
+    /// A `#[timer]` method.
+    Timer(TimerEntrypoint<S>),
+}
+
+/// The future a timer method returns.
+pub type TimerFuture = BoxFuture<'static, Result<(), RemoteError>>;
+
+/// A `#[timer]` method: run every `interval`, one run at a time.
+pub struct TimerEntrypoint<S> {
+    /// The method's name.
+    pub name: &'static str,
+    /// Time between the scheduled starts.
+    pub interval: std::time::Duration,
+    /// Whether the first run is at start rather than one interval later.
+    pub eager: bool,
+    /// Calls the method.
+    pub handler: fn(Arc<S>) -> TimerFuture,
 }
 
 /// An `#[http]` route of a method.
@@ -108,6 +125,7 @@ impl<S> Entrypoint<S> {
             Entrypoint::Rpc(rpc) => rpc.name,
             Entrypoint::Event(event) => event.name,
             Entrypoint::Http(http) => http.name,
+            Entrypoint::Timer(timer) => timer.name,
         }
     }
 
@@ -120,6 +138,12 @@ impl<S> Entrypoint<S> {
                 e.name, e.source_service, e.event_type, e.handler_type
             ),
             Entrypoint::Http(h) => format!("http {} {} {}", h.name, h.methods.join(","), h.route),
+            Entrypoint::Timer(t) => format!(
+                "timer {} every {:?}{}",
+                t.name,
+                t.interval,
+                if t.eager { " (eager)" } else { "" }
+            ),
         }
     }
 }
