@@ -342,3 +342,60 @@ fn the_ping_example_prints_a_word_each_second() {
     }
     assert!(running.terminate().success());
 }
+
+#[test]
+fn a_nameko_style_config_file_drives_show_config_and_run() {
+    let dir = std::env::temp_dir().join(format!("nameko-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "AMQP_URI: ${NAMEKO_EXAMPLE_BROKER:amqp://guest:guest@localhost}\nmax_workers: ${NAMEKO_EXAMPLE_WORKERS:4}\nGREETING: hello\n",
+    )
+    .unwrap();
+
+    let shown = Command::new(example("greeter"))
+        .args(["--config"])
+        .arg(&config)
+        .args(["--define", "max_workers=6", "show-config"])
+        .env_remove("NAMEKO_EXAMPLE_BROKER")
+        .output()
+        .expect("show-config");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("AMQP_URI: amqp://guest:********@localhost\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("max_workers: 6\n"), "{shown}");
+    assert!(shown.contains("GREETING: hello\n"), "{shown}");
+
+    let mut child = Command::new(example("greeter"))
+        .args(["--config"])
+        .arg(&config)
+        .arg("run")
+        .env("NAMEKO_EXAMPLE_BROKER", "memory://")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run with the config");
+    let mut lines = log_lines(child.stderr.take().expect("stderr"));
+    let running = Running(child);
+    let first = lines.next().expect("a log line");
+    assert!(first.contains("running on the embedded broker"), "{first}");
+    assert!(lines.any(|l| l.contains("service started")));
+    assert!(running.terminate().success());
+
+    std::fs::write(&config, "max_workers: lots\n").unwrap();
+    let bad = Command::new(example("greeter"))
+        .arg("--config")
+        .arg(&config)
+        .arg("show-config")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("`max_workers` must be a positive whole number"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

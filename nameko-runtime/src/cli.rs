@@ -1,4 +1,5 @@
-//! The command line every service binary gets from one call: `run [SERVICE...] [--broker URI]`.
+//! The command line every service binary gets from one call: `run [SERVICE...]`, `list`,
+//! `show-config`, with `--config FILE` and `--define KEY=VALUE`.
 
 use std::process::ExitCode;
 
@@ -12,9 +13,37 @@ use crate::service::runner::{ServiceRunner, Signals};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
+    /// A Nameko-style YAML configuration file (`${VAR:default}` substitution applies). Without
+    /// one, `AMQP_URI` and `WEB_SERVER_ADDRESS` come from the environment.
+    #[arg(long, short = 'c', global = true)]
+    pub config: Option<std::path::PathBuf>,
+    /// Sets a configuration key (a YAML value), over the file: `--define max_workers=4`.
+    #[arg(long = "define", short = 'd', global = true, value_name = "KEY=VALUE", value_parser = parse_define)]
+    pub defines: Vec<(String, String)>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn parse_define(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+impl Cli {
+    /// The configuration: the file (or the environment), then the `--define`s.
+    pub fn load_config(&self) -> Result<Config, crate::Error> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::from_env(),
+        };
+        for (key, value) in &self.defines {
+            config.define(key, value)?;
+        }
+        Ok(config)
+    }
 }
 
 /// The commands of a service binary.
@@ -24,21 +53,24 @@ pub enum Command {
     Run {
         /// The services to run (all registered services when none is named).
         services: Vec<String>,
-        /// The broker: `amqp://user:pass@host[:port][/vhost]`, or `memory://` for the embedded one.
-        #[arg(long, env = "AMQP_URI")]
+        /// The broker: `amqp://user:pass@host[:port][/vhost]`, or `memory://` for the embedded
+        /// one (over the configuration's `AMQP_URI`).
+        #[arg(long)]
         broker: Option<String>,
-        /// Workers running at once per service.
-        #[arg(long, default_value_t = 10)]
-        max_workers: usize,
-        /// Unacknowledged messages each consumer may hold.
-        #[arg(long, default_value_t = 10)]
-        prefetch_count: u16,
-        /// Where the HTTP server listens, `[host:]port`.
-        #[arg(long, env = "WEB_SERVER_ADDRESS", default_value = "0.0.0.0:8000")]
-        web_server_address: String,
+        /// Workers running at once per service (over `max_workers`).
+        #[arg(long)]
+        max_workers: Option<usize>,
+        /// Unacknowledged messages each consumer may hold (over `PREFETCH_COUNT`).
+        #[arg(long)]
+        prefetch_count: Option<u16>,
+        /// Where the HTTP server listens, `[host:]port` (over `WEB_SERVER_ADDRESS`).
+        #[arg(long)]
+        web_server_address: Option<String>,
     },
     /// List the services registered in this binary and their entrypoints.
     List,
+    /// Print the configuration in effect, as YAML, passwords masked.
+    ShowConfig,
 }
 
 /// The log filter used when `RUST_LOG` is not set. lapin reports every returned (unroutable)
@@ -82,7 +114,18 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command line.
 pub async fn execute(cli: Cli) -> ExitCode {
+    let config = match cli.load_config() {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            return ExitCode::FAILURE;
+        }
+    };
     match cli.command {
+        Command::ShowConfig => {
+            print!("{}", config.to_yaml());
+            ExitCode::SUCCESS
+        }
         Command::List => {
             for service in ServiceRegistration::all() {
                 println!("{}", service.name());
@@ -99,11 +142,19 @@ pub async fn execute(cli: Cli) -> ExitCode {
             prefetch_count,
             web_server_address,
         } => {
-            let mut config = Config::default()
-                .with_max_workers(max_workers)
-                .with_prefetch_count(prefetch_count);
-            config.amqp_uri = broker.filter(|b| !b.is_empty());
-            config.web_server_address = web_server_address;
+            let mut config = config;
+            if let Some(broker) = broker.filter(|b| !b.is_empty()) {
+                config.amqp_uri = Some(broker);
+            }
+            if let Some(max_workers) = max_workers {
+                config = config.with_max_workers(max_workers);
+            }
+            if let Some(prefetch_count) = prefetch_count {
+                config.prefetch_count = prefetch_count;
+            }
+            if let Some(address) = web_server_address {
+                config.web_server_address = address;
+            }
             if config.is_embedded() {
                 tracing::info!(
                     "running on the embedded broker ({}): services in this process only; \

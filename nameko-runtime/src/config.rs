@@ -36,6 +36,9 @@ pub struct Config {
     pub http_max_body_bytes: usize,
     /// How long the HTTP server lets a request run (408 beyond).
     pub http_request_timeout: Duration,
+    /// Every key of the configuration file the runtime does not use itself, for services to read
+    /// ([`Config::get`]).
+    pub extra: serde_json::Map<String, serde_json::Value>,
     /// The identifier of this instance in broadcast handlers' queue names (e.g. the host name).
     /// Unset, each start picks a new random one, which only suits handlers declared with
     /// `reliable_delivery = false`.
@@ -53,6 +56,7 @@ impl Default for Config {
             rpc_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(30),
             auto_delete_event_exchanges: false,
+            extra: serde_json::Map::new(),
             web_server_address: "0.0.0.0:8000".to_owned(),
             http_max_body_bytes: 1024 * 1024,
             http_request_timeout: Duration::from_secs(30),
@@ -124,5 +128,324 @@ impl Config {
     /// Whether the services run on the embedded broker.
     pub fn is_embedded(&self) -> bool {
         self.broker_uri().starts_with("memory://")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The configuration file.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::Error;
+
+/// Replaces `${VAR}` and `${VAR:default}` in `text` with the environment's values (`lookup`);
+/// defaults may hold further `${...}` and balanced braces. An unset variable without a default
+/// becomes the empty string, as in Nameko.
+pub fn substitute_env(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Error> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        // Find the closing brace that balances this `${`.
+        let mut depth = 1usize;
+        let mut end = None;
+        for (i, c) in after.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else {
+            return Err(Error::Config(format!(
+                "unclosed `${{` in `{}`",
+                &rest[start..].lines().next().unwrap_or("")
+            )));
+        };
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(':') {
+            Some((name, default)) => (name, Some(default)),
+            None => (inner, None),
+        };
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(Error::Config(format!(
+                "`${{{inner}}}`: `{name}` is not an environment variable name"
+            )));
+        }
+        match (lookup(name), default) {
+            (Some(value), _) => out.push_str(&value),
+            (None, Some(default)) => out.push_str(&substitute_env(default, lookup)?),
+            (None, None) => {}
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn take<T: DeserializeOwned>(
+    map: &mut serde_json::Map<String, Value>,
+    key: &str,
+    expected: &str,
+) -> Result<Option<T>, Error> {
+    match map.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => serde_json::from_value(value.clone())
+            .map(Some)
+            .map_err(|_| Error::Config(format!("`{key}` must be {expected}, not `{value}`"))),
+    }
+}
+
+impl Config {
+    /// Reads a Nameko-style YAML configuration (after `${VAR:default}` substitution from the
+    /// environment). Known keys become fields; every other key is kept in [`Config::extra`].
+    ///
+    /// ```
+    /// let config = nameko::Config::from_yaml("AMQP_URI: ${NOT_SET_ANYWHERE:memory://}\nmax_workers: 4\nGREETING: hi\n")?;
+    /// assert_eq!(config.amqp_uri.as_deref(), Some("memory://"));
+    /// assert_eq!(config.max_workers, 4);
+    /// assert_eq!(config.get::<String>("GREETING").transpose()?, Some("hi".to_owned()));
+    /// # Ok::<(), nameko::Error>(())
+    /// ```
+    pub fn from_yaml(text: &str) -> Result<Config, Error> {
+        Self::from_yaml_with(text, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_yaml`] with the environment given by `lookup`.
+    pub fn from_yaml_with(
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Error> {
+        let text = substitute_env(text, lookup)?;
+        let value: Value = serde_norway::from_str(&text)
+            .map_err(|e| Error::Config(format!("the configuration is not valid YAML: {e}")))?;
+        let map = match value {
+            Value::Object(map) => map,
+            Value::Null => serde_json::Map::new(),
+            other => {
+                return Err(Error::Config(format!(
+                    "the configuration must be a mapping of keys, not `{other}`"
+                )));
+            }
+        };
+        let mut config = Config::default();
+        config.merge(map)?;
+        Ok(config)
+    }
+
+    /// Reads a configuration file (see [`Config::from_yaml`]).
+    pub fn from_file(path: &std::path::Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_yaml(&text).map_err(|e| match e {
+            Error::Config(message) => Error::Config(format!("{}: {message}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Sets `key` to `value` (YAML, so `--define max_workers=4` gives a number), as if the file
+    /// had said so.
+    pub fn define(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        let value: Value = serde_norway::from_str(value)
+            .map_err(|e| Error::Config(format!("`{key}={value}`: not a YAML value: {e}")))?;
+        let mut map = serde_json::Map::new();
+        map.insert(key.to_owned(), value);
+        self.merge(map)
+    }
+
+    fn merge(&mut self, mut map: serde_json::Map<String, Value>) -> Result<(), Error> {
+        if let Some(uri) = take::<String>(&mut map, "AMQP_URI", "a URI string")? {
+            self.amqp_uri = Some(uri);
+        }
+        if let Some(address) = take::<Value>(&mut map, "WEB_SERVER_ADDRESS", "`[host:]port`")? {
+            self.web_server_address = match address {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(Error::Config(format!(
+                        "`WEB_SERVER_ADDRESS` must be `[host:]port`, not `{other}`"
+                    )));
+                }
+            };
+        }
+        if let Some(v) = take(&mut map, "rpc_exchange", "a string")? {
+            self.rpc_exchange = v;
+        }
+        if let Some(v) = take::<usize>(&mut map, "max_workers", "a positive whole number")? {
+            self.max_workers = if v == 0 {
+                Config::default().max_workers
+            } else {
+                v
+            };
+        }
+        if let Some(v) = take(&mut map, "parent_calls_tracked", "a whole number")? {
+            self.parent_calls_tracked = v;
+        }
+        if let Some(v) = take(&mut map, "PREFETCH_COUNT", "a whole number from 0 to 65535")? {
+            self.prefetch_count = v;
+        }
+        if let Some(v) = take::<f64>(&mut map, "RPC_TIMEOUT", "a number of seconds")? {
+            self.rpc_timeout = Duration::try_from_secs_f64(v).map_err(|_| {
+                Error::Config(format!(
+                    "`RPC_TIMEOUT` must be a positive number of seconds, not `{v}`"
+                ))
+            })?;
+        }
+        if let Some(v) = take(&mut map, "AUTO_DELETE_EVENT_EXCHANGES", "true or false")? {
+            self.auto_delete_event_exchanges = v;
+        }
+        if let Some(v) = take::<String>(&mut map, "serializer", "a string")? {
+            if v != "json" {
+                return Err(Error::Config(format!(
+                    "`serializer: {v}` is not supported: only json is"
+                )));
+            }
+        }
+        for (key, value) in map {
+            self.extra.insert(key, value);
+        }
+        Ok(())
+    }
+
+    /// A key of the configuration file the runtime does not use, read as a `T`: `None` if absent,
+    /// an error naming the key if it does not fit.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Option<Result<T, Error>> {
+        self.extra.get(key).map(|value| {
+            serde_json::from_value(value.clone())
+                .map_err(|e| Error::Config(format!("`{key}`: {e}")))
+        })
+    }
+
+    /// The configuration as YAML, passwords masked (what `show-config` prints).
+    pub fn to_yaml(&self) -> String {
+        let mut map = serde_json::Map::new();
+        map.insert(
+            "AMQP_URI".into(),
+            Value::String(crate::transport::mask_password(self.broker_uri())),
+        );
+        map.insert(
+            "WEB_SERVER_ADDRESS".into(),
+            Value::String(self.web_server_address.clone()),
+        );
+        map.insert(
+            "rpc_exchange".into(),
+            Value::String(self.rpc_exchange.clone()),
+        );
+        map.insert("max_workers".into(), Value::from(self.max_workers));
+        map.insert(
+            "parent_calls_tracked".into(),
+            Value::from(self.parent_calls_tracked),
+        );
+        map.insert("PREFETCH_COUNT".into(), Value::from(self.prefetch_count));
+        map.insert(
+            "RPC_TIMEOUT".into(),
+            Value::from(self.rpc_timeout.as_secs_f64()),
+        );
+        map.insert("serializer".into(), Value::String("json".into()));
+        for (key, value) in &self.extra {
+            map.insert(key.clone(), value.clone());
+        }
+        serde_norway::to_string(&map).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "HOST" => Some("rabbit".into()),
+            "N" => Some("7".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn substitution_covers_every_form() {
+        let s = |t: &str| substitute_env(t, &env).unwrap();
+        assert_eq!(s("amqp://${HOST}:5672"), "amqp://rabbit:5672");
+        assert_eq!(s("${MISSING}"), "");
+        assert_eq!(s("${MISSING:10}"), "10");
+        assert_eq!(s("${N:10}"), "7");
+        assert_eq!(
+            s("${MISSING:amqp://guest:guest@localhost}"),
+            "amqp://guest:guest@localhost"
+        );
+        assert_eq!(s("${A:${B:${HOST}}}"), "rabbit");
+        assert_eq!(s("${MISSING:https://x/{path}}"), "https://x/{path}");
+        assert_eq!(s("${EMPTY:default}"), "");
+        assert!(substitute_env("${UNCLOSED", &env).is_err());
+        assert!(substitute_env("${not a name}", &env).is_err());
+    }
+
+    #[test]
+    fn substituted_values_are_read_as_yaml() {
+        let text = "AMQP_URI: ${AMQP:amqp://guest:guest@${HOST}}\nmax_workers: ${N:10}\nPREFETCH_COUNT: ${P:20}\nFLAGS: ${F:[a, b]}\nNOTHING: ${MISSING}\n";
+        let config = Config::from_yaml_with(text, &env).unwrap();
+        assert_eq!(
+            config.amqp_uri.as_deref(),
+            Some("amqp://guest:guest@rabbit")
+        );
+        assert_eq!(config.max_workers, 7);
+        assert_eq!(config.prefetch_count, 20);
+        assert_eq!(
+            config.get::<Vec<String>>("FLAGS").unwrap().unwrap(),
+            ["a", "b"]
+        );
+        assert_eq!(
+            config.get::<Option<String>>("NOTHING").unwrap().unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn wrong_values_name_their_key() {
+        let e = Config::from_yaml_with("max_workers: many\n", &env).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration error: `max_workers` must be a positive whole number, not `\"many\"`"
+        );
+        let e = Config::from_yaml_with("PREFETCH_COUNT: 70000\n", &env).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`PREFETCH_COUNT` must be a whole number from 0 to 65535"),
+            "{e}"
+        );
+        let e = Config::from_yaml_with("a: [1\nb: 2\n", &env).unwrap_err();
+        assert!(
+            e.to_string().contains("not valid YAML") && e.to_string().contains("line"),
+            "{e}"
+        );
+        let e = Config::from_yaml_with("serializer: pickle\n", &env).unwrap_err();
+        assert!(e.to_string().contains("only json"), "{e}");
+        let e = Config::from_yaml_with("- a list\n", &env).unwrap_err();
+        assert!(e.to_string().contains("mapping"), "{e}");
+    }
+
+    #[test]
+    fn defines_override_and_show_config_masks_passwords() {
+        let mut config =
+            Config::from_yaml_with("AMQP_URI: amqp://u:secret@h\nmax_workers: 3\n", &env).unwrap();
+        config.define("max_workers", "5").unwrap();
+        config.define("CUSTOM", "{a: 1}").unwrap();
+        assert_eq!(config.max_workers, 5);
+        let shown = config.to_yaml();
+        assert!(shown.contains("AMQP_URI: amqp://u:********@h"), "{shown}");
+        assert!(!shown.contains("secret"));
+        assert!(shown.contains("CUSTOM:"), "{shown}");
     }
 }
