@@ -306,12 +306,12 @@ impl Config {
         if let Some(v) = take(&mut map, "AUTO_DELETE_EVENT_EXCHANGES", "true or false")? {
             self.auto_delete_event_exchanges = v;
         }
-        if let Some(v) = take::<String>(&mut map, "serializer", "a string")? {
-            if v != "json" {
-                return Err(Error::Config(format!(
-                    "`serializer: {v}` is not supported: only json is"
-                )));
-            }
+        if let Some(v) = take::<String>(&mut map, "serializer", "a string")?
+            && v != "json"
+        {
+            return Err(Error::Config(format!(
+                "`serializer: {v}` is not supported: only json is"
+            )));
         }
         for (key, value) in map {
             self.extra.insert(key, value);
