@@ -80,8 +80,21 @@ pub const DEFAULT_LOG_FILTER: &str = "info,lapin=warn,lapin::returned_messages=e
 /// Installs a `tracing` subscriber printing to stderr, filtered by `RUST_LOG` (default
 /// [`DEFAULT_LOG_FILTER`]). Does nothing if one is installed already.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    init_logging_with(None);
+}
+
+/// Like [`init_logging`], with `filter` (e.g. the configuration's `LOGGING`) used when `RUST_LOG`
+/// is not set.
+pub fn init_logging_with(filter: Option<String>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let fallback = || tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER);
+        match filter {
+            Some(filter) => {
+                tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| fallback())
+            }
+            None => fallback(),
+        }
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -98,7 +111,11 @@ pub fn init_logging() {
 /// ```
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging_with(
+        cli.load_config()
+            .ok()
+            .and_then(|config| config.log_filter()),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -328,6 +328,25 @@ impl Config {
         })
     }
 
+    /// The log filter the `LOGGING` key asks for: a filter string (`"info,nameko=debug"`) or a
+    /// mapping with a `level` (`{level: DEBUG}`, the part of Nameko's `dictConfig` that carries
+    /// over). `RUST_LOG`, when set, wins over it.
+    pub fn log_filter(&self) -> Option<String> {
+        let quiet = "lapin=warn,lapin::returned_messages=error";
+        match self.extra.get("LOGGING")? {
+            Value::String(filter) => Some(filter.clone()),
+            Value::Object(map) => {
+                let level = map
+                    .get("level")
+                    .or_else(|| map.get("root").and_then(|root| root.get("level")))?
+                    .as_str()?
+                    .to_ascii_lowercase();
+                Some(format!("{level},{quiet}"))
+            }
+            _ => None,
+        }
+    }
+
     /// The configuration as YAML, passwords masked (what `show-config` prints).
     pub fn to_yaml(&self) -> String {
         let mut map = serde_json::Map::new();
@@ -434,6 +453,18 @@ mod tests {
         assert!(e.to_string().contains("only json"), "{e}");
         let e = Config::from_yaml_with("- a list\n", &env).unwrap_err();
         assert!(e.to_string().contains("mapping"), "{e}");
+    }
+
+    #[test]
+    fn the_logging_key_gives_a_filter() {
+        let config = Config::from_yaml_with("LOGGING: {root: {level: DEBUG}}\n", &env).unwrap();
+        assert_eq!(
+            config.log_filter().as_deref(),
+            Some("debug,lapin=warn,lapin::returned_messages=error")
+        );
+        let config = Config::from_yaml_with("LOGGING: warn,nameko=debug\n", &env).unwrap();
+        assert_eq!(config.log_filter().as_deref(), Some("warn,nameko=debug"));
+        assert_eq!(Config::default().log_filter(), None);
     }
 
     #[test]

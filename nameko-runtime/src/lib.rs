@@ -61,6 +61,7 @@ pub mod http;
 pub mod protocol;
 pub mod rpc;
 pub mod service;
+pub mod shell;
 pub mod transport;
 
 pub use cli::main;

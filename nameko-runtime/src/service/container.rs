@@ -138,13 +138,22 @@ async fn run_timer<S: Service>(
     }
 }
 
-/// Runs a worker's future inside its context; a panic becomes the error object of the panic.
+/// Runs a worker's future inside its context and its `worker` span (service, entrypoint, call
+/// id: every log line of the worker carries them); a panic becomes the error object of the panic.
 async fn run_worker<T>(
     context: Arc<WorkerContext>,
     future: impl Future<Output = T>,
 ) -> Result<T, RemoteError> {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "worker",
+        service = context.service_name(),
+        entrypoint = context.entrypoint(),
+        call_id = context.call_id()
+    );
     context
         .scope(AssertUnwindSafe(future).catch_unwind())
+        .instrument(span)
         .await
         .map_err(|panic| panic_error(panic.as_ref()))
 }

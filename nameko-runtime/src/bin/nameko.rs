@@ -1,0 +1,342 @@
+//! `nameko`: talk to a cluster from the command line.
+//!
+//! ```text
+//! nameko call greeter_service.greet '["Tim"]' [--kwargs '{}'] [--timeout 5] [--broker URI | --config FILE]
+//! nameko dispatch my_event_publisher_service my_event '"hi"'
+//! nameko shell                      # greeter_service.greet("Tim"), dispatch("svc", "type", {"a": 1})
+//! nameko show-config [--config FILE]
+//! ```
+
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use nameko::events::StandaloneEventDispatcher;
+use nameko::shell::{Line, parse_line};
+use nameko::{ClusterRpcClient, Config, RpcError};
+use serde_json::Value;
+
+/// Talk to Nameko services (Rust or Python) from the command line.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// The broker (over the configuration's `AMQP_URI`); default `amqp://guest:guest@localhost`.
+    #[arg(long, global = true)]
+    broker: Option<String>,
+    /// A Nameko-style YAML configuration file.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<std::path::PathBuf>,
+    /// Sets a configuration key: `--define rpc_exchange=my-rpc`.
+    #[arg(long = "define", short = 'd', global = true, value_name = "KEY=VALUE")]
+    defines: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Call one method; the result is printed as JSON.
+    Call {
+        /// `service.method`.
+        target: String,
+        /// Positional arguments, a JSON list (default `[]`).
+        #[arg(default_value = "[]")]
+        args: String,
+        /// Keyword arguments, a JSON object.
+        #[arg(long, default_value = "{}")]
+        kwargs: String,
+        /// Seconds to wait for the reply.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Dispatch an event in the name of a service.
+    Dispatch {
+        /// The source service.
+        service: String,
+        /// The event type.
+        event_type: String,
+        /// The payload, JSON.
+        payload: String,
+    },
+    /// An interactive shell: `service.method(args, key=value)` and `dispatch(service, type, payload)`.
+    Shell,
+    /// Print the configuration in effect, passwords masked.
+    ShowConfig,
+}
+
+fn config(cli: &Cli) -> Result<Config, String> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => Config::from_env(),
+    };
+    for define in &cli.defines {
+        let (key, value) = define
+            .split_once('=')
+            .ok_or_else(|| format!("`{define}` is not KEY=VALUE"))?;
+        config
+            .define(key.trim(), value)
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(broker) = &cli.broker {
+        config.amqp_uri = Some(broker.clone());
+    }
+    if config.amqp_uri.is_none() {
+        config.amqp_uri = Some("amqp://guest:guest@localhost".into());
+    }
+    Ok(config)
+}
+
+fn describe(error: &RpcError) -> String {
+    match error {
+        RpcError::Remote(remote) => format!("{}: {}", remote.exc_type, remote.value),
+        other => other.to_string(),
+    }
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+struct Session {
+    client: ClusterRpcClient,
+    dispatcher: StandaloneEventDispatcher,
+}
+
+impl Session {
+    async fn connect(config: &Config) -> Result<Session, String> {
+        let transport = nameko::transport::connect(config.broker_uri())
+            .await
+            .map_err(|e| e.to_string())?;
+        let client = ClusterRpcClient::standalone(transport.clone(), config)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Session {
+            client,
+            dispatcher: StandaloneEventDispatcher::new(transport, config),
+        })
+    }
+
+    async fn run(&self, line: Line) -> Result<Option<Value>, String> {
+        match line {
+            Line::Call {
+                service,
+                method,
+                args,
+                kwargs,
+            } => self
+                .client
+                .service(service)
+                .call_with::<_, _, Value>(&method, args, Value::Object(kwargs))
+                .await
+                .map(Some)
+                .map_err(|e| describe(&e)),
+            Line::Dispatch {
+                service,
+                event_type,
+                payload,
+            } => self
+                .dispatcher
+                .dispatch(&service, &event_type, &payload)
+                .await
+                .map(|()| None)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+async fn shell(config: &Config) -> ExitCode {
+    let session = match Session::connect(config).await {
+        Ok(session) => session,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if std::io::stdin().is_terminal() {
+        interactive(&session, config).await
+    } else {
+        // Piped: line by line, stopping at the first error.
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else {
+                return ExitCode::FAILURE;
+            };
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match parse_line(line) {
+                Ok(parsed) => match session.run(parsed).await {
+                    Ok(Some(value)) => println!("{}", pretty(&value)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        ExitCode::SUCCESS
+    }
+}
+
+async fn interactive(session: &Session, config: &Config) -> ExitCode {
+    let mut editor = match rustyline::DefaultEditor::new() {
+        Ok(editor) => editor,
+        Err(e) => {
+            eprintln!("error: cannot start the line editor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let history =
+        std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".nameko_history"));
+    if let Some(history) = &history {
+        let _ = editor.load_history(history);
+    }
+    println!(
+        "nameko shell on {}\n  service.method(arg, key=value)   call a method (Rust or Python)\n  dispatch(\"service\", \"event_type\", payload)\n  Ctrl-D to leave",
+        nameko::transport::mask_password(config.broker_uri())
+    );
+    loop {
+        let line = match editor.readline(">>> ") {
+            Ok(line) => line,
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(_) => break,
+        };
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(trimmed);
+        match parse_line(trimmed) {
+            Ok(parsed) => match session.run(parsed).await {
+                Ok(Some(value)) => println!("{}", pretty(&value)),
+                Ok(None) => println!("dispatched"),
+                Err(e) => println!("error: {e}"),
+            },
+            Err(e) => println!("error: {e}"),
+        }
+    }
+    if let Some(history) = &history {
+        let _ = editor.save_history(history);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn execute(cli: Cli) -> ExitCode {
+    let config = match config(&cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::ShowConfig => {
+            print!("{}", config.to_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Shell => shell(&config).await,
+        Command::Call {
+            target,
+            args,
+            kwargs,
+            timeout,
+        } => {
+            let Some((service, method)) = target.split_once('.') else {
+                eprintln!("error: `{target}` is not service.method");
+                return ExitCode::FAILURE;
+            };
+            let (args, kwargs): (Value, Value) =
+                match (serde_json::from_str(&args), serde_json::from_str(&kwargs)) {
+                    (Ok(args @ Value::Array(_)), Ok(kwargs @ Value::Object(_))) => (args, kwargs),
+                    _ => {
+                        eprintln!(
+                            "error: the arguments are a JSON list and --kwargs a JSON object"
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                };
+            let Ok(timeout) = Duration::try_from_secs_f64(timeout) else {
+                eprintln!("error: --timeout takes a positive number of seconds");
+                return ExitCode::FAILURE;
+            };
+            let session = match Session::connect(&config).await {
+                Ok(session) => session,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = session
+                .client
+                .with_timeout(timeout)
+                .service(service.to_owned())
+                .call_with::<_, _, Value>(method, args, kwargs)
+                .await;
+            match result {
+                Ok(value) => {
+                    println!("{value}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}", describe(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dispatch {
+            service,
+            event_type,
+            payload,
+        } => {
+            let payload: Value = match serde_json::from_str(&payload) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    eprintln!("error: the payload is not JSON: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let session = match Session::connect(&config).await {
+                Ok(session) => session,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match session
+                .run(Line::Dispatch {
+                    service,
+                    event_type,
+                    payload,
+                })
+                .await
+            {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(execute(cli))
+}

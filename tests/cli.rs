@@ -1,0 +1,239 @@
+//! The standalone `nameko` binary against running services, Rust and Python, on RabbitMQ.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use common::{PythonServices, TestBroker, python, wait_for_service};
+use serde_json::json;
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// Runs `nameko` with these arguments (and `stdin`, if given).
+fn nameko(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(target_dir().join("nameko"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run nameko");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("nameko finishes")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// An example binary running on `broker`, its log drained; killed on drop.
+struct Example(Child);
+
+impl Example {
+    fn start(name: &str, broker: &TestBroker) -> (Example, std::sync::mpsc::Receiver<String>) {
+        let mut child = Command::new(target_dir().join("examples").join(name))
+            .args([
+                "run",
+                "--broker",
+                &broker.uri,
+                "--web-server-address",
+                "127.0.0.1:0",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the example");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (Example(child), rx)
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn call_and_shell_reach_a_rust_service() {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let (_greeter, _log) = Example::start("greeter", &broker);
+    let client = nameko::ClusterRpcClient::connect(&broker.uri)
+        .await
+        .unwrap();
+    wait_for_service(&client, "greeter_service", "greet", json!(["ready?"])).await;
+    let uri = broker.uri.as_str();
+
+    let out = nameko(
+        &[
+            "call",
+            "greeter_service.greet",
+            r#"["Tim"]"#,
+            "--broker",
+            uri,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "\"Hello Tim!\"\n");
+
+    let out = nameko(
+        &[
+            "call",
+            "greeter_service.greet",
+            "--kwargs",
+            r#"{"name": "Tim"}"#,
+            "--broker",
+            uri,
+        ],
+        None,
+    );
+    assert_eq!(stdout(&out), "\"Hello Tim!\"\n");
+
+    let out = nameko(
+        &[
+            "call",
+            "greeter_service.shout",
+            r#"["Tim"]"#,
+            "--broker",
+            uri,
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out), "error: MethodNotFound: shout\n");
+
+    let out = nameko(
+        &["call", "nowhere.greet", "--broker", uri, "--timeout", "5"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out), "error: Unknown service `nowhere`\n");
+
+    let out = nameko(
+        &["shell", "--broker", uri],
+        Some("greeter_service.greet(name=\"Tim\")\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "\"Hello Tim!\"\n");
+
+    let script = "greeter_service.greet(\"Tim\")\ngreeter_service.greet(1, 2)\ngreeter_service.greet(\"never\")\n";
+    let out = nameko(&["shell", "--broker", uri], Some(script));
+    assert!(
+        !out.status.success(),
+        "piped input stops at the first error"
+    );
+    assert_eq!(stdout(&out), "\"Hello Tim!\"\n");
+    assert!(
+        stderr(&out).starts_with("error: IncorrectSignature: greet() takes 2 positional arguments"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dispatch_reaches_event_handlers() {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let (_events, log) = Example::start("events", &broker);
+    let client = nameko::ClusterRpcClient::connect(&broker.uri)
+        .await
+        .unwrap();
+    wait_for_service(
+        &client,
+        "my_event_publisher_service",
+        "publish",
+        json!(["warm-up"]),
+    )
+    .await;
+    let out = nameko(
+        &[
+            "dispatch",
+            "my_event_publisher_service",
+            "my_event",
+            r#""from the command line""#,
+            "--broker",
+            &broker.uri,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut received = Vec::new();
+    while received.len() < 2 {
+        let line = log
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a log line");
+        if line.contains("received: from the command line") {
+            received.push(line);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn call_reaches_a_python_service_the_same_way() {
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else {
+        return;
+    };
+    let _python = PythonServices::start(&python, &broker, &["PythonService"]);
+    let client = nameko::ClusterRpcClient::connect(&broker.uri)
+        .await
+        .unwrap();
+    wait_for_service(&client, "python_service", "echo", json!([1])).await;
+    let out = nameko(
+        &[
+            "call",
+            "python_service.add",
+            "[40, 2]",
+            "--broker",
+            &broker.uri,
+        ],
+        None,
+    );
+    assert_eq!(stdout(&out), "42\n", "{}", stderr(&out));
+    let out = nameko(
+        &["shell", "--broker", &broker.uri],
+        Some("python_service.raise_value_error('boom')\n"),
+    );
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out), "error: ValueError: boom\n");
+}
+
+#[test]
+fn show_config_prints_the_file_with_passwords_masked() {
+    let path = std::env::temp_dir().join(format!("nameko-cli-{}.yaml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, "AMQP_URI: ${NAMEKO_CLI_TEST_URI:amqp://user:secret@rabbit:5672/vh}\nrpc_exchange: my-rpc\n").unwrap();
+    let out = nameko(&["show-config", "--config", path.to_str().unwrap()], None);
+    let _ = std::fs::remove_file(&path);
+    let shown = stdout(&out);
+    assert!(
+        shown.contains("AMQP_URI: amqp://user:********@rabbit:5672/vh\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("rpc_exchange: my-rpc\n"), "{shown}");
+    assert!(!shown.contains("secret"));
+}
