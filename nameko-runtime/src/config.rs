@@ -28,6 +28,9 @@ pub struct Config {
     pub rpc_timeout: Duration,
     /// How long a graceful stop waits for running workers before killing them.
     pub stop_timeout: Duration,
+    /// `HEARTBEAT`: seconds between AMQP heartbeats (`None`: the broker's proposal, 60 s on
+    /// RabbitMQ).
+    pub heartbeat: Option<u16>,
     /// `AUTO_DELETE_EVENT_EXCHANGES`: declare `<service>.events` exchanges auto-deleting.
     pub auto_delete_event_exchanges: bool,
     /// `WEB_SERVER_ADDRESS`: where the HTTP server listens, `[host:]port`.
@@ -55,6 +58,7 @@ impl Default for Config {
             parent_calls_tracked: 10,
             rpc_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(30),
+            heartbeat: None,
             auto_delete_event_exchanges: false,
             extra: serde_json::Map::new(),
             web_server_address: "0.0.0.0:8000".to_owned(),
@@ -123,6 +127,19 @@ impl Config {
     /// The broker URI in effect: `AMQP_URI`, or the embedded broker.
     pub fn broker_uri(&self) -> &str {
         self.amqp_uri.as_deref().unwrap_or(EMBEDDED_BROKER_URI)
+    }
+
+    /// The URI to connect with: the broker URI, with `HEARTBEAT` as its `heartbeat` parameter
+    /// when set (and the URI does not say otherwise).
+    pub fn connection_uri(&self) -> String {
+        let uri = self.broker_uri();
+        match self.heartbeat {
+            Some(seconds) if !self.is_embedded() && !uri.contains("heartbeat=") => {
+                let separator = if uri.contains('?') { '&' } else { '?' };
+                format!("{uri}{separator}heartbeat={seconds}")
+            }
+            _ => uri.to_owned(),
+        }
     }
 
     /// Whether the services run on the embedded broker.
@@ -303,6 +320,9 @@ impl Config {
                 ))
             })?;
         }
+        if let Some(v) = take(&mut map, "HEARTBEAT", "a whole number of seconds")? {
+            self.heartbeat = Some(v);
+        }
         if let Some(v) = take(&mut map, "AUTO_DELETE_EVENT_EXCHANGES", "true or false")? {
             self.auto_delete_event_exchanges = v;
         }
@@ -368,6 +388,9 @@ impl Config {
             Value::from(self.parent_calls_tracked),
         );
         map.insert("PREFETCH_COUNT".into(), Value::from(self.prefetch_count));
+        if let Some(heartbeat) = self.heartbeat {
+            map.insert("HEARTBEAT".into(), Value::from(heartbeat));
+        }
         map.insert(
             "RPC_TIMEOUT".into(),
             Value::from(self.rpc_timeout.as_secs_f64()),

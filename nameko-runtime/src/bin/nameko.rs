@@ -105,7 +105,7 @@ struct Session {
 
 impl Session {
     async fn connect(config: &Config) -> Result<Session, String> {
-        let transport = nameko::transport::connect(config.broker_uri())
+        let transport = nameko::transport::connect(&config.connection_uri())
             .await
             .map_err(|e| e.to_string())?;
         let client = ClusterRpcClient::standalone(transport.clone(), config)

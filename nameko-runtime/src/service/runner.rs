@@ -134,7 +134,7 @@ impl ServiceRunner {
         }
         let transport = match self.transport {
             Some(t) => t,
-            None => transport::connect(self.config.broker_uri()).await?,
+            None => transport::connect(&self.config.connection_uri()).await?,
         };
         let shared = Shared {
             config: self.config,
