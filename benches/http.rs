@@ -38,21 +38,10 @@ struct Args {
     serve_only: bool,
 }
 
-#[derive(Dependencies)]
-pub struct HttpService;
-
-#[service(name = "multiply_service")]
-impl HttpService {
-    #[http("GET", "/multiply/<int:first>/<int:second>")]
-    async fn get_method(&self, first: i64, second: i64, request: Request) -> Json<Value> {
-        let third: i64 = request
-            .args()
-            .get("third")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(1);
-        Json(json!({ "value": first * second * third }))
-    }
-}
+// The service measured is the talk's example itself.
+#[path = "../examples/multiply.rs"]
+mod multiply;
+use multiply::HttpService;
 
 #[derive(Deserialize)]
 struct Third {

@@ -104,6 +104,13 @@ struct Session {
 }
 
 impl Session {
+    /// Connects, or says why not on stderr.
+    async fn open(config: &Config) -> Result<Session, ()> {
+        Session::connect(config)
+            .await
+            .map_err(|e| eprintln!("error: {e}"))
+    }
+
     async fn connect(config: &Config) -> Result<Session, String> {
         let transport = nameko::transport::connect(&config.connection_uri())
             .await
@@ -146,12 +153,8 @@ impl Session {
 }
 
 async fn shell(config: &Config) -> ExitCode {
-    let session = match Session::connect(config).await {
-        Ok(session) => session,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Ok(session) = Session::open(config).await else {
+        return ExitCode::FAILURE;
     };
     if std::io::stdin().is_terminal() {
         interactive(&session, config).await
@@ -265,12 +268,8 @@ async fn execute(cli: Cli) -> ExitCode {
                 eprintln!("error: --timeout takes a positive number of seconds");
                 return ExitCode::FAILURE;
             };
-            let session = match Session::connect(&config).await {
-                Ok(session) => session,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Ok(session) = Session::open(&config).await else {
+                return ExitCode::FAILURE;
             };
             let result = session
                 .client
@@ -301,12 +300,8 @@ async fn execute(cli: Cli) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let session = match Session::connect(&config).await {
-                Ok(session) => session,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Ok(session) = Session::open(&config).await else {
+                return ExitCode::FAILURE;
             };
             match session
                 .run(Line::Dispatch {
