@@ -2,20 +2,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
-use common::{PythonServices, TestBroker, python, wait_for_service};
+use common::{
+    PythonServices, Running, TestBroker, example, log_lines, python, target_dir, wait_for_service,
+};
 use serde_json::json;
-
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>")
-        .to_path_buf()
-}
 
 /// Runs `nameko` with these arguments (and `stdin`, if given).
 fn nameko(args: &[&str], stdin: Option<&str>) -> Output {
@@ -42,38 +35,21 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// An example binary running on `broker`, its log drained; killed on drop.
-struct Example(Child);
-
-impl Example {
-    fn start(name: &str, broker: &TestBroker) -> (Example, std::sync::mpsc::Receiver<String>) {
-        let mut child = Command::new(target_dir().join("examples").join(name))
-            .args([
-                "run",
-                "--broker",
-                &broker.uri,
-                "--web-server-address",
-                "127.0.0.1:0",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the example");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        (Example(child), rx)
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// An example binary running on `broker`, and its log.
+fn start_example(name: &str, broker: &TestBroker) -> (Running, impl Iterator<Item = String>) {
+    let mut child = Command::new(example(name))
+        .args([
+            "run",
+            "--broker",
+            &broker.uri,
+            "--web-server-address",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    let lines = log_lines(child.stderr.take().expect("stderr"));
+    (Running(child), lines)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -81,7 +57,7 @@ async fn call_and_shell_reach_a_rust_service() {
     let Some(broker) = TestBroker::amqp() else {
         return;
     };
-    let (_greeter, _log) = Example::start("greeter", &broker);
+    let (_greeter, _log) = start_example("greeter", &broker);
     let client = nameko::ClusterRpcClient::connect(&broker.uri)
         .await
         .unwrap();
@@ -160,7 +136,7 @@ async fn dispatch_reaches_event_handlers() {
     let Some(broker) = TestBroker::amqp() else {
         return;
     };
-    let (_events, log) = Example::start("events", &broker);
+    let (_events, mut log) = start_example("events", &broker);
     let client = nameko::ClusterRpcClient::connect(&broker.uri)
         .await
         .unwrap();
@@ -183,15 +159,12 @@ async fn dispatch_reaches_event_handlers() {
         None,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let mut received = Vec::new();
-    while received.len() < 2 {
-        let line = log
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("a log line");
-        if line.contains("received: from the command line") {
-            received.push(line);
-        }
-    }
+    let received = log
+        .by_ref()
+        .filter(|line| line.contains("received: from the command line"))
+        .take(2)
+        .count();
+    assert_eq!(received, 2, "both handler services log the event");
 }
 
 #[tokio::test(flavor = "multi_thread")]

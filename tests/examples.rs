@@ -2,60 +2,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use common::{TestBroker, python, python_calls, wait_for_service};
+use common::{
+    Running, TestBroker, example, log_lines, log_lines_of, python, python_calls, wait_for_service,
+};
 use serde_json::json;
-
-/// The path of a built example (`cargo test` builds the examples next to the tests).
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    dir.join("examples").join(name)
-}
-
-struct Running(Child);
-
-/// Reads a child's log lines on a thread of its own, so the pipe stays open (and drained) for as
-/// long as the child runs; the receiver yields lines for up to 10 s each.
-fn log_lines(stderr: std::process::ChildStderr) -> impl Iterator<Item = String> {
-    log_lines_of(stderr)
-}
-
-/// The lines a child writes on `pipe`, read on a thread of their own (see `log_lines`).
-fn log_lines_of(pipe: impl std::io::Read + Send + 'static) -> impl Iterator<Item = String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    std::iter::from_fn(move || rx.recv_timeout(std::time::Duration::from_secs(10)).ok())
-}
-
-impl Running {
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        self.0.wait().expect("wait for the example")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn the_demo_runs_the_talk_on_the_embedded_broker() {

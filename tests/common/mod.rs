@@ -309,3 +309,59 @@ mod tempfile_path {
         }
     }
 }
+
+/// The build's target directory (`target/<profile>`), where `cargo test` puts the binaries and
+/// examples next to the tests.
+pub fn target_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// The path of a built example.
+pub fn example(name: &str) -> std::path::PathBuf {
+    target_dir().join("examples").join(name)
+}
+
+/// A running child process (an example, a service binary): killed on drop.
+pub struct Running(pub std::process::Child);
+
+impl Running {
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        self.0.wait().expect("wait for the process")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A child's log lines, read on a thread of their own so that the pipe stays open (and drained)
+/// for as long as the child runs; each line is waited for up to 10 s.
+pub fn log_lines(stderr: std::process::ChildStderr) -> impl Iterator<Item = String> {
+    log_lines_of(stderr)
+}
+
+/// The lines a child writes on `pipe` (see [`log_lines`]).
+pub fn log_lines_of(pipe: impl std::io::Read + Send + 'static) -> impl Iterator<Item = String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::iter::from_fn(move || rx.recv_timeout(std::time::Duration::from_secs(10)).ok())
+}
