@@ -208,3 +208,68 @@ pub(crate) fn check_wire_name(lit: &LitStr, what: &str, cx: &mut Ctxt) {
         );
     }
 }
+
+/// The keys every entrypoint takes, as in Nameko.
+pub(crate) const OPTION_KEYS: [&str; 2] = ["expected_exceptions", "sensitive_arguments"];
+
+/// `expected_exceptions = "A,B"` and `sensitive_arguments = "password,user.token"`.
+pub(crate) struct EntrypointOptions {
+    pub(crate) expected: Vec<String>,
+    pub(crate) sensitive: Vec<String>,
+}
+
+fn comma_list(lit: &LitStr) -> Vec<String> {
+    lit.value()
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+impl EntrypointOptions {
+    /// Reads both keys; each sensitive path must start at one of `params` (the arguments the
+    /// entrypoint logs), named in `method`.
+    pub(crate) fn parse(
+        args: &AttrArgs,
+        params: &[String],
+        method: &syn::Ident,
+        cx: &mut Ctxt,
+    ) -> EntrypointOptions {
+        let expected = args
+            .string("expected_exceptions", cx)
+            .map(|lit| comma_list(&lit))
+            .unwrap_or_default();
+        let mut sensitive = Vec::new();
+        if let Some(lit) = args.string("sensitive_arguments", cx) {
+            for path in comma_list(&lit) {
+                let root = path.split(['.', '[']).next().unwrap_or("");
+                if params.iter().any(|p| p == root) {
+                    sensitive.push(path);
+                } else if params.is_empty() {
+                    cx.error(&lit, format!("`{method}` has no arguments to redact"));
+                } else {
+                    cx.error(
+                        &lit,
+                        format!(
+                            "`{root}` is not an argument of `{method}` (its arguments: {})",
+                            params.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        EntrypointOptions {
+            expected,
+            sensitive,
+        }
+    }
+
+    /// `expected_exceptions: &[...], sensitive_arguments: &[...],` for an entrypoint struct.
+    pub(crate) fn fields(&self) -> TokenStream {
+        let (expected, sensitive) = (&self.expected, &self.sensitive);
+        quote::quote! {
+            expected_exceptions: &[#(#expected),*],
+            sensitive_arguments: &[#(#sensitive),*],
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! `#[derive(Dependencies)]`: builds a service struct field by field.
+//! `#[derive(Dependencies)]`: builds a service struct field by field, and runs the fields'
+//! lifecycle hooks.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
@@ -19,15 +20,12 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let krate = quote!(::nameko);
     let p = quote!(#krate::__private);
     let ident = &input.ident;
-    let mut uses_cx = true;
+    let mut fields = Vec::new();
     let body = match &input.data {
         Data::Struct(data) => match &data.fields {
-            Fields::Unit => {
-                uses_cx = false;
-                quote!(Self)
-            }
-            Fields::Named(fields) => {
-                let inits = fields.named.iter().map(|field| {
+            Fields::Unit => quote!(Self),
+            Fields::Named(named) => {
+                let inits = named.named.iter().map(|field| {
                     let name = field.ident.as_ref().expect("named field");
                     let ty = &field.ty;
                     let label = name.to_string();
@@ -35,6 +33,11 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                         quote_spanned!(ty.span()=> #p::build_dependency::<#ty>(cx, #label).await?);
                     quote!(#name: #build)
                 });
+                fields = named
+                    .named
+                    .iter()
+                    .filter_map(|f| Some((f.ident.clone()?, f.ty.clone())))
+                    .collect();
                 quote!(Self { #(#inits),* })
             }
             Fields::Unnamed(fields) => {
@@ -57,7 +60,54 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     if let Err(e) = cx.check() {
         return e.to_compile_error();
     }
-    let cx = if uses_cx { quote!(cx) } else { quote!(_cx) };
+    let cx = if fields.is_empty() {
+        quote!(_cx)
+    } else {
+        quote!(cx)
+    };
+    let lifecycle = (!fields.is_empty()).then(|| {
+        let names: Vec<_> = fields.iter().map(|(name, _)| name).collect();
+        // `<Type as Dependency>`, spanned at the field's type: a type that is not a dependency
+        // gets its error there, once.
+        let tys: Vec<_> = fields
+            .iter()
+            .map(|(_, ty)| quote_spanned!(ty.span()=> <#ty as #p::Dependency>))
+            .collect();
+        quote! {
+            async fn start(&self) -> ::std::result::Result<(), #p::Error> {
+                #( #tys::start(&self.#names).await?; )*
+                ::std::result::Result::Ok(())
+            }
+
+            async fn stop(&self) {
+                #( #tys::stop(&self.#names).await; )*
+            }
+
+            fn kill(&self) {
+                #( #tys::kill(&self.#names); )*
+            }
+
+            async fn worker_setup(
+                &self,
+                worker: &#p::WorkerContext,
+            ) -> ::std::result::Result<(), #p::Error> {
+                #( #tys::worker_setup(&self.#names, worker).await?; )*
+                ::std::result::Result::Ok(())
+            }
+
+            async fn worker_result(
+                &self,
+                worker: &#p::WorkerContext,
+                result: &#p::WorkerResult<'_>,
+            ) {
+                #( #tys::worker_result(&self.#names, worker, result).await; )*
+            }
+
+            async fn worker_teardown(&self, worker: &#p::WorkerContext) {
+                #( #tys::worker_teardown(&self.#names, worker).await; )*
+            }
+        }
+    });
     quote! {
         impl #p::Dependencies for #ident {
             async fn build(
@@ -65,6 +115,8 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
             ) -> ::std::result::Result<Self, #p::Error> {
                 ::std::result::Result::Ok(#body)
             }
+
+            #lifecycle
         }
     }
 }

@@ -5,13 +5,14 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Attribute, LitBool, LitStr};
 
-use crate::attr::{AttrArgs, check_wire_name};
+use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS, check_wire_name};
 use crate::ctxt::Ctxt;
 use crate::method::{Method, attr_tokens};
 
 const USAGE: &str = "`#[event_handler(\"source_service\", \"event_type\")]`, optionally with \
     `handler_type = \"service_pool\" | \"singleton\" | \"broadcast\"`, `reliable_delivery = bool`, \
-    `requeue_on_error = bool`";
+    `requeue_on_error = bool`, `expected_exceptions = \"ErrorType,...\"`, \
+    `sensitive_arguments = \"payload.password,...\"`";
 
 /// One `#[event_handler]` attribute on a method.
 pub(crate) struct EventHandler {
@@ -20,6 +21,7 @@ pub(crate) struct EventHandler {
     handler_type: TokenStream,
     reliable_delivery: bool,
     requeue_on_error: bool,
+    options: EntrypointOptions,
 }
 
 impl EventHandler {
@@ -28,7 +30,13 @@ impl EventHandler {
         let args = AttrArgs::parse(
             tokens,
             &["the source service", "the event type"],
-            &["handler_type", "reliable_delivery", "requeue_on_error"],
+            &[
+                "handler_type",
+                "reliable_delivery",
+                "requeue_on_error",
+                OPTION_KEYS[0],
+                OPTION_KEYS[1],
+            ],
             USAGE,
             cx,
         );
@@ -57,6 +65,8 @@ impl EventHandler {
                 "an event handler takes the event's payload as its only argument: `fn handle(&self, payload: T)`",
             );
         }
+        let params: Vec<String> = method.params.iter().map(|p| p.ident.to_string()).collect();
+        let options = EntrypointOptions::parse(&args, &params, &method.ident, cx);
         let [source, event_type] = <[LitStr; 2]>::try_from(args.positional.clone()).ok()?;
         check_wire_name(&source, "source service name", cx);
         if event_type.value().is_empty() {
@@ -68,6 +78,7 @@ impl EventHandler {
             handler_type,
             reliable_delivery,
             requeue_on_error,
+            options,
         })
     }
 
@@ -82,7 +93,14 @@ impl EventHandler {
             handler_type,
             reliable_delivery,
             requeue_on_error,
+            options,
         } = self;
+        let options = options.fields();
+        let param = method
+            .params
+            .first()
+            .map(|p| p.ident.to_string())
+            .unwrap_or_default();
         let decode = method.params.first().map(|param| {
             let (ident, ty) = (&param.ident, &param.ty);
             quote_spanned!(ty.span()=> let #ident = #p::decode_payload::<#ty>(&body)?;)
@@ -100,6 +118,8 @@ impl EventHandler {
                 handler_type: #p::HandlerType::#handler_type,
                 reliable_delivery: #reliable_delivery,
                 requeue_on_error: #requeue_on_error,
+                param: #param,
+                #options
                 handler: |this, body| {
                     ::std::boxed::Box::pin(async move {
                         #decode

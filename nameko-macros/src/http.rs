@@ -10,12 +10,12 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Attribute, LitStr, Type};
 
-use crate::attr::AttrArgs;
+use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS};
 use crate::ctxt::Ctxt;
 use crate::method::{Method, Output, attr_tokens};
 
 const USAGE: &str = "`#[http(\"GET\", \"/path/<int:id>\")]`, optionally with \
-    `expected_exceptions = \"ErrorType,...\"`";
+    `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"route_param,...\"`";
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 const INTEGERS: &[&str] = &[
     "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize",
@@ -41,7 +41,7 @@ pub(crate) struct Http {
     methods: Vec<String>,
     route: LitStr,
     segments: Vec<Segment>,
-    expected: Vec<String>,
+    options: EntrypointOptions,
 }
 
 fn parse_converter(spec: &str) -> Option<Converter> {
@@ -167,20 +167,10 @@ impl Http {
         let args = AttrArgs::parse(
             tokens,
             &["the HTTP method", "the route"],
-            &["expected_exceptions"],
+            &OPTION_KEYS,
             USAGE,
             cx,
         );
-        let expected = args
-            .string("expected_exceptions", cx)
-            .map(|lit| {
-                lit.value()
-                    .split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
         let [methods_lit, route] = <[LitStr; 2]>::try_from(args.positional.clone()).ok()?;
         let mut methods = Vec::new();
         for m in methods_lit.value().split(',') {
@@ -217,11 +207,20 @@ impl Http {
                 Some(_) => {}
             }
         }
+        // What a failed request logs: its route parameters.
+        let params: Vec<String> = segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Param { name, .. } => Some(name.clone()),
+                Segment::Static(_) => None,
+            })
+            .collect();
+        let options = EntrypointOptions::parse(&args, &params, &method.ident, cx);
         Some(Http {
             methods,
             route,
             segments,
-            expected,
+            options,
         })
     }
 
@@ -229,7 +228,8 @@ impl Http {
     pub(crate) fn entrypoint(&self, method: &Method, krate: &syn::Path) -> TokenStream {
         let p = quote!(#krate::__private);
         let name = method.ident.to_string();
-        let (methods, route, expected) = (&self.methods, &self.route, &self.expected);
+        let (methods, route, expected) = (&self.methods, &self.route, &self.options.expected);
+        let sensitive = &self.options.sensitive;
         let segments = self.segments.iter().map(|segment| match segment {
             Segment::Static(s) => quote!(#p::Segment::Static(#s)),
             Segment::Param { converter, .. } => {
@@ -323,7 +323,9 @@ impl Http {
                 methods: &[#(#methods),*],
                 route: #route,
                 segments: &[#(#segments),*],
+                params: &[#(#route_params),*],
                 expected_exceptions: &[#(#expected),*],
+                sensitive_arguments: &[#(#sensitive),*],
                 handler: |this, call| {
                     ::std::boxed::Box::pin(async move {
                         #[allow(unused)]

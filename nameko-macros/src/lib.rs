@@ -57,3 +57,19 @@ pub fn timer(args: TokenStream, input: TokenStream) -> TokenStream {
     let _ = args;
     rpc::outside_service("timer", input.into()).into()
 }
+
+/// Marks a method inside a `#[service]` block to run once, when the service starts. See the
+/// `nameko` crate's documentation.
+#[proc_macro_attribute]
+pub fn once(args: TokenStream, input: TokenStream) -> TokenStream {
+    let _ = args;
+    rpc::outside_service("once", input.into()).into()
+}
+
+/// Marks a method inside a `#[service]` block as an entrypoint that never fires by itself. See
+/// the `nameko` crate's documentation.
+#[proc_macro_attribute]
+pub fn dummy(args: TokenStream, input: TokenStream) -> TokenStream {
+    let _ = args;
+    rpc::outside_service("dummy", input.into()).into()
+}

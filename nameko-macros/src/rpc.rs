@@ -5,40 +5,60 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Attribute, LitStr};
 
-use crate::attr::{AttrArgs, check_wire_name};
+use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS, check_wire_name};
 use crate::ctxt::{Ctxt, with_item};
 use crate::method::{Method, Output, attr_tokens};
 
-const USAGE: &str = "`#[rpc]` or `#[rpc(name = \"...\")]`";
+const USAGE: &str = "`#[rpc]`, optionally with `name = \"...\"`, \
+    `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"password,...\"`";
+const DUMMY_USAGE: &str = "`#[dummy]`, optionally with `expected_exceptions = \"ErrorType,...\"`, \
+    `sensitive_arguments = \"password,...\"`";
 
-/// One `#[rpc]` attribute on a method.
+/// One `#[rpc]` (or `#[dummy]`) attribute on a method.
 pub(crate) struct Rpc {
     /// The name on the wire.
     pub(crate) wire_name: String,
     pub(crate) wire_name_span: Span,
+    options: EntrypointOptions,
+    /// `#[dummy]`: an entrypoint that never fires by itself.
+    dummy: bool,
 }
 
 impl Rpc {
     pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Rpc {
-        let tokens = attr_tokens(attr, USAGE, cx);
-        let args = AttrArgs::parse(tokens, &[], &["name"], USAGE, cx);
-        match args.string("name", cx) {
+        let dummy = crate::method::is_attr(attr, "dummy");
+        let usage = if dummy { DUMMY_USAGE } else { USAGE };
+        let tokens = attr_tokens(attr, usage, cx);
+        let keys: &[&str] = if dummy {
+            &OPTION_KEYS
+        } else {
+            &["name", OPTION_KEYS[0], OPTION_KEYS[1]]
+        };
+        let args = AttrArgs::parse(tokens, &[], keys, usage, cx);
+        let params: Vec<String> = method.params.iter().map(|p| p.ident.to_string()).collect();
+        let options = EntrypointOptions::parse(&args, &params, &method.ident, cx);
+        let (wire_name, wire_name_span) = match args.string("name", cx) {
             Some(lit) => {
                 check_wire_name(&lit, "RPC method name", cx);
-                Rpc {
-                    wire_name: lit.value(),
-                    wire_name_span: lit.span(),
-                }
+                (lit.value(), lit.span())
             }
-            None => Rpc {
-                wire_name: method.ident.to_string(),
-                wire_name_span: method.ident.span(),
-            },
+            None => (method.ident.to_string(), method.ident.span()),
+        };
+        Rpc {
+            wire_name,
+            wire_name_span,
+            options,
+            dummy,
         }
     }
 
-    /// `Entrypoint::rpc("name", |this, body| ...)`: binds the arguments, calls the method,
-    /// encodes its outcome.
+    /// Whether this is a `#[dummy]` entrypoint (no client method, never consumed).
+    pub(crate) fn is_dummy(&self) -> bool {
+        self.dummy
+    }
+
+    /// `Entrypoint::Rpc(RpcEntrypoint { ... })`: binds the arguments, calls the method, encodes
+    /// its outcome.
     pub(crate) fn entrypoint(&self, method: &Method, krate: &syn::Path) -> TokenStream {
         let p = quote!(#krate::__private);
         let wire = LitStr::new(&self.wire_name, self.wire_name_span);
@@ -56,14 +76,26 @@ impl Rpc {
             None => quote!(#p::encode_result::<()>(&#value)),
             Some(ty) => quote_spanned!(ty.span()=> #p::encode_result::<#ty>(&#value)),
         });
+        let names = method.params.iter().map(|param| param.ident.to_string());
+        let options = self.options.fields();
+        let variant = if self.dummy {
+            quote!(Dummy)
+        } else {
+            quote!(Rpc)
+        };
         quote! {
-            #p::Entrypoint::rpc(#wire, |this, body| {
-                ::std::boxed::Box::pin(async move {
-                    const PARAMS: &[#p::Param] = &[#(#param_descs),*];
-                    let #mutability args = #p::BoundArgs::bind(#wire, PARAMS, body)?;
-                    #(#takes)*
-                    #encode
-                })
+            #p::Entrypoint::#variant(#p::RpcEntrypoint {
+                name: #wire,
+                params: &[#(#names),*],
+                #options
+                handler: |this, body| {
+                    ::std::boxed::Box::pin(async move {
+                        const PARAMS: &[#p::Param] = &[#(#param_descs),*];
+                        let #mutability args = #p::BoundArgs::bind(#wire, PARAMS, body)?;
+                        #(#takes)*
+                        #encode
+                    })
+                },
             })
         }
     }

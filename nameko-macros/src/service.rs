@@ -1,8 +1,8 @@
 //! `#[service(name = "...")]` on an `impl` block: implements `Service`, registers it, and
 //! generates the typed client `<Type>Client`.
 //!
-//! Reads the entrypoint attributes (`#[rpc]`, `#[event_handler]`, `#[http]`, `#[timer]`) off the block's methods and
-//! removes them; a method may carry several.
+//! Reads the entrypoint attributes (`#[rpc]`, `#[event_handler]`, `#[http]`, `#[timer]`,
+//! `#[once]`, `#[dummy]`) off the block's methods and removes them; a method may carry several.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -19,7 +19,7 @@ use crate::timer::Timer;
 const USAGE: &str = "`#[service(name = \"...\")]`";
 
 /// The entrypoint attributes a method of a service may carry.
-const ENTRYPOINT_ATTRS: &[&str] = &["rpc", "event_handler", "http", "timer"];
+const ENTRYPOINT_ATTRS: &[&str] = &["rpc", "event_handler", "http", "timer", "once", "dummy"];
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut item: ItemImpl = match syn::parse2(input.clone()) {
@@ -111,7 +111,11 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 rpc_names.push((rpc.wire_name.clone(), method.ident.clone()));
                 entrypoints.push(rpc.entrypoint(&method, &krate));
                 client_methods.push(rpc.client_method(&method, &krate));
-            } else if is_attr(attr, "timer") {
+            } else if is_attr(attr, "dummy") {
+                let dummy = Rpc::parse(&method, attr, &mut cx);
+                debug_assert!(dummy.is_dummy());
+                entrypoints.push(dummy.entrypoint(&method, &krate));
+            } else if is_attr(attr, "timer") || is_attr(attr, "once") {
                 if let Some(timer) = Timer::parse(&method, attr, &mut cx) {
                     entrypoints.push(timer.entrypoint(&method, &krate));
                 }

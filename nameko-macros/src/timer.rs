@@ -1,36 +1,57 @@
-//! `#[timer(interval = 1)]`: a method run on a schedule.
+//! `#[timer(interval = 1)]`: a method run on a schedule; `#[once]`: a method run once, when
+//! the service starts.
 
 use proc_macro2::TokenStream;
 use quote::quote;
 use syn::{Attribute, LitBool};
 
-use crate::attr::AttrArgs;
+use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS};
 use crate::ctxt::Ctxt;
-use crate::method::{Method, attr_tokens};
+use crate::method::{Method, attr_tokens, is_attr};
 
 const USAGE: &str = "`#[timer(interval = 1)]` (seconds, or a duration such as `\"500ms\"`), \
-    optionally with `eager = true`";
+    optionally with `eager = true`, `expected_exceptions = \"ErrorType,...\"`";
+const ONCE_USAGE: &str = "`#[once]`, optionally with `expected_exceptions = \"ErrorType,...\"`";
 
-/// One `#[timer]` attribute on a method.
+/// One `#[timer]` or `#[once]` attribute on a method.
 pub(crate) struct Timer {
     interval_nanos: u64,
     eager: bool,
+    once: bool,
+    options: EntrypointOptions,
 }
 
 impl Timer {
     pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Option<Timer> {
-        let tokens = attr_tokens(attr, USAGE, cx);
-        let args = AttrArgs::parse(tokens.clone(), &[], &["interval", "eager"], USAGE, cx);
+        let once = is_attr(attr, "once");
+        let usage = if once { ONCE_USAGE } else { USAGE };
+        let tokens = attr_tokens(attr, usage, cx);
+        let keys: &[&str] = if once {
+            &OPTION_KEYS
+        } else {
+            &["interval", "eager", OPTION_KEYS[0], OPTION_KEYS[1]]
+        };
+        let args = AttrArgs::parse(tokens.clone(), &[], keys, usage, cx);
+        let options = EntrypointOptions::parse(&args, &[], &method.ident, cx);
+        if !method.params.is_empty() {
+            let what = if once { "an `#[once]`" } else { "a timer" };
+            cx.error(
+                &method.ident,
+                format!("{what} method takes no arguments besides `&self`"),
+            );
+        }
+        if once {
+            return Some(Timer {
+                interval_nanos: 0,
+                eager: true,
+                once,
+                options,
+            });
+        }
         let eager = args
             .boolean("eager", cx)
             .as_ref()
             .is_some_and(LitBool::value);
-        if !method.params.is_empty() {
-            cx.error(
-                &method.ident,
-                "a timer method takes no arguments besides `&self`",
-            );
-        }
         let interval_nanos = args.duration("interval", cx);
         if interval_nanos.is_none() && !tokens.to_string().contains("interval") {
             cx.error(attr, format!("missing the interval; expected {USAGE}"));
@@ -38,24 +59,33 @@ impl Timer {
         Some(Timer {
             interval_nanos: interval_nanos?,
             eager,
+            once,
+            options,
         })
     }
 
-    /// `Entrypoint::Timer(TimerEntrypoint { ... })`.
+    /// `Entrypoint::Timer(TimerEntrypoint { ... })` (or `Entrypoint::Once`).
     pub(crate) fn entrypoint(&self, method: &Method, krate: &syn::Path) -> TokenStream {
         let p = quote!(#krate::__private);
         let name = method.ident.to_string();
         let (nanos, eager) = (self.interval_nanos, self.eager);
+        let expected = &self.options.expected;
+        let variant = if self.once {
+            quote!(Once)
+        } else {
+            quote!(Timer)
+        };
         let outcome = method.map_outcome(
             &p,
             method.call(&p),
             |_, value| quote!({ let _ = #value; ::std::result::Result::Ok(()) }),
         );
         quote! {
-            #p::Entrypoint::Timer(#p::TimerEntrypoint {
+            #p::Entrypoint::#variant(#p::TimerEntrypoint {
                 name: #name,
                 interval: #p::Duration::from_nanos(#nanos),
                 eager: #eager,
+                expected_exceptions: &[#(#expected),*],
                 handler: |this| ::std::boxed::Box::pin(async move { #outcome }),
             })
         }

@@ -6,13 +6,15 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::context::WorkerContext;
 pub use crate::error::select::{ViaDisplay, ViaToRemoteError, Wrap};
 pub use crate::events::{EventError, HandlerType};
 pub use crate::protocol::{RemoteError, RequestBody};
 pub use crate::rpc::args::{BoundArgs, Param};
 pub use crate::service::{
-    Dependencies, Dependency, DependencyContext, Entrypoint, EventEntrypoint, RpcFuture, Service,
-    ServiceClient, ServiceRegistration,
+    Dependencies, Dependency, DependencyContext, Entrypoint, EventEntrypoint, HttpEntrypoint,
+    RpcEntrypoint, RpcFuture, Service, ServiceClient, ServiceRegistration, TimerEntrypoint,
+    WorkerResult,
 };
 pub use crate::{ClusterRpcClient, Error, RpcError, ServiceProxy};
 pub use inventory;
@@ -108,6 +110,19 @@ pub async fn build_dependency<T: Dependency>(
     cx: &DependencyContext,
     field: &'static str,
 ) -> Result<T, Error> {
+    if let Some(value) = cx.take_replacement(field) {
+        return value
+            .downcast::<T>()
+            .map(|value| *value)
+            .map_err(|_| Error::Dependency {
+                service: cx.service_name().to_owned(),
+                dependency: field.to_owned(),
+                reason: format!(
+                    "the replacement given for it is not a `{}`",
+                    std::any::type_name::<T>()
+                ),
+            });
+    }
     T::build(cx, field).await.map_err(|e| match e {
         Error::Dependency { .. } => e,
         other => Error::Dependency {
@@ -122,12 +137,11 @@ pub async fn build_dependency<T: Dependency>(
 // HTTP.
 
 pub use crate::http::{Converter, HttpCall, HttpFuture, Segment};
-pub use crate::service::{HttpEntrypoint, TimerEntrypoint};
 pub use axum::response::{IntoResponse, Response};
 
-/// The response for a panic in a synchronous handler.
+/// The response for a panic in a synchronous handler (logged by the container, which finds
+/// the error object in the response).
 pub fn panic_response(panic: RemoteError) -> Response {
-    tracing::error!(panic = %panic.value, "worker panicked");
     crate::http::error_response(&panic, &[])
 }
 
@@ -176,18 +190,6 @@ pub fn http_response<T: HttpResult>(value: T) -> Response {
     value.into_response()
 }
 
-fn log_http_error(error: &RemoteError, expected: bool) {
-    let worker = crate::WorkerContext::current();
-    let (service, entrypoint) = worker
-        .as_ref()
-        .map_or(("", ""), |w| (w.service_name(), w.entrypoint()));
-    if expected {
-        tracing::warn!(service, entrypoint, %error, "HTTP handler failed (expected)");
-    } else {
-        tracing::error!(service, entrypoint, %error, "HTTP handler failed");
-    }
-}
-
 /// An error returned by an HTTP handler, mapped at the user's call site: its own
 /// `IntoResponse` first, else its error object (`ToRemoteError`, else `Display`) as Nameko's
 /// `Error: <exc_type>: <value>` with 400 if expected and 500 otherwise.
@@ -207,7 +209,15 @@ pub trait ViaIntoResponse {
 }
 impl<E: IntoResponse> ViaIntoResponse for &&&HttpErr<E> {
     fn __http_error(self, _expected: &[&str]) -> Response {
-        self.take().into_response()
+        let mut response = self.take().into_response();
+        // The method failed, whatever its response says: dependencies see it as an error.
+        let exc_type = std::any::type_name::<E>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("Error");
+        let error = RemoteError::new(exc_type, format!("answered {}", response.status()));
+        response.extensions_mut().insert(error);
+        response
     }
 }
 
@@ -216,9 +226,7 @@ pub trait ViaRemoteHttp {
 }
 impl<E: crate::ToRemoteError> ViaRemoteHttp for &&HttpErr<E> {
     fn __http_error(self, expected: &[&str]) -> Response {
-        let error = self.take().to_remote_error();
-        log_http_error(&error, expected.contains(&error.exc_type.as_str()));
-        crate::http::error_response(&error, expected)
+        crate::http::error_response(&self.take().to_remote_error(), expected)
     }
 }
 
@@ -227,8 +235,9 @@ pub trait ViaDisplayHttp {
 }
 impl<E: std::fmt::Display> ViaDisplayHttp for &HttpErr<E> {
     fn __http_error(self, expected: &[&str]) -> Response {
-        let error = crate::error::remote_error_from_display(&self.take());
-        log_http_error(&error, expected.contains(&error.exc_type.as_str()));
-        crate::http::error_response(&error, expected)
+        crate::http::error_response(
+            &crate::error::remote_error_from_display(&self.take()),
+            expected,
+        )
     }
 }

@@ -4,9 +4,10 @@
 //! reachable with [`WorkerContext::current`], and clients use it to forward the call id stack
 //! and the context data on every outgoing call, so users never pass it by hand.
 
+use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -27,6 +28,33 @@ pub struct WorkerContext {
     call_id: String,
     call_id_stack: Vec<String>,
     data: ContextData,
+    locals: Locals,
+}
+
+type Local = (TypeId, &'static str, Arc<dyn Any + Send + Sync>);
+
+/// Values dependencies keep for one worker (see [`WorkerContext::insert_local`]).
+#[derive(Default)]
+struct Locals(Mutex<Vec<Local>>);
+
+impl Locals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Local>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Clone for Locals {
+    fn clone(&self) -> Self {
+        Locals(Mutex::new(self.lock().clone()))
+    }
+}
+
+impl std::fmt::Debug for Locals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.lock().iter().map(|(_, key, _)| key))
+            .finish()
+    }
 }
 
 impl WorkerContext {
@@ -40,7 +68,22 @@ impl WorkerContext {
         headers: &Headers,
         parent_calls_tracked: usize,
     ) -> Self {
-        let mut data = protocol::context_from_headers(headers);
+        Self::with_data(
+            service_name,
+            entrypoint,
+            protocol::context_from_headers(headers),
+            parent_calls_tracked,
+        )
+    }
+
+    /// The context of a worker of `service.entrypoint` with this context data (as decoded from
+    /// `nameko.*` headers, `call_id_stack` included if there is a caller).
+    pub fn with_data(
+        service_name: &str,
+        entrypoint: &str,
+        mut data: ContextData,
+        parent_calls_tracked: usize,
+    ) -> Self {
         let parent = match data.remove(CALL_ID_STACK_KEY) {
             Some(Value::Array(items)) => items
                 .into_iter()
@@ -69,6 +112,7 @@ impl WorkerContext {
             call_id,
             call_id_stack,
             data,
+            locals: Locals::default(),
         }
     }
 
@@ -146,6 +190,35 @@ impl WorkerContext {
     /// The `user_agent` context value.
     pub fn user_agent(&self) -> Option<&str> {
         self.text("user_agent")
+    }
+
+    /// Keeps `value` for this worker under `key` (with its type), replacing an earlier one: what
+    /// a dependency's `worker_setup` does with what it gives the worker (a transaction, a
+    /// session), for its methods to find with [`local`](Self::local).
+    pub fn insert_local<T: Any + Send + Sync>(&self, key: &'static str, value: T) -> Arc<T> {
+        let value = Arc::new(value);
+        let mut locals = self.locals.lock();
+        locals.retain(|(id, k, _)| !(*id == TypeId::of::<T>() && *k == key));
+        locals.push((TypeId::of::<T>(), key, value.clone()));
+        value
+    }
+
+    /// The value of type `T` kept for this worker under `key`, if any.
+    pub fn local<T: Any + Send + Sync>(&self, key: &str) -> Option<Arc<T>> {
+        let locals = self.locals.lock();
+        let (_, _, value) = locals
+            .iter()
+            .find(|(id, k, _)| *id == TypeId::of::<T>() && *k == key)?;
+        value.clone().downcast::<T>().ok()
+    }
+
+    /// Removes and returns the value of type `T` kept for this worker under `key`.
+    pub fn remove_local<T: Any + Send + Sync>(&self, key: &str) -> Option<Arc<T>> {
+        let mut locals = self.locals.lock();
+        let index = locals
+            .iter()
+            .position(|(id, k, _)| *id == TypeId::of::<T>() && *k == key)?;
+        locals.swap_remove(index).2.downcast::<T>().ok()
     }
 
     /// The headers for a message sent by this worker: its context data and its call id stack.

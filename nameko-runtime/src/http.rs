@@ -141,10 +141,13 @@ pub fn error_response(error: &RemoteError, expected: &[&str]) -> Response {
     } else {
         StatusCode::INTERNAL_SERVER_ERROR
     };
-    plain(
+    let mut response = plain(
         status,
         format!("Error: {}: {}\n", error.exc_type, error.value),
-    )
+    );
+    // Where the container finds what the worker came to.
+    response.extensions_mut().insert(error.clone());
+    response
 }
 
 /// An HTTP request, with werkzeug-style accessors.

@@ -62,6 +62,7 @@ pub mod protocol;
 pub mod rpc;
 pub mod service;
 pub mod shell;
+pub mod testing;
 pub mod transport;
 
 pub use cli::main;
@@ -127,7 +128,19 @@ pub use nameko_macros::http;
 /// service runs its timers (they are not coordinated across a cluster).
 pub use nameko_macros::timer;
 
-/// Builds a service struct from its fields, each a [`Dependency`].
+/// Runs a method of a `#[service]` block once, when the service starts (Nameko's testing
+/// entrypoint `once`): `#[once]`. Like a timer that fires at start and never again; the method
+/// takes no arguments. Useful in tests, and for start-up work that needs the service's
+/// dependencies.
+pub use nameko_macros::once;
+
+/// Marks a method of a `#[service]` block as an entrypoint that never fires by itself
+/// (Nameko's testing entrypoint `dummy`): `#[dummy]`. Tests fire it with an
+/// [`entrypoint hook`](RunningServices::entrypoint_hook); its arguments bind as an RPC method's.
+pub use nameko_macros::dummy;
+
+/// Builds a service struct from its fields, each a [`Dependency`], and runs their lifecycle
+/// hooks.
 pub use nameko_macros::Dependencies;
 
 /// The names a service module needs.

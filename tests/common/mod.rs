@@ -9,9 +9,7 @@
 
 #![allow(dead_code)]
 
-use nameko::transport::{self, SharedTransport};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use nameko::transport::SharedTransport;
 
 fn required() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -28,48 +26,35 @@ fn missing<T>(what: &str) -> Option<T> {
     None
 }
 
-/// A broker for one test: the embedded one, or a fresh RabbitMQ virtual host deleted on drop.
+/// A broker for one test: `nameko::testing::TestBroker` (an embedded broker, or a RabbitMQ
+/// virtual host of its own, deleted on drop), with the skip policy of these tests.
 pub struct TestBroker {
     pub uri: String,
-    vhost: Option<(ApiEndpoint, String)>,
+    inner: nameko::testing::TestBroker,
 }
 
 impl TestBroker {
     /// A new embedded broker of its own.
     pub fn memory() -> TestBroker {
-        TestBroker {
-            uri: format!("memory://test-{}", uuid::Uuid::new_v4()),
-            vhost: None,
-        }
+        Self::from(nameko::testing::TestBroker::embedded())
     }
 
     /// A new RabbitMQ virtual host, or `None` (skip) when RabbitMQ is not configured.
     pub fn amqp() -> Option<TestBroker> {
-        let (Ok(base), Ok(api)) = (
-            std::env::var("NAMEKO_TEST_AMQP_URI"),
-            std::env::var("NAMEKO_TEST_RABBIT_API"),
-        ) else {
-            return missing("RabbitMQ (NAMEKO_TEST_AMQP_URI and NAMEKO_TEST_RABBIT_API)");
-        };
-        let api = ApiEndpoint::parse(&api);
-        let suffix: String = uuid::Uuid::new_v4()
-            .simple()
-            .to_string()
-            .chars()
-            .take(10)
-            .collect();
-        let vhost = format!("nameko_test_{suffix}");
-        api.request("PUT", &format!("/api/vhosts/{vhost}"), "");
-        api.request(
-            "PUT",
-            &format!("/api/permissions/{vhost}/{}", api.user),
-            r#"{"configure":".*","write":".*","read":".*"}"#,
-        );
-        let uri = format!("{}/{vhost}", base.trim_end_matches('/'));
-        Some(TestBroker {
-            uri,
-            vhost: Some((api, vhost)),
-        })
+        let (amqp, api) = rabbitmq()?;
+        let broker = nameko::testing::TestBroker::rabbitmq(&amqp, &api)
+            .expect("create a virtual host through the RabbitMQ management API");
+        Some(Self::from(broker))
+    }
+
+    /// The library's broker.
+    pub fn inner(&self) -> &nameko::testing::TestBroker {
+        &self.inner
+    }
+
+    /// Gives the library's broker away (to `TestServices::on`).
+    pub fn into_inner(self) -> nameko::testing::TestBroker {
+        self.inner
     }
 
     /// The URI in Python kombu's spelling.
@@ -79,88 +64,31 @@ impl TestBroker {
 
     /// A transport connected to this broker.
     pub async fn connect(&self) -> SharedTransport {
-        transport::connect(&self.uri)
+        self.inner
+            .connect()
             .await
             .expect("connect to the test broker")
     }
 }
 
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        if let Some((api, vhost)) = &self.vhost {
-            api.request("DELETE", &format!("/api/vhosts/{vhost}"), "");
+impl From<nameko::testing::TestBroker> for TestBroker {
+    fn from(inner: nameko::testing::TestBroker) -> Self {
+        TestBroker {
+            uri: inner.uri().to_owned(),
+            inner,
         }
     }
 }
 
-/// The RabbitMQ management API, spoken with a few lines of HTTP/1.1.
-#[derive(Clone)]
-struct ApiEndpoint {
-    host: String,
-    user: String,
-    auth: String,
-}
-
-impl ApiEndpoint {
-    fn parse(uri: &str) -> ApiEndpoint {
-        let rest = uri
-            .strip_prefix("http://")
-            .expect("NAMEKO_TEST_RABBIT_API is http://user:pass@host:port");
-        let (userinfo, host) = rest
-            .trim_end_matches('/')
-            .rsplit_once('@')
-            .expect("user:pass@ in NAMEKO_TEST_RABBIT_API");
-        let user = userinfo.split(':').next().unwrap_or("guest").to_owned();
-        ApiEndpoint {
-            host: host.to_owned(),
-            user,
-            auth: base64(userinfo.as_bytes()),
-        }
+/// The RabbitMQ and management API URIs, or `None` (skip) when not configured.
+pub fn rabbitmq() -> Option<(String, String)> {
+    match (
+        std::env::var("NAMEKO_TEST_AMQP_URI"),
+        std::env::var("NAMEKO_TEST_RABBIT_API"),
+    ) {
+        (Ok(amqp), Ok(api)) => Some((amqp, api)),
+        _ => missing("RabbitMQ (NAMEKO_TEST_AMQP_URI and NAMEKO_TEST_RABBIT_API)"),
     }
-
-    fn request(&self, method: &str, path: &str, body: &str) {
-        let mut stream =
-            TcpStream::connect(&self.host).expect("connect to the RabbitMQ management API");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.host,
-            self.auth,
-            body.len()
-        );
-        stream
-            .write_all(request.as_bytes())
-            .expect("send to the management API");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .expect("read the management API's answer");
-        let status = response.split_whitespace().nth(1).unwrap_or("");
-        assert!(
-            status.starts_with('2'),
-            "{method} {path} failed: {response}"
-        );
-    }
-}
-
-fn base64(input: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The Python interpreter with nameko 2.14.1, or `None` (skip) when not configured.

@@ -7,6 +7,7 @@
 //! RPC request is acknowledged only after its reply is published; an event after its handler
 //! finished.
 
+use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -19,10 +20,10 @@ use tokio_util::task::TaskTracker;
 
 use super::runner::Shared;
 use super::{
-    DependencyContext, Entrypoint, EventEntrypoint, HttpEntrypoint, RpcEntrypoint, Service,
-    TimerEntrypoint,
+    DependencyContext, Entrypoint, EventEntrypoint, HttpEntrypoint, Replacements, RpcEntrypoint,
+    Service, TimerEntrypoint, WorkerResult, arguments,
 };
-use crate::context::WorkerContext;
+use crate::context::{ContextData, WorkerContext};
 use crate::error::Error;
 use crate::events::{EventError, HandlerType};
 use crate::http::{Route, error_response};
@@ -30,7 +31,7 @@ use crate::protocol::Headers;
 use crate::protocol::{self, CONTENT_TYPE_JSON, MalformedRequest, RemoteError, RequestBody};
 use crate::transport::{Consumer, Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 
 /// A started service. Stop it through the runner's [`StopHandle`](super::runner::StopHandle).
 pub struct ServiceContainer {
@@ -52,6 +53,83 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a started service may be given besides its configuration (by tests, mostly).
+#[derive(Default)]
+pub(crate) struct ServiceOptions {
+    /// Values for fields, used instead of building them.
+    pub(crate) replacements: Replacements,
+    /// When set, only these entrypoints fire (the others can still be hooked).
+    pub(crate) restrict: Option<Vec<String>>,
+}
+
+/// What a worker came to, for the dependencies' `worker_result` and the entrypoint waiters.
+trait Outcome {
+    fn result(&self) -> WorkerResult<'_>;
+}
+
+impl Outcome for Result<Vec<u8>, RemoteError> {
+    fn result(&self) -> WorkerResult<'_> {
+        match self {
+            Ok(json) => WorkerResult::Value(json),
+            Err(error) => WorkerResult::Failed(Cow::Borrowed(error)),
+        }
+    }
+}
+
+impl Outcome for Result<(), RemoteError> {
+    fn result(&self) -> WorkerResult<'_> {
+        match self {
+            Ok(()) => WorkerResult::Done,
+            Err(error) => WorkerResult::Failed(Cow::Borrowed(error)),
+        }
+    }
+}
+
+impl Outcome for Result<(), EventError> {
+    fn result(&self) -> WorkerResult<'_> {
+        match self {
+            Ok(()) => WorkerResult::Done,
+            Err(EventError::Handler(error)) => WorkerResult::Failed(Cow::Borrowed(error)),
+            Err(EventError::Payload(reason)) => WorkerResult::Failed(Cow::Owned(
+                RemoteError::new("EventPayloadError", reason.clone())
+                    .with_path("nameko_rs.EventPayloadError"),
+            )),
+        }
+    }
+}
+
+impl Outcome for Response {
+    fn result(&self) -> WorkerResult<'_> {
+        match self.extensions().get::<RemoteError>() {
+            Some(error) => WorkerResult::Failed(Cow::Borrowed(error)),
+            None => WorkerResult::Done,
+        }
+    }
+}
+
+/// Logs a failed worker: a warning when its error is one the entrypoint expects, an error
+/// otherwise; with its arguments, redacted, when it has any.
+fn log_failure(
+    context: &WorkerContext,
+    error: &RemoteError,
+    expected: &[&str],
+    arguments: impl FnOnce() -> Option<serde_json::Value>,
+) {
+    let (service, entrypoint, call_id) = (
+        context.service_name(),
+        context.entrypoint(),
+        context.call_id(),
+    );
+    let arguments = arguments().map(|a| a.to_string()).unwrap_or_default();
+    if expected.contains(&error.exc_type.as_str()) {
+        tracing::warn!(service, entrypoint, call_id, %error, arguments, "worker failed (expected)");
+    } else if error.exc_type == "WorkerPanic" {
+        tracing::error!(service, entrypoint, call_id, panic = %error.value, arguments, "worker panicked");
+    } else {
+        tracing::error!(service, entrypoint, call_id, %error, arguments, "worker failed");
+    }
+}
+
 /// An HTTP route of service `S`: each request waits for a worker slot, then runs in a worker
 /// context of its own (empty context data, as in Nameko).
 fn http_route<S: Service>(
@@ -60,29 +138,45 @@ fn http_route<S: Service>(
     workers: Arc<Semaphore>,
     shared: &Shared,
 ) -> Route {
-    let (kill, tracked) = (shared.kill.clone(), shared.config.parent_calls_tracked);
+    let (shared, tracked) = (shared.clone(), shared.config.parent_calls_tracked);
     let (name, handler) = (entrypoint.name, entrypoint.handler);
+    let (expected, sensitive) = (
+        entrypoint.expected_exceptions,
+        entrypoint.sensitive_arguments,
+    );
+    let (segments, params) = (entrypoint.segments, entrypoint.params);
     Route {
         service: S::NAME,
         entrypoint: name,
         methods: entrypoint.methods,
         route: entrypoint.route,
-        segments: entrypoint.segments,
+        segments,
         handler: Arc::new(move |call| {
-            let (service, workers, kill) = (service.clone(), workers.clone(), kill.clone());
+            let (service, workers, shared) = (service.clone(), workers.clone(), shared.clone());
             Box::pin(async move {
                 let Ok(_permit) = workers.acquire_owned().await else {
                     return StatusCode::SERVICE_UNAVAILABLE.into_response();
                 };
                 let context = Arc::new(WorkerContext::new(S::NAME, name, &Headers::new(), tracked));
-                tokio::select! {
+                let path = (!sensitive.is_empty() || tracing::enabled!(tracing::Level::ERROR))
+                    .then(|| call.path.clone());
+                let kill = shared.kill.clone();
+                let outcome = tokio::select! {
                     biased;
-                    _ = kill.cancelled() => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-                    outcome = run_worker(context, handler(service, call)) => outcome.unwrap_or_else(|panic| {
-                        tracing::error!(service = S::NAME, entrypoint = name, panic = %panic.value, "worker panicked");
-                        error_response(&panic, &[])
-                    }),
+                    _ = kill.cancelled() => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                    outcome = run_worker(service, &shared, context.clone(), |service| handler(service, call)) => outcome,
+                };
+                let response = outcome.unwrap_or_else(|error| error_response(&error, &[]));
+                if let Some(error) = response.extensions().get::<RemoteError>() {
+                    log_failure(&context, error, expected, || {
+                        Some(arguments::named_arguments(
+                            params.iter().copied(),
+                            &path.unwrap_or_default(),
+                            sensitive,
+                        ))
+                    });
                 }
+                response
             })
         }),
     }
@@ -90,15 +184,17 @@ fn http_route<S: Service>(
 
 /// A timer's loop: the n-th run is due at `start + n * interval` (n from 0 if eager, else 1);
 /// one run at a time; a run that overruns makes the next start at once, so none is skipped.
-/// A failing run is logged and the timer goes on; a stop interrupts the wait.
+/// A failing run is logged and the timer goes on; a stop interrupts the wait. With `once`, the
+/// first run is at start and is the only one.
 async fn run_timer<S: Service>(
     service: Arc<S>,
     timer: TimerEntrypoint<S>,
+    once: bool,
     workers: Arc<Semaphore>,
     shared: Shared,
 ) {
     let start = tokio::time::Instant::now();
-    let mut n: u32 = if timer.eager { 0 } else { 1 };
+    let mut n: u32 = if timer.eager || once { 0 } else { 1 };
     loop {
         let due = start + timer.interval * n;
         tokio::select! {
@@ -120,30 +216,47 @@ async fn run_timer<S: Service>(
             &Headers::new(),
             shared.config.parent_calls_tracked,
         ));
-        let call_id = context.call_id().to_owned();
         let outcome = tokio::select! {
             biased;
             _ = shared.kill.cancelled() => return,
-            outcome = run_worker(context, (timer.handler)(service.clone())) => outcome,
+            outcome = run_worker(service.clone(), &shared, context.clone(), timer.handler) => outcome,
         };
         match outcome {
             Ok(Ok(())) => {
-                tracing::debug!(service = S::NAME, timer = timer.name, %call_id, "timer ran")
+                tracing::debug!(
+                    service = S::NAME,
+                    timer = timer.name,
+                    call_id = context.call_id(),
+                    "timer ran"
+                )
             }
             Ok(Err(error)) | Err(error) => {
-                tracing::error!(service = S::NAME, timer = timer.name, %call_id, %error, "timer run failed; the timer goes on")
+                log_failure(&context, &error, timer.expected_exceptions, || None);
             }
+        }
+        if once {
+            return;
         }
         n = n.saturating_add(1);
     }
 }
 
-/// Runs a worker's future inside its context and its `worker` span (service, entrypoint, call
-/// id: every log line of the worker carries them); a panic becomes the error object of the panic.
-async fn run_worker<T>(
+/// Runs one worker: inside its context and its `worker` span (service, entrypoint, call id:
+/// every log line of the worker carries them), the dependencies' `worker_setup`, the method,
+/// their `worker_result` and `worker_teardown`; then tells the entrypoint waiters. A panic of
+/// the method or of a hook becomes the error object of the panic; a refused `worker_setup`
+/// becomes the worker's error and the method does not run.
+async fn run_worker<S, T, F>(
+    service: Arc<S>,
+    shared: &Shared,
     context: Arc<WorkerContext>,
-    future: impl Future<Output = T>,
-) -> Result<T, RemoteError> {
+    call: impl FnOnce(Arc<S>) -> F,
+) -> Result<T, RemoteError>
+where
+    S: Service,
+    T: Outcome,
+    F: Future<Output = T>,
+{
     use tracing::Instrument;
     let span = tracing::info_span!(
         "worker",
@@ -151,11 +264,37 @@ async fn run_worker<T>(
         entrypoint = context.entrypoint(),
         call_id = context.call_id()
     );
+    let worker = context.clone();
+    let lifecycle = async move {
+        if let Err(error) = service.worker_setup(&worker).await {
+            let error = RemoteError::new("DependencyError", error.to_string())
+                .with_path("nameko_rs.DependencyError");
+            service
+                .worker_result(&worker, &WorkerResult::Failed(Cow::Borrowed(&error)))
+                .await;
+            service.worker_teardown(&worker).await;
+            shared.worker_finished(&worker, &WorkerResult::Failed(Cow::Borrowed(&error)));
+            return Err(error);
+        }
+        let outcome = AssertUnwindSafe(call(service.clone()))
+            .catch_unwind()
+            .await
+            .map_err(|panic| panic_error(panic.as_ref()));
+        let result = match &outcome {
+            Ok(outcome) => outcome.result(),
+            Err(error) => WorkerResult::Failed(Cow::Borrowed(error)),
+        };
+        service.worker_result(&worker, &result).await;
+        service.worker_teardown(&worker).await;
+        shared.worker_finished(&worker, &result);
+        drop(result);
+        outcome
+    };
     context
-        .scope(AssertUnwindSafe(future).catch_unwind())
+        .scope(AssertUnwindSafe(lifecycle).catch_unwind())
         .instrument(span)
         .await
-        .map_err(|panic| panic_error(panic.as_ref()))
+        .unwrap_or_else(|panic| Err(panic_error(panic.as_ref())))
 }
 
 /// Handles the deliveries of one consumer.
@@ -170,23 +309,61 @@ struct Listener {
     handler: Arc<dyn Handler>,
 }
 
-/// Starts the container of service `S`: builds its dependencies, declares its queues and starts
-/// consuming them.
+/// Starts the container of service `S`: builds and starts its dependencies, declares its
+/// queues and starts consuming them.
 pub(crate) fn start<S: Service>(
     shared: Shared,
+    options: ServiceOptions,
 ) -> BoxFuture<'static, Result<ServiceContainer, Error>> {
     Box::pin(async move {
-        let cx = DependencyContext::new(S::NAME, shared.config.clone(), shared.transport.clone());
+        let cx = DependencyContext::new(
+            S::NAME,
+            shared.config.clone(),
+            shared.transport.clone(),
+            options.replacements,
+        );
         let service = Arc::new(S::build(&cx).await?);
+        let unused = cx.unused_replacements();
+        if !unused.is_empty() {
+            return Err(Error::Config(format!(
+                "{}: no dependency named {} to replace",
+                S::NAME,
+                unused.join(", ")
+            )));
+        }
+        let entrypoints = S::entrypoints();
+        if let Some(restrict) = &options.restrict {
+            let names: Vec<_> = entrypoints.iter().map(Entrypoint::name).collect();
+            if let Some(unknown) = restrict.iter().find(|r| !names.contains(&r.as_str())) {
+                return Err(Error::Config(format!(
+                    "{}: no entrypoint named `{unknown}` (it has {})",
+                    S::NAME,
+                    names.join(", ")
+                )));
+            }
+        }
+        service.start().await?;
         let workers = Arc::new(Semaphore::new(shared.config.max_workers.max(1)));
+        for entrypoint in &entrypoints {
+            if let Some(hook) = hook(&service, entrypoint, &workers, &shared) {
+                lock(&shared.hooks).insert((S::NAME, entrypoint.name()), hook);
+            }
+        }
         let mut rpc = Vec::new();
         let mut events = Vec::new();
         let mut timers = Vec::new();
-        for entrypoint in S::entrypoints() {
+        for entrypoint in entrypoints {
+            if let Some(restrict) = &options.restrict
+                && !restrict.iter().any(|r| r == entrypoint.name())
+            {
+                continue;
+            }
             match entrypoint {
                 Entrypoint::Rpc(e) => rpc.push(e),
                 Entrypoint::Event(e) => events.push(e),
-                Entrypoint::Timer(e) => timers.push(e),
+                Entrypoint::Timer(e) => timers.push((e, false)),
+                Entrypoint::Once(e) => timers.push((e, true)),
+                Entrypoint::Dummy(_) => {}
                 Entrypoint::Http(e) => {
                     let route = http_route(service.clone(), e, workers.clone(), &shared);
                     lock(&shared.http_routes).push(route);
@@ -240,21 +417,131 @@ pub(crate) fn start<S: Service>(
         );
         let timers = timers
             .into_iter()
-            .map(|timer| {
+            .map(|(timer, once)| {
                 Box::pin(run_timer(
                     service.clone(),
                     timer,
+                    once,
                     workers.clone(),
                     shared.clone(),
                 )) as BoxFuture<'static, ()>
             })
             .collect();
-        let task = tokio::spawn(run(S::NAME, listeners, timers, workers, shared));
+        let lifecycle: Arc<dyn Lifecycle> = service;
+        let task = tokio::spawn(run(S::NAME, listeners, timers, workers, lifecycle, shared));
         Ok(ServiceContainer {
             name: S::NAME,
             task,
         })
     })
+}
+
+/// The service's dependencies, as the (non-generic) end of a container sees them.
+trait Lifecycle: Send + Sync + 'static {
+    fn stop(&self) -> BoxFuture<'_, ()>;
+    fn kill(&self);
+}
+
+impl<S: Service> Lifecycle for S {
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(super::Dependencies::stop(self))
+    }
+    fn kill(&self) {
+        super::Dependencies::kill(self)
+    }
+}
+
+/// Fires an entrypoint directly (tests' entrypoint hooks): arguments as JSON, context data.
+pub(crate) type Hook = Arc<
+    dyn Fn(
+            serde_json::Value,
+            ContextData,
+        ) -> BoxFuture<'static, Result<serde_json::Value, RemoteError>>
+        + Send
+        + Sync,
+>;
+
+/// The hook of one entrypoint: the worker runs as if the entrypoint had fired (a worker slot,
+/// a context with the given data, the dependencies' hooks). HTTP entrypoints have none: tests
+/// send them requests.
+fn hook<S: Service>(
+    service: &Arc<S>,
+    entrypoint: &Entrypoint<S>,
+    workers: &Arc<Semaphore>,
+    shared: &Shared,
+) -> Option<Hook> {
+    enum Kind<S> {
+        Rpc(fn(Arc<S>, RequestBody) -> super::RpcFuture),
+        Event(fn(Arc<S>, Vec<u8>) -> super::EventFuture),
+        Timer(fn(Arc<S>) -> super::TimerFuture),
+    }
+    let kind = match entrypoint {
+        Entrypoint::Rpc(e) | Entrypoint::Dummy(e) => Kind::Rpc(e.handler),
+        Entrypoint::Event(e) => Kind::Event(e.handler),
+        Entrypoint::Timer(e) | Entrypoint::Once(e) => Kind::Timer(e.handler),
+        Entrypoint::Http(_) => return None,
+    };
+    let kind = Arc::new(kind);
+    let name = entrypoint.name();
+    let (service, workers, shared) = (service.clone(), workers.clone(), shared.clone());
+    Some(Arc::new(
+        move |args: serde_json::Value, data: ContextData| {
+            let (service, workers, shared, kind) = (
+                service.clone(),
+                workers.clone(),
+                shared.clone(),
+                kind.clone(),
+            );
+            Box::pin(async move {
+                let _permit = workers
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| RemoteError::new("ServiceStopped", "the service has stopped"))?;
+                let tracked = shared.config.parent_calls_tracked;
+                let context = Arc::new(WorkerContext::with_data(S::NAME, name, data, tracked));
+                match &*kind {
+                    Kind::Rpc(handler) => {
+                        let body = match args {
+                            serde_json::Value::Array(args) => {
+                                serde_json::json!({"args": args, "kwargs": {}})
+                            }
+                            serde_json::Value::Object(kwargs) => {
+                                serde_json::json!({"args": [], "kwargs": kwargs})
+                            }
+                            serde_json::Value::Null => {
+                                serde_json::json!({"args": [], "kwargs": {}})
+                            }
+                            one => serde_json::json!({"args": [one], "kwargs": {}}),
+                        };
+                        let body = RequestBody::parse(body.to_string().as_bytes())
+                            .map_err(|e| RemoteError::nameko("MalformedRequest", e.to_string()))?;
+                        let json =
+                            run_worker(service, &shared, context, |s| handler(s, body)).await??;
+                        serde_json::from_slice(&json).map_err(|e| {
+                            RemoteError::nameko("UnserializableValueError", e.to_string())
+                        })
+                    }
+                    Kind::Event(handler) => {
+                        let payload = args.to_string().into_bytes();
+                        run_worker(service, &shared, context, |s| handler(s, payload))
+                            .await?
+                            .map_err(|e| match e {
+                                EventError::Handler(error) => error,
+                                EventError::Payload(reason) => {
+                                    RemoteError::new("EventPayloadError", reason)
+                                        .with_path("nameko_rs.EventPayloadError")
+                                }
+                            })?;
+                        Ok(serde_json::Value::Null)
+                    }
+                    Kind::Timer(handler) => {
+                        run_worker(service, &shared, context, handler).await??;
+                        Ok(serde_json::Value::Null)
+                    }
+                }
+            }) as BoxFuture<'static, _>
+        },
+    ))
 }
 
 async fn declare_event_queue<S: Service>(
@@ -305,6 +592,7 @@ async fn run(
     listeners: Vec<Listener>,
     timers: Vec<BoxFuture<'static, ()>>,
     workers: Arc<Semaphore>,
+    dependencies: Arc<dyn Lifecycle>,
     shared: Shared,
 ) -> Result<(), Error> {
     let tracker = TaskTracker::new();
@@ -356,6 +644,11 @@ async fn run(
             shared.kill.cancel();
             tracker.wait().await;
         }
+    }
+    if shared.kill.is_cancelled() {
+        dependencies.kill();
+    } else {
+        dependencies.stop().await;
     }
     for consumer in consumers {
         consumer.close().await;
@@ -516,20 +809,28 @@ impl<S: Service> RpcHandler<S> {
             &delivery.properties.headers,
             self.shared.config.parent_calls_tracked,
         ));
-        let call_id = context.call_id().to_owned();
-        let future = (entrypoint.handler)(self.service.clone(), body);
-        match run_worker(context, future).await {
+        let handler = entrypoint.handler;
+        let outcome = run_worker(
+            self.service.clone(),
+            &self.shared,
+            context.clone(),
+            |service| handler(service, body),
+        )
+        .await;
+        match outcome {
             Ok(Ok(result)) => {
-                tracing::debug!(service = S::NAME, %method, %call_id, "worker finished");
+                tracing::debug!(service = S::NAME, %method, call_id = context.call_id(), "worker finished");
                 Ok(result)
             }
-            Ok(Err(error)) => {
-                tracing::warn!(service = S::NAME, %method, %call_id, error = %error, "worker failed");
+            Ok(Err(error)) | Err(error) => {
+                log_failure(&context, &error, entrypoint.expected_exceptions, || {
+                    Some(arguments::rpc_arguments(
+                        &delivery.body,
+                        entrypoint.params,
+                        entrypoint.sensitive_arguments,
+                    ))
+                });
                 Err(error)
-            }
-            Err(panic) => {
-                tracing::error!(service = S::NAME, %method, %call_id, panic = %panic.value, "worker panicked");
-                Err(panic)
             }
         }
     }
@@ -558,10 +859,15 @@ impl<S: Service> EventHandler<S> {
         ));
         let outcome = match delivery.properties.content_type.as_deref() {
             None | Some(CONTENT_TYPE_JSON) => {
-                let future = (e.handler)(self.service.clone(), delivery.body.clone());
-                run_worker(context.clone(), future)
-                    .await
-                    .unwrap_or_else(|panic| Err(EventError::Handler(panic)))
+                let (handler, body) = (e.handler, delivery.body.clone());
+                run_worker(
+                    self.service.clone(),
+                    &self.shared,
+                    context.clone(),
+                    |service| handler(service, body),
+                )
+                .await
+                .unwrap_or_else(|panic| Err(EventError::Handler(panic)))
             }
             Some(other) => Err(EventError::Payload(format!(
                 "unsupported content type `{other}`"
@@ -584,18 +890,32 @@ impl<S: Service> EventHandler<S> {
             Err(EventError::Payload(reason)) => {
                 tracing::error!(
                     service, handler, source, event_type, %reason,
-                    payload = %String::from_utf8_lossy(&delivery.body),
+                    arguments = %arguments::event_arguments(&delivery.body, e.param, e.sensitive_arguments),
                     "dropped an event whose payload does not fit the handler"
                 );
                 delivery.reject(false).await
             }
-            Err(EventError::Handler(error)) if e.requeue_on_error => {
-                tracing::warn!(service, handler, call_id, source, event_type, %error, "event handler failed; requeueing the event");
-                delivery.reject(true).await
-            }
             Err(EventError::Handler(error)) => {
-                tracing::error!(service, handler, call_id, source, event_type, %error, "event handler failed");
-                delivery.ack().await
+                log_failure(&context, &error, e.expected_exceptions, || {
+                    Some(arguments::event_arguments(
+                        &delivery.body,
+                        e.param,
+                        e.sensitive_arguments,
+                    ))
+                });
+                if e.requeue_on_error {
+                    tracing::warn!(
+                        service,
+                        handler,
+                        call_id,
+                        source,
+                        event_type,
+                        "requeueing the failed event"
+                    );
+                    delivery.reject(true).await
+                } else {
+                    delivery.ack().await
+                }
             }
         };
         if let Err(error) = settled {

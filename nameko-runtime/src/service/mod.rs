@@ -10,6 +10,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
 
 use crate::config::Config;
+use crate::context::WorkerContext;
 use crate::error::Error;
 use crate::events::{EventError, HandlerType};
 use crate::http::{HttpCall, HttpFuture, Segment};
@@ -17,6 +18,7 @@ use crate::protocol::{RemoteError, RequestBody};
 use crate::rpc::ClusterRpcClient;
 use crate::transport::SharedTransport;
 
+pub mod arguments;
 pub mod container;
 pub mod runner;
 
@@ -50,6 +52,10 @@ pub enum Entrypoint<S> {
     Http(HttpEntrypoint<S>),
     /// A `#[timer]` method.
     Timer(TimerEntrypoint<S>),
+    /// A `#[once]` method: runs once, when the service starts (its `interval` is unused).
+    Once(TimerEntrypoint<S>),
+    /// A `#[dummy]` method: never fires by itself; tests fire it with an entrypoint hook.
+    Dummy(RpcEntrypoint<S>),
 }
 
 /// The future a timer method returns.
@@ -63,6 +69,8 @@ pub struct TimerEntrypoint<S> {
     pub interval: std::time::Duration,
     /// Whether the first run is at start rather than one interval later.
     pub eager: bool,
+    /// Error types (`exc_type`s) that are part of the method's contract: logged as warnings.
+    pub expected_exceptions: &'static [&'static str],
     /// Calls the method.
     pub handler: fn(Arc<S>) -> TimerFuture,
 }
@@ -77,8 +85,12 @@ pub struct HttpEntrypoint<S> {
     pub route: &'static str,
     /// The route's segments.
     pub segments: &'static [Segment],
-    /// Error types (`exc_type`s) answered with 400 rather than 500.
+    /// The route parameters' names, in route order.
+    pub params: &'static [&'static str],
+    /// Error types (`exc_type`s) answered with 400 rather than 500, and logged as warnings.
     pub expected_exceptions: &'static [&'static str],
+    /// Route parameters (or paths into them) shown as `********` wherever arguments are logged.
+    pub sensitive_arguments: &'static [&'static str],
     /// Extracts the parameters, calls the method, makes the response.
     pub handler: fn(Arc<S>, HttpCall) -> HttpFuture,
 }
@@ -100,6 +112,12 @@ pub struct EventEntrypoint<S> {
     pub reliable_delivery: bool,
     /// Whether a failed event goes back to the queue (else it is acknowledged and logged).
     pub requeue_on_error: bool,
+    /// The payload parameter's name (how the payload appears in logged arguments).
+    pub param: &'static str,
+    /// Error types (`exc_type`s) that are part of the method's contract: logged as warnings.
+    pub expected_exceptions: &'static [&'static str],
+    /// Paths into the payload shown as `********` wherever arguments are logged.
+    pub sensitive_arguments: &'static [&'static str],
     /// Decodes the payload and calls the method.
     pub handler: fn(Arc<S>, Vec<u8>) -> EventFuture,
 }
@@ -109,23 +127,35 @@ pub struct EventEntrypoint<S> {
 pub struct RpcEntrypoint<S> {
     /// The method's name (the last segment of the routing key).
     pub name: &'static str,
+    /// The parameters' names, in order (how arguments appear when logged).
+    pub params: &'static [&'static str],
+    /// Error types (`exc_type`s) that are part of the method's contract: logged as warnings.
+    pub expected_exceptions: &'static [&'static str],
+    /// Arguments (or paths into them: `password`, `user.token`, `items[0]`) shown as `********`
+    /// wherever arguments are logged.
+    pub sensitive_arguments: &'static [&'static str],
     /// Binds, calls and encodes.
     pub handler: fn(Arc<S>, RequestBody) -> RpcFuture,
 }
 
 impl<S> Entrypoint<S> {
-    /// An RPC entrypoint.
-    pub fn rpc(name: &'static str, handler: fn(Arc<S>, RequestBody) -> RpcFuture) -> Self {
-        Entrypoint::Rpc(RpcEntrypoint { name, handler })
-    }
-
     /// The entrypoint's (method's) name.
     pub fn name(&self) -> &'static str {
         match self {
-            Entrypoint::Rpc(rpc) => rpc.name,
+            Entrypoint::Rpc(rpc) | Entrypoint::Dummy(rpc) => rpc.name,
             Entrypoint::Event(event) => event.name,
             Entrypoint::Http(http) => http.name,
-            Entrypoint::Timer(timer) => timer.name,
+            Entrypoint::Timer(timer) | Entrypoint::Once(timer) => timer.name,
+        }
+    }
+
+    /// The error types the entrypoint declares as expected (`expected_exceptions`).
+    pub fn expected_exceptions(&self) -> &'static [&'static str] {
+        match self {
+            Entrypoint::Rpc(rpc) | Entrypoint::Dummy(rpc) => rpc.expected_exceptions,
+            Entrypoint::Event(event) => event.expected_exceptions,
+            Entrypoint::Http(http) => http.expected_exceptions,
+            Entrypoint::Timer(timer) | Entrypoint::Once(timer) => timer.expected_exceptions,
         }
     }
 
@@ -144,40 +174,203 @@ impl<S> Entrypoint<S> {
                 t.interval,
                 if t.eager { " (eager)" } else { "" }
             ),
+            Entrypoint::Once(t) => format!("once {}", t.name),
+            Entrypoint::Dummy(d) => format!("dummy {}", d.name),
         }
     }
 }
 
-/// How a service struct is built from its fields.
+/// How a service struct is built from its fields, and the lifecycle of those fields.
 ///
 /// Derive it with `#[derive(Dependencies)]`: each field is built by its type's [`Dependency`]
-/// implementation when the service starts.
+/// implementation when the service starts, and each lifecycle hook calls the fields' hooks in
+/// declaration order (teardown-like hooks too, so each runs for every field).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not declare its dependencies",
     label = "add `#[derive(Dependencies)]` to this struct",
     note = "a service struct's fields are its dependencies; `#[derive(nameko::Dependencies)]` builds them (a unit struct has none)"
 )]
 pub trait Dependencies: Sized + Send + Sync + 'static {
-    /// Builds the service's dependencies.
+    /// Builds the service's dependencies (Nameko's `setup`).
     fn build(cx: &DependencyContext) -> impl Future<Output = Result<Self, Error>> + Send;
+
+    /// Starts every dependency, before any entrypoint fires.
+    fn start(&self) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Stops every dependency, once the service's workers have finished.
+    fn stop(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Kills every dependency: the service is going away at once.
+    fn kill(&self) {}
+
+    /// Runs each dependency's [`Dependency::worker_setup`] before a worker; stops at the first
+    /// error, which fails the worker.
+    fn worker_setup(
+        &self,
+        worker: &WorkerContext,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = worker;
+        async { Ok(()) }
+    }
+
+    /// Shows each dependency the worker's result.
+    fn worker_result(
+        &self,
+        worker: &WorkerContext,
+        result: &WorkerResult<'_>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (worker, result);
+        async {}
+    }
+
+    /// Runs each dependency's [`Dependency::worker_teardown`] after a worker.
+    fn worker_teardown(&self, worker: &WorkerContext) -> impl Future<Output = ()> + Send {
+        let _ = worker;
+        async {}
+    }
 }
 
-/// A type that can be a field of a service struct: it knows how to build itself when the
-/// service starts.
+/// A dependency provider: a type that can be a field of a service struct.
 ///
-/// Built in: [`ClusterRpcClient`] (any service, by name), the typed client `#[service]`
-/// generates for each service, and [`Config`].
+/// It follows Nameko's `DependencyProvider` lifecycle. For the service: [`build`](Self::build)
+/// (Nameko's `setup`) when the service starts, [`start`](Self::start) before the first
+/// entrypoint fires, [`stop`](Self::stop) once the last worker has finished, [`kill`](Self::kill)
+/// when the service is killed. For each worker (one firing of one entrypoint):
+/// [`worker_setup`](Self::worker_setup) before the method runs, [`worker_result`](Self::worker_result)
+/// with its result or error, [`worker_teardown`](Self::worker_teardown) at the end. Every hook
+/// but `build` has a default that does nothing.
+///
+/// What a worker sees of the dependency is the field itself, shared by all workers, plus
+/// whatever the dependency keeps for that worker: `worker_setup` can store a value in the
+/// worker's context ([`WorkerContext::insert_local`]) and the field's methods fetch it for the
+/// current worker ([`WorkerContext::current`], [`WorkerContext::local`]), like the transaction
+/// of a database dependency.
+///
+/// The order per worker is: `worker_setup`, the method, `worker_result`, `worker_teardown`,
+/// then the entrypoint answers (RPC reply and acknowledgement, HTTP response, event
+/// acknowledgement). So a dependency that commits in `worker_result` has committed before the
+/// caller hears of success.
+///
+/// Built in, on this same trait: [`ClusterRpcClient`] (any service, by name), the typed client
+/// `#[service]` generates for each service, [`EventDispatcher`](crate::events::EventDispatcher)
+/// and [`Config`].
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use nameko::{Dependency, DependencyContext, Error, WorkerContext};
+/// use nameko::service::WorkerResult;
+///
+/// /// Counts the workers of its service that failed.
+/// #[derive(Default)]
+/// pub struct FailureCounter(AtomicU64);
+///
+/// impl FailureCounter {
+///     pub fn failures(&self) -> u64 {
+///         self.0.load(Ordering::Relaxed)
+///     }
+/// }
+///
+/// impl Dependency for FailureCounter {
+///     async fn build(_cx: &DependencyContext, _field: &'static str) -> Result<Self, Error> {
+///         Ok(FailureCounter::default())
+///     }
+///
+///     async fn worker_result(&self, _worker: &WorkerContext, result: &WorkerResult<'_>) {
+///         if result.error().is_some() {
+///             self.0.fetch_add(1, Ordering::Relaxed);
+///         }
+///     }
+/// }
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a dependency of a service",
     label = "this field's type does not implement `nameko::Dependency`",
     note = "fields of a service struct are built when the service starts: use a client, `Config`, or implement `Dependency`"
 )]
 pub trait Dependency: Sized + Send + Sync + 'static {
-    /// Builds the dependency for the field `field` of the service in `cx`.
+    /// Builds the dependency for the field `field` of the service in `cx` (Nameko's `setup`).
     fn build(
         cx: &DependencyContext,
         field: &'static str,
     ) -> impl Future<Output = Result<Self, Error>> + Send;
+
+    /// Starts the dependency (opens connections, spawns tasks) before any entrypoint fires; an
+    /// error fails the service's start.
+    fn start(&self) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Stops the dependency gracefully, once the service's workers have finished.
+    fn stop(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Releases what the dependency holds at once: the service is being killed.
+    fn kill(&self) {}
+
+    /// Prepares for one worker, before its method runs; an error fails the worker (its caller
+    /// gets the error, as from the method) and the method does not run.
+    fn worker_setup(
+        &self,
+        worker: &WorkerContext,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = worker;
+        async { Ok(()) }
+    }
+
+    /// Sees the worker's result or error (including a panic), before the entrypoint answers.
+    fn worker_result(
+        &self,
+        worker: &WorkerContext,
+        result: &WorkerResult<'_>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (worker, result);
+        async {}
+    }
+
+    /// Cleans up after one worker; runs whatever happened to it.
+    fn worker_teardown(&self, worker: &WorkerContext) -> impl Future<Output = ()> + Send {
+        let _ = worker;
+        async {}
+    }
+}
+
+/// What a worker came to: what [`Dependency::worker_result`] sees.
+#[derive(Debug, Clone)]
+pub enum WorkerResult<'a> {
+    /// An RPC method (or a hooked entrypoint) returned this value, as JSON.
+    Value(&'a [u8]),
+    /// The method finished without a value (an event handler, a timer, an HTTP endpoint).
+    Done,
+    /// The method failed, panicked, or a dependency's `worker_setup` refused the worker.
+    Failed(std::borrow::Cow<'a, RemoteError>),
+}
+
+impl WorkerResult<'_> {
+    /// Whether the method succeeded.
+    pub fn is_ok(&self) -> bool {
+        !matches!(self, WorkerResult::Failed(_))
+    }
+
+    /// The error, if the method failed.
+    pub fn error(&self) -> Option<&RemoteError> {
+        match self {
+            WorkerResult::Failed(error) => Some(error),
+            _ => None,
+        }
+    }
+
+    /// The method's result as JSON, if it returned one.
+    pub fn json(&self) -> Option<&[u8]> {
+        match self {
+            WorkerResult::Value(json) => Some(json),
+            _ => None,
+        }
+    }
 }
 
 /// What a dependency can use while it is built: the service, its configuration, its broker.
@@ -186,20 +379,39 @@ pub struct DependencyContext {
     config: Config,
     transport: SharedTransport,
     rpc_client: OnceCell<ClusterRpcClient>,
+    replacements: std::sync::Mutex<Replacements>,
 }
+
+/// Values given for fields in place of building them (tests' `replace_dependency`).
+pub(crate) type Replacements = Vec<(String, Box<dyn std::any::Any + Send>)>;
 
 impl DependencyContext {
     pub(crate) fn new(
         service_name: &'static str,
         config: Config,
         transport: SharedTransport,
+        replacements: Replacements,
     ) -> Self {
         DependencyContext {
             service_name,
             config,
             transport,
             rpc_client: OnceCell::new(),
+            replacements: std::sync::Mutex::new(replacements),
         }
+    }
+
+    /// The value given for `field` in place of building it, if any.
+    pub(crate) fn take_replacement(&self, field: &str) -> Option<Box<dyn std::any::Any + Send>> {
+        let mut replacements = self.replacements.lock().unwrap_or_else(|p| p.into_inner());
+        let index = replacements.iter().position(|(name, _)| name == field)?;
+        Some(replacements.swap_remove(index).1)
+    }
+
+    /// The fields given a replacement that no field took (misspelt names).
+    pub(crate) fn unused_replacements(&self) -> Vec<String> {
+        let replacements = self.replacements.lock().unwrap_or_else(|p| p.into_inner());
+        replacements.iter().map(|(name, _)| name.clone()).collect()
     }
 
     /// The service being built.
@@ -255,8 +467,10 @@ pub trait ServiceClient: Sized {
 }
 
 /// Starts one service's container.
-pub(crate) type StartFn =
-    fn(runner::Shared) -> BoxFuture<'static, Result<container::ServiceContainer, Error>>;
+pub(crate) type StartFn = fn(
+    runner::Shared,
+    container::ServiceOptions,
+) -> BoxFuture<'static, Result<container::ServiceContainer, Error>>;
 
 /// A service as registered with the runtime: its name and how to start it.
 ///
@@ -300,8 +514,9 @@ impl ServiceRegistration {
     pub(crate) fn start(
         &self,
         shared: runner::Shared,
+        options: container::ServiceOptions,
     ) -> BoxFuture<'static, Result<container::ServiceContainer, Error>> {
-        (self.start)(shared)
+        (self.start)(shared, options)
     }
 
     /// Every service registered with `#[service]` in this binary, sorted by name.
@@ -320,3 +535,20 @@ fn entrypoint_names<S: Service>() -> Vec<String> {
 }
 
 inventory::collect!(ServiceRegistration);
+
+macro_rules! copy_entrypoint {
+    ($($name:ident),*) => {$(
+        impl<S> Clone for $name<S> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<S> Copy for $name<S> {}
+    )*};
+}
+copy_entrypoint!(
+    RpcEntrypoint,
+    EventEntrypoint,
+    HttpEntrypoint,
+    TimerEntrypoint
+);

@@ -8,12 +8,16 @@ use tokio::task::JoinHandle;
 
 use tokio_util::sync::CancellationToken;
 
-use super::container::ServiceContainer;
-use super::{Service, ServiceRegistration};
+use super::container::{Hook, ServiceContainer, ServiceOptions};
+use super::{Service, ServiceRegistration, WorkerResult};
 use crate::config::Config;
+use crate::context::WorkerContext;
 use crate::error::Error;
 use crate::http::{self, Route};
+use crate::testing::{EntrypointHook, EntrypointWaiter, FinishedWorker};
 use crate::transport::{self, SharedTransport};
+use std::collections::HashMap;
+use tokio::sync::broadcast;
 
 /// What every container of a runner shares.
 #[derive(Clone)]
@@ -24,6 +28,29 @@ pub(crate) struct Shared {
     pub(crate) kill: CancellationToken,
     /// The HTTP routes of every service, collected as they start.
     pub(crate) http_routes: Arc<Mutex<Vec<Route>>>,
+    /// Every non-HTTP entrypoint's hook, by service and entrypoint.
+    pub(crate) hooks: Arc<Mutex<HashMap<(&'static str, &'static str), Hook>>>,
+    /// Where finished workers are announced to entrypoint waiters.
+    pub(crate) finished: broadcast::Sender<FinishedWorker>,
+}
+
+impl Shared {
+    /// Announces a finished worker, if an entrypoint waiter listens.
+    pub(crate) fn worker_finished(&self, context: &Arc<WorkerContext>, result: &WorkerResult<'_>) {
+        if self.finished.receiver_count() == 0 {
+            return;
+        }
+        let result = match result {
+            WorkerResult::Value(json) => {
+                Ok(serde_json::from_slice(json).unwrap_or(serde_json::Value::Null))
+            }
+            WorkerResult::Done => Ok(serde_json::Value::Null),
+            WorkerResult::Failed(error) => Err(error.clone().into_owned()),
+        };
+        let _ = self
+            .finished
+            .send(FinishedWorker::new(context.clone(), result));
+    }
 }
 
 /// The process's HTTP server, when a service has HTTP entrypoints.
@@ -65,6 +92,7 @@ pub struct ServiceRunner {
     config: Config,
     transport: Option<SharedTransport>,
     services: Vec<ServiceRegistration>,
+    options: HashMap<&'static str, ServiceOptions>,
 }
 
 impl ServiceRunner {
@@ -74,7 +102,13 @@ impl ServiceRunner {
             config,
             transport: None,
             services: Vec::new(),
+            options: HashMap::new(),
         }
+    }
+
+    pub(crate) fn with_config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
     }
 
     /// Uses this transport instead of connecting to the configured broker.
@@ -118,6 +152,31 @@ impl ServiceRunner {
         Ok(self)
     }
 
+    /// Gives service `S`'s field `field` this value instead of building it (Nameko's
+    /// `replace_dependencies`, for tests): a test double, or a value the test keeps a handle
+    /// to. Starting fails if `S` has no such field or the value is not of the field's type.
+    pub fn replace_dependency<S: Service, T: Send + 'static>(
+        mut self,
+        field: &str,
+        value: T,
+    ) -> Self {
+        self.options
+            .entry(S::NAME)
+            .or_default()
+            .replacements
+            .push((field.to_owned(), Box::new(value)));
+        self
+    }
+
+    /// Lets only these entrypoints of service `S` fire (Nameko's `restrict_entrypoints`, for
+    /// tests); the others stay reachable through [`RunningServices::entrypoint_hook`].
+    /// Starting fails if a name is not an entrypoint of `S`.
+    pub fn restrict_entrypoints<S: Service>(mut self, entrypoints: &[&str]) -> Self {
+        self.options.entry(S::NAME).or_default().restrict =
+            Some(entrypoints.iter().map(|e| (*e).to_owned()).collect());
+        self
+    }
+
     /// The services added so far.
     pub fn services(&self) -> &[ServiceRegistration] {
         &self.services
@@ -125,7 +184,7 @@ impl ServiceRunner {
 
     /// Connects (unless a transport was given) and starts every service. Duplicate names are
     /// refused; if one service fails to start, those already started are stopped.
-    pub async fn start(self) -> Result<RunningServices, Error> {
+    pub async fn start(mut self) -> Result<RunningServices, Error> {
         let mut seen = HashSet::new();
         for service in &self.services {
             if !seen.insert(service.name()) {
@@ -142,11 +201,26 @@ impl ServiceRunner {
             stop: CancellationToken::new(),
             kill: CancellationToken::new(),
             http_routes: Arc::default(),
+            hooks: Arc::default(),
+            finished: broadcast::channel(1024).0,
         };
         let mut containers = Vec::new();
         let mut started = Ok(());
+        if let Some(name) = self
+            .options
+            .keys()
+            .find(|name| !self.services.iter().any(|s| s.name() == **name))
+        {
+            started = Err(Error::Config(format!(
+                "dependencies or entrypoints of `{name}` were given, but it is not one of the services to run"
+            )));
+        }
         for service in &self.services {
-            match service.start(shared.clone()).await {
+            if started.is_err() {
+                break;
+            }
+            let options = self.options.remove(service.name()).unwrap_or_default();
+            match service.start(shared.clone(), options).await {
                 Ok(container) => containers.push(container),
                 Err(e) => {
                     started = Err(e);
@@ -263,6 +337,34 @@ impl RunningServices {
     /// The HTTP router, to send requests without a socket (e.g. with `tower::ServiceExt::oneshot`).
     pub fn http_router(&self) -> Option<axum::Router> {
         self.http.as_ref().map(|h| h.router.clone())
+    }
+
+    /// A hook firing `service`'s entrypoint `entrypoint` directly, as if its message had come
+    /// (Nameko's `entrypoint_hook`): RPC methods, event handlers, timers and `#[once]`/`#[dummy]`
+    /// methods, whether or not they were restricted out. HTTP endpoints have none: send them
+    /// requests ([`http_router`](Self::http_router)).
+    pub fn entrypoint_hook(
+        &self,
+        service: &str,
+        entrypoint: &str,
+    ) -> Result<EntrypointHook, Error> {
+        let hooks = self.shared.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        let found = hooks
+            .iter()
+            .find(|((s, e), _)| *s == service && *e == entrypoint);
+        match found {
+            Some((_, hook)) => Ok(EntrypointHook::new(service, entrypoint, hook.clone())),
+            None => Err(Error::Config(format!(
+                "no entrypoint `{entrypoint}` to hook on a running service `{service}` (HTTP entrypoints cannot be hooked)"
+            ))),
+        }
+    }
+
+    /// A waiter for the next worker of `service`'s `entrypoint` to finish, whatever fired it
+    /// (Nameko's `entrypoint_waiter`). It listens from now on: create it before doing what
+    /// fires the entrypoint, then [`wait`](EntrypointWaiter::wait).
+    pub fn entrypoint_waiter(&self, service: &str, entrypoint: &str) -> EntrypointWaiter {
+        EntrypointWaiter::new(service, entrypoint, self.shared.finished.subscribe())
     }
 
     /// The names of the running services.

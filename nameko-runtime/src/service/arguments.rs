@@ -1,0 +1,162 @@
+//! A worker's arguments as they are logged: by name, with the entrypoint's
+//! `sensitive_arguments` redacted (Nameko's `get_redacted_args`).
+
+use serde_json::{Map, Value};
+
+/// What a redacted value is replaced with.
+pub const REDACTED: &str = "********";
+
+/// One step of a path into an argument: `user.tokens[1]` is `user`, `tokens`, `1`.
+#[derive(Debug, PartialEq)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Parses `a.b[1].c`; `None` for a path that is not of that shape.
+fn steps(path: &str) -> Option<Vec<Step<'_>>> {
+    let mut steps = Vec::new();
+    for part in path.split('.') {
+        let (key, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if key.is_empty() {
+            return None;
+        }
+        steps.push(Step::Key(key));
+        while let Some(inner) = rest.strip_prefix('[') {
+            let end = inner.find(']')?;
+            steps.push(Step::Index(inner[..end].parse().ok()?));
+            rest = &inner[end + 1..];
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+    }
+    Some(steps)
+}
+
+/// Replaces, in `arguments` (argument name → value), every value a `sensitive` path reaches
+/// with [`REDACTED`]. Paths that reach nothing are ignored, as in Nameko.
+///
+/// ```
+/// use nameko::service::arguments::redact;
+/// use serde_json::json;
+///
+/// let mut args = json!({"user": {"name": "tim", "password": "swordfish"}, "pins": [1, 2]});
+/// redact(args.as_object_mut().unwrap(), &["user.password", "pins[1]", "missing"]);
+/// assert_eq!(args, json!({"user": {"name": "tim", "password": "********"}, "pins": [1, "********"]}));
+/// ```
+pub fn redact(arguments: &mut Map<String, Value>, sensitive: &[&str]) {
+    for path in sensitive {
+        let Some(steps) = steps(path) else { continue };
+        let Some((Step::Key(first), rest)) = steps.split_first() else {
+            continue;
+        };
+        let mut value = arguments.get_mut(*first);
+        for step in rest {
+            value = match (step, value) {
+                (Step::Key(key), Some(Value::Object(map))) => map.get_mut(*key),
+                (Step::Index(i), Some(Value::Array(items))) => items.get_mut(*i),
+                _ => None,
+            };
+        }
+        if let Some(value) = value {
+            *value = Value::from(REDACTED);
+        }
+    }
+}
+
+/// The arguments of an RPC call by name (positional ones named after `params`, extra ones
+/// `args[i]`), redacted.
+pub(crate) fn rpc_arguments(body: &[u8], params: &[&str], sensitive: &[&str]) -> Value {
+    let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
+        return Value::from(String::from_utf8_lossy(body));
+    };
+    let mut arguments = Map::new();
+    if let Some(Value::Array(args)) = request.remove("args") {
+        for (i, value) in args.into_iter().enumerate() {
+            let name = params
+                .get(i)
+                .map_or_else(|| format!("args[{i}]"), |p| (*p).to_owned());
+            arguments.insert(name, value);
+        }
+    }
+    if let Some(Value::Object(kwargs)) = request.remove("kwargs") {
+        arguments.extend(kwargs);
+    }
+    redact(&mut arguments, sensitive);
+    Value::Object(arguments)
+}
+
+/// An event's payload under its parameter's name, redacted.
+pub(crate) fn event_arguments(body: &[u8], param: &str, sensitive: &[&str]) -> Value {
+    let payload = serde_json::from_slice::<Value>(body)
+        .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(body)));
+    let mut arguments = Map::new();
+    arguments.insert(param.to_owned(), payload);
+    redact(&mut arguments, sensitive);
+    Value::Object(arguments)
+}
+
+/// An HTTP request's route parameters by name, redacted.
+pub(crate) fn named_arguments(
+    names: impl IntoIterator<Item = &'static str>,
+    values: &[String],
+    sensitive: &[&str],
+) -> Value {
+    let mut arguments: Map<String, Value> = names
+        .into_iter()
+        .zip(values)
+        .map(|(name, value)| (name.to_owned(), Value::from(value.as_str())))
+        .collect();
+    redact(&mut arguments, sensitive);
+    Value::Object(arguments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_parse() {
+        assert_eq!(
+            steps("a.b[1][2].c"),
+            Some(vec![
+                Step::Key("a"),
+                Step::Key("b"),
+                Step::Index(1),
+                Step::Index(2),
+                Step::Key("c")
+            ])
+        );
+        assert_eq!(steps("a[x]"), None);
+        assert_eq!(steps(".a"), None);
+        assert_eq!(steps("a[1"), None);
+    }
+
+    #[test]
+    fn rpc_arguments_are_named_and_redacted() {
+        let body = br#"{"args": ["tim", "swordfish", 3], "kwargs": {"token": "abc"}}"#;
+        let args = rpc_arguments(body, &["user", "password"], &["password", "token"]);
+        assert_eq!(
+            args,
+            json!({"user": "tim", "password": "********", "args[2]": 3, "token": "********"})
+        );
+    }
+
+    #[test]
+    fn whole_payloads_and_nested_values_are_redacted() {
+        let body = br#"{"card": {"number": "4111", "name": "tim"}}"#;
+        assert_eq!(
+            event_arguments(body, "payment", &["payment.card.number"]),
+            json!({"payment": {"card": {"number": "********", "name": "tim"}}})
+        );
+        assert_eq!(
+            event_arguments(body, "payment", &["payment"]),
+            json!({"payment": "********"})
+        );
+    }
+}

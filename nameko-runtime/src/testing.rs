@@ -1,0 +1,684 @@
+//! Testing your services: Nameko's testing tools, in Rust.
+//!
+//! GUIDE
+//!
+//! | Nameko                        | here                                                        |
+//! |-------------------------------|-------------------------------------------------------------|
+//! | `worker_factory`              | [`worker_factory`]                                          |
+//! | `entrypoint_hook`             | [`RunningServices::entrypoint_hook`]                        |
+//! | `entrypoint_waiter`           | [`RunningServices::entrypoint_waiter`]                      |
+//! | `replace_dependencies`        | [`TestServices::replace_dependency`]                        |
+//! | `restrict_entrypoints`        | [`TestServices::restrict_entrypoints`]                      |
+//! | `once`, `dummy`               | `#[once]`, `#[dummy]`                                       |
+//! | `runner_factory`, `rabbit_config` | [`TestServices`], [`TestBroker::rabbitmq`]              |
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::config::Config;
+use crate::context::{ContextData, WorkerContext};
+use crate::error::Error;
+use crate::events::StandaloneEventDispatcher;
+use crate::protocol::RemoteError;
+use crate::rpc::ClusterRpcClient;
+use crate::service::container::Hook;
+use crate::service::{Dependencies, DependencyContext, Replacements, Service};
+use crate::transport::{self, SharedTransport, TransportError};
+use crate::{RunningServices, ServiceRunner};
+
+/// How long hooks and waiters wait by default, as in Nameko.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A worker that finished: what an [`EntrypointWaiter`] returns.
+#[derive(Debug, Clone)]
+pub struct FinishedWorker {
+    context: Arc<WorkerContext>,
+    result: Result<Value, RemoteError>,
+}
+
+impl FinishedWorker {
+    pub(crate) fn new(context: Arc<WorkerContext>, result: Result<Value, RemoteError>) -> Self {
+        FinishedWorker { context, result }
+    }
+
+    /// The worker's context: service, entrypoint, call id, context data.
+    pub fn context(&self) -> &WorkerContext {
+        &self.context
+    }
+
+    /// What the method returned (`null` for event handlers, timers, HTTP endpoints), or its
+    /// error.
+    pub fn result(&self) -> Result<&Value, &RemoteError> {
+        self.result.as_ref()
+    }
+
+    /// The result, owned.
+    pub fn into_result(self) -> Result<Value, RemoteError> {
+        self.result
+    }
+}
+
+/// Fires one entrypoint of a running service directly (Nameko's `entrypoint_hook`): no broker,
+/// no queue, but a real worker (a worker slot, a context, the dependencies' hooks).
+///
+/// Made by [`RunningServices::entrypoint_hook`].
+#[derive(Clone)]
+pub struct EntrypointHook {
+    service: String,
+    entrypoint: String,
+    hook: Hook,
+    context_data: ContextData,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for EntrypointHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntrypointHook")
+            .field("service", &self.service)
+            .field("entrypoint", &self.entrypoint)
+            .field("context_data", &self.context_data)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EntrypointHook {
+    pub(crate) fn new(service: &str, entrypoint: &str, hook: Hook) -> Self {
+        EntrypointHook {
+            service: service.to_owned(),
+            entrypoint: entrypoint.to_owned(),
+            hook,
+            context_data: ContextData::new(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The worker runs with this context data (`auth_token`, `language`, any key), as if its
+    /// message had carried it in `nameko.*` headers.
+    pub fn with_context_data(mut self, data: ContextData) -> Self {
+        self.context_data = data;
+        self
+    }
+
+    /// How long [`call`](Self::call) waits for the worker (default 30 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Fires the entrypoint and returns what the method returned, as JSON, or its error.
+    ///
+    /// `args` are the method's arguments: a JSON array binds by position, an object by name,
+    /// `()` means none, any other value is the only argument. An event handler takes its
+    /// payload; a timer takes none.
+    pub async fn call<A: Serialize>(&self, args: A) -> Result<Value, RemoteError> {
+        let args = serde_json::to_value(args).map_err(|e| {
+            RemoteError::new("ArgumentError", e.to_string()).with_path("nameko_rs.ArgumentError")
+        })?;
+        let args = match args {
+            Value::Array(items) if items.is_empty() => Value::Null,
+            other => other,
+        };
+        let call = (self.hook)(args, self.context_data.clone());
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(RemoteError::new(
+                "Timeout",
+                format!(
+                    "Timeout on {}.{} after {:?}",
+                    self.service, self.entrypoint, self.timeout
+                ),
+            )
+            .with_path("nameko_rs.Timeout")),
+        }
+    }
+}
+
+/// Why an [`EntrypointWaiter`] stopped waiting.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// No matching worker finished in time.
+    #[error("Timeout on {service}.{entrypoint} after {after:?}")]
+    Timeout {
+        /// The service waited on.
+        service: String,
+        /// The entrypoint waited on.
+        entrypoint: String,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// The services stopped.
+    #[error("the services stopped while waiting for {service}.{entrypoint}")]
+    Stopped {
+        /// The service waited on.
+        service: String,
+        /// The entrypoint waited on.
+        entrypoint: String,
+    },
+}
+
+type Filter = Box<dyn Fn(&FinishedWorker) -> bool + Send + Sync>;
+
+/// Waits until a worker of one entrypoint has finished, dependencies torn down (Nameko's
+/// `entrypoint_waiter`): for event handlers, timers, anything the test does not call itself.
+///
+/// Made by [`RunningServices::entrypoint_waiter`]; it listens from the moment it is made.
+pub struct EntrypointWaiter {
+    service: String,
+    entrypoint: String,
+    receiver: broadcast::Receiver<FinishedWorker>,
+    timeout: Duration,
+    filter: Option<Filter>,
+}
+
+impl std::fmt::Debug for EntrypointWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntrypointWaiter")
+            .field("service", &self.service)
+            .field("entrypoint", &self.entrypoint)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EntrypointWaiter {
+    pub(crate) fn new(
+        service: &str,
+        entrypoint: &str,
+        receiver: broadcast::Receiver<FinishedWorker>,
+    ) -> Self {
+        EntrypointWaiter {
+            service: service.to_owned(),
+            entrypoint: entrypoint.to_owned(),
+            receiver,
+            timeout: DEFAULT_TIMEOUT,
+            filter: None,
+        }
+    }
+
+    /// How long [`wait`](Self::wait) waits (default 30 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Waits only for a worker `filter` accepts (Nameko's `callback`), e.g. one whose payload
+    /// or result is the one the test is about.
+    pub fn with_filter(
+        mut self,
+        filter: impl Fn(&FinishedWorker) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.filter = Some(Box::new(filter));
+        self
+    }
+
+    /// Waits for the next matching worker to finish and returns it (its result may be an
+    /// error: the worker finished, failing).
+    pub async fn wait(mut self) -> Result<FinishedWorker, WaitError> {
+        let (service, entrypoint) = (self.service.clone(), self.entrypoint.clone());
+        let wait = async {
+            loop {
+                match self.receiver.recv().await {
+                    Ok(worker)
+                        if worker.context.service_name() == service
+                            && worker.context.entrypoint() == entrypoint
+                            && self.filter.as_ref().is_none_or(|f| f(&worker)) =>
+                    {
+                        return Ok(worker);
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(WaitError::Stopped {
+                            service: service.clone(),
+                            entrypoint: entrypoint.clone(),
+                        });
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(WaitError::Timeout {
+                service: self.service,
+                entrypoint: self.entrypoint,
+                after: self.timeout,
+            }),
+        }
+    }
+}
+
+/// A broker for one test: an embedded broker of its own, or a RabbitMQ virtual host of its own
+/// (created through the management API, deleted when dropped), so tests never see each other's
+/// queues.
+#[derive(Debug)]
+pub struct TestBroker {
+    uri: String,
+    vhost: Option<(ManagementApi, String)>,
+}
+
+impl TestBroker {
+    /// A new embedded broker, in this process only.
+    pub fn embedded() -> TestBroker {
+        TestBroker {
+            uri: format!("memory://test-{}", uuid::Uuid::new_v4().simple()),
+            vhost: None,
+        }
+    }
+
+    /// A new virtual host `nameko_test_<random>` on the RabbitMQ at `amqp_uri`
+    /// (`amqp://guest:guest@localhost:5672`), made through its management API at
+    /// `management_uri` (`http://guest:guest@localhost:15672`); deleted when dropped.
+    pub fn rabbitmq(amqp_uri: &str, management_uri: &str) -> Result<TestBroker, Error> {
+        let api = ManagementApi::parse(management_uri)?;
+        let suffix: String = uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .chars()
+            .take(10)
+            .collect();
+        let vhost = format!("nameko_test_{suffix}");
+        api.request("PUT", &format!("/api/vhosts/{vhost}"), "")?;
+        api.request(
+            "PUT",
+            &format!("/api/permissions/{vhost}/{}", api.user),
+            r#"{"configure":".*","write":".*","read":".*"}"#,
+        )?;
+        let uri = format!("{}/{vhost}", amqp_uri.trim_end_matches('/'));
+        Ok(TestBroker {
+            uri,
+            vhost: Some((api, vhost)),
+        })
+    }
+
+    /// The broker's URI (`memory://…` or `amqp://…/<vhost>`).
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The virtual host made for this test, if it is on RabbitMQ.
+    pub fn vhost(&self) -> Option<&str> {
+        self.vhost.as_ref().map(|(_, vhost)| vhost.as_str())
+    }
+
+    /// A new connection to this broker.
+    pub async fn connect(&self) -> Result<SharedTransport, TransportError> {
+        transport::connect(&self.uri).await
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some((api, vhost)) = &self.vhost
+            && let Err(e) = api.request("DELETE", &format!("/api/vhosts/{vhost}"), "")
+        {
+            tracing::warn!(%vhost, error = %e, "could not delete a test virtual host");
+        }
+    }
+}
+
+/// RabbitMQ's management API, spoken with a few lines of HTTP/1.1.
+#[derive(Debug, Clone)]
+struct ManagementApi {
+    host: String,
+    user: String,
+    auth: String,
+}
+
+impl ManagementApi {
+    fn parse(uri: &str) -> Result<ManagementApi, Error> {
+        let invalid = || {
+            Error::Config(format!(
+                "the management API's URI is `http://user:password@host:port`, not `{}`",
+                crate::transport::mask_password(uri)
+            ))
+        };
+        let rest = uri.strip_prefix("http://").ok_or_else(invalid)?;
+        let (userinfo, host) = rest
+            .trim_end_matches('/')
+            .rsplit_once('@')
+            .ok_or_else(invalid)?;
+        let user = userinfo.split(':').next().unwrap_or("guest").to_owned();
+        Ok(ManagementApi {
+            host: host.to_owned(),
+            user,
+            auth: base64(userinfo.as_bytes()),
+        })
+    }
+
+    fn request(&self, method: &str, path: &str, body: &str) -> Result<(), Error> {
+        use std::io::{Read, Write};
+        let failed =
+            |e: String| Error::Config(format!("RabbitMQ management API, {method} {path}: {e}"));
+        let mut stream =
+            std::net::TcpStream::connect(&self.host).map_err(|e| failed(e.to_string()))?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.host,
+            self.auth,
+            body.len()
+        );
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| failed(e.to_string()))?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .map_err(|e| failed(e.to_string()))?;
+        let status = response.split_whitespace().nth(1).unwrap_or("");
+        if status.starts_with('2') {
+            Ok(())
+        } else {
+            Err(failed(response.lines().next().unwrap_or("").to_owned()))
+        }
+    }
+}
+
+fn base64(input: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A set of services to run for one test: on an embedded broker of their own by default, or on
+/// a [`TestBroker`] given with [`on`](Self::on); HTTP on a free local port.
+///
+/// ```
+/// # use nameko::prelude::*;
+/// # use nameko::testing::TestServices;
+/// # #[derive(Dependencies)] struct Greeter;
+/// # #[service(name = "greeter")] impl Greeter { #[rpc] fn hello(&self) -> String { "hi".into() } }
+/// # #[tokio::main] async fn main() -> Result<(), nameko::Error> {
+/// let services = TestServices::new().with_service::<Greeter>().start().await?;
+/// # services.stop().await }
+/// ```
+pub struct TestServices {
+    uri: String,
+    broker: Option<TestBroker>,
+    runner: ServiceRunner,
+    configure: Vec<Box<dyn FnOnce(&mut Config) + Send>>,
+}
+
+impl Default for TestServices {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for TestServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServices")
+            .field("broker", &self.uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestServices {
+    /// No services yet, on a new embedded broker.
+    pub fn new() -> Self {
+        Self::on(TestBroker::embedded())
+    }
+
+    /// No services yet, on `broker` (e.g. [`TestBroker::rabbitmq`]), which lives as long as
+    /// the services.
+    pub fn on(broker: TestBroker) -> Self {
+        let mut services = Self::on_uri(&broker.uri);
+        services.broker = Some(broker);
+        services
+    }
+
+    /// No services yet, on the broker at `uri`, whose lifetime is the caller's (a
+    /// [`TestBroker`] shared by several runs, say).
+    pub fn on_uri(uri: &str) -> Self {
+        TestServices {
+            uri: uri.to_owned(),
+            broker: None,
+            runner: ServiceRunner::new(Config::default()),
+            configure: Vec::new(),
+        }
+    }
+
+    /// Adds service `S`.
+    pub fn with_service<S: Service>(mut self) -> Self {
+        self.runner = self.runner.with_service::<S>();
+        self
+    }
+
+    /// Changes the configuration (the broker and the HTTP address are set by the test).
+    pub fn with_config(mut self, configure: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.configure.push(Box::new(configure));
+        self
+    }
+
+    /// Gives service `S`'s field `field` this value instead of building it: see
+    /// [`ServiceRunner::replace_dependency`].
+    pub fn replace_dependency<S: Service, T: Send + 'static>(
+        mut self,
+        field: &str,
+        value: T,
+    ) -> Self {
+        self.runner = self.runner.replace_dependency::<S, T>(field, value);
+        self
+    }
+
+    /// Lets only these entrypoints of `S` fire: see [`ServiceRunner::restrict_entrypoints`].
+    pub fn restrict_entrypoints<S: Service>(mut self, entrypoints: &[&str]) -> Self {
+        self.runner = self.runner.restrict_entrypoints::<S>(entrypoints);
+        self
+    }
+
+    /// Starts the services; they are ready when this returns.
+    pub async fn start(self) -> Result<TestCluster, Error> {
+        let mut config = Config {
+            amqp_uri: Some(self.uri.clone()),
+            web_server_address: "127.0.0.1:0".to_owned(),
+            ..Config::default()
+        };
+        for configure in self.configure {
+            configure(&mut config);
+        }
+        let transport = transport::connect(&config.connection_uri()).await?;
+        let services = self
+            .runner
+            .with_config(config)
+            .with_transport(transport)
+            .start()
+            .await?;
+        Ok(TestCluster {
+            services,
+            uri: self.uri,
+            _broker: self.broker,
+        })
+    }
+}
+
+/// Services running for a test ([`TestServices::start`]); everything of [`RunningServices`]
+/// (hooks, waiters, the HTTP router) plus clients on the same broker.
+pub struct TestCluster {
+    services: RunningServices,
+    uri: String,
+    _broker: Option<TestBroker>,
+}
+
+impl std::fmt::Debug for TestCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCluster")
+            .field("broker", &self.uri)
+            .field("services", &self.services.service_names())
+            .finish()
+    }
+}
+
+impl Deref for TestCluster {
+    type Target = RunningServices;
+    fn deref(&self) -> &RunningServices {
+        &self.services
+    }
+}
+
+impl TestCluster {
+    /// The URI of the broker the services run on.
+    pub fn broker_uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// A standalone RPC client on the services' broker (Nameko's `ClusterRpcProxy`).
+    pub async fn rpc_client(&self) -> Result<ClusterRpcClient, Error> {
+        Ok(ClusterRpcClient::standalone(self.services.transport(), self.services.config()).await?)
+    }
+
+    /// A standalone event dispatcher on the services' broker (Nameko's `event_dispatcher`).
+    pub fn event_dispatcher(&self) -> StandaloneEventDispatcher {
+        StandaloneEventDispatcher::new(self.services.transport(), self.services.config())
+    }
+
+    /// Stops the services gracefully.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.services.stop().await
+    }
+}
+
+/// Builds an instance of service `S` outside any container (Nameko's `worker_factory`): each
+/// field is built by its [`Dependency`](crate::Dependency) implementation on an embedded broker
+/// of its own, unless given a value with [`replace`](WorkerFactory::replace). Call its methods
+/// directly: no broker, no worker.
+///
+/// ```
+/// # use nameko::prelude::*;
+/// # use nameko::testing::worker_factory;
+/// # #[derive(Dependencies)] struct Greeter { greeting: Greeting }
+/// # #[derive(Clone)] struct Greeting(String);
+/// # impl nameko::Dependency for Greeting {
+/// #     async fn build(_: &nameko::DependencyContext, _: &'static str) -> Result<Self, nameko::Error> { Ok(Greeting("Hello".into())) }
+/// # }
+/// # #[service(name = "greeter")] impl Greeter {
+/// #     #[rpc] fn hello(&self, name: String) -> String { format!("{} {name}!", self.greeting.0) }
+/// # }
+/// # #[tokio::main] async fn main() -> Result<(), nameko::Error> {
+/// let greeter = worker_factory::<Greeter>()
+///     .replace("greeting", Greeting("Bonjour".into()))
+///     .build()
+///     .await?;
+/// assert_eq!(greeter.hello("Tim".into()), "Bonjour Tim!");
+/// # Ok(()) }
+/// ```
+pub fn worker_factory<S: Service>() -> WorkerFactory<S> {
+    WorkerFactory {
+        config: Config::default(),
+        replacements: Vec::new(),
+        service: PhantomData,
+    }
+}
+
+/// A builder of a service instance for unit tests; see [`worker_factory`].
+pub struct WorkerFactory<S> {
+    config: Config,
+    replacements: Replacements,
+    service: PhantomData<fn() -> S>,
+}
+
+impl<S> std::fmt::Debug for WorkerFactory<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerFactory").finish_non_exhaustive()
+    }
+}
+
+impl<S: Service> WorkerFactory<S> {
+    /// Uses `value` for the field `field` instead of building it.
+    pub fn replace<T: Send + 'static>(mut self, field: &str, value: T) -> Self {
+        self.replacements.push((field.to_owned(), Box::new(value)));
+        self
+    }
+
+    /// Builds the other fields with this configuration.
+    pub fn with_config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Builds the instance and starts its dependencies ([`Dependencies::start`]). Fails if a
+    /// replaced field does not exist or has another type.
+    pub async fn build(self) -> Result<S, Error> {
+        let transport = transport::connect(&format!(
+            "memory://worker-factory-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+        .await?;
+        let cx = DependencyContext::new(S::NAME, self.config, transport, self.replacements);
+        let service = S::build(&cx).await?;
+        let unused = cx.unused_replacements();
+        if !unused.is_empty() {
+            return Err(Error::Config(format!(
+                "{}: no dependency named {} to replace",
+                S::NAME,
+                unused.join(", ")
+            )));
+        }
+        Dependencies::start(&service).await?;
+        Ok(service)
+    }
+}
+
+/// Runs `future` as a worker of `service` would run: in a worker context for `entrypoint`,
+/// between the dependencies' `worker_setup` and `worker_result`/`worker_teardown`. For unit
+/// tests of a [`worker_factory`] instance whose dependencies keep per-worker state (such as a
+/// transaction). Returns the future's output, or the error of a `worker_setup` that refused
+/// the worker; an `Err` of the future is what `worker_result` sees as the worker's error.
+pub async fn run_as_worker<S, F, T, E>(
+    service: &S,
+    entrypoint: &str,
+    future: F,
+) -> Result<Result<T, E>, Error>
+where
+    S: Service,
+    F: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    use crate::service::WorkerResult;
+    use std::borrow::Cow;
+    let context = Arc::new(WorkerContext::with_data(
+        S::NAME,
+        entrypoint,
+        ContextData::new(),
+        Config::default().parent_calls_tracked,
+    ));
+    context
+        .clone()
+        .scope(async move {
+            service.worker_setup(&context).await?;
+            let outcome = future.await;
+            let error = outcome
+                .as_ref()
+                .err()
+                .map(|e| crate::error::remote_error_from_display(e));
+            let result = match &error {
+                Some(error) => WorkerResult::Failed(Cow::Borrowed(error)),
+                None => WorkerResult::Done,
+            };
+            service.worker_result(&context, &result).await;
+            service.worker_teardown(&context).await;
+            Ok(outcome)
+        })
+        .await
+}
