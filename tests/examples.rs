@@ -351,3 +351,37 @@ fn a_nameko_style_config_file_drives_show_config_and_run() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_database_example_opens_its_pool_at_start_and_closes_it_at_stop() {
+    let dir = std::env::temp_dir().join(format!("nameko-db-example-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("todo.sqlite");
+    let mut child = Command::new(example("database"))
+        .args(["--define", &format!("DATABASE_PATH={}", path.display())])
+        .arg("run")
+        .env_remove("AMQP_URI")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the database example");
+    let mut lines = log_lines(child.stderr.take().expect("stderr"));
+    let running = Running(child);
+    let opened: Vec<String> = lines
+        .by_ref()
+        .take_while(|l| !l.contains("service started"))
+        .collect();
+    assert!(
+        opened.iter().any(|l| l.contains("database pool open")),
+        "{opened:#?}"
+    );
+    assert!(path.exists(), "the database file was created");
+    assert!(running.terminate().success());
+    let rest: Vec<String> = lines.collect();
+    assert!(
+        rest.iter().any(|l| l.contains("database pool closed")),
+        "{rest:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,16 +1,4 @@
-//! Testing your services: Nameko's testing tools, in Rust.
-//!
-//! GUIDE
-//!
-//! | Nameko                        | here                                                        |
-//! |-------------------------------|-------------------------------------------------------------|
-//! | `worker_factory`              | [`worker_factory`]                                          |
-//! | `entrypoint_hook`             | [`RunningServices::entrypoint_hook`]                        |
-//! | `entrypoint_waiter`           | [`RunningServices::entrypoint_waiter`]                      |
-//! | `replace_dependencies`        | [`TestServices::replace_dependency`]                        |
-//! | `restrict_entrypoints`        | [`TestServices::restrict_entrypoints`]                      |
-//! | `once`, `dummy`               | `#[once]`, `#[dummy]`                                       |
-//! | `runner_factory`, `rabbit_config` | [`TestServices`], [`TestBroker::rabbitmq`]              |
+#![doc = include_str!("../docs/testing.md")]
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -401,6 +389,9 @@ fn base64(input: &[u8]) -> String {
     out
 }
 
+/// A change a test makes to the configuration.
+type Configure = Box<dyn FnOnce(&mut Config) + Send>;
+
 /// A set of services to run for one test: on an embedded broker of their own by default, or on
 /// a [`TestBroker`] given with [`on`](Self::on); HTTP on a free local port.
 ///
@@ -417,7 +408,7 @@ pub struct TestServices {
     uri: String,
     broker: Option<TestBroker>,
     runner: ServiceRunner,
-    configure: Vec<Box<dyn FnOnce(&mut Config) + Send>>,
+    configure: Vec<Configure>,
 }
 
 impl Default for TestServices {
