@@ -164,7 +164,8 @@ pub(crate) fn event_exchange(config: &Config, source: &str) -> ExchangeSpec {
 }
 
 /// Dispatches events from outside any service, in the name of any source service (Nameko's
-/// standalone `event_dispatcher`). Sends no context headers.
+/// standalone `event_dispatcher`). Like Nameko's, it sends no context headers, unless given
+/// context data with [`with_context_data`](Self::with_context_data).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -179,6 +180,7 @@ pub struct StandaloneEventDispatcher {
     transport: SharedTransport,
     config: Config,
     declared: Arc<Mutex<HashSet<String>>>,
+    headers: Arc<protocol::Headers>,
 }
 
 impl StandaloneEventDispatcher {
@@ -196,6 +198,16 @@ impl StandaloneEventDispatcher {
             transport,
             config: config.clone(),
             declared: Arc::default(),
+            headers: Arc::default(),
+        }
+    }
+
+    /// A dispatcher whose events carry this context data (e.g. an `auth_token`) as `nameko.*`
+    /// headers, for the handlers' `WorkerContext`.
+    pub fn with_context_data(&self, data: crate::ContextData) -> Self {
+        StandaloneEventDispatcher {
+            headers: Arc::new(protocol::headers_from_context(data.iter())),
+            ..self.clone()
         }
     }
 
@@ -222,7 +234,7 @@ impl StandaloneEventDispatcher {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(source.to_owned());
         }
-        let message = event_message(source, event_type, body, protocol::Headers::new());
+        let message = event_message(source, event_type, body, (*self.headers).clone());
         self.transport.publish(message).await?;
         Ok(())
     }

@@ -618,14 +618,7 @@ impl<S: Service> WorkerFactory<S> {
         .await?;
         let cx = DependencyContext::new(S::NAME, self.config, transport, self.replacements);
         let service = S::build(&cx).await?;
-        let unused = cx.unused_replacements();
-        if !unused.is_empty() {
-            return Err(Error::Config(format!(
-                "{}: no dependency named {} to replace",
-                S::NAME,
-                unused.join(", ")
-            )));
-        }
+        cx.check_replacements_taken()?;
         Dependencies::start(&service).await?;
         Ok(service)
     }

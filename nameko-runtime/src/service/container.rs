@@ -323,14 +323,7 @@ pub(crate) fn start<S: Service>(
             options.replacements,
         );
         let service = Arc::new(S::build(&cx).await?);
-        let unused = cx.unused_replacements();
-        if !unused.is_empty() {
-            return Err(Error::Config(format!(
-                "{}: no dependency named {} to replace",
-                S::NAME,
-                unused.join(", ")
-            )));
-        }
+        cx.check_replacements_taken()?;
         let entrypoints = S::entrypoints();
         if let Some(restrict) = &options.restrict {
             let names: Vec<_> = entrypoints.iter().map(Entrypoint::name).collect();

@@ -408,10 +408,19 @@ impl DependencyContext {
         Some(replacements.swap_remove(index).1)
     }
 
-    /// The fields given a replacement that no field took (misspelt names).
-    pub(crate) fn unused_replacements(&self) -> Vec<String> {
+    /// Fails if a replacement was given for a field the service does not have (a misspelt
+    /// name): every field has been built by now.
+    pub(crate) fn check_replacements_taken(&self) -> Result<(), Error> {
         let replacements = self.replacements.lock().unwrap_or_else(|p| p.into_inner());
-        replacements.iter().map(|(name, _)| name.clone()).collect()
+        if replacements.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = replacements.iter().map(|(name, _)| name.as_str()).collect();
+        Err(Error::Config(format!(
+            "{}: no dependency named {} to replace",
+            self.service_name,
+            names.join(", ")
+        )))
     }
 
     /// The service being built.
