@@ -74,6 +74,80 @@ fn wrk(url: &str, args: &Args) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("no Requests/sec in wrk's output:\n{text}"))
 }
 
+/// Counts the process's allocations, to report allocations per request for each server.
+struct CountingAllocator;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Allocations per request, over `n` sequential requests on one keep-alive connection from a
+/// client that allocates nothing per request.
+fn allocations_per_request(
+    address: std::net::SocketAddr,
+    path: &str,
+    n: u64,
+) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let mut buffer = [0u8; 4096];
+    let mut exchange = |stream: &mut std::net::TcpStream| -> anyhow::Result<()> {
+        stream.write_all(request.as_bytes())?;
+        let mut filled = 0;
+        loop {
+            let read = stream.read(&mut buffer[filled..])?;
+            anyhow::ensure!(read > 0, "the server closed the connection");
+            filled += read;
+            let text = &buffer[..filled];
+            if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&text[..end])?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if filled >= end + 4 + length {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    for _ in 0..100 {
+        exchange(&mut stream)?;
+    }
+    let before = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..n {
+        exchange(&mut stream)?;
+    }
+    let after = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
+    Ok((after - before) as f64 / n as f64)
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -107,6 +181,13 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let path = "/multiply/6/7?third=2";
+    let (bare_allocs, our_allocs) = tokio::task::block_in_place(|| {
+        anyhow::Ok((
+            allocations_per_request(bare_address, path, 10_000)?,
+            allocations_per_request(ours_address, path, 10_000)?,
+        ))
+    })?;
+    eprintln!("allocations per request: bare axum {bare_allocs:.1}, nameko-rs {our_allocs:.1}");
     let (mut bare_rates, mut our_rates) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
         let b =
@@ -122,11 +203,11 @@ async fn main() -> anyhow::Result<()> {
         "\nGET {path}: requests per second (wrk -t2 -c{} -d{}s, median of {} rounds)\n",
         args.connections, args.seconds, args.rounds
     );
-    println!("| server | requests/s | ratio to bare axum |");
-    println!("|---|---:|---:|");
-    println!("| bare axum handler | {bare:.0} | 1.00 |");
+    println!("| server | requests/s | ratio to bare axum | allocations per request |");
+    println!("|---|---:|---:|---:|");
+    println!("| bare axum handler | {bare:.0} | 1.00 | {bare_allocs:.1} |");
     println!(
-        "| nameko-rs `#[http]` method | {ours:.0} | {:.2} |",
+        "| nameko-rs `#[http]` method | {ours:.0} | {:.2} | {our_allocs:.1} |",
         ours / bare
     );
     running.stop().await?;

@@ -28,7 +28,12 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS todos (
 /// A pool of SQLite connections with a transaction per worker.
 ///
 /// Configuration: `DATABASE_PATH` (default: `nameko-todo.sqlite` in the temporary directory),
-/// `DATABASE_POOL_SIZE` (default 4).
+/// `DATABASE_POOL_SIZE` (default 4): the connections opened at start and kept idle between
+/// workers; more are opened when more workers run at once, and closed when they finish.
+///
+/// Every worker's transaction is `BEGIN IMMEDIATE`: workers of the service write one at a time
+/// (SQLite has one writer), and a method that calls back into its own service while holding
+/// its transaction would wait for itself (for the 5 s busy timeout).
 pub struct Database {
     field: &'static str,
     path: String,
@@ -39,22 +44,23 @@ pub struct Database {
 /// A worker's transaction: its connection, between `BEGIN` and `COMMIT`/`ROLLBACK`.
 struct Transaction(Mutex<Option<Connection>>);
 
+/// Opens a connection that waits up to 5 s for another transaction's lock.
+fn open(path: &str) -> rusqlite::Result<Connection> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(connection)
+}
+
 impl Database {
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn open(&self) -> rusqlite::Result<Connection> {
-        let connection = Connection::open(&self.path)?;
-        connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(connection)
     }
 
     /// A connection from the pool, or a new one when all are in use.
     fn acquire(&self) -> rusqlite::Result<Connection> {
         match self.idle().pop() {
             Some(connection) => Ok(connection),
-            None => self.open(),
+            None => open(&self.path),
         }
     }
 
@@ -66,8 +72,10 @@ impl Database {
         }
     }
 
-    /// Runs `f` on the current worker's transaction; outside a worker (a unit test calling a
-    /// method directly), on a connection of its own, committing each statement.
+    /// Runs `f` on the current worker's transaction. Outside a worker (a unit test calling a
+    /// method directly, without `nameko::testing::run_as_worker`), on a connection of its own,
+    /// each statement committed as it runs. A task a worker spawns is inside the worker only if
+    /// it is spawned within `WorkerContext::scope`.
     pub fn with<R>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
@@ -91,30 +99,41 @@ impl Database {
         }
     }
 
-    /// Ends the worker's transaction, on the blocking pool (a commit waits for the disk).
-    async fn finish(&self, worker: &WorkerContext, commit: bool) {
+    /// Ends the worker's transaction, on the blocking pool (a commit waits for the disk). A
+    /// failed commit is the worker's failure: the caller hears of it.
+    async fn finish(&self, worker: &WorkerContext, commit: bool) -> Result<(), Error> {
         let Some(transaction) = worker.remove_local::<Transaction>(self.field) else {
-            return;
+            return Ok(());
         };
         let taken = transaction
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let Some(connection) = taken else { return };
+        let Some(connection) = taken else {
+            return Ok(());
+        };
         let statement = if commit { "COMMIT" } else { "ROLLBACK" };
         let ended = tokio::task::spawn_blocking(move || {
             let result = connection.execute_batch(statement);
             (connection, result)
         })
         .await;
-        match ended {
-            Ok((connection, Ok(()))) => self.release(connection),
-            Ok((_, Err(error))) => {
-                tracing::error!(%error, statement, "could not end a transaction; dropping its connection");
+        let failure = match ended {
+            Ok((connection, Ok(()))) => {
+                self.release(connection);
+                return Ok(());
             }
-            Err(error) => tracing::error!(%error, statement, "could not end a transaction"),
-        }
+            // The connection is dropped: a transaction left open must not go back to the pool.
+            Ok((_, Err(error))) => error.to_string(),
+            Err(error) => error.to_string(),
+        };
+        tracing::error!(error = %failure, statement, "could not end a transaction");
+        Err(Error::Dependency {
+            service: worker.service_name().to_owned(),
+            dependency: self.field.to_owned(),
+            reason: format!("{statement} failed: {failure}"),
+        })
     }
 }
 
@@ -137,16 +156,22 @@ impl Dependency for Database {
     }
 
     async fn start(&self) -> Result<(), Error> {
-        let failed = |e: rusqlite::Error| Error::Config(format!("database {}: {e}", self.path));
-        let first = self.open().map_err(failed)?;
-        first
-            .execute_batch(&format!("PRAGMA journal_mode = WAL; {SCHEMA}"))
-            .map_err(failed)?;
-        let mut idle = vec![first];
-        for _ in 1..self.size {
-            idle.push(self.open().map_err(failed)?);
-        }
-        *self.idle() = idle;
+        let (path, size) = (self.path.clone(), self.size);
+        // Opening files and writing the schema block: on the blocking pool.
+        let opened = tokio::task::spawn_blocking(move || {
+            let first = open(&path)?;
+            first.execute_batch(&format!("PRAGMA journal_mode = WAL; {SCHEMA}"))?;
+            let mut idle = vec![first];
+            for _ in 1..size {
+                idle.push(open(&path)?);
+            }
+            Ok::<_, rusqlite::Error>(idle)
+        })
+        .await;
+        let failed = |e: String| Error::Config(format!("database {}: {e}", self.path));
+        *self.idle() = opened
+            .map_err(|e| failed(e.to_string()))?
+            .map_err(|e| failed(e.to_string()))?;
         tracing::info!(path = %self.path, connections = self.size, "database pool open");
         Ok(())
     }
@@ -166,10 +191,16 @@ impl Dependency for Database {
             dependency: self.field.to_owned(),
             reason: format!("could not begin a transaction: {reason}"),
         };
-        let connection = self.acquire().map_err(|e| refused(e.to_string()))?;
-        // `BEGIN IMMEDIATE` takes the write lock now (two transactions never deadlock upgrading
-        // to it) and may wait for it: on the blocking pool, not on the runtime's threads.
+        let idle = self.idle().pop();
+        let path = self.path.clone();
+        // Opening a connection and `BEGIN IMMEDIATE` (which takes the write lock now, so two
+        // transactions never deadlock upgrading to it, and may wait for it) block: on the
+        // blocking pool, not on the runtime's threads.
         let begun = tokio::task::spawn_blocking(move || {
+            let connection = match idle {
+                Some(connection) => connection,
+                None => open(&path)?,
+            };
             connection.execute_batch("BEGIN IMMEDIATE")?;
             Ok::<_, rusqlite::Error>(connection)
         })
@@ -180,13 +211,17 @@ impl Dependency for Database {
         Ok(())
     }
 
-    async fn worker_result(&self, worker: &WorkerContext, result: &WorkerResult<'_>) {
-        self.finish(worker, result.is_ok()).await;
+    async fn worker_result(
+        &self,
+        worker: &WorkerContext,
+        result: &WorkerResult<'_>,
+    ) -> Result<(), Error> {
+        self.finish(worker, result.is_ok()).await
     }
 
     async fn worker_teardown(&self, worker: &WorkerContext) {
         // Only if `worker_result` did not end it.
-        self.finish(worker, false).await;
+        let _ = self.finish(worker, false).await;
     }
 }
 

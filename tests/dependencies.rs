@@ -52,13 +52,18 @@ impl Dependency for Recorder {
         Ok(())
     }
 
-    async fn worker_result(&self, worker: &WorkerContext, result: &WorkerResult<'_>) {
+    async fn worker_result(
+        &self,
+        worker: &WorkerContext,
+        result: &WorkerResult<'_>,
+    ) -> Result<(), Error> {
         let outcome = match result {
             WorkerResult::Value(json) => format!("value {}", String::from_utf8_lossy(json)),
             WorkerResult::Done => "done".to_owned(),
             WorkerResult::Failed(error) => format!("failed {}", error.exc_type),
         };
         self.push(format!("result {} {outcome}", worker.entrypoint()));
+        Ok(())
     }
 
     async fn worker_teardown(&self, worker: &WorkerContext) {
@@ -352,6 +357,11 @@ impl Accounts {
         Err("the reset service is down".to_owned())
     }
 
+    #[rpc(sensitive_arguments = "pin")]
+    async fn unlock(&self, pin: u32) -> bool {
+        pin == 0
+    }
+
     #[event_handler("bank", "payment", sensitive_arguments = "payment.card")]
     async fn on_payment(&self, payment: Value) -> Result<(), String> {
         let _ = payment;
@@ -382,6 +392,12 @@ async fn expected_errors_are_warnings_and_sensitive_arguments_are_never_logged()
         .call::<_, bool>("reset", ["tim", "hunter2"])
         .await
         .unwrap_err();
+    // The argument does not fit its type: serde's message quotes it, the log must not.
+    let wrong = accounts
+        .call::<_, bool>("unlock", ["secret-pin-9"])
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, RpcError::IncorrectSignature(_)), "{wrong}");
     let waiter = services.entrypoint_waiter("accounts_svc", "on_payment");
     services
         .event_dispatcher()
@@ -397,7 +413,11 @@ async fn expected_errors_are_warnings_and_sensitive_arguments_are_never_logged()
 
     let lines = logs.lines_about("accounts_svc");
     let all = lines.join("\n");
-    for secret in ["swordfish", "1234", "hunter2", "4111-1111"] {
+    assert!(
+        all.contains("entrypoint=\"unlock\""),
+        "the unlock failure is logged:\n{all}"
+    );
+    for secret in ["swordfish", "1234", "hunter2", "4111-1111", "secret-pin-9"] {
         assert!(!all.contains(secret), "`{secret}` was logged:\n{all}");
     }
     let login = lines
@@ -522,4 +542,180 @@ async fn the_database_example_works_in_a_unit_test_without_a_broker() {
         }]
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Holds requests until the test opens it.
+#[derive(Clone)]
+pub struct Gate2(Arc<tokio::sync::Semaphore>);
+
+impl Default for Gate2 {
+    fn default() -> Self {
+        Gate2(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+}
+
+impl Dependency for Gate2 {
+    async fn build(_cx: &DependencyContext, _field: &'static str) -> Result<Self, Error> {
+        Ok(Gate2::default())
+    }
+}
+
+#[derive(Dependencies)]
+pub struct Slow {
+    gate: Gate2,
+    log: Recorder,
+}
+
+#[service(name = "slow_svc")]
+impl Slow {
+    #[http("GET", "/slow")]
+    async fn slow(&self) -> String {
+        self.log.push("request started".into());
+        let _permit = self.gate.0.acquire().await.unwrap();
+        self.log.push("request done".into());
+        "done".into()
+    }
+}
+
+#[tokio::test]
+async fn a_stop_waits_for_http_workers_before_stopping_the_dependencies() {
+    use tower::ServiceExt;
+    let (gate, log) = (Gate2::default(), Recorder::default());
+    let services = TestServices::new()
+        .with_service::<Slow>()
+        .replace_dependency::<Slow, _>("gate", gate.clone())
+        .replace_dependency::<Slow, _>("log", log.clone())
+        .start()
+        .await
+        .unwrap();
+    let router = services.http_router().unwrap();
+    let request = tokio::spawn(async move {
+        let request = axum::http::Request::get("/slow")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        router.oneshot(request).await.unwrap().status()
+    });
+    while !log.lines().contains(&"request started".to_owned()) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let stopping = tokio::spawn(services.stop());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let events = || -> Vec<String> {
+        log.lines()
+            .into_iter()
+            .filter(|l| {
+                !l.starts_with("setup") && !l.starts_with("result") && !l.starts_with("teardown")
+            })
+            .collect()
+    };
+    assert_eq!(
+        events(),
+        ["start", "request started"],
+        "stopped with a request in flight"
+    );
+    gate.0.add_permits(1);
+    assert_eq!(request.await.unwrap(), 200);
+    stopping.await.unwrap().unwrap();
+    assert_eq!(
+        events(),
+        ["start", "request started", "request done", "stop"]
+    );
+}
+
+/// Refuses every success, as a failed commit would.
+pub struct Refuser;
+
+impl Dependency for Refuser {
+    async fn build(_cx: &DependencyContext, _field: &'static str) -> Result<Self, Error> {
+        Ok(Refuser)
+    }
+
+    async fn worker_result(
+        &self,
+        _worker: &WorkerContext,
+        result: &WorkerResult<'_>,
+    ) -> Result<(), Error> {
+        match result.json() {
+            Some(b"\"commit fails\"") => Err(Error::Config("the commit failed".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Cannot start.
+pub struct Broken;
+
+impl Dependency for Broken {
+    async fn build(_cx: &DependencyContext, _field: &'static str) -> Result<Self, Error> {
+        Ok(Broken)
+    }
+
+    async fn start(&self) -> Result<(), Error> {
+        Err(Error::Config("the disk is gone".into()))
+    }
+}
+
+#[derive(Dependencies)]
+pub struct Committing {
+    _refuser: Refuser,
+}
+
+#[service(name = "committing_svc")]
+impl Committing {
+    #[rpc]
+    async fn echo(&self, text: String) -> String {
+        text
+    }
+}
+
+#[derive(Dependencies)]
+pub struct HalfStarted {
+    log: Recorder,
+    _broken: Broken,
+}
+
+#[service(name = "half_started_svc")]
+impl HalfStarted {
+    #[rpc]
+    async fn ping(&self) {}
+}
+
+#[tokio::test]
+async fn a_dependency_can_refuse_a_success_and_a_failed_start_stops_what_started() {
+    let services = TestServices::new()
+        .with_service::<Committing>()
+        .start()
+        .await
+        .unwrap();
+    let client = services.rpc_client().await.unwrap();
+    let svc = client.service("committing_svc");
+    assert_eq!(
+        svc.call::<_, String>("echo", ["fine"]).await.unwrap(),
+        "fine"
+    );
+    let refused = svc
+        .call::<_, String>("echo", ["commit fails"])
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("DependencyError"), "{refused}");
+    assert!(
+        refused.to_string().contains("the commit failed"),
+        "{refused}"
+    );
+    let hook = services.entrypoint_hook("committing_svc", "echo").unwrap();
+    services.stop().await.unwrap();
+    // A hook fired after the stop is refused, not run against stopped dependencies.
+    let late = hook.call(["late"]).await.unwrap_err();
+    assert_eq!(late.exc_type, "ServiceStopped");
+
+    let log = Recorder::default();
+    let failed = TestServices::new()
+        .with_service::<HalfStarted>()
+        .replace_dependency::<HalfStarted, _>("log", log.clone())
+        .start()
+        .await
+        .err()
+        .unwrap();
+    assert!(failed.to_string().contains("the disk is gone"), "{failed}");
+    assert_eq!(log.lines(), ["start", "stop"]);
 }

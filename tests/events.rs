@@ -20,7 +20,6 @@ struct Seen {
     handler: &'static str,
     instance: String,
     n: u32,
-    call_id_stack: Vec<String>,
 }
 
 fn seen() -> &'static Mutex<Vec<Seen>> {
@@ -68,15 +67,11 @@ pub struct Ping {
 
 impl Instance {
     fn record(&self, handler: &'static str, ping: &Ping) {
-        let call_id_stack = WorkerContext::current()
-            .map(|w| w.call_id_stack().to_vec())
-            .unwrap_or_default();
         seen().lock().unwrap().push(Seen {
             token: ping.token.clone(),
             handler,
             instance: self.0.clone(),
             n: ping.n,
-            call_id_stack,
         });
     }
 }
@@ -316,9 +311,10 @@ on_both_transports! {
         let running = start(broker, |r| r.with_service::<PoolA>()).await;
         let client = client(broker).await;
         let token = uuid::Uuid::new_v4().to_string();
+        let waiter = running.entrypoint_waiter("pool_a", "on_ping");
         emit(&client, "pooled", &ping(&token, 0)).await;
-        wait_until("handled", || seen_for(&token).len() == 1).await;
-        let stack = &seen_for(&token)[0].call_id_stack;
+        let handled = waiter.wait().await.unwrap();
+        let stack = handled.context().call_id_stack();
         assert_eq!(stack.len(), 3, "{stack:?}");
         assert!(stack[0].starts_with("standalone_rpc_proxy.call."), "{stack:?}");
         assert!(stack[1].starts_with("ev_source.emit."), "{stack:?}");
@@ -336,9 +332,10 @@ on_both_transports! {
             .unwrap();
         let dispatcher = StandaloneEventDispatcher::new(broker.connect().await, &Config::default());
         let token = uuid::Uuid::new_v4().to_string();
+        let waiter = running.entrypoint_waiter("pool_a", "on_ping");
         dispatcher.dispatch("ev_source", "pooled", &ping(&token, 3)).await.unwrap();
-        wait_until("handled", || seen_for(&token).len() == 1).await;
-        let stack = &seen_for(&token)[0].call_id_stack;
+        let handled = waiter.wait().await.unwrap();
+        let stack = handled.context().call_id_stack();
         assert_eq!(stack.len(), 1, "no caller: only the handler's own call id ({stack:?})");
         running.stop().await.unwrap();
     }
@@ -353,8 +350,9 @@ on_both_transports! {
         let running = start(broker, |r| r.with_service::<PoolA>()).await;
         let dispatcher = EventDispatcher::new(broker.connect().await, &Config::default(), "ev_source").await.unwrap();
         let token = uuid::Uuid::new_v4().to_string();
+        let waiter = running.entrypoint_waiter("pool_a", "on_ping");
         dispatcher.dispatch_event(&ping(&token, 9)).await.unwrap();
-        wait_until("handled", || seen_for(&token).len() == 1).await;
+        waiter.wait().await.unwrap().into_result().unwrap();
         assert_eq!(seen_for(&token)[0].handler, "pool_a");
         running.stop().await.unwrap();
     }

@@ -179,8 +179,11 @@ async fn entrypoint_hooks_fire_each_kind_of_entrypoint_with_context_data() {
         .unwrap();
     let failed = on_order.call(json!({"nothing": true})).await.unwrap_err();
     assert_eq!(failed.exc_type, "NoEmail");
-    let undecodable = on_order.call("not an object").await;
-    assert!(undecodable.is_err(), "{undecodable:?}");
+    let undecodable = on_order.call("not an object").await.unwrap_err();
+    assert_eq!(
+        undecodable.exc_type, "NoEmail",
+        "a JSON string is a `Value`: the handler saw it"
+    );
 
     services
         .entrypoint_hook("notifier", "tick")

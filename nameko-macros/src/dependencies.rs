@@ -73,25 +73,40 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
             .iter()
             .map(|(_, ty)| quote_spanned!(ty.span()=> <#ty as #p::Dependency>))
             .collect();
+        let labels: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        // Field i starts once fields 0..i have; if it fails, they are stopped again, last first.
+        let starts = (0..fields.len()).map(|i| {
+            let (ty, name) = (&tys[i], names[i]);
+            let undo = (0..i).rev().map(|j| {
+                let (ty, name) = (&tys[j], names[j]);
+                quote!(#ty::stop(&self.#name).await;)
+            });
+            quote! {
+                if let ::std::result::Result::Err(error) = #ty::start(&self.#name).await {
+                    #(#undo)*
+                    return ::std::result::Result::Err(error);
+                }
+            }
+        });
         quote! {
             async fn start(&self) -> ::std::result::Result<(), #p::Error> {
-                #( #tys::start(&self.#names).await?; )*
+                #(#starts)*
                 ::std::result::Result::Ok(())
             }
 
             async fn stop(&self) {
-                #( #tys::stop(&self.#names).await; )*
+                #( #p::guard(#labels, "stop", #tys::stop(&self.#names)).await; )*
             }
 
             fn kill(&self) {
-                #( #tys::kill(&self.#names); )*
+                #( #p::guard_kill(#labels, || #tys::kill(&self.#names)); )*
             }
 
             async fn worker_setup(
                 &self,
                 worker: &#p::WorkerContext,
             ) -> ::std::result::Result<(), #p::Error> {
-                #( #tys::worker_setup(&self.#names, worker).await?; )*
+                #( #p::guard_result(#labels, "worker_setup", #tys::worker_setup(&self.#names, worker)).await?; )*
                 ::std::result::Result::Ok(())
             }
 
@@ -99,12 +114,20 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                 &self,
                 worker: &#p::WorkerContext,
                 result: &#p::WorkerResult<'_>,
-            ) {
-                #( #tys::worker_result(&self.#names, worker, result).await; )*
+            ) -> ::std::result::Result<(), #p::Error> {
+                // Every dependency sees the result; the first refusal is the answer.
+                let mut refusal = ::std::result::Result::Ok(());
+                #(
+                    let outcome = #p::guard_result(#labels, "worker_result", #tys::worker_result(&self.#names, worker, result)).await;
+                    if refusal.is_ok() {
+                        refusal = outcome;
+                    }
+                )*
+                refusal
             }
 
             async fn worker_teardown(&self, worker: &#p::WorkerContext) {
-                #( #tys::worker_teardown(&self.#names, worker).await; )*
+                #( #p::guard(#labels, "worker_teardown", #tys::worker_teardown(&self.#names, worker)).await; )*
             }
         }
     });

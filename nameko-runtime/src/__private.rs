@@ -133,6 +133,49 @@ pub async fn build_dependency<T: Dependency>(
     })
 }
 
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    crate::service::container::panic_error(panic).value
+}
+
+/// Runs one dependency's hook; a panic is logged and the others still run.
+pub async fn guard(field: &'static str, hook: &'static str, future: impl Future<Output = ()>) {
+    use futures_util::FutureExt;
+    if let Err(panic) = std::panic::AssertUnwindSafe(future).catch_unwind().await {
+        tracing::error!(dependency = field, hook, panic = %panic_message(panic.as_ref()), "a dependency's hook panicked");
+    }
+}
+
+/// Runs one dependency's `kill`; a panic is logged and the others are still killed.
+pub fn guard_kill(field: &'static str, kill: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(kill)) {
+        tracing::error!(dependency = field, hook = "kill", panic = %panic_message(panic.as_ref()), "a dependency's hook panicked");
+    }
+}
+
+/// Runs one dependency's fallible worker hook; a panic is its error.
+pub async fn guard_result(
+    field: &'static str,
+    hook: &'static str,
+    future: impl Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(future).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let reason = format!("{hook} panicked: {}", panic_message(panic.as_ref()));
+            tracing::error!(dependency = field, hook, %reason, "a dependency's hook panicked");
+            Err(Error::Dependency {
+                service: crate::WorkerContext::current()
+                    .map(|w| w.service_name().to_owned())
+                    .unwrap_or_default(),
+                dependency: field.to_owned(),
+                reason,
+            })
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP.
 

@@ -5,6 +5,7 @@
 //! and the context data on every outgoing call, so users never pass it by hand.
 
 use std::any::{Any, TypeId};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -23,9 +24,9 @@ tokio::task_local! {
 /// The context of one worker: one firing of one entrypoint.
 #[derive(Debug, Clone)]
 pub struct WorkerContext {
-    service_name: String,
-    entrypoint: String,
-    call_id: String,
+    service_name: Cow<'static, str>,
+    entrypoint: Cow<'static, str>,
+    /// The callers' call ids, then this worker's own (never empty).
     call_id_stack: Vec<String>,
     data: ContextData,
     locals: Locals,
@@ -81,6 +82,36 @@ impl WorkerContext {
     pub fn with_data(
         service_name: &str,
         entrypoint: &str,
+        data: ContextData,
+        parent_calls_tracked: usize,
+    ) -> Self {
+        Self::build(
+            Cow::Owned(service_name.to_owned()),
+            Cow::Owned(entrypoint.to_owned()),
+            data,
+            parent_calls_tracked,
+        )
+    }
+
+    /// [`with_data`](Self::with_data) for an entrypoint of a running service, whose names live
+    /// as long as the program.
+    pub(crate) fn for_entrypoint(
+        service_name: &'static str,
+        entrypoint: &'static str,
+        data: ContextData,
+        parent_calls_tracked: usize,
+    ) -> Self {
+        Self::build(
+            Cow::Borrowed(service_name),
+            Cow::Borrowed(entrypoint),
+            data,
+            parent_calls_tracked,
+        )
+    }
+
+    fn build(
+        service_name: Cow<'static, str>,
+        entrypoint: Cow<'static, str>,
         mut data: ContextData,
         parent_calls_tracked: usize,
     ) -> Self {
@@ -99,17 +130,16 @@ impl WorkerContext {
             }
             None => Vec::new(),
         };
-        let call_id = protocol::new_call_id(service_name, entrypoint);
+        let call_id = protocol::new_call_id(&service_name, &entrypoint);
         let mut call_id_stack = parent;
-        call_id_stack.push(call_id.clone());
+        call_id_stack.push(call_id);
         let keep = parent_calls_tracked + 1;
         if call_id_stack.len() > keep {
             call_id_stack.drain(..call_id_stack.len() - keep);
         }
         WorkerContext {
-            service_name: service_name.to_owned(),
-            entrypoint: entrypoint.to_owned(),
-            call_id,
+            service_name,
+            entrypoint,
             call_id_stack,
             data,
             locals: Locals::default(),
@@ -144,7 +174,7 @@ impl WorkerContext {
 
     /// This worker's call id: `<service>.<method>.<uuid>`.
     pub fn call_id(&self) -> &str {
-        &self.call_id
+        self.call_id_stack.last().map_or("", String::as_str)
     }
 
     /// The call ids of the callers, oldest first, ending with this worker's own.

@@ -74,7 +74,7 @@ pub struct HttpCall {
     /// The body.
     pub body: Body,
     /// The route's parameters, in route order, percent-decoded and checked by their converters.
-    pub path: Vec<String>,
+    pub path: Arc<[String]>,
 }
 
 /// The future an HTTP handler returns.
@@ -417,6 +417,7 @@ pub(crate) fn router(routes: Vec<Route>, config: &Config) -> Result<axum::Router
                     let (parts, body) = request.into_parts();
                     for route in candidates.iter() {
                         if let Some(path) = path_values(route.segments, parts.uri.path()) {
+                            let path = Arc::from(path);
                             return (route.handler)(HttpCall { parts, body, path }).await;
                         }
                     }

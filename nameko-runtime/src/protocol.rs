@@ -77,7 +77,17 @@ pub fn event_queue_name(
 
 /// A call id: `<service>.<method>.<uuid4>`.
 pub fn new_call_id(service: &str, method: &str) -> String {
-    format!("{service}.{method}.{}", uuid::Uuid::new_v4())
+    let mut id = String::with_capacity(service.len() + method.len() + 38);
+    id.push_str(service);
+    id.push('.');
+    id.push_str(method);
+    id.push('.');
+    id.push_str(
+        uuid::Uuid::new_v4()
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    id
 }
 
 /// Message headers, as JSON values (AMQP field tables map onto JSON one to one).

@@ -343,8 +343,17 @@ impl ManagementApi {
         use std::io::{Read, Write};
         let failed =
             |e: String| Error::Config(format!("RabbitMQ management API, {method} {path}: {e}"));
-        let mut stream =
-            std::net::TcpStream::connect(&self.host).map_err(|e| failed(e.to_string()))?;
+        let timeout = Duration::from_secs(10);
+        let address = std::net::ToSocketAddrs::to_socket_addrs(&self.host)
+            .map_err(|e| failed(e.to_string()))?
+            .next()
+            .ok_or_else(|| failed(format!("no address for {}", self.host)))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)
+            .map_err(|e| failed(e.to_string()))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| failed(e.to_string()))?;
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {}\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -548,12 +557,18 @@ impl TestCluster {
     pub async fn stop(self) -> Result<(), Error> {
         self.services.stop().await
     }
+
+    /// Kills the services: running workers are abandoned.
+    pub async fn kill(self) {
+        self.services.kill().await
+    }
 }
 
 /// Builds an instance of service `S` outside any container (Nameko's `worker_factory`): each
 /// field is built by its [`Dependency`](crate::Dependency) implementation on an embedded broker
-/// of its own, unless given a value with [`replace`](WorkerFactory::replace). Call its methods
-/// directly: no broker, no worker.
+/// of its own (or the one given with [`on_uri`](WorkerFactory::on_uri)), unless given a value
+/// with [`replace`](WorkerFactory::replace). Call its methods directly: no broker to run, no
+/// container, no worker (wrap a call in [`run_as_worker`] for the dependencies' worker hooks).
 ///
 /// ```
 /// # use nameko::prelude::*;
@@ -577,6 +592,7 @@ impl TestCluster {
 pub fn worker_factory<S: Service>() -> WorkerFactory<S> {
     WorkerFactory {
         config: Config::default(),
+        broker_uri: None,
         replacements: Vec::new(),
         service: PhantomData,
     }
@@ -585,6 +601,7 @@ pub fn worker_factory<S: Service>() -> WorkerFactory<S> {
 /// A builder of a service instance for unit tests; see [`worker_factory`].
 pub struct WorkerFactory<S> {
     config: Config,
+    broker_uri: Option<String>,
     replacements: Replacements,
     service: PhantomData<fn() -> S>,
 }
@@ -608,6 +625,14 @@ impl<S: Service> WorkerFactory<S> {
         self
     }
 
+    /// Builds the other fields on the broker at `uri` instead of an embedded broker of their
+    /// own: e.g. [`TestCluster::broker_uri`] of services standing in for the ones this service
+    /// calls, so its clients get their answers.
+    pub fn on_uri(mut self, uri: &str) -> Self {
+        self.broker_uri = Some(uri.to_owned());
+        self
+    }
+
     /// Builds the instance and starts its dependencies ([`Dependencies::start`]). Fails if a
     /// replaced field does not exist or has another type.
     pub async fn build(self) -> Result<S, Error> {
@@ -627,8 +652,9 @@ impl<S: Service> WorkerFactory<S> {
 /// Runs `future` as a worker of `service` would run: in a worker context for `entrypoint`,
 /// between the dependencies' `worker_setup` and `worker_result`/`worker_teardown`. For unit
 /// tests of a [`worker_factory`] instance whose dependencies keep per-worker state (such as a
-/// transaction). Returns the future's output, or the error of a `worker_setup` that refused
-/// the worker; an `Err` of the future is what `worker_result` sees as the worker's error.
+/// transaction). Returns the future's output, or the error of a dependency that refused the
+/// worker (in `worker_setup`) or its success (in `worker_result`, e.g. a failed commit); an
+/// `Err` of the future is what `worker_result` sees as the worker's error.
 pub async fn run_as_worker<S, F, T, E>(
     service: &S,
     entrypoint: &str,
@@ -660,9 +686,12 @@ where
                 Some(error) => WorkerResult::Failed(Cow::Borrowed(error)),
                 None => WorkerResult::Done,
             };
-            service.worker_result(&context, &result).await;
+            let refusal = service.worker_result(&context, &result).await;
             service.worker_teardown(&context).await;
-            Ok(outcome)
+            match refusal {
+                Err(error) if outcome.is_ok() => Err(error),
+                _ => Ok(outcome),
+            }
         })
         .await
 }

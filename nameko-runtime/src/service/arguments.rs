@@ -49,6 +49,13 @@ fn steps(path: &str) -> Option<Vec<Step<'_>>> {
 /// assert_eq!(args, json!({"user": {"name": "tim", "password": "********"}, "pins": [1, "********"]}));
 /// ```
 pub fn redact(arguments: &mut Map<String, Value>, sensitive: &[&str]) {
+    redact_collecting(arguments, sensitive);
+}
+
+/// Redacts like [`redact`], and returns the text of every value redacted (the leaves of what a
+/// path reached), to keep them out of error messages too.
+fn redact_collecting(arguments: &mut Map<String, Value>, sensitive: &[&str]) -> Vec<String> {
+    let mut secrets = Vec::new();
     for path in sensitive {
         let Some(steps) = steps(path) else { continue };
         let Some((Step::Key(first), rest)) = steps.split_first() else {
@@ -63,16 +70,74 @@ pub fn redact(arguments: &mut Map<String, Value>, sensitive: &[&str]) {
             };
         }
         if let Some(value) = value {
+            leaves(value, &mut secrets);
             *value = Value::from(REDACTED);
         }
+    }
+    secrets
+}
+
+fn leaves(value: &Value, into: &mut Vec<String>) {
+    match value {
+        Value::String(s) => into.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| leaves(v, into)),
+        Value::Object(map) => map.values().for_each(|v| leaves(v, into)),
+        Value::Null => {}
+        other => into.push(other.to_string()),
+    }
+}
+
+/// A worker's arguments as logged: by name, redacted, with the redacted values kept aside to
+/// scrub error messages (which may quote an argument, as serde's do).
+#[derive(Debug)]
+pub(crate) struct LoggedArguments {
+    pub(crate) shown: Value,
+    secrets: Vec<String>,
+}
+
+impl LoggedArguments {
+    fn new(mut arguments: Map<String, Value>, sensitive: &[&str]) -> Self {
+        let secrets = redact_collecting(&mut arguments, sensitive);
+        LoggedArguments {
+            shown: Value::Object(arguments),
+            secrets,
+        }
+    }
+
+    /// `text` with every redacted value replaced by [`REDACTED`]; withheld altogether when it
+    /// contains a value too short to replace safely.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for secret in &self.secrets {
+            if secret.is_empty() || !text.contains(secret.as_str()) {
+                continue;
+            }
+            if secret.chars().count() < 4 {
+                return "(withheld: it may quote a sensitive argument)".to_owned();
+            }
+            text = text.replace(secret.as_str(), REDACTED);
+        }
+        text
+    }
+}
+
+/// What is shown of a body that is not what it should be: nothing of it when it may hold a
+/// sensitive argument.
+fn unreadable(body: &[u8], sensitive: &[&str]) -> Value {
+    if sensitive.is_empty() {
+        Value::from(String::from_utf8_lossy(body))
+    } else {
+        Value::from(format!("({} bytes, not JSON)", body.len()))
     }
 }
 
 /// The arguments of an RPC call by name (positional ones named after `params`, extra ones
 /// `args[i]`), redacted.
-pub(crate) fn rpc_arguments(body: &[u8], params: &[&str], sensitive: &[&str]) -> Value {
+pub(crate) fn rpc_arguments(body: &[u8], params: &[&str], sensitive: &[&str]) -> LoggedArguments {
     let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
-        return Value::from(String::from_utf8_lossy(body));
+        let mut arguments = Map::new();
+        arguments.insert("body".to_owned(), unreadable(body, sensitive));
+        return LoggedArguments::new(arguments, &[]);
     };
     let mut arguments = Map::new();
     if let Some(Value::Array(args)) = request.remove("args") {
@@ -86,18 +151,16 @@ pub(crate) fn rpc_arguments(body: &[u8], params: &[&str], sensitive: &[&str]) ->
     if let Some(Value::Object(kwargs)) = request.remove("kwargs") {
         arguments.extend(kwargs);
     }
-    redact(&mut arguments, sensitive);
-    Value::Object(arguments)
+    LoggedArguments::new(arguments, sensitive)
 }
 
 /// An event's payload under its parameter's name, redacted.
-pub(crate) fn event_arguments(body: &[u8], param: &str, sensitive: &[&str]) -> Value {
-    let payload = serde_json::from_slice::<Value>(body)
-        .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(body)));
+pub(crate) fn event_arguments(body: &[u8], param: &str, sensitive: &[&str]) -> LoggedArguments {
+    let payload =
+        serde_json::from_slice::<Value>(body).unwrap_or_else(|_| unreadable(body, sensitive));
     let mut arguments = Map::new();
     arguments.insert(param.to_owned(), payload);
-    redact(&mut arguments, sensitive);
-    Value::Object(arguments)
+    LoggedArguments::new(arguments, sensitive)
 }
 
 /// An HTTP request's route parameters by name, redacted.
@@ -105,14 +168,13 @@ pub(crate) fn named_arguments(
     names: impl IntoIterator<Item = &'static str>,
     values: &[String],
     sensitive: &[&str],
-) -> Value {
-    let mut arguments: Map<String, Value> = names
+) -> LoggedArguments {
+    let arguments: Map<String, Value> = names
         .into_iter()
         .zip(values)
         .map(|(name, value)| (name.to_owned(), Value::from(value.as_str())))
         .collect();
-    redact(&mut arguments, sensitive);
-    Value::Object(arguments)
+    LoggedArguments::new(arguments, sensitive)
 }
 
 #[cfg(test)]
@@ -142,20 +204,37 @@ mod tests {
         let body = br#"{"args": ["tim", "swordfish", 3], "kwargs": {"token": "abc"}}"#;
         let args = rpc_arguments(body, &["user", "password"], &["password", "token"]);
         assert_eq!(
-            args,
+            args.shown,
             json!({"user": "tim", "password": "********", "args[2]": 3, "token": "********"})
         );
+        assert_eq!(
+            args.scrub(r#"invalid type: string "swordfish", expected u32"#),
+            r#"invalid type: string "********", expected u32"#
+        );
+        assert_eq!(
+            args.scrub("token abc at line 1"),
+            "(withheld: it may quote a sensitive argument)"
+        );
+        assert_eq!(args.scrub("nothing secret"), "nothing secret");
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_not_shown_when_it_may_be_sensitive() {
+        let args = event_arguments(b"password=swordfish", "form", &["form"]);
+        assert_eq!(args.shown, json!({"form": "(18 bytes, not JSON)"}));
+        let args = event_arguments(b"hello", "text", &[]);
+        assert_eq!(args.shown, json!({"text": "hello"}));
     }
 
     #[test]
     fn whole_payloads_and_nested_values_are_redacted() {
         let body = br#"{"card": {"number": "4111", "name": "tim"}}"#;
         assert_eq!(
-            event_arguments(body, "payment", &["payment.card.number"]),
+            event_arguments(body, "payment", &["payment.card.number"]).shown,
             json!({"payment": {"card": {"number": "********", "name": "tim"}}})
         );
         assert_eq!(
-            event_arguments(body, "payment", &["payment"]),
+            event_arguments(body, "payment", &["payment"]).shown,
             json!({"payment": "********"})
         );
     }

@@ -27,9 +27,9 @@ use crate::context::{ContextData, WorkerContext};
 use crate::error::Error;
 use crate::events::{EventError, HandlerType};
 use crate::http::{Route, error_response};
-use crate::protocol::Headers;
 use crate::protocol::{self, CONTENT_TYPE_JSON, MalformedRequest, RemoteError, RequestBody};
 use crate::transport::{Consumer, Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec};
+use arguments::LoggedArguments;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -65,6 +65,9 @@ pub(crate) struct ServiceOptions {
 /// What a worker came to, for the dependencies' `worker_result` and the entrypoint waiters.
 trait Outcome {
     fn result(&self) -> WorkerResult<'_>;
+    /// The outcome of the same worker, failed with `error` (a dependency's `worker_result`
+    /// refused a success).
+    fn fail(self, error: RemoteError) -> Self;
 }
 
 impl Outcome for Result<Vec<u8>, RemoteError> {
@@ -74,6 +77,9 @@ impl Outcome for Result<Vec<u8>, RemoteError> {
             Err(error) => WorkerResult::Failed(Cow::Borrowed(error)),
         }
     }
+    fn fail(self, error: RemoteError) -> Self {
+        Err(error)
+    }
 }
 
 impl Outcome for Result<(), RemoteError> {
@@ -82,6 +88,9 @@ impl Outcome for Result<(), RemoteError> {
             Ok(()) => WorkerResult::Done,
             Err(error) => WorkerResult::Failed(Cow::Borrowed(error)),
         }
+    }
+    fn fail(self, error: RemoteError) -> Self {
+        Err(error)
     }
 }
 
@@ -96,6 +105,9 @@ impl Outcome for Result<(), EventError> {
             )),
         }
     }
+    fn fail(self, error: RemoteError) -> Self {
+        Err(EventError::Handler(error))
+    }
 }
 
 impl Outcome for Response {
@@ -105,40 +117,53 @@ impl Outcome for Response {
             None => WorkerResult::Done,
         }
     }
+    fn fail(self, error: RemoteError) -> Self {
+        error_response(&error, &[])
+    }
 }
 
 /// Logs a failed worker: a warning when its error is one the entrypoint expects, an error
-/// otherwise; with its arguments, redacted, when it has any.
+/// otherwise; with its arguments when it has any, redacted, and the error's text scrubbed of
+/// the redacted values.
 fn log_failure(
     context: &WorkerContext,
     error: &RemoteError,
     expected: &[&str],
-    arguments: impl FnOnce() -> Option<serde_json::Value>,
+    arguments: impl FnOnce() -> Option<LoggedArguments>,
 ) {
     let (service, entrypoint, call_id) = (
         context.service_name(),
         context.entrypoint(),
         context.call_id(),
     );
-    let arguments = arguments().map(|a| a.to_string()).unwrap_or_default();
-    if expected.contains(&error.exc_type.as_str()) {
-        tracing::warn!(service, entrypoint, call_id, %error, arguments, "worker failed (expected)");
-    } else if error.exc_type == "WorkerPanic" {
-        tracing::error!(service, entrypoint, call_id, panic = %error.value, arguments, "worker panicked");
+    let arguments = arguments();
+    let text = match &arguments {
+        Some(arguments) => arguments.scrub(&error.value),
+        None => error.value.clone(),
+    };
+    let error_type = error.exc_type.as_str();
+    let arguments = arguments.map(|a| a.shown.to_string()).unwrap_or_default();
+    if expected.contains(&error_type) {
+        tracing::warn!(service, entrypoint, call_id, error_type, error = %text, arguments, "worker failed (expected)");
+    } else if error_type == "WorkerPanic" {
+        tracing::error!(service, entrypoint, call_id, panic = %text, arguments, "worker panicked");
     } else {
-        tracing::error!(service, entrypoint, call_id, %error, arguments, "worker failed");
+        tracing::error!(service, entrypoint, call_id, error_type, error = %text, arguments, "worker failed");
     }
 }
 
 /// An HTTP route of service `S`: each request waits for a worker slot, then runs in a worker
-/// context of its own (empty context data, as in Nameko).
+/// context of its own (empty context data, as in Nameko), tracked with the container's other
+/// workers so that a stop waits for it before stopping the dependencies.
 fn http_route<S: Service>(
     service: Arc<S>,
     entrypoint: HttpEntrypoint<S>,
     workers: Arc<Semaphore>,
+    tracker: TaskTracker,
     shared: &Shared,
 ) -> Route {
-    let (shared, tracked) = (shared.clone(), shared.config.parent_calls_tracked);
+    let tracked = shared.config.parent_calls_tracked;
+    let shared = Arc::new(shared.clone());
     let (name, handler) = (entrypoint.name, entrypoint.handler);
     let (expected, sensitive) = (
         entrypoint.expected_exceptions,
@@ -153,13 +178,12 @@ fn http_route<S: Service>(
         segments,
         handler: Arc::new(move |call| {
             let (service, workers, shared) = (service.clone(), workers.clone(), shared.clone());
-            Box::pin(async move {
+            Box::pin(tracker.track_future(async move {
                 let Ok(_permit) = workers.acquire_owned().await else {
                     return StatusCode::SERVICE_UNAVAILABLE.into_response();
                 };
-                let context = Arc::new(WorkerContext::new(S::NAME, name, &Headers::new(), tracked));
-                let path = (!sensitive.is_empty() || tracing::enabled!(tracing::Level::ERROR))
-                    .then(|| call.path.clone());
+                let context = Arc::new(WorkerContext::for_entrypoint(S::NAME, name, ContextData::new(), tracked));
+                let path = call.path.clone();
                 let kill = shared.kill.clone();
                 let outcome = tokio::select! {
                     biased;
@@ -169,15 +193,11 @@ fn http_route<S: Service>(
                 let response = outcome.unwrap_or_else(|error| error_response(&error, &[]));
                 if let Some(error) = response.extensions().get::<RemoteError>() {
                     log_failure(&context, error, expected, || {
-                        Some(arguments::named_arguments(
-                            params.iter().copied(),
-                            &path.unwrap_or_default(),
-                            sensitive,
-                        ))
+                        Some(arguments::named_arguments(params.iter().copied(), &path, sensitive))
                     });
                 }
                 response
-            })
+            }))
         }),
     }
 }
@@ -191,6 +211,7 @@ async fn run_timer<S: Service>(
     timer: TimerEntrypoint<S>,
     once: bool,
     workers: Arc<Semaphore>,
+    stop: CancellationToken,
     shared: Shared,
 ) {
     let start = tokio::time::Instant::now();
@@ -199,21 +220,21 @@ async fn run_timer<S: Service>(
         let due = start + timer.interval * n;
         tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(due) => {}
         }
         let _permit = tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => return,
+            _ = stop.cancelled() => return,
             permit = workers.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
         };
-        let context = Arc::new(WorkerContext::new(
+        let context = Arc::new(WorkerContext::for_entrypoint(
             S::NAME,
             timer.name,
-            &Headers::new(),
+            ContextData::new(),
             shared.config.parent_calls_tracked,
         ));
         let outcome = tokio::select! {
@@ -266,17 +287,20 @@ where
     );
     let worker = context.clone();
     let lifecycle = async move {
-        if let Err(error) = service.worker_setup(&worker).await {
-            let error = RemoteError::new("DependencyError", error.to_string())
-                .with_path("nameko_rs.DependencyError");
-            service
-                .worker_result(&worker, &WorkerResult::Failed(Cow::Borrowed(&error)))
-                .await;
+        let setup = AssertUnwindSafe(service.worker_setup(&worker))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(Error::Config(panic_error(panic.as_ref()).value)));
+        if let Err(error) = setup {
+            let error = dependency_error(error);
+            let refused = WorkerResult::Failed(Cow::Borrowed(&error));
+            // The dependencies set up before the refusal see it, and clean up.
+            let _ = service.worker_result(&worker, &refused).await;
             service.worker_teardown(&worker).await;
-            shared.worker_finished(&worker, &WorkerResult::Failed(Cow::Borrowed(&error)));
+            shared.worker_finished(&worker, &refused);
             return Err(error);
         }
-        let outcome = AssertUnwindSafe(call(service.clone()))
+        let mut outcome = AssertUnwindSafe(call(service.clone()))
             .catch_unwind()
             .await
             .map_err(|panic| panic_error(panic.as_ref()));
@@ -284,17 +308,33 @@ where
             Ok(outcome) => outcome.result(),
             Err(error) => WorkerResult::Failed(Cow::Borrowed(error)),
         };
-        service.worker_result(&worker, &result).await;
+        let refusal = service.worker_result(&worker, &result).await.err();
+        drop(result);
+        if let Some(error) = refusal {
+            let succeeded = matches!(&outcome, Ok(value) if value.result().is_ok());
+            if succeeded {
+                // A dependency could not stand by the worker's success (a commit failed): the
+                // caller hears of the failure instead.
+                outcome = outcome.map(|value| value.fail(dependency_error(error)));
+            } else {
+                tracing::warn!(%error, "a dependency's worker_result failed for a failed worker");
+            }
+        }
         service.worker_teardown(&worker).await;
+        let result = match &outcome {
+            Ok(outcome) => outcome.result(),
+            Err(error) => WorkerResult::Failed(Cow::Borrowed(error)),
+        };
         shared.worker_finished(&worker, &result);
         drop(result);
         outcome
     };
-    context
-        .scope(AssertUnwindSafe(lifecycle).catch_unwind())
-        .instrument(span)
-        .await
-        .unwrap_or_else(|panic| Err(panic_error(panic.as_ref())))
+    context.scope(lifecycle).instrument(span).await
+}
+
+/// The error object for a dependency's refusal of a worker.
+fn dependency_error(error: Error) -> RemoteError {
+    RemoteError::new("DependencyError", error.to_string()).with_path("nameko_rs.DependencyError")
 }
 
 /// Handles the deliveries of one consumer.
@@ -336,9 +376,38 @@ pub(crate) fn start<S: Service>(
             }
         }
         service.start().await?;
+        match listen(service.clone(), entrypoints, options.restrict, &shared).await {
+            Ok(container) => Ok(container),
+            Err(error) => {
+                // Started dependencies are stopped again.
+                service.stop().await;
+                Err(error)
+            }
+        }
+    })
+}
+
+/// Registers the hooks, declares and consumes the queues, starts the timers and the container's
+/// loop: everything of a start after the dependencies have started.
+async fn listen<S: Service>(
+    service: Arc<S>,
+    entrypoints: Vec<Entrypoint<S>>,
+    restrict: Option<Vec<String>>,
+    shared: &Shared,
+) -> Result<ServiceContainer, Error> {
+    // This container's stop (by the runner, or when one of its loops fails) and kill (by the
+    // runner, or when its workers outlive the stop timeout): cancelling them touches no other
+    // container.
+    let mut shared = shared.clone();
+    shared.stop = shared.stop.child_token();
+    shared.kill = shared.kill.child_token();
+    {
+        let stop = shared.stop.clone();
+        // Every worker of the container, whatever fired it: a stop waits for them all.
+        let tracker = TaskTracker::new();
         let workers = Arc::new(Semaphore::new(shared.config.max_workers.max(1)));
         for entrypoint in &entrypoints {
-            if let Some(hook) = hook(&service, entrypoint, &workers, &shared) {
+            if let Some(hook) = hook(&service, entrypoint, &workers, &tracker, &stop, &shared) {
                 lock(&shared.hooks).insert((S::NAME, entrypoint.name()), hook);
             }
         }
@@ -346,7 +415,7 @@ pub(crate) fn start<S: Service>(
         let mut events = Vec::new();
         let mut timers = Vec::new();
         for entrypoint in entrypoints {
-            if let Some(restrict) = &options.restrict
+            if let Some(restrict) = &restrict
                 && !restrict.iter().any(|r| r == entrypoint.name())
             {
                 continue;
@@ -358,7 +427,13 @@ pub(crate) fn start<S: Service>(
                 Entrypoint::Once(e) => timers.push((e, true)),
                 Entrypoint::Dummy(_) => {}
                 Entrypoint::Http(e) => {
-                    let route = http_route(service.clone(), e, workers.clone(), &shared);
+                    let route = http_route(
+                        service.clone(),
+                        e,
+                        workers.clone(),
+                        tracker.clone(),
+                        &shared,
+                    );
                     lock(&shared.http_routes).push(route);
                 }
             }
@@ -416,17 +491,26 @@ pub(crate) fn start<S: Service>(
                     timer,
                     once,
                     workers.clone(),
+                    stop.clone(),
                     shared.clone(),
                 )) as BoxFuture<'static, ()>
             })
             .collect();
         let lifecycle: Arc<dyn Lifecycle> = service;
-        let task = tokio::spawn(run(S::NAME, listeners, timers, workers, lifecycle, shared));
+        let container = Container {
+            service: S::NAME,
+            workers,
+            tracker,
+            stop,
+            dependencies: lifecycle,
+            shared,
+        };
+        let task = tokio::spawn(run(container, listeners, timers));
         Ok(ServiceContainer {
             name: S::NAME,
             task,
         })
-    })
+    }
 }
 
 /// The service's dependencies, as the (non-generic) end of a container sees them.
@@ -461,6 +545,8 @@ fn hook<S: Service>(
     service: &Arc<S>,
     entrypoint: &Entrypoint<S>,
     workers: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
     shared: &Shared,
 ) -> Option<Hook> {
     enum Kind<S> {
@@ -477,6 +563,7 @@ fn hook<S: Service>(
     let kind = Arc::new(kind);
     let name = entrypoint.name();
     let (service, workers, shared) = (service.clone(), workers.clone(), shared.clone());
+    let (tracker, stop) = (tracker.clone(), stop.clone());
     Some(Arc::new(
         move |args: serde_json::Value, data: ContextData| {
             let (service, workers, shared, kind) = (
@@ -485,13 +572,18 @@ fn hook<S: Service>(
                 shared.clone(),
                 kind.clone(),
             );
-            Box::pin(async move {
-                let _permit = workers
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| RemoteError::new("ServiceStopped", "the service has stopped"))?;
+            let stop = stop.clone();
+            Box::pin(tracker.track_future(async move {
+                let stopped = || {
+                    RemoteError::new("ServiceStopped", format!("{} has stopped", S::NAME))
+                        .with_path("nameko_rs.ServiceStopped")
+                };
+                if stop.is_cancelled() {
+                    return Err(stopped());
+                }
+                let _permit = workers.acquire_owned().await.map_err(|_| stopped())?;
                 let tracked = shared.config.parent_calls_tracked;
-                let context = Arc::new(WorkerContext::with_data(S::NAME, name, data, tracked));
+                let context = Arc::new(WorkerContext::for_entrypoint(S::NAME, name, data, tracked));
                 match &*kind {
                     Kind::Rpc(handler) => {
                         let body = match args {
@@ -532,7 +624,7 @@ fn hook<S: Service>(
                         Ok(serde_json::Value::Null)
                     }
                 }
-            }) as BoxFuture<'static, _>
+            })) as BoxFuture<'static, _>
         },
     ))
 }
@@ -580,17 +672,33 @@ async fn declare_event_queue<S: Service>(
     Ok(queue)
 }
 
-async fn run(
+/// A started container, as its loop (`run`) sees it.
+struct Container {
     service: &'static str,
-    listeners: Vec<Listener>,
-    timers: Vec<BoxFuture<'static, ()>>,
     workers: Arc<Semaphore>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
     dependencies: Arc<dyn Lifecycle>,
     shared: Shared,
+}
+
+/// A container's life after its start: consume until stopped, let the running workers finish
+/// (up to the stop timeout, then kill them), stop its dependencies (up to the stop timeout too,
+/// then kill them), close its consumers.
+async fn run(
+    container: Container,
+    listeners: Vec<Listener>,
+    timers: Vec<BoxFuture<'static, ()>>,
 ) -> Result<(), Error> {
-    let tracker = TaskTracker::new();
-    // Stops this container's loops: on a stop of the runner, or when one loop fails.
-    let stop = shared.stop.child_token();
+    let Container {
+        service,
+        workers,
+        tracker,
+        stop,
+        dependencies,
+        shared,
+    } = container;
+    let kill = shared.kill.clone();
     let timers: Vec<_> = timers.into_iter().map(tokio::spawn).collect();
     if listeners.is_empty() {
         // Nothing to consume (HTTP or timers only): run until stopped.
@@ -604,7 +712,7 @@ async fn run(
                 workers.clone(),
                 tracker.clone(),
                 stop.clone(),
-                shared.kill.clone(),
+                kill.clone(),
             ))
         })
         .collect();
@@ -624,24 +732,39 @@ async fn run(
             }
         }
     }
-    for timer in timers {
-        // A timer loop ends at the stop, once its running tick (if any) has finished.
-        let _ = timer.await;
-    }
+    // The workers (and timer runs) in progress finish, within the stop timeout.
     tracker.close();
-    tokio::select! {
-        _ = tracker.wait() => {}
-        _ = shared.kill.cancelled() => tracker.wait().await,
+    let drained = async {
+        for timer in timers {
+            // A timer loop ends at the stop once its running tick, if any, has finished.
+            let _ = timer.await;
+        }
+        tracker.wait().await;
+    };
+    tokio::pin!(drained);
+    let done = tokio::select! {
+        _ = &mut drained => true,
+        _ = kill.cancelled() => false,
         _ = tokio::time::sleep(shared.config.stop_timeout) => {
             tracing::warn!(service, "workers still running after the stop timeout; killing them");
-            shared.kill.cancel();
-            tracker.wait().await;
+            kill.cancel();
+            false
         }
+    };
+    if !done {
+        drained.await;
     }
-    if shared.kill.is_cancelled() {
+    if kill.is_cancelled() {
         dependencies.kill();
     } else {
-        dependencies.stop().await;
+        tokio::select! {
+            _ = dependencies.stop() => {}
+            _ = kill.cancelled() => dependencies.kill(),
+            _ = tokio::time::sleep(shared.config.stop_timeout) => {
+                tracing::warn!(service, "dependencies still stopping after the stop timeout; killing them");
+                dependencies.kill();
+            }
+        }
     }
     for consumer in consumers {
         consumer.close().await;
@@ -796,10 +919,10 @@ impl<S: Service> RpcHandler<S> {
             tracing::warn!(service = S::NAME, %method, error = %e, "MalformedRequest");
             RemoteError::nameko("MalformedRequest", e.to_string())
         })?;
-        let context = Arc::new(WorkerContext::new(
+        let context = Arc::new(WorkerContext::for_entrypoint(
             S::NAME,
             entrypoint.name,
-            &delivery.properties.headers,
+            protocol::context_from_headers(&delivery.properties.headers),
             self.shared.config.parent_calls_tracked,
         ));
         let handler = entrypoint.handler;
@@ -844,10 +967,10 @@ impl<S: Service> Handler for EventHandler<S> {
 impl<S: Service> EventHandler<S> {
     async fn handle_event(&self, delivery: Delivery) {
         let e = &self.entrypoint;
-        let context = Arc::new(WorkerContext::new(
+        let context = Arc::new(WorkerContext::for_entrypoint(
             S::NAME,
             e.name,
-            &delivery.properties.headers,
+            protocol::context_from_headers(&delivery.properties.headers),
             self.shared.config.parent_calls_tracked,
         ));
         let outcome = match delivery.properties.content_type.as_deref() {
@@ -881,9 +1004,12 @@ impl<S: Service> EventHandler<S> {
                 delivery.ack().await
             }
             Err(EventError::Payload(reason)) => {
+                let arguments =
+                    arguments::event_arguments(&delivery.body, e.param, e.sensitive_arguments);
                 tracing::error!(
-                    service, handler, source, event_type, %reason,
-                    arguments = %arguments::event_arguments(&delivery.body, e.param, e.sensitive_arguments),
+                    service, handler, source, event_type,
+                    reason = %arguments.scrub(&reason),
+                    arguments = %arguments.shown,
                     "dropped an event whose payload does not fit the handler"
                 );
                 delivery.reject(false).await

@@ -217,14 +217,15 @@ pub trait Dependencies: Sized + Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Shows each dependency the worker's result.
+    /// Shows each dependency the worker's result; the first refusal (error) is returned, after
+    /// every dependency has seen the result.
     fn worker_result(
         &self,
         worker: &WorkerContext,
         result: &WorkerResult<'_>,
-    ) -> impl Future<Output = ()> + Send {
+    ) -> impl Future<Output = Result<(), Error>> + Send {
         let _ = (worker, result);
-        async {}
+        async { Ok(()) }
     }
 
     /// Runs each dependency's [`Dependency::worker_teardown`] after a worker.
@@ -279,10 +280,11 @@ pub trait Dependencies: Sized + Send + Sync + 'static {
 ///         Ok(FailureCounter::default())
 ///     }
 ///
-///     async fn worker_result(&self, _worker: &WorkerContext, result: &WorkerResult<'_>) {
+///     async fn worker_result(&self, _worker: &WorkerContext, result: &WorkerResult<'_>) -> Result<(), Error> {
 ///         if result.error().is_some() {
 ///             self.0.fetch_add(1, Ordering::Relaxed);
 ///         }
+///         Ok(())
 ///     }
 /// }
 /// ```
@@ -323,13 +325,17 @@ pub trait Dependency: Sized + Send + Sync + 'static {
     }
 
     /// Sees the worker's result or error (including a panic), before the entrypoint answers.
+    ///
+    /// An error refuses a success: the worker fails with a `DependencyError` carrying it, and
+    /// that is what the caller hears (e.g. a transaction that could not be committed). For a
+    /// worker that failed already, an error is only logged.
     fn worker_result(
         &self,
         worker: &WorkerContext,
         result: &WorkerResult<'_>,
-    ) -> impl Future<Output = ()> + Send {
+    ) -> impl Future<Output = Result<(), Error>> + Send {
         let _ = (worker, result);
-        async {}
+        async { Ok(()) }
     }
 
     /// Cleans up after one worker; runs whatever happened to it.

@@ -419,6 +419,12 @@ impl RunningServices {
                 _ = kill.cancelled() => task.abort(),
             }
         }
+        // The hooks hold the services (and `Shared`): let them go.
+        shared
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         shared.transport.close().await;
         first_error.map_or(Ok(()), Err)
     }
