@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_json_is_not_shown_when_it_may_be_sensitive() {
-        let args = event_arguments(b"password=swordfish", "form", &["form"]);
+        let args = event_arguments(b"password=swordfish", "form", &["form.password"]);
         assert_eq!(args.shown, json!({"form": "(18 bytes, not JSON)"}));
         let args = event_arguments(b"hello", "text", &[]);
         assert_eq!(args.shown, json!({"text": "hello"}));
