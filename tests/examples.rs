@@ -221,6 +221,14 @@ async fn the_events_example_on_rabbitmq_reaches_both_handlers_from_python() {
             .any(|l| l.contains("my_event_handler_service_2 received: hi")),
         "{received:?}"
     );
+    // A line logged in a worker says which worker.
+    assert!(
+        received
+            .iter()
+            .all(|l| l.contains("worker{service=\"my_event_handler_service_")
+                && l.contains("entrypoint=\"handle_event\" call_id=\"my_event_handler_service_")),
+        "{received:?}"
+    );
     drop(client);
     assert!(running.terminate().success());
 }

@@ -16,6 +16,8 @@ use crate::method::{Method, Output, attr_tokens};
 
 const USAGE: &str = "`#[http(\"GET\", \"/path/<int:id>\")]`, optionally with \
     `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"route_param,...\"`";
+/// As `nameko::http::MAX_ROUTE_PARAMS`.
+const MAX_ROUTE_PARAMS: usize = 16;
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 const INTEGERS: &[&str] = &[
     "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize",
@@ -215,6 +217,12 @@ impl Http {
                 Segment::Static(_) => None,
             })
             .collect();
+        if params.len() > MAX_ROUTE_PARAMS {
+            cx.error(
+                &route,
+                format!("a route has at most {MAX_ROUTE_PARAMS} parameters"),
+            );
+        }
         let options = EntrypointOptions::parse(&args, &params, &method.ident, cx);
         Some(Http {
             methods,

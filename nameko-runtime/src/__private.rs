@@ -190,7 +190,10 @@ pub fn panic_response(panic: RemoteError) -> Response {
 
 /// A route parameter as the handler's parameter type; a value that does not convert is a 404,
 /// as in Nameko.
-pub fn path_param<T: std::str::FromStr>(path: &[String], index: usize) -> Result<T, Response> {
+pub fn path_param<T: std::str::FromStr>(
+    path: &crate::http::PathValues,
+    index: usize,
+) -> Result<T, Response> {
     path.get(index)
         .and_then(|value| value.parse().ok())
         .ok_or_else(|| (axum::http::StatusCode::NOT_FOUND, "Not Found\n").into_response())

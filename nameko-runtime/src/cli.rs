@@ -99,7 +99,67 @@ pub fn init_logging_with(filter: Option<String>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .event_format(WorkerFormat::default())
         .try_init();
+}
+
+/// The default log format, plus the worker an event comes from: a line logged inside a worker
+/// reads `... INFO worker{service="s" entrypoint="e" call_id="s.e.<uuid>"}: target: message`.
+///
+/// The runtime's `worker` span carries the same fields, but it is a `debug` span: creating a
+/// span for every worker costs more than a worker of a simple HTTP endpoint. This format reads
+/// the worker from its context instead, which costs nothing until a line is logged. With the
+/// span enabled (`RUST_LOG=nameko=debug`), the span is shown as usual.
+#[derive(Default)]
+struct WorkerFormat {
+    inner: tracing_subscriber::fmt::format::Format,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for WorkerFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        use tracing_subscriber::fmt::{FormatFields, FormattedFields};
+        let in_worker_span = ctx
+            .event_scope()
+            .is_some_and(|mut scope| scope.any(|span| span.name() == "worker"));
+        let worker = match crate::WorkerContext::current() {
+            Some(worker) if !in_worker_span => worker,
+            _ => return self.inner.format_event(ctx, writer, event),
+        };
+        tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
+        write!(
+            writer,
+            " {:>5} worker{{service={:?} entrypoint={:?} call_id={:?}}}:",
+            event.metadata().level(),
+            worker.service_name(),
+            worker.entrypoint(),
+            worker.call_id()
+        )?;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                write!(writer, "{}", span.name())?;
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    write!(writer, "{{{fields}}}")?;
+                }
+                write!(writer, ":")?;
+            }
+        }
+        write!(writer, " {}: ", event.metadata().target())?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// Parses the command line and runs it on a new multi-threaded tokio runtime.

@@ -5,6 +5,7 @@
 //! it, on `WEB_SERVER_ADDRESS`. Each request is a worker like any other: it takes one of its
 //! service's `max_workers` slots and runs inside a [`WorkerContext`](crate::WorkerContext).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -73,8 +74,44 @@ pub struct HttpCall {
     pub parts: Parts,
     /// The body.
     pub body: Body,
-    /// The route's parameters, in route order, percent-decoded and checked by their converters.
-    pub path: Arc<[String]>,
+    /// The route's parameters, in route order, checked by their converters.
+    pub path: PathValues,
+}
+
+/// The most parameters a route may have.
+pub const MAX_ROUTE_PARAMS: usize = 16;
+
+/// The values of a route's parameters in a request's path: where they are in the path, decoded
+/// when read. Cloning one shares the path's bytes.
+#[derive(Clone, Debug)]
+pub struct PathValues {
+    uri: Uri,
+    spans: [(u32, u32); MAX_ROUTE_PARAMS],
+    len: usize,
+}
+
+impl PathValues {
+    /// The value of parameter `index` (in route order), percent-decoded.
+    pub fn get(&self, index: usize) -> Option<Cow<'_, str>> {
+        let (start, end) = *self.spans[..self.len].get(index)?;
+        let raw = self.uri.path().get(start as usize..end as usize)?;
+        Some(percent_decode(raw))
+    }
+
+    /// How many parameters there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the route has no parameters.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The values, in route order.
+    pub fn iter(&self) -> impl Iterator<Item = Cow<'_, str>> {
+        (0..self.len).filter_map(|i| self.get(i))
+    }
 }
 
 /// The future an HTTP handler returns.
@@ -162,39 +199,42 @@ pub struct Request {
     body: Bytes,
 }
 
-/// Query arguments (werkzeug's `request.args`).
+/// Query arguments (werkzeug's `request.args`), decoded when asked for.
 #[derive(Debug, Clone, Default)]
-pub struct Args(Vec<(String, String)>);
+pub struct Args {
+    /// The request's URI: cloning it shares its bytes, so reading the query costs nothing
+    /// until an argument is asked for.
+    uri: Uri,
+}
 
 impl Args {
-    fn parse(query: Option<&str>) -> Args {
-        Args(query.map(query_pairs).unwrap_or_default())
+    fn pairs(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+        query_pairs(self.uri.query().unwrap_or(""))
     }
 
     /// The first value of `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+    pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.pairs().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 
     /// Every value of `name`.
-    pub fn get_all(&self, name: &str) -> Vec<&str> {
-        self.0
-            .iter()
+    pub fn get_all(&self, name: &str) -> Vec<Cow<'_, str>> {
+        self.pairs()
             .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
             .collect()
     }
 
     /// All arguments as a map (the last value of each name).
     pub fn to_map(&self) -> BTreeMap<String, String> {
-        self.0.iter().cloned().collect()
+        self.pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
     }
 }
 
-fn query_pairs(query: &str) -> Vec<(String, String)> {
+/// The `name=value` pairs of a query or a URL-encoded form, decoded.
+fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
@@ -202,17 +242,21 @@ fn query_pairs(query: &str) -> Vec<(String, String)> {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             (form_decode(k), form_decode(v))
         })
-        .collect()
 }
 
-fn form_decode(s: &str) -> String {
-    percent_decode(&s.replace('+', " "))
+/// Decodes a form value: `+` is a space, then percent escapes.
+fn form_decode(s: &str) -> Cow<'_, str> {
+    if s.contains('+') {
+        Cow::Owned(percent_decode(&s.replace('+', " ")).into_owned())
+    } else {
+        percent_decode(s)
+    }
 }
 
-/// Percent-decodes `s` (invalid escapes are kept as they are).
-pub(crate) fn percent_decode(s: &str) -> String {
+/// Percent-decodes `s` (invalid escapes are kept as they are); borrows when there are none.
+pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.contains('%') {
-        return s.to_owned();
+        return Cow::Borrowed(s);
     }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -231,7 +275,7 @@ pub(crate) fn percent_decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 impl Request {
@@ -285,7 +329,9 @@ impl Request {
     /// The body parsed as a URL-encoded form into a map.
     pub fn form(&self) -> Result<BTreeMap<String, String>, HttpError> {
         let text = self.text()?;
-        Ok(query_pairs(text).into_iter().collect())
+        Ok(query_pairs(text)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect())
     }
 }
 
@@ -315,7 +361,9 @@ impl<S: Send + Sync> FromRequest<S> for Request {
             }
         })?;
         Ok(Request {
-            args: Args::parse(parts.uri.query()),
+            args: Args {
+                uri: parts.uri.clone(),
+            },
             method: parts.method,
             uri: parts.uri,
             headers: parts.headers,
@@ -335,9 +383,14 @@ pub(crate) struct Route {
 }
 
 /// Matches `path` against `segments`, returning the parameters' values (decoded), or `None`.
-fn path_values(segments: &[Segment], path: &str) -> Option<Vec<String>> {
+fn path_values(segments: &[Segment], uri: &Uri) -> Option<PathValues> {
+    let path = uri.path();
     let mut rest = path.trim_start_matches('/');
-    let mut values = Vec::new();
+    let mut values = PathValues {
+        uri: uri.clone(),
+        spans: [(0, 0); MAX_ROUTE_PARAMS],
+        len: 0,
+    };
     for segment in segments {
         let (part, tail) = match segment {
             Segment::Param(Converter::Path) => (rest, ""),
@@ -345,11 +398,16 @@ fn path_values(segments: &[Segment], path: &str) -> Option<Vec<String>> {
         };
         rest = tail;
         if let Segment::Param(converter) = segment {
-            let value = percent_decode(part);
-            if !converter.accepts(&value) {
+            if !converter.accepts(&percent_decode(part)) || values.len == MAX_ROUTE_PARAMS {
                 return None;
             }
-            values.push(value);
+            let start = part.as_ptr() as usize - path.as_ptr() as usize;
+            let span = (
+                u32::try_from(start).ok()?,
+                u32::try_from(start + part.len()).ok()?,
+            );
+            values.spans[values.len] = span;
+            values.len += 1;
         }
     }
     Some(values)
@@ -388,6 +446,7 @@ pub(crate) fn router(routes: Vec<Route>, config: &Config) -> Result<axum::Router
             .or_default()
             .push(Arc::new(route));
     }
+    let (max_body, request_timeout) = (config.http_max_body_bytes, config.http_request_timeout);
     let mut router = axum::Router::new();
     for (path, routes) in by_path {
         // Within one axum path, each method goes to the entrypoints whose segments match.
@@ -413,12 +472,26 @@ pub(crate) fn router(routes: Vec<Route>, config: &Config) -> Result<axum::Router
             let candidates: Arc<[Arc<Route>]> = candidates.into();
             let handler = move |request: axum::extract::Request| {
                 let candidates = candidates.clone();
+                let timeout = tokio::time::sleep(request_timeout);
                 async move {
                     let (parts, body) = request.into_parts();
+                    let Some(body) = limit_body(body, max_body) else {
+                        return plain(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "The request body is too large\n".into(),
+                        );
+                    };
                     for route in candidates.iter() {
-                        if let Some(path) = path_values(route.segments, parts.uri.path()) {
-                            let path = Arc::from(path);
-                            return (route.handler)(HttpCall { parts, body, path }).await;
+                        if let Some(path) = path_values(route.segments, &parts.uri) {
+                            let call = (route.handler)(HttpCall { parts, body, path });
+                            return tokio::select! {
+                                biased;
+                                response = call => response,
+                                () = timeout => plain(
+                                    StatusCode::REQUEST_TIMEOUT,
+                                    "The request took too long\n".into(),
+                                ),
+                            };
                         }
                     }
                     not_found()
@@ -442,15 +515,20 @@ pub(crate) fn router(routes: Vec<Route>, config: &Config) -> Result<axum::Router
         }))
         .map_err(|_| Error::Config(format!("the route {path} conflicts with another route")))?;
     }
-    Ok(router
-        .fallback(|| async { not_found() })
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            config.http_max_body_bytes,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.http_request_timeout,
-        )))
+    Ok(router.fallback(|| async { not_found() }))
+}
+
+/// The body, limited to `max` bytes: refused at once (`None`) when it says it is longer; read
+/// through a limit when its length is not known; as it is when it is empty (no cost for a GET).
+fn limit_body(body: Body, max: usize) -> Option<Body> {
+    use axum::body::HttpBody;
+    let hint = body.size_hint();
+    match hint.exact() {
+        Some(0) => Some(body),
+        Some(n) if n > max as u64 => None,
+        _ if hint.lower() > max as u64 => None,
+        _ => Some(Body::new(http_body_util::Limited::new(body, max))),
+    }
 }
 
 /// Parses Nameko's `[host:]port` address.
@@ -492,14 +570,18 @@ mod tests {
 
     #[test]
     fn path_values_are_matched_decoded_and_checked() {
+        let values = |segments: &[Segment], path: &str| {
+            path_values(segments, &path.parse().unwrap())
+                .map(|v| v.iter().map(Cow::into_owned).collect::<Vec<String>>())
+        };
         assert_eq!(
-            path_values(MULTIPLY, "/multiply/6/7"),
+            values(MULTIPLY, "/multiply/6/7"),
             Some(vec!["6".into(), "7".into()])
         );
-        assert_eq!(path_values(MULTIPLY, "/multiply/6/x"), None);
+        assert_eq!(values(MULTIPLY, "/multiply/6/x"), None);
         let files = &[Segment::Static("files"), Segment::Param(Converter::Path)];
         assert_eq!(
-            path_values(files, "/files/a/b%20c.txt"),
+            values(files, "/files/a/b%20c.txt"),
             Some(vec!["a/b c.txt".into()])
         );
         assert_eq!(axum_path(MULTIPLY), "/multiply/{p1}/{p2}");
@@ -509,12 +591,18 @@ mod tests {
 
     #[test]
     fn query_arguments_decode() {
-        let args = Args::parse(Some("third=2&name=Zo%C3%AB+B&x&third=3"));
-        assert_eq!(args.get("third"), Some("2"));
+        let args = Args {
+            uri: "/m?third=2&name=Zo%C3%AB+B&x&third=3".parse().unwrap(),
+        };
+        assert_eq!(args.get("third").as_deref(), Some("2"));
         assert_eq!(args.get_all("third"), ["2", "3"]);
-        assert_eq!(args.get("name"), Some("Zoë B"));
-        assert_eq!(args.get("x"), Some(""));
+        assert_eq!(args.get("name").as_deref(), Some("Zoë B"));
+        assert_eq!(args.get("x").as_deref(), Some(""));
         assert_eq!(args.get("missing"), None);
+        assert!(
+            matches!(args.get("third"), Some(Cow::Borrowed(_))),
+            "no copy without escapes"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -153,6 +154,16 @@ pub enum WaitError {
 
 type Filter = Box<dyn Fn(&FinishedWorker) -> bool + Send + Sync>;
 
+/// Counts a waiter as listening, for as long as it lives: workers are announced only while
+/// one listens.
+struct Listening(Arc<AtomicUsize>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Waits until a worker of one entrypoint has finished, dependencies torn down (Nameko's
 /// `entrypoint_waiter`): for event handlers, timers, anything the test does not call itself.
 ///
@@ -161,6 +172,7 @@ pub struct EntrypointWaiter {
     service: String,
     entrypoint: String,
     receiver: broadcast::Receiver<FinishedWorker>,
+    listening: Listening,
     timeout: Duration,
     filter: Option<Filter>,
 }
@@ -180,11 +192,14 @@ impl EntrypointWaiter {
         service: &str,
         entrypoint: &str,
         receiver: broadcast::Receiver<FinishedWorker>,
+        waiters: Arc<AtomicUsize>,
     ) -> Self {
+        waiters.fetch_add(1, Ordering::Relaxed);
         EntrypointWaiter {
             service: service.to_owned(),
             entrypoint: entrypoint.to_owned(),
             receiver,
+            listening: Listening(waiters),
             timeout: DEFAULT_TIMEOUT,
             filter: None,
         }
@@ -209,6 +224,7 @@ impl EntrypointWaiter {
     /// Waits for the next matching worker to finish and returns it (its result may be an
     /// error: the worker finished, failing).
     pub async fn wait(mut self) -> Result<FinishedWorker, WaitError> {
+        let _listening = &self.listening;
         let (service, entrypoint) = (self.service.clone(), self.entrypoint.clone());
         let wait = async {
             loop {

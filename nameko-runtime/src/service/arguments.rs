@@ -164,15 +164,15 @@ pub(crate) fn event_arguments(body: &[u8], param: &str, sensitive: &[&str]) -> L
 }
 
 /// An HTTP request's route parameters by name, redacted.
-pub(crate) fn named_arguments(
+pub(crate) fn named_arguments<'a>(
     names: impl IntoIterator<Item = &'static str>,
-    values: &[String],
+    values: impl IntoIterator<Item = std::borrow::Cow<'a, str>>,
     sensitive: &[&str],
 ) -> LoggedArguments {
     let arguments: Map<String, Value> = names
         .into_iter()
         .zip(values)
-        .map(|(name, value)| (name.to_owned(), Value::from(value.as_str())))
+        .map(|(name, value)| (name.to_owned(), Value::from(value.into_owned())))
         .collect();
     LoggedArguments::new(arguments, sensitive)
 }

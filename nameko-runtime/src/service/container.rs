@@ -184,16 +184,15 @@ fn http_route<S: Service>(
                 };
                 let context = Arc::new(WorkerContext::for_entrypoint(S::NAME, name, ContextData::new(), tracked));
                 let path = call.path.clone();
-                let kill = shared.kill.clone();
                 let outcome = tokio::select! {
                     biased;
-                    _ = kill.cancelled() => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                    _ = shared.kill.cancelled() => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
                     outcome = run_worker(service, &shared, context.clone(), |service| handler(service, call)) => outcome,
                 };
                 let response = outcome.unwrap_or_else(|error| error_response(&error, &[]));
                 if let Some(error) = response.extensions().get::<RemoteError>() {
                     log_failure(&context, error, expected, || {
-                        Some(arguments::named_arguments(params.iter().copied(), &path, sensitive))
+                        Some(arguments::named_arguments(params.iter().copied(), path.iter(), sensitive))
                     });
                 }
                 response
@@ -279,7 +278,9 @@ where
     F: Future<Output = T>,
 {
     use tracing::Instrument;
-    let span = tracing::info_span!(
+    // At `debug`: a span per worker costs more than a simple worker; `nameko::main`'s log
+    // format shows the worker of each line from its context instead (`cli::WorkerFormat`).
+    let span = tracing::debug_span!(
         "worker",
         service = context.service_name(),
         entrypoint = context.entrypoint(),

@@ -32,12 +32,14 @@ pub(crate) struct Shared {
     pub(crate) hooks: Arc<Mutex<HashMap<(&'static str, &'static str), Hook>>>,
     /// Where finished workers are announced to entrypoint waiters.
     pub(crate) finished: broadcast::Sender<FinishedWorker>,
+    /// How many entrypoint waiters listen (the sender's own count takes a lock).
+    pub(crate) waiters: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {
     /// Announces a finished worker, if an entrypoint waiter listens.
     pub(crate) fn worker_finished(&self, context: &Arc<WorkerContext>, result: &WorkerResult<'_>) {
-        if self.finished.receiver_count() == 0 {
+        if self.waiters.load(std::sync::atomic::Ordering::Relaxed) == 0 {
             return;
         }
         let result = match result {
@@ -203,6 +205,7 @@ impl ServiceRunner {
             http_routes: Arc::default(),
             hooks: Arc::default(),
             finished: broadcast::channel(1024).0,
+            waiters: Arc::default(),
         };
         let mut containers = Vec::new();
         let mut started = Ok(());
@@ -364,7 +367,12 @@ impl RunningServices {
     /// (Nameko's `entrypoint_waiter`). It listens from now on: create it before doing what
     /// fires the entrypoint, then [`wait`](EntrypointWaiter::wait).
     pub fn entrypoint_waiter(&self, service: &str, entrypoint: &str) -> EntrypointWaiter {
-        EntrypointWaiter::new(service, entrypoint, self.shared.finished.subscribe())
+        EntrypointWaiter::new(
+            service,
+            entrypoint,
+            self.shared.finished.subscribe(),
+            self.shared.waiters.clone(),
+        )
     }
 
     /// The names of the running services.
