@@ -439,6 +439,18 @@ async fn a_body_over_the_limit_is_refused() {
 }
 
 #[tokio::test]
+async fn a_request_over_the_time_limit_is_answered_408_and_the_server_goes_on() {
+    let mut config = Config::default();
+    config.http_request_timeout = Duration::from_millis(50);
+    let running = start(&TestBroker::memory(), config).await;
+    let reply = get(&running, "/slow").await;
+    assert_eq!(reply.status, 408);
+    assert_eq!(reply.body, "The request took too long\n");
+    assert_eq!(get(&running, "/hello/tim").await.body, "hello tim");
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn http_workers_count_against_max_workers() {
     let running = start(&TestBroker::memory(), Config::default().with_max_workers(1)).await;
     let (a, b, c) = tokio::join!(
