@@ -137,10 +137,20 @@ impl MemoryBroker {
             properties: message.properties,
             body: message.body,
         };
-        for name in targets {
-            if let Some(queue) = state.queues.get_mut(&name) {
-                queue.ready.push_back(stored.clone());
-                queue.dispatch();
+        // One copy per queue, the last one the message itself.
+        let last = targets.len().saturating_sub(1);
+        let mut stored = Some(stored);
+        for (i, name) in targets.iter().enumerate() {
+            if let Some(queue) = state.queues.get_mut(name) {
+                let copy = if i == last {
+                    stored.take()
+                } else {
+                    stored.clone()
+                };
+                if let Some(copy) = copy {
+                    queue.ready.push_back(copy);
+                    queue.dispatch();
+                }
             }
         }
         Ok(())
@@ -230,7 +240,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct MemoryAcker {
     state: Weak<Mutex<State>>,
-    queue: String,
+    queue: Arc<str>,
     consumer: u64,
     message: Option<Stored>,
 }
@@ -266,7 +276,7 @@ impl Drop for MemoryAcker {
 
 struct MemoryConsumer {
     state: Weak<Mutex<State>>,
-    queue: String,
+    queue: Arc<str>,
     id: u64,
     rx: mpsc::UnboundedReceiver<Stored>,
     cancelled: bool,
@@ -442,7 +452,7 @@ impl Transport for MemoryBroker {
                     q.dispatch();
                     Ok(Consumer::new(Box::new(MemoryConsumer {
                         state: Arc::downgrade(&self.state),
-                        queue: queue.to_owned(),
+                        queue: Arc::from(queue),
                         id,
                         rx,
                         cancelled: false,

@@ -1,0 +1,588 @@
+//! RPC calls per second and latency: a nameko-rs `#[rpc]` method against a raw lapin
+//! request/reply server doing the same work (the floor) and, when its environment is there,
+//! Python Nameko 2.14.1; the same method on the embedded broker; a service process's idle memory
+//! and time from start to ready. One client for every server: nameko-rs's `ClusterRpcClient`.
+//!
+//! ```text
+//! cargo bench --bench rpc -- [--broker amqp://guest:guest@localhost:5672]
+//!     [--rabbit-api http://guest:guest@localhost:15672] [--python target/interop-venv/bin/python]
+//!     [--sequential 2000] [--concurrent 10000] [--in-flight 50] [--rounds 3]
+//! ```
+//!
+//! Each run gets a RabbitMQ virtual host of its own (through the management API) and deletes it.
+//! Every server echoes its one argument back, with the same guarantees: persistent messages,
+//! replies published with publisher confirms, each request acknowledged after its reply is
+//! confirmed, prefetch 10.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use nameko::prelude::*;
+use nameko::testing::TestBroker;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Parser)]
+struct Args {
+    /// The RabbitMQ to measure on.
+    #[arg(
+        long,
+        env = "NAMEKO_BENCH_AMQP_URI",
+        default_value = "amqp://guest:guest@localhost:5672"
+    )]
+    broker: String,
+    /// Its management API (a virtual host is made for the run).
+    #[arg(
+        long,
+        env = "NAMEKO_BENCH_RABBIT_API",
+        default_value = "http://guest:guest@localhost:15672"
+    )]
+    rabbit_api: String,
+    /// A Python with nameko 2.14.1 (`tests/run.sh` makes `target/interop-venv`); without it,
+    /// Python Nameko is left out.
+    #[arg(long, env = "NAMEKO_TEST_PYTHON")]
+    python: Option<String>,
+    /// Sequential calls per round.
+    #[arg(long, default_value_t = 2000)]
+    sequential: usize,
+    /// Calls per round with `in_flight` at once.
+    #[arg(long, default_value_t = 10_000)]
+    concurrent: usize,
+    /// Calls in flight at once from the one client.
+    #[arg(long, default_value_t = 50)]
+    in_flight: usize,
+    /// Rounds (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Measure the embedded broker only (no RabbitMQ needed; for profiling it).
+    #[arg(long)]
+    embedded_only: bool,
+    /// With `--embedded-only`: on tokio's current-thread runtime (a one-thread monolith).
+    #[arg(long)]
+    current_thread: bool,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// Child mode: run the service on this broker, print `READY`, wait to be killed.
+    #[arg(long, hide = true)]
+    serve: Option<String>,
+}
+
+/// The service measured: echoes its argument.
+#[derive(Dependencies)]
+pub struct RpcBench;
+
+#[service(name = "rpc_bench")]
+impl RpcBench {
+    #[rpc]
+    async fn echo(&self, value: Value) -> Value {
+        value
+    }
+}
+
+const PREFETCH: u16 = 10;
+
+/// The floor: a raw lapin server speaking Nameko's protocol for `raw_bench.echo`. One consumer
+/// with prefetch 10; each request is handled in a task of its own: parse the JSON envelope,
+/// publish `{"result": args[0], "error": null}` to `reply_to` (persistent, confirmed), then ack.
+async fn raw_server(connection: Arc<Connection>) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    channel
+        .exchange_declare(
+            "nameko-rpc".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            "rpc-raw_bench".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            "rpc-raw_bench".into(),
+            "nameko-rpc".into(),
+            "raw_bench.*".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            "rpc-raw_bench".into(),
+            "raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let publisher = publisher.clone();
+            tokio::spawn(async move {
+                let request: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
+                let reply = json!({"result": request["args"][0], "error": null});
+                let properties = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_content_encoding("utf-8".into())
+                    .with_delivery_mode(2)
+                    .with_priority(0)
+                    .with_correlation_id(
+                        delivery
+                            .properties
+                            .correlation_id()
+                            .clone()
+                            .unwrap_or_default(),
+                    );
+                let reply_to = delivery
+                    .properties
+                    .reply_to()
+                    .as_ref()
+                    .map(|r| r.as_str().to_owned())
+                    .unwrap_or_default();
+                let body = serde_json::to_vec(&reply).unwrap_or_default();
+                let confirmed = async {
+                    publisher
+                        .basic_publish(
+                            "nameko-rpc".into(),
+                            reply_to.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            properties,
+                        )
+                        .await?
+                        .await
+                };
+                if confirmed.await.is_ok() {
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// What one server measured.
+#[derive(Default, Clone, Copy)]
+struct Figures {
+    sequential: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    concurrent: f64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One round's figures.
+#[derive(Default)]
+struct Rounds {
+    rates: Vec<f64>,
+    p50s: Vec<f64>,
+    p99s: Vec<f64>,
+    concurrent: Vec<f64>,
+}
+
+impl Rounds {
+    fn figures(self) -> Figures {
+        Figures {
+            sequential: median(self.rates),
+            p50_ms: median(self.p50s),
+            p99_ms: median(self.p99s),
+            concurrent: median(self.concurrent),
+        }
+    }
+}
+
+fn payload() -> Value {
+    json!({"n": 1, "text": "hello"})
+}
+
+async fn warm_up(proxy: &ServiceProxy) -> anyhow::Result<()> {
+    for _ in 0..50 {
+        let _: Value = proxy.call("echo", [payload()]).await?;
+    }
+    Ok(())
+}
+
+/// One round: sequential calls (rate and latency percentiles), then calls with `in_flight` at
+/// once.
+async fn round(
+    proxy: &ServiceProxy,
+    in_flight: usize,
+    sequential: usize,
+    concurrent: usize,
+    into: &mut Rounds,
+) -> anyhow::Result<()> {
+    let payload = payload();
+    let mut latencies = Vec::with_capacity(sequential);
+    let start = Instant::now();
+    for _ in 0..sequential {
+        let t = Instant::now();
+        let echoed: Value = proxy.call("echo", [&payload]).await?;
+        latencies.push(t.elapsed());
+        anyhow::ensure!(echoed == payload, "wrong answer: {echoed}");
+    }
+    into.rates
+        .push(sequential as f64 / start.elapsed().as_secs_f64());
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    into.p50s.push(at(0.50).as_secs_f64() * 1e3);
+    into.p99s.push(at(0.99).as_secs_f64() * 1e3);
+
+    let start = Instant::now();
+    let answers: Vec<Result<Value, RpcError>> = futures_util::stream::iter(0..concurrent)
+        .map(|_| proxy.call("echo", [&payload]))
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let elapsed = start.elapsed();
+    let failed = answers.iter().filter(|a| a.is_err()).count();
+    anyhow::ensure!(failed == 0, "{failed} calls failed");
+    into.concurrent
+        .push(concurrent as f64 / elapsed.as_secs_f64());
+    Ok(())
+}
+
+/// `rounds` rounds against one server.
+async fn measure(
+    proxy: &ServiceProxy,
+    args: &Args,
+    sequential: usize,
+    concurrent: usize,
+) -> anyhow::Result<Figures> {
+    warm_up(proxy).await?;
+    let mut rounds = Rounds::default();
+    for _ in 0..args.rounds {
+        round(proxy, args.in_flight, sequential, concurrent, &mut rounds).await?;
+    }
+    Ok(rounds.figures())
+}
+
+/// Rounds against two servers, alternating which goes first (the broker's state drifts).
+async fn measure_pair(
+    a: &ServiceProxy,
+    b: &ServiceProxy,
+    args: &Args,
+) -> anyhow::Result<(Figures, Figures)> {
+    warm_up(a).await?;
+    warm_up(b).await?;
+    let (mut ra, mut rb) = (Rounds::default(), Rounds::default());
+    for i in 0..args.rounds {
+        let (s, c, n) = (args.sequential, args.concurrent, args.in_flight);
+        if i % 2 == 0 {
+            round(a, n, s, c, &mut ra).await?;
+            round(b, n, s, c, &mut rb).await?;
+        } else {
+            round(b, n, s, c, &mut rb).await?;
+            round(a, n, s, c, &mut ra).await?;
+        }
+    }
+    Ok((ra.figures(), rb.figures()))
+}
+
+/// The embedded broker: service and client in one process.
+async fn embedded(args: &Args) -> anyhow::Result<Figures> {
+    let uri = format!("memory://bench-{}", uuid::Uuid::new_v4().simple());
+    let running = ServiceRunner::new(Config::default().with_broker(&uri))
+        .with_service::<RpcBench>()
+        .start()
+        .await?;
+    let client = ClusterRpcClient::connect(&uri).await?;
+    let figures = measure(
+        &client.service("rpc_bench"),
+        args,
+        args.sequential * 10,
+        args.concurrent * 10,
+    )
+    .await?;
+    eprintln!(
+        "embedded: {:.0} sequential, {:.0} in flight",
+        figures.sequential, figures.concurrent
+    );
+    running.stop().await?;
+    Ok(figures)
+}
+
+/// The child mode: one service process, as `nameko::main` would run it.
+async fn serve(uri: &str) -> anyhow::Result<()> {
+    let running = ServiceRunner::new(Config::default().with_broker(uri))
+        .with_service::<RpcBench>()
+        .start()
+        .await?;
+    println!("READY");
+    running.run_until_signal().await?;
+    Ok(())
+}
+
+/// Resident memory of a process, in MB.
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Starts this binary as a service process on `uri`: time until it is ready, and its resident
+/// memory after a second of idling.
+async fn service_process(uri: &str) -> anyhow::Result<(Duration, f64)> {
+    let start = Instant::now();
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["--serve", uri])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+            Ok(Ok(Some(line))) if line == "READY" => break,
+            Ok(Ok(Some(_))) => continue,
+            other => anyhow::bail!("the service process did not get ready: {other:?}"),
+        }
+    }
+    let ready = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = child.id().and_then(rss_mb).unwrap_or(f64::NAN);
+    child.kill().await?;
+    Ok((ready, rss))
+}
+
+/// Python Nameko's `python_service` (from `tests/interop/py_services.py`), run with
+/// `nameko run`: the process, and its start-to-ready time (its first answer).
+async fn python_service(
+    python: &str,
+    uri: &str,
+    client: &ClusterRpcClient,
+) -> anyhow::Result<(tokio::process::Child, Duration)> {
+    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let config = std::env::temp_dir().join(format!("nameko-bench-{}.yaml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!("AMQP_URI: '{}'\n", uri.replacen("amqp://", "pyamqp://", 1)),
+    )?;
+    let nameko = std::path::Path::new(python).with_file_name("nameko");
+    let start = Instant::now();
+    let child = tokio::process::Command::new(nameko)
+        .args(["run", "py_services:PythonService", "--config"])
+        .arg(&config)
+        .current_dir(&interop)
+        .env("PYTHONPATH", &interop)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let proxy = client
+        .service("python_service")
+        .with_timeout(Duration::from_secs(1));
+    loop {
+        match proxy.call::<_, Value>("echo", [1]).await {
+            Ok(_) => break,
+            Err(_) if start.elapsed() < Duration::from_secs(60) => continue,
+            Err(e) => anyhow::bail!("Python nameko did not answer: {e}"),
+        }
+    }
+    Ok((child, start.elapsed()))
+}
+
+fn row(name: &str, ours: &Figures, other: Option<(&str, &Figures)>) {
+    let ratio = |a: f64, b: f64| format!("{:.2}", a / b);
+    match other {
+        Some((label, base)) => {
+            println!(
+                "| {name}, sequential calls/s (p50 / p99 ms) | {:.0} ({:.2} / {:.2}) | {label}: {:.0} ({:.2} / {:.2}) | {} |",
+                ours.sequential,
+                ours.p50_ms,
+                ours.p99_ms,
+                base.sequential,
+                base.p50_ms,
+                base.p99_ms,
+                ratio(ours.sequential, base.sequential)
+            );
+            println!(
+                "| {name}, calls/s with the calls in flight | {:.0} | {label}: {:.0} | {} |",
+                ours.concurrent,
+                base.concurrent,
+                ratio(ours.concurrent, base.concurrent)
+            );
+        }
+        None => {
+            println!(
+                "| {name}, sequential calls/s (p50 / p99 ms) | {:.0} ({:.3} / {:.3}) | — | — |",
+                ours.sequential, ours.p50_ms, ours.p99_ms
+            );
+            println!(
+                "| {name}, calls/s with the calls in flight | {:.0} | — | — |",
+                ours.concurrent
+            );
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = args.bench;
+    if args.embedded_only && args.current_thread {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(bench(&args));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            match &args.serve {
+                Some(uri) => serve(uri).await,
+                None => bench(&args).await,
+            }
+        })
+}
+
+async fn bench(args: &Args) -> anyhow::Result<()> {
+    nameko::cli::init_logging_with(Some("warn,lapin::returned_messages=error".into()));
+    if args.embedded_only {
+        let embedded = embedded(args).await?;
+        println!(
+            "| embedded broker | {:.0} sequential calls/s (p50 {:.3} ms) | {:.0} calls/s with {} in flight |",
+            embedded.sequential, embedded.p50_ms, embedded.concurrent, args.in_flight
+        );
+        return Ok(());
+    }
+    let broker = TestBroker::rabbitmq(&args.broker, &args.rabbit_api)?;
+    let uri = broker.uri().to_owned();
+    eprintln!(
+        "on {} ({} rounds)",
+        nameko::transport::mask_password(&uri),
+        args.rounds
+    );
+
+    // The floor and nameko-rs, each on its own connection, measured by one client.
+    let raw_connection =
+        Arc::new(Connection::connect(&uri, ConnectionProperties::default()).await?);
+    raw_server(raw_connection.clone()).await?;
+    let running = ServiceRunner::new(Config::default().with_broker(&uri))
+        .with_service::<RpcBench>()
+        .start()
+        .await?;
+    let client = ClusterRpcClient::connect(&uri).await?;
+    let (raw, ours) = measure_pair(
+        &client.service("raw_bench"),
+        &client.service("rpc_bench"),
+        args,
+    )
+    .await?;
+    eprintln!(
+        "raw lapin: {:.0} sequential, {:.0} in flight",
+        raw.sequential, raw.concurrent
+    );
+    eprintln!(
+        "nameko-rs: {:.0} sequential, {:.0} in flight",
+        ours.sequential, ours.concurrent
+    );
+    running.stop().await?;
+    raw_connection.close(200, "OK".into()).await?;
+
+    // Python Nameko, when there.
+    let mut python = None;
+    if let Some(py) = &args.python {
+        let (mut child, ready) = python_service(py, &uri, &client).await?;
+        let rss = child.id().and_then(rss_mb).unwrap_or(f64::NAN);
+        // Python is slower: fewer calls keep the run short.
+        let figures = measure(
+            &client.service("python_service"),
+            args,
+            args.sequential / 4,
+            args.concurrent / 5,
+        )
+        .await?;
+        eprintln!(
+            "Python nameko: {:.0} sequential, {:.0} in flight",
+            figures.sequential, figures.concurrent
+        );
+        child.kill().await?;
+        python = Some((figures, ready, rss));
+    }
+
+    let embedded = embedded(args).await?;
+
+    // A service process: start to ready, idle memory.
+    let (ready, rss) = service_process(&uri).await?;
+    drop(client);
+    drop(broker);
+
+    println!(
+        "\nRPC: `echo` of a small JSON object, one nameko-rs client, {} in flight for the second figure, medians of {} rounds\n",
+        args.in_flight, args.rounds
+    );
+    println!("| measurement | nameko-rs | baseline | ratio |");
+    println!("|---|---:|---:|---:|");
+    row("RabbitMQ", &ours, Some(("raw lapin", &raw)));
+    if let Some((figures, _, _)) = &python {
+        row("RabbitMQ", &ours, Some(("Python Nameko 2.14.1", figures)));
+    }
+    row("embedded broker", &embedded, None);
+    match &python {
+        Some((_, py_ready, py_rss)) => {
+            println!(
+                "| service process, start to ready (ms) | {:.0} | Python Nameko: {:.0} | {:.2} |",
+                ready.as_secs_f64() * 1e3,
+                py_ready.as_secs_f64() * 1e3,
+                ready.as_secs_f64() / py_ready.as_secs_f64()
+            );
+            println!(
+                "| service process, idle resident memory (MB) | {rss:.1} | Python Nameko: {py_rss:.1} | {:.2} |",
+                rss / py_rss
+            );
+        }
+        None => {
+            println!(
+                "| service process, start to ready (ms) | {:.0} | — | — |",
+                ready.as_secs_f64() * 1e3
+            );
+            println!("| service process, idle resident memory (MB) | {rss:.1} | — | — |");
+        }
+    }
+    println!(
+        "\nEvents and HTTP: `cargo bench --bench events`, `cargo bench --bench http` (or all three: `cargo bench`)."
+    );
+    Ok(())
+}
