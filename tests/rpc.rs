@@ -299,6 +299,9 @@ on_both_transports! {
         );
         let nested = json!({"ünïcödé": "日本語 ✓", "list": [1, 2.5, null, true], "deep": {"a": [{"b": "c"}]}});
         assert_eq!(calc.call::<_, Value>("echo", [&nested]).await.unwrap(), nested);
+        // Larger than one AMQP frame (32 KiB) both ways.
+        let large = json!("x".repeat(300_000));
+        assert_eq!(calc.call::<_, Value>("echo", [&large]).await.unwrap(), large);
         assert_eq!(CalculatorClient::new(&client).internal_name().await.unwrap(), "renamed");
         assert_eq!(calc.call::<_, String>("public_name", ()).await.unwrap(), "renamed");
         running.stop().await.unwrap();
