@@ -66,6 +66,9 @@ struct Args {
     /// Measure the embedded broker only (no RabbitMQ needed; for profiling it).
     #[arg(long)]
     embedded_only: bool,
+    /// Only nameko-rs's client against the raw lapin server (for profiling the client).
+    #[arg(long)]
+    client_only: bool,
     /// With `--embedded-only`: on tokio's current-thread runtime (a one-thread monolith).
     #[arg(long)]
     current_thread: bool,
@@ -185,6 +188,130 @@ async fn raw_server(connection: Arc<Connection>) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// A raw lapin client for `raw_bench.echo`: one channel publishing with confirms (as Nameko's
+/// client does), one exclusive reply queue whose replies are acknowledged (as Nameko's reply
+/// listener does), replies matched by correlation id; `calls` calls with `in_flight` at once.
+/// Returns calls per second.
+async fn raw_client(uri: &str, calls: usize, in_flight: usize) -> anyhow::Result<f64> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use tokio::sync::oneshot;
+    let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let reply_queue = format!("rpc.reply-raw-client-{}", uuid::Uuid::new_v4().simple());
+    channel
+        .queue_declare(
+            reply_queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            reply_queue.as_str().into(),
+            "nameko-rpc".into(),
+            reply_queue.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>> = Arc::default();
+    let mut consumer = channel
+        .basic_consume(
+            reply_queue.as_str().into(),
+            "raw-client".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let replies = pending.clone();
+    let listener = tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let id = delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str().to_owned())
+                .unwrap_or_default();
+            let waiter = replies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(delivery.data);
+            }
+        }
+    });
+    let body = serde_json::to_vec(&json!({"args": [payload()], "kwargs": {}}))?;
+    let call = |channel: lapin::Channel, body: Vec<u8>| {
+        let (pending, reply_queue) = (pending.clone(), reply_queue.clone());
+        async move {
+            let id = uuid::Uuid::new_v4().to_string();
+            let (tx, rx) = oneshot::channel();
+            pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), tx);
+            // The header every Nameko caller sends: its call id stack.
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "nameko.call_id_stack".into(),
+                lapin::types::AMQPValue::FieldArray(
+                    vec![lapin::types::AMQPValue::LongString(
+                        format!("standalone_rpc_proxy.call.{id}").into(),
+                    )]
+                    .into(),
+                ),
+            );
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_content_encoding("utf-8".into())
+                .with_delivery_mode(2)
+                .with_priority(0)
+                .with_correlation_id(id.as_str().into())
+                .with_reply_to(reply_queue.as_str().into())
+                .with_headers(headers);
+            channel
+                .basic_publish(
+                    "nameko-rpc".into(),
+                    "raw_bench.echo".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await?
+                .await?;
+            let reply = rx.await?;
+            let reply: Value = serde_json::from_slice(&reply)?;
+            anyhow::ensure!(reply["result"] == payload(), "wrong answer: {reply}");
+            anyhow::Ok(())
+        }
+    };
+    let start = Instant::now();
+    let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..calls)
+        .map(|_| call(channel.clone(), body.clone()))
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let rate = calls as f64 / start.elapsed().as_secs_f64();
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        return Err(e);
+    }
+    listener.abort();
+    connection.close(200, "OK".into()).await?;
+    Ok(rate)
 }
 
 /// What one server measured.
@@ -489,6 +616,18 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     }
     let broker = TestBroker::rabbitmq(&args.broker, &args.rabbit_api)?;
     let uri = broker.uri().to_owned();
+    if args.client_only {
+        let connection =
+            Arc::new(Connection::connect(&uri, ConnectionProperties::default()).await?);
+        raw_server(connection).await?;
+        let client = ClusterRpcClient::connect(&uri).await?;
+        let figures = measure(&client.service("raw_bench"), args, 100, args.concurrent).await?;
+        println!(
+            "nameko-rs client, raw lapin server: {:.0} calls/s in flight",
+            figures.concurrent
+        );
+        return Ok(());
+    }
     eprintln!(
         "on {} ({} rounds)",
         nameko::transport::mask_password(&uri),
@@ -518,6 +657,14 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         "nameko-rs: {:.0} sequential, {:.0} in flight",
         ours.sequential, ours.concurrent
     );
+    // The same raw server, called by a raw lapin client instead: is nameko-rs's client the
+    // bottleneck?
+    let mut raw_client_rates = Vec::new();
+    for _ in 0..args.rounds {
+        raw_client_rates.push(raw_client(&uri, args.concurrent, args.in_flight).await?);
+    }
+    let raw_client_rate = median(raw_client_rates);
+    eprintln!("raw lapin client: {raw_client_rate:.0} in flight");
     running.stop().await?;
     raw_connection.close(200, "OK".into()).await?;
 
@@ -556,6 +703,11 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     println!("| measurement | nameko-rs | baseline | ratio |");
     println!("|---|---:|---:|---:|");
     row("RabbitMQ", &ours, Some(("raw lapin", &raw)));
+    println!(
+        "| RabbitMQ, raw lapin server, calls/s with the calls in flight from nameko-rs's client | {:.0} | from a raw lapin client: {raw_client_rate:.0} | {:.2} |",
+        raw.concurrent,
+        raw.concurrent / raw_client_rate
+    );
     if let Some((figures, _, _)) = &python {
         row("RabbitMQ", &ours, Some(("Python Nameko 2.14.1", figures)));
     }

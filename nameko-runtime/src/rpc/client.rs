@@ -79,9 +79,6 @@ impl ReplyListener {
                             .as_ref()
                             .and_then(|id| lock(&task_pending).remove(id));
                         let body = std::mem::take(&mut delivery.body);
-                        if let Err(e) = delivery.ack().await {
-                            tracing::warn!(error = %e, "could not acknowledge a reply");
-                        }
                         match waiter {
                             Some(waiter) => {
                                 let _ = waiter.send(Ok(body));
@@ -91,6 +88,13 @@ impl ReplyListener {
                                 "Unknown correlation id: dropping a late or foreign reply"
                             ),
                         }
+                        // The caller has its reply; the acknowledgement goes out on its own
+                        // task, so the next reply does not wait for this one's to be written.
+                        tokio::spawn(async move {
+                            if let Err(e) = delivery.ack().await {
+                                tracing::warn!(error = %e, "could not acknowledge a reply");
+                            }
+                        });
                     }
                     Some(Err(e)) => break Some(format!("reply consumer failed: {e}")),
                     None => break Some("reply consumer was cancelled by the broker".to_owned()),

@@ -31,7 +31,10 @@ use crate::protocol::Headers;
 pub struct AmqpTransport {
     uri: String,
     connection: Connection,
+    /// Held while the publishing channel is (re)opened.
     publisher: Mutex<Option<Channel>>,
+    /// The publishing channel, read without waiting: every publish takes it.
+    current_publisher: std::sync::Mutex<Option<Channel>>,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -79,6 +82,7 @@ impl AmqpTransport {
             uri: normalized,
             connection,
             publisher: Mutex::new(None),
+            current_publisher: std::sync::Mutex::new(None),
             closed: Default::default(),
         })
     }
@@ -91,6 +95,18 @@ impl AmqpTransport {
     }
 
     async fn publisher(&self) -> Result<Channel, TransportError> {
+        {
+            // The common case: a quick look, no queueing behind other publishers.
+            let current = self
+                .current_publisher
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(channel) = current.as_ref()
+                && channel.status().connected()
+            {
+                return Ok(channel.clone());
+            }
+        }
         let mut publisher = self.publisher.lock().await;
         if let Some(channel) = publisher.as_ref()
             && channel.status().connected()
@@ -103,6 +119,10 @@ impl AmqpTransport {
             .await
             .map_err(connection_error)?;
         *publisher = Some(channel.clone());
+        *self
+            .current_publisher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(channel.clone());
         Ok(channel)
     }
 
