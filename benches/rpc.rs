@@ -317,6 +317,8 @@ async fn raw_client(uri: &str, calls: usize, in_flight: usize) -> anyhow::Result
 /// What one server measured.
 #[derive(Default, Clone, Copy)]
 struct Figures {
+    /// Allocations per call (measured on the embedded broker only).
+    allocations: f64,
     sequential: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -340,6 +342,7 @@ struct Rounds {
 impl Rounds {
     fn figures(self) -> Figures {
         Figures {
+            allocations: 0.0,
             sequential: median(self.rates),
             p50_ms: median(self.p50s),
             p99_ms: median(self.p99s),
@@ -435,6 +438,56 @@ async fn measure_pair(
     Ok((ra.figures(), rb.figures()))
 }
 
+/// Counts the process's allocations while `COUNTING` is set (a shared counter would cost the
+/// measured code time otherwise).
+struct CountingAllocator;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn count() {
+    if COUNTING.load(std::sync::atomic::Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Allocations per call on the embedded broker, client, broker and service together, over
+/// 10,000 sequential calls.
+async fn allocations_per_call(proxy: &ServiceProxy) -> anyhow::Result<f64> {
+    let payload = payload();
+    let n = 10_000;
+    COUNTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    let before = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..n {
+        let _: Value = proxy.call("echo", [&payload]).await?;
+    }
+    let after = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
+    COUNTING.store(false, std::sync::atomic::Ordering::Relaxed);
+    Ok((after - before) as f64 / n as f64)
+}
+
 /// The embedded broker: service and client in one process.
 async fn embedded(args: &Args) -> anyhow::Result<Figures> {
     let uri = format!("memory://bench-{}", uuid::Uuid::new_v4().simple());
@@ -443,13 +496,14 @@ async fn embedded(args: &Args) -> anyhow::Result<Figures> {
         .start()
         .await?;
     let client = ClusterRpcClient::connect(&uri).await?;
-    let figures = measure(
+    let mut figures = measure(
         &client.service("rpc_bench"),
         args,
         args.sequential * 10,
         args.concurrent * 10,
     )
     .await?;
+    figures.allocations = allocations_per_call(&client.service("rpc_bench")).await?;
     eprintln!(
         "embedded: {:.0} sequential, {:.0} in flight",
         figures.sequential, figures.concurrent
@@ -609,8 +663,12 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     if args.embedded_only {
         let embedded = embedded(args).await?;
         println!(
-            "| embedded broker | {:.0} sequential calls/s (p50 {:.3} ms) | {:.0} calls/s with {} in flight |",
-            embedded.sequential, embedded.p50_ms, embedded.concurrent, args.in_flight
+            "| embedded broker | {:.0} sequential calls/s (p50 {:.3} ms) | {:.0} calls/s with {} in flight | {:.1} allocations per call |",
+            embedded.sequential,
+            embedded.p50_ms,
+            embedded.concurrent,
+            args.in_flight,
+            embedded.allocations
         );
         return Ok(());
     }
@@ -712,6 +770,10 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         row("RabbitMQ", &ours, Some(("Python Nameko 2.14.1", figures)));
     }
     row("embedded broker", &embedded, None);
+    println!(
+        "| embedded broker, allocations per call (client, broker and service) | {:.1} | — | — |",
+        embedded.allocations
+    );
     match &python {
         Some((_, py_ready, py_rss)) => {
             println!(
