@@ -393,3 +393,56 @@ fn the_database_example_opens_its_pool_at_start_and_closes_it_at_stop() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_reconnects_when_the_broker_drops_its_connection() {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let mut child = Command::new(example("greeter"))
+        .args(["run", "--broker", &broker.uri])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the greeter");
+    let lines = log_lines(child.stderr.take().expect("stderr"));
+    let running = Running(child);
+    let client = nameko::ClusterRpcClient::connect(&broker.uri)
+        .await
+        .unwrap();
+    wait_for_service(&client, "greeter_service", "greet", json!(["warm-up"])).await;
+    drop(client);
+
+    // The broker drops every connection of the virtual host, the service's included (the
+    // management API lists a connection a few seconds after it opens).
+    let mut closed = 0;
+    for _ in 0..80 {
+        closed = broker.inner().close_connections().unwrap();
+        if closed > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(closed >= 1, "no connection to close");
+
+    // The service comes back on a new connection and answers.
+    let client = nameko::ClusterRpcClient::connect(&broker.uri)
+        .await
+        .unwrap();
+    wait_for_service(&client, "greeter_service", "greet", json!(["again"])).await;
+    let greeting: String = client
+        .service("greeter_service")
+        .call("greet", ["Tim"])
+        .await
+        .unwrap();
+    assert_eq!(greeting, "Hello Tim!");
+    let log: Vec<String> = lines
+        .take_while(|l| !l.contains("services running again"))
+        .collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("lost the connection to the broker; reconnecting")),
+        "{log:#?}"
+    );
+    drop(client);
+    assert!(running.terminate().success());
+}

@@ -162,6 +162,94 @@ where
     }
 }
 
+/// Runs the services until a signal; when the connection to the broker is lost, starts them
+/// again on a new connection, waiting a capped, growing delay between attempts (a request in
+/// progress on the lost connection was not acknowledged: the broker delivers it again). A
+/// first start that fails is an error, as is any failure other than a lost connection.
+async fn supervise(
+    config: Config,
+    services: Vec<String>,
+    mut signals: Signals,
+) -> Result<(), crate::Error> {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    const FIRST_DELAY: Duration = Duration::from_millis(250);
+    const MAX_DELAY: Duration = Duration::from_secs(30);
+    let current: Arc<Mutex<Option<crate::StopHandle>>> = Arc::default();
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::spawn({
+        let (current, stopping) = (current.clone(), stopping.clone());
+        async move {
+            let handle = || current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            signals.recv().await;
+            tracing::info!("stopping services (send the signal again to kill them)");
+            stopping.cancel();
+            if let Some(handle) = handle() {
+                handle.stop();
+            }
+            signals.recv().await;
+            tracing::warn!("killing services");
+            if let Some(handle) = handle() {
+                handle.kill();
+            }
+        }
+    });
+    let mut delay = FIRST_DELAY;
+    let mut has_run = false;
+    let result = loop {
+        let runner = ServiceRunner::new(config.clone());
+        let runner = if services.is_empty() {
+            Ok(runner.with_all_registered())
+        } else {
+            runner.with_registered(&services)
+        };
+        let outcome = match runner {
+            Ok(runner) => match runner.start().await {
+                Ok(running) => {
+                    if has_run {
+                        tracing::info!("reconnected to the broker; services running again");
+                    }
+                    has_run = true;
+                    *current.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(running.stop_handle());
+                    if stopping.is_cancelled() {
+                        running.stop_handle().stop();
+                    }
+                    let started = Instant::now();
+                    let outcome = running.wait().await;
+                    if started.elapsed() > MAX_DELAY {
+                        delay = FIRST_DELAY;
+                    }
+                    outcome
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let lost =
+            match &outcome {
+                Err(crate::Error::ConnectionLost(reason)) => Some(reason.clone()),
+                Err(crate::Error::Transport(crate::transport::TransportError::Connection(
+                    reason,
+                ))) if has_run => Some(reason.clone()),
+                _ => None,
+            };
+        match lost {
+            Some(reason) if !stopping.is_cancelled() => {
+                tracing::warn!(%reason, retry_in = ?delay, "lost the connection to the broker; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopping.cancelled() => break Ok(()),
+                }
+                delay = (delay * 2).min(MAX_DELAY);
+            }
+            _ => break outcome,
+        }
+    };
+    listener.abort();
+    result
+}
+
 /// Parses the command line and runs it on a new multi-threaded tokio runtime.
 ///
 /// ```no_run
@@ -243,19 +331,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
             // Listen for signals before anything starts, so none is lost.
             let signals = Signals::install();
-            let runner = ServiceRunner::new(config);
-            let runner = if services.is_empty() {
-                Ok(runner.with_all_registered())
-            } else {
-                runner.with_registered(&services)
-            };
-            let result = match runner {
-                Ok(runner) => match runner.start().await {
-                    Ok(running) => running.run_until(signals).await,
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
+            let result = supervise(config, services, signals).await;
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

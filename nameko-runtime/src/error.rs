@@ -96,6 +96,10 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("configuration error: {0}")]
     Config(String),
+    /// The connection to the broker was lost while the services ran (the `run` command
+    /// reconnects and starts them again).
+    #[error("the connection to the broker was lost: {0}")]
+    ConnectionLost(String),
     /// A service container failed while running.
     #[error("service `{service}` failed: {reason}")]
     ServiceFailed {

@@ -314,6 +314,46 @@ impl TestBroker {
     pub async fn connect(&self) -> Result<SharedTransport, TransportError> {
         transport::connect(&self.uri).await
     }
+
+    /// Closes every client connection to this test's virtual host from the broker's side, as a
+    /// broker restart or a network failure would; returns how many it closed. Only for a
+    /// RabbitMQ test broker (its management API does it, and lists a new connection only after
+    /// its next statistics round, a few seconds: call again while it returns 0).
+    pub fn close_connections(&self) -> Result<usize, Error> {
+        let Some((api, vhost)) = &self.vhost else {
+            return Err(Error::Config(
+                "an embedded broker has no connections to close".into(),
+            ));
+        };
+        let listed = api.request("GET", &format!("/api/vhosts/{vhost}/connections"), "")?;
+        let connections: Vec<Value> = serde_json::from_str(&listed)
+            .map_err(|e| Error::Config(format!("the management API's connection list: {e}")))?;
+        let names: Vec<&str> = connections
+            .iter()
+            .filter_map(|c| c.get("name").and_then(Value::as_str))
+            .collect();
+        for name in &names {
+            api.request(
+                "DELETE",
+                &format!("/api/connections/{}", url_encode(name)),
+                "",
+            )?;
+        }
+        Ok(names.len())
+    }
+}
+
+/// Percent-encodes a path segment.
+fn url_encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 impl Drop for TestBroker {
@@ -326,7 +366,7 @@ impl Drop for TestBroker {
     }
 }
 
-/// RabbitMQ's management API, spoken with a few lines of HTTP/1.1.
+/// RabbitMQ's management API, spoken with a few lines of HTTP/1.0.
 #[derive(Debug, Clone)]
 struct ManagementApi {
     host: String,
@@ -355,7 +395,8 @@ impl ManagementApi {
         })
     }
 
-    fn request(&self, method: &str, path: &str, body: &str) -> Result<(), Error> {
+    /// Sends one request (HTTP/1.0: the answer is never chunked) and returns the answer's body.
+    fn request(&self, method: &str, path: &str, body: &str) -> Result<String, Error> {
         use std::io::{Read, Write};
         let failed =
             |e: String| Error::Config(format!("RabbitMQ management API, {method} {path}: {e}"));
@@ -371,7 +412,7 @@ impl ManagementApi {
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
             .map_err(|e| failed(e.to_string()))?;
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {}\r\n\
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Basic {}\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.host,
             self.auth,
@@ -386,7 +427,8 @@ impl ManagementApi {
             .map_err(|e| failed(e.to_string()))?;
         let status = response.split_whitespace().nth(1).unwrap_or("");
         if status.starts_with('2') {
-            Ok(())
+            let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+            Ok(body.to_owned())
         } else {
             Err(failed(response.lines().next().unwrap_or("").to_owned()))
         }

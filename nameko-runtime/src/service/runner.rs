@@ -427,6 +427,12 @@ impl RunningServices {
                 _ = kill.cancelled() => task.abort(),
             }
         }
+        if shared.transport.connection_lost() {
+            let reason = first_error
+                .as_ref()
+                .map_or_else(|| "the broker closed it".to_owned(), ToString::to_string);
+            first_error = Some(Error::ConnectionLost(reason));
+        }
         // The hooks hold the services (and `Shared`): let them go.
         shared
             .hooks
@@ -489,7 +495,7 @@ impl Signals {
         }
     }
 
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         #[cfg(unix)]
         match &mut self.streams {
             Some((interrupt, terminate)) => {

@@ -479,6 +479,10 @@ impl Transport for AmqpTransport {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    fn connection_lost(&self) -> bool {
+        !self.is_closed() && !self.connection.status().connected()
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         async move {

@@ -280,6 +280,11 @@ pub trait Transport: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, ()>;
     /// Whether [`close`](Transport::close) was called (consumers ending afterwards is expected).
     fn is_closed(&self) -> bool;
+    /// Whether the connection went away without [`close`](Transport::close): the broker
+    /// restarted, closed it, or the network failed. An in-process broker never loses it.
+    fn connection_lost(&self) -> bool {
+        false
+    }
 }
 
 /// A shared handle to a transport.
