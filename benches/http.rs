@@ -12,6 +12,9 @@ use std::process::Command;
 
 use axum::extract::{Path, Query};
 use clap::Parser;
+
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 use nameko::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -74,41 +77,6 @@ fn wrk(url: &str, args: &Args) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("no Requests/sec in wrk's output:\n{text}"))
 }
 
-/// Counts the process's allocations, to report allocations per request for each server.
-struct CountingAllocator;
-
-static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-/// Counting only while allocations are measured: a shared counter costs the servers time.
-static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-fn count() {
-    if COUNTING.load(std::sync::atomic::Ordering::Relaxed) {
-        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-#[allow(unsafe_code)]
-unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: as above.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: as above.
-        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
-
 /// Allocations per request, over `n` sequential requests on one keep-alive connection from a
 /// client that allocates nothing per request.
 fn allocations_per_request(
@@ -148,14 +116,12 @@ fn allocations_per_request(
     for _ in 0..100 {
         exchange(&mut stream)?;
     }
-    COUNTING.store(true, std::sync::atomic::Ordering::Relaxed);
-    let before = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
+    let started = counting_alloc::start();
     for _ in 0..n {
         exchange(&mut stream)?;
     }
-    let after = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
-    COUNTING.store(false, std::sync::atomic::Ordering::Relaxed);
-    Ok((after - before) as f64 / n as f64)
+    let counted = counting_alloc::stop(started);
+    Ok(counted as f64 / n as f64)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -438,54 +441,17 @@ async fn measure_pair(
     Ok((ra.figures(), rb.figures()))
 }
 
-/// Counts the process's allocations while `COUNTING` is set (a shared counter would cost the
-/// measured code time otherwise).
-struct CountingAllocator;
-
-static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-fn count() {
-    if COUNTING.load(std::sync::atomic::Ordering::Relaxed) {
-        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-#[allow(unsafe_code)]
-unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: as above.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: as above.
-        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
-
 /// Allocations per call on the embedded broker, client, broker and service together, over
 /// 10,000 sequential calls.
 async fn allocations_per_call(proxy: &ServiceProxy) -> anyhow::Result<f64> {
     let payload = payload();
     let n = 10_000;
-    COUNTING.store(true, std::sync::atomic::Ordering::Relaxed);
-    let before = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
+    let started = counting_alloc::start();
     for _ in 0..n {
         let _: Value = proxy.call("echo", [&payload]).await?;
     }
-    let after = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
-    COUNTING.store(false, std::sync::atomic::Ordering::Relaxed);
-    Ok((after - before) as f64 / n as f64)
+    let counted = counting_alloc::stop(started);
+    Ok(counted as f64 / n as f64)
 }
 
 /// The embedded broker: service and client in one process.
