@@ -261,11 +261,11 @@ async fn run_timer<S: Service>(
     }
 }
 
-/// Runs one worker: inside its context and its `worker` span (service, entrypoint, call id:
-/// every log line of the worker carries them), the dependencies' `worker_setup`, the method,
-/// their `worker_result` and `worker_teardown`; then tells the entrypoint waiters. A panic of
-/// the method or of a hook becomes the error object of the panic; a refused `worker_setup`
-/// becomes the worker's error and the method does not run.
+/// Runs one worker: inside its context (and its `worker` span when `debug` is on), the
+/// dependencies' `worker_setup`, the method, their `worker_result` and `worker_teardown`; then
+/// tells the entrypoint waiters. A panic of the method or of `worker_setup` becomes the error
+/// object of the panic (the derived `Dependencies` also guards each dependency's other hooks);
+/// a refused `worker_setup` becomes the worker's error and the method does not run.
 async fn run_worker<S, T, F>(
     service: Arc<S>,
     shared: &Shared,
@@ -330,7 +330,12 @@ where
         drop(result);
         outcome
     };
-    context.scope(lifecycle).instrument(span).await
+    if span.is_disabled() {
+        // No span at this level: no wrapper to enter and leave at every poll.
+        context.scope(lifecycle).await
+    } else {
+        context.scope(lifecycle).instrument(span).await
+    }
 }
 
 /// The error object for a dependency's refusal of a worker.
