@@ -716,3 +716,46 @@ on_both_transports! {
         running.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_in_flight_when_the_connection_drops_fails_clearly_instead_of_hanging() {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let (running, _) = start(&broker, Config::default()).await;
+    let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
+    let calc = client
+        .service("calculator")
+        .with_timeout(Duration::from_secs(60));
+    let token = uuid::Uuid::new_v4().to_string();
+    let call = tokio::spawn({
+        let (calc, token) = (calc.clone(), token.clone());
+        async move { calc.call::<_, String>("slow", (token, 30_000)).await }
+    });
+    wait_started(&token).await;
+    // The broker drops every connection of the virtual host (the management API lists new
+    // connections a few seconds after they open).
+    let mut closed = 0;
+    for _ in 0..80 {
+        closed = broker.inner().close_connections().unwrap();
+        if closed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(closed > 0, "no connection to close");
+    let dropped = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the pending call ended long before its 60 s timeout")
+        .unwrap();
+    let error = outcome.unwrap_err();
+    assert!(matches!(error, RpcError::Transport(_)), "{error:?}");
+    assert!(dropped.elapsed() < Duration::from_secs(10));
+    // Later calls on the dead client fail at once, too.
+    let later = tokio::time::timeout(Duration::from_secs(5), calc.call::<_, i64>("add", (1, 2)))
+        .await
+        .expect("a later call fails at once");
+    assert!(matches!(later, Err(RpcError::Transport(_))), "{later:?}");
+    running.kill().await;
+}
