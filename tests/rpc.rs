@@ -717,13 +717,66 @@ on_both_transports! {
     }
 }
 
+/// Asks the broker to drop every connection of the test's virtual host (the management API
+/// lists new connections a few seconds after they open).
+async fn drop_connections(broker: &TestBroker) {
+    for _ in 0..80 {
+        if broker.inner().close_connections().unwrap() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("no connection to close");
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_call_in_flight_when_the_connection_drops_fails_clearly_instead_of_hanging() {
+async fn a_call_in_flight_when_the_connection_drops_is_answered_after_the_reconnect() {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let (first, _) = start(&broker, Config::default()).await;
+    // A client that owns its connection reconnects to the same reply queue.
+    let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
+    let calc = client
+        .service("calculator")
+        .with_timeout(Duration::from_secs(60));
+    let token = uuid::Uuid::new_v4().to_string();
+    let call = tokio::spawn({
+        let (calc, token) = (calc.clone(), token.clone());
+        async move { calc.call::<_, String>("slow", (token, 1_500)).await }
+    });
+    wait_started(&token).await;
+    drop_connections(&broker).await;
+    // The service's runner has lost its connection; a new instance (what `run` does by itself)
+    // gets the request, which was never acknowledged, and answers it.
+    assert!(matches!(
+        first.wait().await,
+        Err(nameko::Error::ConnectionLost(_))
+    ));
+    let (second, _) = start(&broker, Config::default()).await;
+    let dropped = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the call was answered long before its 60 s timeout")
+        .unwrap();
+    assert_eq!(outcome.unwrap(), token);
+    assert!(dropped.elapsed() < Duration::from_secs(30));
+    // The same client goes on working.
+    let sum: i64 = calc.call("add", (1, 2)).await.unwrap();
+    assert_eq!(sum, 3);
+    second.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_on_a_borrowed_connection_that_drops_fails_clearly_instead_of_hanging() {
     let Some(broker) = TestBroker::amqp() else {
         return;
     };
     let (running, _) = start(&broker, Config::default()).await;
-    let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
+    // This client publishes on a connection it was given, which it cannot renew.
+    let client = ClusterRpcClient::standalone(broker.connect().await, running.config())
+        .await
+        .unwrap();
     let calc = client
         .service("calculator")
         .with_timeout(Duration::from_secs(60));
@@ -733,17 +786,7 @@ async fn a_call_in_flight_when_the_connection_drops_fails_clearly_instead_of_han
         async move { calc.call::<_, String>("slow", (token, 30_000)).await }
     });
     wait_started(&token).await;
-    // The broker drops every connection of the virtual host (the management API lists new
-    // connections a few seconds after they open).
-    let mut closed = 0;
-    for _ in 0..80 {
-        closed = broker.inner().close_connections().unwrap();
-        if closed > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(closed > 0, "no connection to close");
+    drop_connections(&broker).await;
     let dropped = std::time::Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(10), call)
         .await

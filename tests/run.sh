@@ -71,6 +71,17 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+if [ "$status" -ne 0 ]; then
+  # What failed, again at the end where a truncated log still shows it: each failed test's
+  # panic, and each trybuild case that did not match with its expected and actual output.
+  echo
+  echo "failure details:"
+  sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '
+    /^test .*\.rs \[should (pass|fail to compile)\] \.\.\. (mismatch|error|ok)/ { show = ($NF != "ok") }
+    /^---- .* ----$/ { show = 1 }
+    /^(failures:|test result:|test ui \.\.\.)/ { show = 0 }
+    show { print }' | head -n 200
+fi
 # One closing line for the whole run (cargo prints one per test binary).
 sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '/^test result:/ { p += $4; f += $6; i += $8 }
   END { printf "\nall test binaries: %d passed, %d failed, %d ignored\n%d passed, %d failed\n", p, f, i, p, f }'

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::Config;
@@ -21,7 +21,8 @@ use crate::context::{ContextData, WorkerContext};
 use crate::error::RpcError;
 use crate::protocol::{self, ReplyBody};
 use crate::transport::{
-    self, ExchangeSpec, OutgoingMessage, Properties, QueueSpec, SharedTransport, TransportError,
+    self, Consumer, ExchangeSpec, OutgoingMessage, Properties, QueueSpec, SharedTransport,
+    TransportError,
 };
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
@@ -30,96 +31,218 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Consumes one reply queue and hands each reply to the call waiting for it.
-struct ReplyListener {
-    routing_key: String,
-    pending: Pending,
-    closed: Arc<Mutex<Option<String>>>,
-    _stop: DropGuard,
+/// The first wait before reconnecting; it doubles after each failed attempt.
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts to reconnect.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// The state of a client's connection, as calls see it.
+#[derive(Clone)]
+enum Link {
+    /// Connected: calls publish on this transport.
+    Up(SharedTransport),
+    /// The connection was lost and the client is reconnecting; the text says why.
+    Down(String),
+    /// The client cannot send any more: it was closed, or lost a connection it cannot renew.
+    Closed(String),
 }
 
-impl ReplyListener {
-    async fn start(
-        transport: &SharedTransport,
-        exchange: &str,
-        owner: &str,
-    ) -> Result<ReplyListener, TransportError> {
-        let routing_key = uuid::Uuid::new_v4().to_string();
-        let queue = protocol::reply_queue_name(owner, &routing_key);
+/// Where one reply queue lives: enough to declare it again on a new connection.
+struct ReplyQueue {
+    exchange: String,
+    queue: String,
+    routing_key: String,
+}
+
+impl ReplyQueue {
+    /// Declares the queue (idempotent: a reconnect finds the same queue, and any replies that
+    /// reached it meanwhile, thanks to its `x-expires`) and starts consuming it.
+    async fn consume(&self, transport: &SharedTransport) -> Result<Consumer, TransportError> {
         transport
-            .declare_exchange(&ExchangeSpec::durable_topic(exchange))
+            .declare_exchange(&ExchangeSpec::durable_topic(&self.exchange))
             .await?;
         transport
             .declare_queue(&QueueSpec {
                 expires: Some(Duration::from_millis(u64::from(
                     protocol::REPLY_QUEUE_EXPIRES_MS,
                 ))),
-                ..QueueSpec::durable(queue.clone())
+                ..QueueSpec::durable(self.queue.clone())
             })
             .await?;
-        transport.bind_queue(&queue, exchange, &routing_key).await?;
-        let mut consumer = transport.consume(&queue, 0).await?;
+        transport
+            .bind_queue(&self.queue, &self.exchange, &self.routing_key)
+            .await?;
+        transport.consume(&self.queue, 0).await
+    }
+}
+
+/// Consumes one reply queue and hands each reply to the call waiting for it; for a client that
+/// owns its connection, reconnects when the connection is lost.
+struct ReplyListener {
+    routing_key: String,
+    pending: Pending,
+    link: watch::Receiver<Link>,
+    _stop: DropGuard,
+}
+
+impl ReplyListener {
+    async fn start(
+        transport: SharedTransport,
+        exchange: &str,
+        owner: &str,
+        reconnect: Option<String>,
+    ) -> Result<ReplyListener, TransportError> {
+        let routing_key = uuid::Uuid::new_v4().to_string();
+        let queue = ReplyQueue {
+            exchange: exchange.to_owned(),
+            queue: protocol::reply_queue_name(owner, &routing_key),
+            routing_key: routing_key.clone(),
+        };
+        let consumer = queue.consume(&transport).await?;
         let pending: Pending = Arc::default();
-        let closed: Arc<Mutex<Option<String>>> = Arc::default();
+        let (link_tx, link) = watch::channel(Link::Up(transport.clone()));
         let stop = CancellationToken::new();
-        let (task_pending, task_closed, task_stop) =
-            (pending.clone(), closed.clone(), stop.clone());
-        let task_transport = transport.clone();
-        tokio::spawn(async move {
-            let reason = loop {
-                let delivery = tokio::select! {
-                    biased;
-                    _ = task_stop.cancelled() => break None,
-                    next = consumer.next() => next,
-                };
-                match delivery {
-                    Some(Ok(mut delivery)) => {
-                        let correlation_id = delivery.properties.correlation_id.clone();
-                        let waiter = correlation_id
-                            .as_ref()
-                            .and_then(|id| lock(&task_pending).remove(id));
-                        let body = std::mem::take(&mut delivery.body);
-                        match waiter {
-                            Some(waiter) => {
-                                let _ = waiter.send(Ok(body));
-                            }
-                            None => tracing::debug!(
-                                correlation_id = correlation_id.as_deref().unwrap_or(""),
-                                "Unknown correlation id: dropping a late or foreign reply"
-                            ),
-                        }
-                        // The caller has its reply; the acknowledgement goes out on its own
-                        // task, so the next reply does not wait for this one's to be written.
-                        tokio::spawn(async move {
-                            if let Err(e) = delivery.ack().await {
-                                tracing::warn!(error = %e, "could not acknowledge a reply");
-                            }
-                        });
-                    }
-                    Some(Err(e)) => break Some(format!("reply consumer failed: {e}")),
-                    None => break Some("reply consumer was cancelled by the broker".to_owned()),
-                }
-            };
-            if let Some(reason) = &reason {
-                if task_transport.is_closed() {
-                    tracing::debug!(%reason, "reply listener ended with its connection");
-                } else {
-                    tracing::error!(%reason, "RPC replies can no longer be received");
-                }
-                *lock(&task_closed) = Some(reason.clone());
+        tokio::spawn(
+            Listening {
+                queue,
+                pending: pending.clone(),
+                link: link_tx,
+                stop: stop.clone(),
+                reconnect,
             }
-            for (_, waiter) in lock(&task_pending).drain() {
-                let reason = reason.clone().unwrap_or_else(|| "client closed".to_owned());
-                let _ = waiter.send(Err(RpcError::Transport(TransportError::Connection(reason))));
-            }
-            consumer.close().await;
-        });
+            .run(transport, consumer),
+        );
         Ok(ReplyListener {
             routing_key,
             pending,
-            closed,
+            link,
             _stop: stop.drop_guard(),
         })
+    }
+}
+
+/// The reply listener's task.
+struct Listening {
+    queue: ReplyQueue,
+    pending: Pending,
+    link: watch::Sender<Link>,
+    stop: CancellationToken,
+    /// The URI to connect to again when the connection is lost, if the client owns it.
+    reconnect: Option<String>,
+}
+
+impl Listening {
+    async fn run(self, mut transport: SharedTransport, mut consumer: Consumer) {
+        let reason = loop {
+            let reason = self.deliver(&mut consumer).await;
+            consumer.close().await;
+            let Some(reason) = reason else {
+                break "client closed".to_owned();
+            };
+            if transport.is_closed() {
+                tracing::debug!(%reason, "reply listener ended with its connection");
+                break reason;
+            }
+            let Some(uri) = &self.reconnect else {
+                tracing::error!(%reason, "RPC replies can no longer be received");
+                break reason;
+            };
+            tracing::warn!(%reason, "lost the broker connection; reconnecting");
+            self.link.send_replace(Link::Down(reason));
+            match self.reconnect(uri).await {
+                Some((new_transport, new_consumer)) => {
+                    // Calls in flight keep waiting: their replies are in the queue, or will be.
+                    transport.close().await;
+                    transport = new_transport;
+                    consumer = new_consumer;
+                    self.link.send_replace(Link::Up(transport.clone()));
+                    tracing::info!(
+                        broker = %transport.describe(),
+                        "reconnected; calls in flight go on waiting for their replies"
+                    );
+                }
+                None => break "client closed".to_owned(),
+            }
+        };
+        self.link.send_replace(Link::Closed(reason.clone()));
+        for (_, waiter) in lock(&self.pending).drain() {
+            let _ = waiter.send(Err(RpcError::Transport(TransportError::Connection(
+                reason.clone(),
+            ))));
+        }
+        if self.reconnect.is_some() {
+            // The client owns this connection.
+            transport.close().await;
+        }
+    }
+
+    /// Hands replies to their calls until the consumer ends (`Some(reason)`) or the client
+    /// closes (`None`).
+    async fn deliver(&self, consumer: &mut Consumer) -> Option<String> {
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return None,
+                next = consumer.next() => next,
+            };
+            match delivery {
+                Some(Ok(mut delivery)) => {
+                    let correlation_id = delivery.properties.correlation_id.clone();
+                    let waiter = correlation_id
+                        .as_ref()
+                        .and_then(|id| lock(&self.pending).remove(id));
+                    let body = std::mem::take(&mut delivery.body);
+                    match waiter {
+                        Some(waiter) => {
+                            let _ = waiter.send(Ok(body));
+                        }
+                        None => tracing::debug!(
+                            correlation_id = correlation_id.as_deref().unwrap_or(""),
+                            "Unknown correlation id: dropping a late or foreign reply"
+                        ),
+                    }
+                    // The caller has its reply; the acknowledgement goes out on its own task,
+                    // so the next reply does not wait for this one's to be written.
+                    tokio::spawn(async move {
+                        if let Err(e) = delivery.ack().await {
+                            tracing::warn!(error = %e, "could not acknowledge a reply");
+                        }
+                    });
+                }
+                Some(Err(e)) => return Some(format!("reply consumer failed: {e}")),
+                None => return Some("reply consumer was cancelled by the broker".to_owned()),
+            }
+        }
+    }
+
+    /// Connects again, with a doubling delay between attempts, until it works or the client
+    /// closes (`None`).
+    async fn reconnect(&self, uri: &str) -> Option<(SharedTransport, Consumer)> {
+        let mut delay = FIRST_RECONNECT_DELAY;
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            let attempt = async {
+                let transport = transport::connect(uri).await?;
+                match self.queue.consume(&transport).await {
+                    Ok(consumer) => Ok((transport, consumer)),
+                    Err(e) => {
+                        transport.close().await;
+                        Err(e)
+                    }
+                }
+            };
+            match attempt.await {
+                Ok(connected) => return Some(connected),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "could not reconnect");
+                    self.link.send_replace(Link::Down(e.to_string()));
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                }
+            }
+        }
     }
 }
 
@@ -136,11 +259,41 @@ impl Drop for PendingGuard<'_> {
 }
 
 struct Core {
-    transport: SharedTransport,
     listener: ReplyListener,
     exchange: String,
     /// For standalone clients: the prefix of their call ids.
     standalone: bool,
+}
+
+impl Core {
+    /// The transport to publish on, waiting while the client reconnects.
+    async fn transport(&self) -> Result<SharedTransport, RpcError> {
+        let mut link = self.listener.link.clone();
+        loop {
+            match &*link.borrow_and_update() {
+                Link::Up(transport) => return Ok(transport.clone()),
+                Link::Closed(reason) => {
+                    return Err(RpcError::Transport(TransportError::Connection(
+                        reason.clone(),
+                    )));
+                }
+                Link::Down(_) => {}
+            }
+            if link.changed().await.is_err() {
+                return Err(RpcError::Transport(TransportError::Connection(
+                    "client closed".into(),
+                )));
+            }
+        }
+    }
+
+    /// Why the client is not connected, if it is not.
+    fn disconnected(&self) -> Option<String> {
+        match &*self.listener.link.borrow() {
+            Link::Up(_) => None,
+            Link::Down(reason) | Link::Closed(reason) => Some(reason.clone()),
+        }
+    }
 }
 
 /// A client for calling any service in the cluster by name.
@@ -171,8 +324,13 @@ pub struct ClusterRpcClient {
 
 impl std::fmt::Debug for ClusterRpcClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let link = match &*self.core.listener.link.borrow() {
+            Link::Up(transport) => transport.describe(),
+            Link::Down(reason) => format!("reconnecting ({reason})"),
+            Link::Closed(reason) => format!("closed ({reason})"),
+        };
         f.debug_struct("ClusterRpcClient")
-            .field("transport", &self.core.transport.describe())
+            .field("transport", &link)
             .field("reply_to", &self.core.listener.routing_key)
             .field("timeout", &self.timeout)
             .finish()
@@ -180,27 +338,63 @@ impl std::fmt::Debug for ClusterRpcClient {
 }
 
 impl ClusterRpcClient {
-    /// Connects a standalone client to the broker at `uri` (see [`transport::connect`]).
+    /// Connects a standalone client to the broker at `uri` (see [`transport::connect`]), with
+    /// the default exchange and timeout.
+    ///
+    /// The client owns its connection: when the connection is lost it connects again (waiting
+    /// 0.25 s, then twice as long after each failure, up to 30 s) and consumes the same reply
+    /// queue, which RabbitMQ keeps for five minutes. Calls in flight go on waiting for their
+    /// replies; calls made meanwhile wait for the new connection. Either way a call ends by its
+    /// timeout at the latest.
     pub async fn connect(uri: &str) -> Result<ClusterRpcClient, TransportError> {
-        let transport = transport::connect(uri).await?;
-        ClusterRpcClient::standalone(transport, &Config::default()).await
+        ClusterRpcClient::connect_with(&Config {
+            amqp_uri: Some(uri.to_owned()),
+            ..Config::default()
+        })
+        .await
+    }
+
+    /// Like [`connect`](Self::connect), with the broker, heartbeat, exchange and timeout of
+    /// `config`.
+    pub async fn connect_with(config: &Config) -> Result<ClusterRpcClient, TransportError> {
+        let uri = config.connection_uri();
+        let transport = transport::connect(&uri).await?;
+        Self::start(
+            transport,
+            config,
+            protocol::STANDALONE_PROXY_NAME,
+            true,
+            Some(uri),
+        )
+        .await
     }
 
     /// A standalone client on an existing transport, with the exchange and timeout of `config`.
+    ///
+    /// The transport is the caller's: if its connection is lost, the client's calls fail with
+    /// [`RpcError::Transport`] (use [`connect`](Self::connect) for a client that reconnects).
     pub async fn standalone(
         transport: SharedTransport,
         config: &Config,
     ) -> Result<ClusterRpcClient, TransportError> {
-        Self::start(transport, config, protocol::STANDALONE_PROXY_NAME, true).await
+        Self::start(
+            transport,
+            config,
+            protocol::STANDALONE_PROXY_NAME,
+            true,
+            None,
+        )
+        .await
     }
 
-    /// The client of a service: its reply queue is named after the service.
+    /// The client of a service: its reply queue is named after the service. The service's
+    /// connection is the runner's, which starts the service again on a new one.
     pub(crate) async fn for_service(
         transport: SharedTransport,
         config: &Config,
         service_name: &str,
     ) -> Result<ClusterRpcClient, TransportError> {
-        Self::start(transport, config, service_name, false).await
+        Self::start(transport, config, service_name, false, None).await
     }
 
     async fn start(
@@ -208,11 +402,12 @@ impl ClusterRpcClient {
         config: &Config,
         owner: &str,
         standalone: bool,
+        reconnect: Option<String>,
     ) -> Result<ClusterRpcClient, TransportError> {
-        let listener = ReplyListener::start(&transport, &config.rpc_exchange, owner).await?;
+        let listener =
+            ReplyListener::start(transport, &config.rpc_exchange, owner, reconnect).await?;
         Ok(ClusterRpcClient {
             core: Arc::new(Core {
-                transport,
                 listener,
                 exchange: config.rpc_exchange.clone(),
                 standalone,
@@ -282,13 +477,9 @@ impl ClusterRpcClient {
         method: &str,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, RpcError> {
-        if let Some(reason) = lock(&self.core.listener.closed).clone() {
-            return Err(RpcError::Transport(TransportError::Connection(reason)));
-        }
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
         let pending = &self.core.listener.pending;
-        lock(pending).insert(correlation_id.clone(), tx);
         let _guard = PendingGuard {
             pending,
             correlation_id: &correlation_id,
@@ -306,23 +497,28 @@ impl ClusterRpcClient {
             body,
         };
         let call = async {
-            self.core
-                .transport
-                .publish(message)
-                .await
-                .map_err(|e| match e {
-                    TransportError::Unroutable { .. } => {
-                        RpcError::UnknownService(service.to_owned())
-                    }
-                    other => RpcError::Transport(other),
-                })?;
+            let transport = self.core.transport().await?;
+            lock(pending).insert(correlation_id.clone(), tx);
+            transport.publish(message).await.map_err(|e| match e {
+                TransportError::Unroutable { .. } => RpcError::UnknownService(service.to_owned()),
+                other => RpcError::Transport(other),
+            })?;
             rx.await.map_err(|_| {
                 RpcError::Transport(TransportError::Connection("reply listener stopped".into()))
             })?
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,
-            Err(_) => Err(RpcError::Timeout(self.timeout)),
+            // A call that could not even be sent says why, rather than only that time ran out.
+            Err(_) => match self.core.disconnected() {
+                Some(reason) if !lock(pending).contains_key(&correlation_id) => {
+                    Err(RpcError::Transport(TransportError::Connection(format!(
+                        "not connected to the broker within {:?}: {reason}",
+                        self.timeout
+                    ))))
+                }
+                _ => Err(RpcError::Timeout(self.timeout)),
+            },
         }
     }
 }
