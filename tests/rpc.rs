@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::TestBroker;
+use common::fuzz::Fuzz;
 use futures_util::StreamExt;
 use nameko::prelude::*;
 use nameko::transport::{ExchangeSpec, OutgoingMessage, Properties, QueueSpec, SharedTransport};
@@ -584,75 +585,6 @@ async fn services_register_themselves_and_unknown_names_are_refused() {
     );
 }
 
-/// A small deterministic generator for fuzzed inputs (xorshift64*).
-struct Fuzz(u64);
-
-impl Fuzz {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A request body: a valid one mutated, random bytes, or something pathological.
-    fn body(&mut self) -> Vec<u8> {
-        let valid: &[&[u8]] = &[
-            br#"{"args": [1, 2], "kwargs": {}}"#,
-            br#"{"args": [], "kwargs": {"a": 1, "b": "x"}}"#,
-            br#"{"args": [{"deep": [1, [2, [3]]]}], "kwargs": {}}"#,
-        ];
-        let mut body = valid[self.below(valid.len())].to_vec();
-        match self.below(6) {
-            0 => {
-                for _ in 0..=self.below(4) {
-                    let i = self.below(body.len());
-                    body[i] ^= 1 << self.below(8);
-                }
-            }
-            1 => body.truncate(self.below(body.len())),
-            2 => body = (0..self.below(64)).map(|_| self.next() as u8).collect(),
-            3 => body = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
-            4 => body.extend((0..self.below(16)).map(|_| 0xff)),
-            _ => {
-                let i = self.below(body.len());
-                body.insert(i, self.next() as u8);
-            }
-        }
-        body
-    }
-
-    /// Headers of every type a broker can carry, some where Nameko expects others.
-    fn headers(&mut self) -> nameko::protocol::Headers {
-        let values = [
-            json!(42),
-            json!({"nested": [1, 2]}),
-            json!(null),
-            json!([1, "two", {"three": 3}]),
-            json!("text"),
-            json!(true),
-        ];
-        let keys = [
-            "nameko.call_id_stack",
-            "nameko.auth_token",
-            "nameko.language",
-            "x-custom",
-        ];
-        (0..self.below(4))
-            .map(|_| {
-                (
-                    keys[self.below(keys.len())].to_owned(),
-                    values[self.below(values.len())].clone(),
-                )
-            })
-            .collect()
-    }
-}
-
 on_both_transports! {
     async fn fuzzed_requests_never_stop_a_service_and_good_calls_go_on(broker: &TestBroker) {
         let (running, client) = start(broker, Config::default()).await;
@@ -675,28 +607,11 @@ on_both_transports! {
             }
         });
         let mut fuzz = Fuzz(0x9E37_79B9_7F4A_7C15);
-        let methods = ["add", "echo", "greet", "no_such_method", "", "add.extra"];
-        let content_types = [Some("application/json"), None, Some("text/plain"), Some("application/x-python-serialize")];
         let (mut sent, mut with_reply_to) = (0, 0);
         for round in 0..20 {
             for _ in 0..100 {
-                let has_reply_to = fuzz.below(8) != 0;
-                let method = methods[fuzz.below(methods.len())];
-                // `calculator.add.extra` matches no binding (`calculator.*`): the broker drops it.
-                with_reply_to += usize::from(has_reply_to && !method.contains('.'));
-                let message = OutgoingMessage {
-                    exchange: "nameko-rpc".into(),
-                    routing_key: format!("calculator.{method}"),
-                    mandatory: false,
-                    properties: Properties {
-                        reply_to: has_reply_to.then(|| reply_key.clone()),
-                        correlation_id: (fuzz.below(4) != 0).then(|| format!("fuzz-{round}")),
-                        content_type: content_types[fuzz.below(content_types.len())].map(str::to_owned),
-                        headers: fuzz.headers(),
-                        ..Properties::nameko_json()
-                    },
-                    body: fuzz.body(),
-                };
+                let (message, replies) = fuzz.request("calculator", &["add", "echo", "greet"], &reply_key);
+                with_reply_to += usize::from(replies);
                 t.publish(message).await.unwrap();
                 sent += 1;
             }

@@ -44,6 +44,16 @@ if [ -z "${NAMEKO_TEST_AMQP_URI:-}" ]; then
   fi
   port_open 5672 || { echo "RabbitMQ is not listening on 5672" >&2; exit 1; }
   port_open 15672 || { echo "the RabbitMQ management API is not listening on 15672" >&2; exit 1; }
+  # The fault suite restarts this local broker (tests/faults.rs, broker-restart).
+  if [ "$(id -u)" = 0 ]; then
+    NAMEKO_TEST_RABBITMQCTL=$(command -v rabbitmqctl)
+  else
+    mkdir -p target
+    printf '#!/bin/sh\nexec sudo -n rabbitmqctl "$@"\n' > target/rabbitmqctl
+    chmod +x target/rabbitmqctl
+    NAMEKO_TEST_RABBITMQCTL="$PWD/target/rabbitmqctl"
+  fi
+  export NAMEKO_TEST_RABBITMQCTL
   export NAMEKO_TEST_AMQP_URI="amqp://guest:guest@127.0.0.1:5672"
   export NAMEKO_TEST_RABBIT_API="http://guest:guest@127.0.0.1:15672"
 fi

@@ -343,6 +343,26 @@ impl TestBroker {
     }
 }
 
+impl TestBroker {
+    /// How many consumers the queue `queue` of this test's virtual host has (e.g. instances of
+    /// a service: `consumers("rpc-greeter_service")`). Only for a RabbitMQ test broker.
+    pub fn consumers(&self, queue: &str) -> Result<usize, Error> {
+        let Some((api, vhost)) = &self.vhost else {
+            return Err(Error::Config(
+                "an embedded broker has no management API".into(),
+            ));
+        };
+        let info = api.request(
+            "GET",
+            &format!("/api/queues/{}/{}", url_encode(vhost), url_encode(queue)),
+            "",
+        )?;
+        let info: Value = serde_json::from_str(&info)
+            .map_err(|e| Error::Config(format!("the management API's queue: {e}")))?;
+        Ok(info.get("consumers").and_then(Value::as_u64).unwrap_or(0) as usize)
+    }
+}
+
 /// Percent-encodes a path segment.
 fn url_encode(segment: &str) -> String {
     segment

@@ -9,7 +9,14 @@
 
 #![allow(dead_code)]
 
+pub mod fuzz;
+
 use nameko::transport::SharedTransport;
+
+/// Whether tests that need a broker must fail rather than skip without one.
+pub fn broker_required() -> bool {
+    required()
+}
 
 fn required() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -191,6 +198,21 @@ pub async fn python_calls(
         .lines()
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
         .collect()
+}
+
+/// Waits (up to 60 s) until the RabbitMQ management API makes virtual hosts again, e.g. after a
+/// broker restart.
+pub async fn wait_for_management_api() {
+    let Some((amqp, api)) = rabbitmq() else {
+        return;
+    };
+    for _ in 0..240 {
+        if nameko::testing::TestBroker::rabbitmq(&amqp, &api).is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("the RabbitMQ management API did not come back");
 }
 
 /// Waits until `service` answers (its queue exists and a consumer replies).

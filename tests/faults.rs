@@ -1,0 +1,651 @@
+//! The fault suite: each scenario injects one fault into a small cluster on a real RabbitMQ
+//! while a client keeps calling, and reports what the client saw: calls sent, answered, failed
+//! with a clear error, lost (no answer and no error before the call's timeout, or a wrong
+//! answer; must be 0) and the time until a call sent after the fault was answered.
+//!
+//! Scenarios (service instances are separate processes: this binary run as `faults run ...`):
+//! - `broker-restart`: the RabbitMQ app stops and starts again under two service instances;
+//! - `kill-9`: one of three instances is killed with SIGKILL mid-load;
+//! - `fuzz`: 10,000 malformed or fuzzed requests at an instance while it serves good calls;
+//! - `nested-burst`: bursts of nested calls A → B → A, with `max_workers` 1 and 10;
+//! - `queued`: 10,000 requests queued at one instance, whose memory prefetch keeps bounded.
+//!
+//! `tests/run.sh --test faults` runs it (figures in `RELIABILITY.md`). It needs the RabbitMQ
+//! of `tests/run.sh`; `broker-restart` also needs `NAMEKO_TEST_RABBITMQCTL` (set by `tests/run.sh`
+//! when it manages a local broker), as it restarts the whole broker. Scenarios run one at a
+//! time; an argument runs only the scenarios whose names contain it.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::TestBroker;
+use common::fuzz::Fuzz;
+use futures_util::StreamExt;
+use nameko::prelude::*;
+use nameko::transport::QueueSpec;
+use nameko::{ClusterRpcClient, ServiceRunner};
+
+/// The service the load goes to.
+#[derive(Dependencies)]
+pub struct FaultWorker;
+
+#[service(name = "fault_worker")]
+impl FaultWorker {
+    /// Takes `millis` milliseconds to double `n`.
+    #[rpc]
+    async fn work(&self, n: u64, millis: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        n * 2
+    }
+}
+
+/// The outer end of a nested call: `outer` calls `nest_b.middle`, which calls `nest_a.inner`.
+#[derive(Dependencies)]
+pub struct NestA {
+    nest_b: NestBClient,
+}
+
+#[service(name = "nest_a")]
+impl NestA {
+    #[rpc]
+    async fn outer(&self, n: u64) -> Result<u64, RpcError> {
+        self.nest_b.middle(n).await
+    }
+
+    #[rpc]
+    async fn inner(&self, n: u64) -> u64 {
+        n + 1
+    }
+}
+
+/// The middle of a nested call.
+#[derive(Dependencies)]
+pub struct NestB {
+    nest_a: NestAClient,
+}
+
+#[service(name = "nest_b")]
+impl NestB {
+    #[rpc]
+    async fn middle(&self, n: u64) -> Result<u64, RpcError> {
+        self.nest_a.inner(n).await
+    }
+}
+
+/// What one scenario saw.
+#[derive(Default)]
+struct Report {
+    scenario: String,
+    sent: usize,
+    answered: usize,
+    failed: usize,
+    lost: usize,
+    /// From the fault (for a broker restart: from the broker being back) until a call sent
+    /// after the fault was answered.
+    recovery: Option<Duration>,
+    slowest: Duration,
+    errors: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {:.2} s | {} |",
+            self.scenario,
+            self.sent,
+            self.answered,
+            self.failed,
+            self.lost,
+            self.recovery
+                .map_or("-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
+            self.slowest.as_secs_f64(),
+            self.notes.join("; "),
+        )
+    }
+}
+
+/// One call's outcome, as the client saw it.
+struct Outcome {
+    started: Instant,
+    ended: Instant,
+    result: Result<(), Failure>,
+}
+
+enum Failure {
+    /// The caller was told what went wrong.
+    Clear(String),
+    /// No answer, no error until the timeout, or a wrong answer.
+    Lost(String),
+}
+
+/// Calls `fault_worker.work` from `tasks` tasks, back to back, until `stop` is set.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>,
+}
+
+impl Load {
+    fn start(client: &ClusterRpcClient, tasks: usize, millis: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(0));
+        let tasks = (0..tasks)
+            .map(|_| {
+                let (proxy, stop, next) =
+                    (client.service("fault_worker"), stop.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut outcomes = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let n = next.fetch_add(1, Ordering::SeqCst);
+                        let started = Instant::now();
+                        let result = match proxy.call::<_, u64>("work", (n, millis)).await {
+                            Ok(v) if v == n * 2 => Ok(()),
+                            Ok(v) => Err(Failure::Lost(format!("wrong answer {v} for {n}"))),
+                            Err(RpcError::Timeout(t)) => {
+                                Err(Failure::Lost(format!("no answer in {t:?}")))
+                            }
+                            Err(e) => Err(Failure::Clear(e.to_string())),
+                        };
+                        if result.is_err() {
+                            // Do not spin while the cluster is down.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        outcomes.push(Outcome {
+                            started,
+                            ended: Instant::now(),
+                            result,
+                        });
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the load and reports on it, with `fault` the instant the fault began.
+    async fn finish(self, scenario: &str, fault: Option<Instant>) -> Report {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut outcomes = Vec::new();
+        for task in self.tasks {
+            outcomes.extend(task.await.expect("a load task"));
+        }
+        report(scenario, &outcomes, fault)
+    }
+}
+
+fn report(scenario: &str, outcomes: &[Outcome], fault: Option<Instant>) -> Report {
+    let mut report = Report {
+        scenario: scenario.to_owned(),
+        sent: outcomes.len(),
+        ..Report::default()
+    };
+    for outcome in outcomes {
+        report.slowest = report.slowest.max(outcome.ended - outcome.started);
+        match &outcome.result {
+            Ok(()) => report.answered += 1,
+            Err(Failure::Clear(e)) => {
+                report.failed += 1;
+                if !report.errors.contains(e) && report.errors.len() < 5 {
+                    report.errors.push(e.clone());
+                }
+            }
+            Err(Failure::Lost(e)) => {
+                report.lost += 1;
+                report.errors.push(format!("LOST: {e}"));
+            }
+        }
+    }
+    report.recovery = fault.and_then(|fault| {
+        outcomes
+            .iter()
+            .filter(|o| o.started >= fault && o.result.is_ok())
+            .map(|o| o.ended - fault)
+            .min()
+    });
+    report
+}
+
+/// A service instance: this binary, running `services` on `broker` until killed.
+struct Instance {
+    child: Child,
+}
+
+impl Instance {
+    fn start(broker: &TestBroker, services: &[&str], log: &str) -> Instance {
+        let dir = common::target_dir().join("faults");
+        std::fs::create_dir_all(&dir).expect("target/<profile>/faults");
+        let log = std::fs::File::create(dir.join(format!("{log}.log"))).expect("a log file");
+        let child = Command::new(std::env::current_exe().expect("this binary"))
+            .arg("run")
+            .args(["--broker", &broker.uri])
+            .args(services)
+            .env("NAMEKO_FAULTS_INSTANCE", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a service instance");
+        Instance { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL: no reply, no acknowledgement, no goodbye to the broker.
+    fn kill_9(&mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+
+    /// The resident memory of the process, from `/proc`.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn client(broker: &TestBroker, timeout: Duration) -> ClusterRpcClient {
+    ClusterRpcClient::connect(&broker.uri)
+        .await
+        .expect("a client")
+        .with_timeout(timeout)
+}
+
+/// Waits until `count` instances of `fault_worker` consume its queue.
+async fn wait_for_instances(broker: &TestBroker, client: &ClusterRpcClient, count: usize) {
+    common::wait_for_service(client, "fault_worker", "work", serde_json::json!([0, 0])).await;
+    let queue = "rpc-fault_worker";
+    for _ in 0..200 {
+        if broker.inner().consumers(queue).unwrap_or(0) >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{count} instances of fault_worker did not come up");
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let ctl = std::env::var("NAMEKO_TEST_RABBITMQCTL").expect("NAMEKO_TEST_RABBITMQCTL");
+    let status = Command::new(ctl)
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run rabbitmqctl");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+/// (a) The broker stops and starts again while a client calls two instances.
+async fn broker_restart() -> Option<Report> {
+    let broker = TestBroker::amqp()?;
+    if std::env::var_os("NAMEKO_TEST_RABBITMQCTL").is_none() {
+        if common::broker_required() {
+            panic!("NAMEKO_TEST_RABBITMQCTL is not set: run tests/run.sh");
+        }
+        eprintln!("SKIPPED broker-restart: NAMEKO_TEST_RABBITMQCTL is not set");
+        return None;
+    }
+    let _instances = [
+        Instance::start(&broker, &["fault_worker"], "broker-restart-1"),
+        Instance::start(&broker, &["fault_worker"], "broker-restart-2"),
+    ];
+    let client = client(&broker, Duration::from_secs(30)).await;
+    wait_for_instances(&broker, &client, 2).await;
+    let load = Load::start(&client, 8, 5);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopping = Instant::now();
+    let (down, up) = tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&["stop_app"]);
+        let down = Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup"]);
+        (down, Instant::now())
+    })
+    .await
+    .unwrap();
+    wait_until_answered_since(&client, up).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Calls sent while the broker was down are answered once it is back: the time to recover
+    // runs from the broker being up again to the first of them answered.
+    let mut report = load
+        .finish("broker restart (2 instances)", Some(down))
+        .await;
+    report.recovery = report.recovery.map(|r| r.saturating_sub(up - down));
+    report.notes.push(format!(
+        "the broker took {:.1} s to stop, was down {:.1} s",
+        (down - stopping).as_secs_f64(),
+        (up - down).as_secs_f64()
+    ));
+    // Later test binaries need the management API back.
+    common::wait_for_management_api().await;
+    Some(report)
+}
+
+/// Waits (up to 60 s) until a call sent after `since` is answered.
+async fn wait_until_answered_since(client: &ClusterRpcClient, since: Instant) {
+    let proxy = client
+        .service("fault_worker")
+        .with_timeout(Duration::from_secs(5));
+    while since.elapsed() < Duration::from_secs(60) {
+        if proxy.call::<_, u64>("work", (1, 0)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (b) One of three instances is killed with SIGKILL under load.
+async fn kill_9() -> Option<Report> {
+    let broker = TestBroker::amqp()?;
+    let mut instances = [
+        Instance::start(&broker, &["fault_worker"], "kill-9-1"),
+        Instance::start(&broker, &["fault_worker"], "kill-9-2"),
+        Instance::start(&broker, &["fault_worker"], "kill-9-3"),
+    ];
+    let client = client(&broker, Duration::from_secs(30)).await;
+    wait_for_instances(&broker, &client, 3).await;
+    // 24 callers and 20 ms per call: each instance always has requests in hand.
+    let load = Load::start(&client, 24, 20);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fault = Instant::now();
+    instances[0].kill_9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut report = load.finish("kill -9 (1 of 3 instances)", Some(fault)).await;
+    assert!(instances[1].running() && instances[2].running());
+    report
+        .notes
+        .push("the other two instances answered the killed one's requests".into());
+    Some(report)
+}
+
+/// (c) 10,000 fuzzed requests at an instance while it serves good calls.
+async fn fuzz() -> Option<Report> {
+    let broker = TestBroker::amqp()?;
+    let mut instance = Instance::start(&broker, &["fault_worker"], "fuzz");
+    let client = client(&broker, Duration::from_secs(30)).await;
+    wait_for_instances(&broker, &client, 1).await;
+    let t = broker.connect().await;
+    let reply_key = uuid::Uuid::new_v4().to_string();
+    let queue = format!("fuzz-replies-{reply_key}");
+    t.declare_queue(&QueueSpec {
+        auto_delete: true,
+        ..QueueSpec::durable(&queue)
+    })
+    .await
+    .unwrap();
+    t.bind_queue(&queue, "nameko-rpc", &reply_key)
+        .await
+        .unwrap();
+    let mut replies = t.consume(&queue, 0).await.unwrap();
+    let replied = Arc::new(AtomicUsize::new(0));
+    let (counter, bad) = (replied.clone(), Arc::new(AtomicUsize::new(0)));
+    let bad_replies = bad.clone();
+    let drain = tokio::spawn(async move {
+        while let Some(Ok(reply)) = replies.next().await {
+            let body: Result<serde_json::Value, _> = serde_json::from_slice(&reply.body);
+            let nameko_reply =
+                body.is_ok_and(|b| b.get("result").is_some() && b.get("error").is_some());
+            if !nameko_reply {
+                bad_replies.fetch_add(1, Ordering::SeqCst);
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = reply.ack().await;
+        }
+    });
+    let load = Load::start(&client, 4, 0);
+    let mut fuzz = Fuzz(0x2545_F491_4F6C_DD1D);
+    let mut expected = 0;
+    let publishing = Instant::now();
+    for _ in 0..10_000 {
+        let (message, replies) = fuzz.request("fault_worker", &["work"], &reply_key);
+        expected += usize::from(replies);
+        t.publish(message).await.expect("publish a fuzzed request");
+    }
+    let published_in = publishing.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replied.load(Ordering::SeqCst) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut report = load.finish("10,000 fuzzed requests", None).await;
+    drain.abort();
+    let got = replied.load(Ordering::SeqCst);
+    report.notes.push(format!(
+        "fuzzed requests published in {:.1} s; {got} of the {expected} that named a reply queue \
+         got a Nameko error reply ({} not); the instance is {}",
+        published_in.as_secs_f64(),
+        bad.load(Ordering::SeqCst),
+        if instance.running() {
+            "still running"
+        } else {
+            "GONE"
+        },
+    ));
+    assert!(instance.running(), "the fuzzed instance exited");
+    assert_eq!(
+        got, expected,
+        "every fuzzed request with a reply queue gets a reply"
+    );
+    assert_eq!(
+        bad.load(Ordering::SeqCst),
+        0,
+        "every reply is a Nameko reply"
+    );
+    Some(report)
+}
+
+/// (d) Bursts of nested calls A → B → A, with `max_workers` 1 (each outer call holds A's only
+/// worker while its inner call waits for it: the inner call times out, and the outer call
+/// fails with that error) and 10 (every call completes).
+async fn nested_burst(max_workers: usize) -> Option<Report> {
+    let broker = TestBroker::amqp()?;
+    let config = nameko::Config::default()
+        .with_broker(&broker.uri)
+        .with_max_workers(max_workers)
+        .with_rpc_timeout(Duration::from_secs(1));
+    let running = ServiceRunner::new(config)
+        .with_service::<NestA>()
+        .with_service::<NestB>()
+        .start()
+        .await
+        .expect("nest_a and nest_b start");
+    let client = client(&broker, Duration::from_secs(60)).await;
+    let proxy = client.service("nest_a");
+    let started = Instant::now();
+    let calls: Vec<_> = (0..8u64)
+        .map(|n| {
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let result = match proxy.call::<_, u64>("outer", (n,)).await {
+                    Ok(v) if v == n + 1 => Ok(()),
+                    Ok(v) => Err(Failure::Lost(format!("wrong answer {v} for {n}"))),
+                    Err(RpcError::Timeout(t)) => Err(Failure::Lost(format!("no answer in {t:?}"))),
+                    Err(e) => Err(Failure::Clear(e.to_string())),
+                };
+                Outcome {
+                    started,
+                    ended: Instant::now(),
+                    result,
+                }
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.unwrap());
+    }
+    let burst = started.elapsed();
+    // No lasting deadlock: the service answers at once afterwards.
+    let after: u64 = proxy
+        .with_timeout(Duration::from_secs(5))
+        .call("inner", (41,))
+        .await
+        .expect("nest_a answers after the burst");
+    assert_eq!(after, 42);
+    running.stop().await.expect("a clean stop");
+    let mut report = report(
+        &format!("nested burst A → B → A, max_workers={max_workers}"),
+        &outcomes,
+        None,
+    );
+    report.notes.push(format!(
+        "8 concurrent calls, inner timeout 1 s; burst over in {:.1} s; A answers at once after",
+        burst.as_secs_f64()
+    ));
+    Some(report)
+}
+
+/// 10,000 requests queued at one instance: prefetch keeps its memory bounded.
+async fn queued() -> Option<Report> {
+    let broker = TestBroker::amqp()?;
+    let instance = Instance::start(&broker, &["fault_worker"], "queued");
+    let client = client(&broker, Duration::from_secs(120)).await;
+    wait_for_instances(&broker, &client, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = instance.rss_kib();
+    let proxy = client.service("fault_worker");
+    let started = Instant::now();
+    let calls: Vec<_> = (0..10_000u64)
+        .map(|n| {
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let result = match proxy.call::<_, u64>("work", (n, 1)).await {
+                    Ok(v) if v == n * 2 => Ok(()),
+                    Ok(v) => Err(Failure::Lost(format!("wrong answer {v} for {n}"))),
+                    Err(RpcError::Timeout(t)) => Err(Failure::Lost(format!("no answer in {t:?}"))),
+                    Err(e) => Err(Failure::Clear(e.to_string())),
+                };
+                Outcome {
+                    started,
+                    ended: Instant::now(),
+                    result,
+                }
+            })
+        })
+        .collect();
+    let mut peak = idle;
+    while !calls.iter().all(|c| c.is_finished()) {
+        peak = peak.max(instance.rss_kib());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.unwrap());
+    }
+    let mut report = report("10,000 requests queued at 1 instance", &outcomes, None);
+    report.notes.push(format!(
+        "all in {:.1} s; instance memory {:.1} MB idle, {:.1} MB at most while they queued",
+        started.elapsed().as_secs_f64(),
+        idle as f64 / 1024.0,
+        peak as f64 / 1024.0
+    ));
+    // Prefetch (10) bounds what the instance holds: its memory must not grow with the queue.
+    assert!(
+        peak < idle + 16 * 1024,
+        "memory grew from {idle} KiB to {peak} KiB with 10,000 requests queued"
+    );
+    Some(report)
+}
+
+/// A scenario: `None` when it was skipped.
+type Scenario = fn() -> futures_util::future::BoxFuture<'static, Option<Report>>;
+
+fn main() -> std::process::ExitCode {
+    if std::env::var_os("NAMEKO_FAULTS_INSTANCE").is_some() {
+        // A service instance: `faults run --broker URI SERVICE...`.
+        return nameko::main();
+    }
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let selected =
+        |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let scenarios: [(&str, Scenario); 6] = [
+        ("broker-restart", || Box::pin(broker_restart())),
+        ("kill-9", || Box::pin(kill_9())),
+        ("fuzz", || Box::pin(fuzz())),
+        ("nested-burst-1", || Box::pin(nested_burst(1))),
+        ("nested-burst-10", || Box::pin(nested_burst(10))),
+        ("queued", || Box::pin(queued())),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    let mut rows = Vec::new();
+    for (name, scenario) in scenarios {
+        if !selected(name) {
+            continue;
+        }
+        println!("scenario {name} ...");
+        let started = Instant::now();
+        let outcome = runtime.block_on(async {
+            tokio::spawn(tokio::time::timeout(Duration::from_secs(240), scenario())).await
+        });
+        match outcome {
+            Ok(Ok(Some(report))) => {
+                for error in &report.errors {
+                    println!("    {error}");
+                }
+                let ok = report.lost == 0;
+                println!(
+                    "scenario {name}: {} in {:.1} s",
+                    if ok { "ok" } else { "FAILED: calls were lost" },
+                    started.elapsed().as_secs_f64()
+                );
+                rows.push(report.row());
+                if ok { passed += 1 } else { failed += 1 }
+            }
+            Ok(Ok(None)) => println!("scenario {name}: skipped"),
+            Ok(Err(_)) => {
+                println!("scenario {name}: FAILED: still running after 240 s");
+                failed += 1;
+            }
+            Err(panic) => {
+                println!("scenario {name}: FAILED: {panic}");
+                failed += 1;
+            }
+        }
+    }
+    println!();
+    println!(
+        "| scenario | calls sent | answered | failed with a clear error | lost | answered again after | slowest call | notes |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
+    // The closing line cargo's own harness prints, which `tests/run.sh` adds up.
+    println!(
+        "test result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
