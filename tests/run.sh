@@ -28,6 +28,48 @@ if [ -z "${NAMEKO_TEST_AMQP_URI:-}" ]; then
       exit 1
     }
   fi
+  # A TLS listener on 5671 with a certificate authority made here, for the amqps:// tests
+  # (test-only keys, readable by all, in /etc/rabbitmq/nameko-test-tls).
+  tls_dir=/etc/rabbitmq/nameko-test-tls
+  if [ ! -f "$tls_dir/client.key" ]; then
+    say "Making a test certificate authority and certificates in $tls_dir"
+    d=$(mktemp -d)
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=nameko-rs test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+    for who in server client; do
+      if [ "$who" = server ]; then
+        ext="subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"
+      else
+        ext="extendedKeyUsage=clientAuth"
+      fi
+      printf "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n$ext\n" > "$d/$who.ext"
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=nameko-rs test $who" \
+        -keyout "$d/$who.key" -out "$d/$who.csr" 2>/dev/null
+      openssl x509 -req -in "$d/$who.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 3650 -extfile "$d/$who.ext" -out "$d/$who.pem" 2>/dev/null
+    done
+    chmod 644 "$d"/*.pem "$d"/*.key
+    as_root mkdir -p "$tls_dir"
+    as_root cp "$d/ca.pem" "$d/server.pem" "$d/server.key" "$d/client.pem" "$d/client.key" "$tls_dir/"
+    rm -rf "$d"
+  fi
+  conf=/etc/rabbitmq/rabbitmq.conf
+  if ! grep -qs "$tls_dir" "$conf"; then
+    say "Adding a TLS listener (5671) to $conf"
+    printf '%s\n' "# nameko-rs tests: amqps:// with client certificates" \
+      "listeners.ssl.default = 5671" \
+      "ssl_options.cacertfile = $tls_dir/ca.pem" \
+      "ssl_options.certfile = $tls_dir/server.pem" \
+      "ssl_options.keyfile = $tls_dir/server.key" \
+      "ssl_options.verify = verify_peer" \
+      "ssl_options.fail_if_no_peer_cert = true" | as_root tee -a "$conf" >/dev/null
+    if as_root rabbitmqctl -q status >/dev/null 2>&1; then
+      say "Restarting RabbitMQ for its TLS listener"
+      as_root rabbitmqctl -q stop >/dev/null 2>&1 || true
+      for _ in $(seq 1 30); do port_open 5672 || break; sleep 1; done
+    fi
+  fi
   if ! as_root rabbitmqctl -q status >/dev/null 2>&1; then
     say "Starting RabbitMQ"
     as_root rabbitmq-server -detached
@@ -44,6 +86,10 @@ if [ -z "${NAMEKO_TEST_AMQP_URI:-}" ]; then
   fi
   port_open 5672 || { echo "RabbitMQ is not listening on 5672" >&2; exit 1; }
   port_open 15672 || { echo "the RabbitMQ management API is not listening on 15672" >&2; exit 1; }
+  for _ in $(seq 1 30); do port_open 5671 && break; sleep 1; done
+  port_open 5671 || { echo "RabbitMQ's TLS listener is not listening on 5671" >&2; exit 1; }
+  export NAMEKO_TEST_TLS_DIR="$tls_dir"
+  export NAMEKO_TEST_AMQPS_PORT=5671
   # The fault suite restarts this local broker (tests/faults.rs, broker-restart).
   if [ "$(id -u)" = 0 ]; then
     NAMEKO_TEST_RABBITMQCTL=$(command -v rabbitmqctl)

@@ -31,6 +31,9 @@ pub struct Config {
     /// `HEARTBEAT`: seconds between AMQP heartbeats (`None`: the broker's proposal, 60 s on
     /// RabbitMQ).
     pub heartbeat: Option<u16>,
+    /// `AMQP_SSL`: connect to RabbitMQ over TLS with these settings (`true` in the file: the
+    /// system's certificate authorities, no client certificate).
+    pub amqp_ssl: Option<crate::transport::TlsOptions>,
     /// `AUTO_DELETE_EVENT_EXCHANGES`: declare `<service>.events` exchanges auto-deleting.
     pub auto_delete_event_exchanges: bool,
     /// `WEB_SERVER_ADDRESS`: where the HTTP server listens, `[host:]port`.
@@ -59,6 +62,7 @@ impl Default for Config {
             rpc_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(30),
             heartbeat: None,
+            amqp_ssl: None,
             auto_delete_event_exchanges: false,
             extra: serde_json::Map::new(),
             web_server_address: "0.0.0.0:8000".to_owned(),
@@ -142,6 +146,14 @@ impl Config {
         }
     }
 
+    /// Connects to the broker in effect: `AMQP_URI` with `HEARTBEAT`, over TLS when `AMQP_SSL`
+    /// is set.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<crate::transport::SharedTransport, crate::transport::TransportError> {
+        crate::transport::connect_with(&self.connection_uri(), self.amqp_ssl.as_ref()).await
+    }
+
     /// Whether the services run on the embedded broker.
     pub fn is_embedded(&self) -> bool {
         self.broker_uri().starts_with("memory://")
@@ -155,6 +167,57 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::Error;
+
+/// `AMQP_SSL` as Nameko reads it: `true`/`false`, or kombu's mapping of `ssl` options.
+fn tls_options(value: Value) -> Result<Option<crate::transport::TlsOptions>, Error> {
+    use crate::transport::TlsOptions;
+    let map = match value {
+        Value::Bool(false) | Value::Null => return Ok(None),
+        Value::Bool(true) => return Ok(Some(TlsOptions::new())),
+        Value::Object(map) => map,
+        other => {
+            return Err(Error::Config(format!(
+                "`AMQP_SSL` must be true, false or a mapping of ca_certs, certfile, keyfile, \
+                 cert_reqs; not `{other}`"
+            )));
+        }
+    };
+    let mut tls = TlsOptions::new();
+    for (key, value) in map {
+        let path = |value: &Value| {
+            value.as_str().map(std::path::PathBuf::from).ok_or_else(|| {
+                Error::Config(format!(
+                    "`AMQP_SSL.{key}` must be a file path, not `{value}`"
+                ))
+            })
+        };
+        match key.as_str() {
+            "ca_certs" => tls.ca_certs = Some(path(&value)?),
+            "certfile" => tls.certfile = Some(path(&value)?),
+            "keyfile" => tls.keyfile = Some(path(&value)?),
+            // Python's ssl.CERT_REQUIRED: the only mode there is here.
+            "cert_reqs" if value == 2 || value == "CERT_REQUIRED" => {}
+            "cert_reqs" => {
+                return Err(Error::Config(format!(
+                    "`AMQP_SSL.cert_reqs: {value}` is not supported: the broker's certificate \
+                     is always verified (CERT_REQUIRED, 2)"
+                )));
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "`AMQP_SSL.{other}` is not supported (known: ca_certs, certfile, keyfile, \
+                     cert_reqs)"
+                )));
+            }
+        }
+    }
+    if tls.certfile.is_some() != tls.keyfile.is_some() {
+        return Err(Error::Config(
+            "`AMQP_SSL` needs both certfile and keyfile, or neither".into(),
+        ));
+    }
+    Ok(Some(tls))
+}
 
 /// Replaces `${VAR}` and `${VAR:default}` in `text` with the environment's values (`lookup`);
 /// defaults may hold further `${...}` and balanced braces. An unset variable without a default
@@ -323,6 +386,9 @@ impl Config {
         if let Some(v) = take(&mut map, "HEARTBEAT", "a whole number of seconds")? {
             self.heartbeat = Some(v);
         }
+        if let Some(v) = take::<Value>(&mut map, "AMQP_SSL", "true, false or a mapping")? {
+            self.amqp_ssl = tls_options(v)?;
+        }
         if let Some(v) = take(&mut map, "AUTO_DELETE_EVENT_EXCHANGES", "true or false")? {
             self.auto_delete_event_exchanges = v;
         }
@@ -390,6 +456,27 @@ impl Config {
         map.insert("PREFETCH_COUNT".into(), Value::from(self.prefetch_count));
         if let Some(heartbeat) = self.heartbeat {
             map.insert("HEARTBEAT".into(), Value::from(heartbeat));
+        }
+        if let Some(tls) = &self.amqp_ssl {
+            let mut ssl = serde_json::Map::new();
+            let paths = [
+                ("ca_certs", &tls.ca_certs),
+                ("certfile", &tls.certfile),
+                ("keyfile", &tls.keyfile),
+            ];
+            for (key, path) in paths {
+                if let Some(path) = path {
+                    ssl.insert(key.into(), Value::String(path.display().to_string()));
+                }
+            }
+            map.insert(
+                "AMQP_SSL".into(),
+                if ssl.is_empty() {
+                    Value::Bool(true)
+                } else {
+                    Value::Object(ssl)
+                },
+            );
         }
         map.insert(
             "RPC_TIMEOUT".into(),

@@ -576,7 +576,7 @@ impl TestServices {
         for configure in self.configure {
             configure(&mut config);
         }
-        let transport = transport::connect(&config.connection_uri()).await?;
+        let transport = config.connect().await?;
         let services = self
             .runner
             .with_config(config)

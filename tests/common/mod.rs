@@ -237,7 +237,7 @@ pub async fn wait_for_service(
 }
 
 /// A file removed on drop.
-mod tempfile_path {
+pub mod tempfile_path {
     pub struct TempPath(std::path::PathBuf);
 
     impl TempPath {

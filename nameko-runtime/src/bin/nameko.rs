@@ -112,9 +112,11 @@ impl Session {
     }
 
     async fn connect(config: &Config) -> Result<Session, String> {
-        let transport = nameko::transport::connect(&config.connection_uri())
-            .await
-            .map_err(|e| e.to_string())?;
+        let transport = match &config.amqp_ssl {
+            Some(tls) => nameko::transport::connect_with_tls(&config.connection_uri(), tls).await,
+            None => nameko::transport::connect(&config.connection_uri()).await,
+        }
+        .map_err(|e| e.to_string())?;
         let client = ClusterRpcClient::standalone(transport.clone(), config)
             .await
             .map_err(|e| e.to_string())?;

@@ -22,7 +22,7 @@ use crate::error::RpcError;
 use crate::protocol::{self, ReplyBody};
 use crate::transport::{
     self, Consumer, ExchangeSpec, OutgoingMessage, Properties, QueueSpec, SharedTransport,
-    TransportError,
+    TlsOptions, TransportError,
 };
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
@@ -90,7 +90,7 @@ impl ReplyListener {
         transport: SharedTransport,
         exchange: &str,
         owner: &str,
-        reconnect: Option<String>,
+        reconnect: Option<(String, Option<TlsOptions>)>,
     ) -> Result<ReplyListener, TransportError> {
         let routing_key = uuid::Uuid::new_v4().to_string();
         let queue = ReplyQueue {
@@ -127,8 +127,8 @@ struct Listening {
     pending: Pending,
     link: watch::Sender<Link>,
     stop: CancellationToken,
-    /// The URI to connect to again when the connection is lost, if the client owns it.
-    reconnect: Option<String>,
+    /// Where to connect again when the connection is lost, if the client owns it.
+    reconnect: Option<(String, Option<TlsOptions>)>,
 }
 
 impl Listening {
@@ -143,13 +143,13 @@ impl Listening {
                 tracing::debug!(%reason, "reply listener ended with its connection");
                 break reason;
             }
-            let Some(uri) = &self.reconnect else {
+            let Some((uri, tls)) = &self.reconnect else {
                 tracing::error!(%reason, "RPC replies can no longer be received");
                 break reason;
             };
             tracing::warn!(%reason, "lost the broker connection; reconnecting");
             self.link.send_replace(Link::Down(reason));
-            match self.reconnect(uri).await {
+            match self.reconnect(uri, tls.as_ref()).await {
                 Some((new_transport, new_consumer)) => {
                     // Calls in flight keep waiting: their replies are in the queue, or will be.
                     transport.close().await;
@@ -217,7 +217,11 @@ impl Listening {
 
     /// Connects again, with a doubling delay between attempts, until it works or the client
     /// closes (`None`).
-    async fn reconnect(&self, uri: &str) -> Option<(SharedTransport, Consumer)> {
+    async fn reconnect(
+        &self,
+        uri: &str,
+        tls: Option<&TlsOptions>,
+    ) -> Option<(SharedTransport, Consumer)> {
         let mut delay = FIRST_RECONNECT_DELAY;
         loop {
             tokio::select! {
@@ -225,7 +229,7 @@ impl Listening {
                 _ = tokio::time::sleep(delay) => {}
             }
             let attempt = async {
-                let transport = transport::connect(uri).await?;
+                let transport = transport::connect_with(uri, tls).await?;
                 match self.queue.consume(&transport).await {
                     Ok(consumer) => Ok((transport, consumer)),
                     Err(e) => {
@@ -357,14 +361,13 @@ impl ClusterRpcClient {
     /// Like [`connect`](Self::connect), with the broker, heartbeat, exchange and timeout of
     /// `config`.
     pub async fn connect_with(config: &Config) -> Result<ClusterRpcClient, TransportError> {
-        let uri = config.connection_uri();
-        let transport = transport::connect(&uri).await?;
+        let transport = config.connect().await?;
         Self::start(
             transport,
             config,
             protocol::STANDALONE_PROXY_NAME,
             true,
-            Some(uri),
+            Some((config.connection_uri(), config.amqp_ssl.clone())),
         )
         .await
     }
@@ -402,7 +405,7 @@ impl ClusterRpcClient {
         config: &Config,
         owner: &str,
         standalone: bool,
-        reconnect: Option<String>,
+        reconnect: Option<(String, Option<TlsOptions>)>,
     ) -> Result<ClusterRpcClient, TransportError> {
         let listener =
             ReplyListener::start(transport, &config.rpc_exchange, owner, reconnect).await?;

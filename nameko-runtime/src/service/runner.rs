@@ -15,7 +15,7 @@ use crate::context::WorkerContext;
 use crate::error::Error;
 use crate::http::{self, Route};
 use crate::testing::{EntrypointHook, EntrypointWaiter, FinishedWorker};
-use crate::transport::{self, SharedTransport};
+use crate::transport::SharedTransport;
 use std::collections::HashMap;
 use tokio::sync::broadcast;
 
@@ -195,7 +195,7 @@ impl ServiceRunner {
         }
         let transport = match self.transport {
             Some(t) => t,
-            None => transport::connect(&self.config.connection_uri()).await?,
+            None => self.config.connect().await?,
         };
         let shared = Shared {
             config: self.config,

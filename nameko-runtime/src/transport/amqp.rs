@@ -14,6 +14,7 @@ use lapin::options::{
     BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
@@ -23,7 +24,7 @@ use tokio::sync::Mutex;
 
 use super::{
     Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, OutgoingMessage, Properties,
-    QueueSpec, Transport, TransportError, mask_password,
+    QueueSpec, TlsOptions, Transport, TransportError, mask_password,
 };
 use crate::protocol::Headers;
 
@@ -55,6 +56,37 @@ fn connection_error(error: lapin::Error) -> TransportError {
     }
 }
 
+/// lapin's TLS settings from Nameko's: the files read, and checked to be PEM.
+fn tls_config(tls: &TlsOptions) -> Result<OwnedTLSConfig, String> {
+    let read = |what: &str, path: &std::path::Path| {
+        let data = std::fs::read(path)
+            .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+        if !data.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(format!("{what} {} is not a PEM file", path.display()));
+        }
+        Ok(data)
+    };
+    let cert_chain = match &tls.ca_certs {
+        Some(path) => Some(
+            String::from_utf8(read("AMQP_SSL ca_certs", path)?)
+                .map_err(|_| format!("AMQP_SSL ca_certs {} is not text", path.display()))?,
+        ),
+        None => None,
+    };
+    let identity = match (&tls.certfile, &tls.keyfile) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: read("AMQP_SSL certfile", cert)?,
+            key: read("AMQP_SSL keyfile", key)?,
+        }),
+        (None, None) => None,
+        _ => return Err("AMQP_SSL needs both certfile and keyfile, or neither".into()),
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
+}
+
 /// The largest AMQP frame a connection asks for. The client keeps read and write buffers of 32
 /// frames each: at RabbitMQ's default (128 KiB) that is 8 MiB for an idle service; at 32 KiB,
 /// 2 MiB. A larger message simply takes more frames.
@@ -65,19 +97,43 @@ impl AmqpTransport {
     /// without a path uses the `/` virtual host. The largest frame is [`DEFAULT_FRAME_MAX`]
     /// unless the URI asks for another (`?frame_max=131072`).
     pub async fn connect(uri: &str) -> Result<AmqpTransport, TransportError> {
+        Self::connect_with(uri, None).await
+    }
+
+    /// Connects like [`connect`](Self::connect); with `tls`, over TLS with those settings
+    /// (an `amqp://` URI becomes `amqps://`).
+    pub async fn connect_with(
+        uri: &str,
+        tls: Option<&TlsOptions>,
+    ) -> Result<AmqpTransport, TransportError> {
         let mut normalized = match uri.strip_prefix("pyamqp://") {
             Some(rest) => format!("amqp://{rest}"),
             None => uri.to_owned(),
         };
+        if tls.is_some()
+            && let Some(rest) = normalized.strip_prefix("amqp://")
+        {
+            normalized = format!("amqps://{rest}");
+        }
         if !normalized.contains("frame_max=") {
             let separator = if normalized.contains('?') { '&' } else { '?' };
             normalized = format!("{normalized}{separator}frame_max={DEFAULT_FRAME_MAX}");
         }
-        let connection = Connection::connect(&normalized, ConnectionProperties::default())
+        let cannot = |e: &dyn std::fmt::Display| {
+            TransportError::Connection(format!("cannot connect to {}: {e}", mask_password(uri)))
+        };
+        let tls_config = match tls {
+            Some(tls) => tls_config(tls).map_err(|e| cannot(&e))?,
+            None => OwnedTLSConfig::default(),
+        };
+        let connection = lapin::DefaultConnectionBuilder::new()
+            .map_err(|e| cannot(&e))?
+            .with_uri_str(normalized.clone())
+            .with_properties(ConnectionProperties::default())
+            .with_tls_config(tls_config)
+            .connect()
             .await
-            .map_err(|e| {
-                TransportError::Connection(format!("cannot connect to {}: {e}", mask_password(uri)))
-            })?;
+            .map_err(|e| cannot(&e))?;
         Ok(AmqpTransport {
             uri: normalized,
             connection,

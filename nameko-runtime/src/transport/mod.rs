@@ -292,14 +292,83 @@ pub type SharedTransport = Arc<dyn Transport>;
 
 /// Connects to the broker a URI names: `amqp://` or `amqps://` (also Python's `pyamqp://`)
 /// for RabbitMQ, `memory://[name]` for the embedded broker of that name in this process.
+///
+/// An `amqps://` URI verifies the broker's certificate against the system's certificate
+/// authorities; [`connect_with_tls`] names others, and a client certificate.
 pub async fn connect(uri: &str) -> Result<SharedTransport, TransportError> {
+    connect_with(uri, None).await
+}
+
+/// Connects like [`connect`], over TLS with `tls` (Nameko's `AMQP_SSL`): an `amqp://` URI is
+/// taken as `amqps://` (port 5671 unless it names one). The embedded broker ignores `tls`.
+pub async fn connect_with_tls(
+    uri: &str,
+    tls: &TlsOptions,
+) -> Result<SharedTransport, TransportError> {
+    connect_with(uri, Some(tls)).await
+}
+
+pub(crate) async fn connect_with(
+    uri: &str,
+    tls: Option<&TlsOptions>,
+) -> Result<SharedTransport, TransportError> {
     if let Some(name) = uri.strip_prefix("memory://") {
         return Ok(memory::MemoryBroker::named(name));
     }
     if uri.starts_with("amqp://") || uri.starts_with("amqps://") || uri.starts_with("pyamqp://") {
-        return Ok(Arc::new(amqp::AmqpTransport::connect(uri).await?));
+        return Ok(Arc::new(amqp::AmqpTransport::connect_with(uri, tls).await?));
     }
     Err(TransportError::UnsupportedUri(mask_password(uri)))
+}
+
+/// TLS settings for RabbitMQ connections: Nameko's `AMQP_SSL` (`ca_certs`, `certfile`,
+/// `keyfile`). The broker's certificate is always verified.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), nameko::transport::TransportError> {
+/// use nameko::transport::{self, TlsOptions};
+///
+/// let tls = TlsOptions::new()
+///     .with_ca_certs("/etc/ssl/rabbit/ca.pem")
+///     .with_client_certificate("/etc/ssl/rabbit/client.pem", "/etc/ssl/rabbit/client.key");
+/// let transport = transport::connect_with_tls("amqps://guest:guest@rabbit/", &tls).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsOptions {
+    /// `ca_certs`: a PEM file of the certificate authorities that sign the broker's
+    /// certificate (the system's when unset).
+    pub ca_certs: Option<std::path::PathBuf>,
+    /// `certfile`: a PEM client certificate, for brokers that ask for one.
+    pub certfile: Option<std::path::PathBuf>,
+    /// `keyfile`: the PEM private key of `certfile` (PKCS#8, RSA or EC, unencrypted).
+    pub keyfile: Option<std::path::PathBuf>,
+}
+
+impl TlsOptions {
+    /// TLS with the system's certificate authorities and no client certificate
+    /// (`AMQP_SSL: true`).
+    pub fn new() -> TlsOptions {
+        TlsOptions::default()
+    }
+
+    /// Trusts the certificate authorities in this PEM file instead of the system's.
+    pub fn with_ca_certs(mut self, path: impl Into<std::path::PathBuf>) -> TlsOptions {
+        self.ca_certs = Some(path.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM files) to the broker.
+    pub fn with_client_certificate(
+        mut self,
+        certfile: impl Into<std::path::PathBuf>,
+        keyfile: impl Into<std::path::PathBuf>,
+    ) -> TlsOptions {
+        self.certfile = Some(certfile.into());
+        self.keyfile = Some(keyfile.into());
+        self
+    }
 }
 
 /// A URI with its password replaced by `********`, for logs.
