@@ -443,6 +443,16 @@ async fn a_service_reconnects_when_the_broker_drops_its_connection() {
             .any(|l| l.contains("lost the connection to the broker; reconnecting")),
         "{log:#?}"
     );
+    // The broker's URI appears in the log with its password masked, never in clear.
+    let password = broker
+        .uri
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(user_info, _)| user_info.split_once(':'))
+        .map(|(_, password)| format!(":{password}@"))
+        .expect("a URI with a password");
+    assert!(log.iter().any(|l| l.contains(":********@")), "{log:#?}");
+    assert!(!log.iter().any(|l| l.contains(&password)), "{log:#?}");
     drop(client);
     assert!(running.terminate().success());
 }
