@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::TestBroker;
 use nameko::events::StandaloneEventDispatcher;
 use nameko::prelude::*;
+use nameko::transport::{ExchangeSpec, OutgoingMessage, Properties, QueueSpec};
 use nameko::{Dependency, DependencyContext, RunningServices};
 use serde::{Deserialize, Serialize};
 
@@ -356,4 +357,70 @@ on_both_transports! {
         assert_eq!(seen_for(&token)[0].handler, "pool_a");
         running.stop().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_messages_go_to_the_dead_letter_exchange_when_the_broker_has_one() {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    // The operator's side: a policy giving every queue a dead-letter exchange, and a queue
+    // collecting what reaches it.
+    broker
+        .inner()
+        .management_api(
+            "PUT",
+            "/api/policies/{vhost}/dlx",
+            r#"{"pattern": ".*", "apply-to": "queues", "definition": {"dead-letter-exchange": "dead-letters"}}"#,
+        )
+        .unwrap();
+    let t = broker.connect().await;
+    t.declare_exchange(&ExchangeSpec::durable_topic("dead-letters"))
+        .await
+        .unwrap();
+    t.declare_queue(&QueueSpec::durable("dead")).await.unwrap();
+    t.bind_queue("dead", "dead-letters", "#").await.unwrap();
+    let running = start(&broker, |r| r.with_service::<PoolA>()).await;
+    // A request nobody can answer (no reply_to) and an event that does not fit its handler.
+    t.publish(OutgoingMessage {
+        exchange: "nameko-rpc".into(),
+        routing_key: "ev_source.emit".into(),
+        mandatory: true,
+        properties: Properties::nameko_json(),
+        body: br#"{"args": [], "kwargs": {}}"#.to_vec(),
+    })
+    .await
+    .unwrap();
+    let dispatcher = StandaloneEventDispatcher::new(broker.connect().await, &Config::default());
+    dispatcher
+        .dispatch("ev_source", "pooled", &"not a ping")
+        .await
+        .unwrap();
+    let mut dead = t.consume("dead", 0).await.unwrap();
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        use futures_util::StreamExt;
+        let message = tokio::time::timeout(Duration::from_secs(10), dead.next())
+            .await
+            .expect("a dead letter")
+            .unwrap()
+            .unwrap();
+        // RabbitMQ records where it came from and why.
+        let death = message.properties.headers.get("x-death").expect("x-death");
+        assert_eq!(death[0]["reason"], "rejected", "{death}");
+        keys.push((message.routing_key.clone(), message.body.clone()));
+        message.ack().await.unwrap();
+    }
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            (
+                "ev_source.emit".to_owned(),
+                br#"{"args": [], "kwargs": {}}"#.to_vec()
+            ),
+            ("pooled".to_owned(), br#""not a ping""#.to_vec()),
+        ]
+    );
+    running.stop().await.unwrap();
 }

@@ -717,3 +717,34 @@ async fn a_call_on_a_borrowed_connection_that_drops_fails_clearly_instead_of_han
     assert!(matches!(later, Err(RpcError::Transport(_))), "{later:?}");
     running.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beat_at_the_configured_heartbeat() {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let mut config = Config::default();
+    config.heartbeat = Some(7);
+    let running = ServiceRunner::new(config.with_broker(&broker.uri))
+        .with_service::<Calculator>()
+        .start()
+        .await
+        .unwrap();
+    // The management API lists a connection a few seconds after it opens.
+    let mut timeouts = Vec::new();
+    for _ in 0..80 {
+        let listed = broker
+            .inner()
+            .management_api("GET", "/api/vhosts/{vhost}/connections", "")
+            .unwrap();
+        let connections: Vec<Value> = serde_json::from_str(&listed).unwrap();
+        timeouts = connections.iter().map(|c| c["timeout"].clone()).collect();
+        if !timeouts.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // RabbitMQ's `timeout` is the heartbeat the connection negotiated, in seconds.
+    assert_eq!(timeouts, [json!(7)]);
+    running.stop().await.unwrap();
+}

@@ -344,6 +344,30 @@ impl TestBroker {
 }
 
 impl TestBroker {
+    /// Sends a request to RabbitMQ's management API (`GET /api/overview`, `PUT
+    /// /api/policies/{vhost}/dlx` ...): `{vhost}` in `path` stands for this test's virtual host.
+    /// Returns the response body. Only for a RabbitMQ test broker.
+    ///
+    /// ```no_run
+    /// # fn demo(broker: &nameko::testing::TestBroker) -> Result<(), nameko::Error> {
+    /// // Rejected messages of every queue go to the `dead-letters` exchange.
+    /// broker.management_api(
+    ///     "PUT",
+    ///     "/api/policies/{vhost}/dlx",
+    ///     r#"{"pattern": ".*", "apply-to": "queues",
+    ///         "definition": {"dead-letter-exchange": "dead-letters"}}"#,
+    /// )?;
+    /// # Ok(()) }
+    /// ```
+    pub fn management_api(&self, method: &str, path: &str, body: &str) -> Result<String, Error> {
+        let Some((api, vhost)) = &self.vhost else {
+            return Err(Error::Config(
+                "an embedded broker has no management API".into(),
+            ));
+        };
+        api.request(method, &path.replace("{vhost}", &url_encode(vhost)), body)
+    }
+
     /// How many consumers the queue `queue` of this test's virtual host has (e.g. instances of
     /// a service: `consumers("rpc-greeter_service")`). Only for a RabbitMQ test broker.
     pub fn consumers(&self, queue: &str) -> Result<usize, Error> {
