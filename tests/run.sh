@@ -3,7 +3,9 @@
 # interop tests. Brings up what they need:
 #   - RabbitMQ: installs Debian's rabbitmq-server if missing (as root, or with passwordless sudo),
 #     starts it if it is not running, enables its management API (tests use it to create an
-#     isolated virtual host per test);
+#     isolated virtual host per test), adds a TLS listener on 5671 with a test certificate
+#     authority it makes (restarting the broker once for it); the fault suite restarts this
+#     broker (tests/faults.rs);
 #   - Python nameko 2.14.1 in a virtualenv under target/, from tests/interop/requirements.txt.
 # To use a RabbitMQ elsewhere, set NAMEKO_TEST_AMQP_URI and NAMEKO_TEST_RABBIT_API yourself.
 # Extra arguments go to `cargo test` (e.g. tests/run.sh --test rpc).
