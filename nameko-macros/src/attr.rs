@@ -85,16 +85,15 @@ impl AttrArgs {
             }
         }
         if args.positional.len() < positional.len() {
-            let span = if tokens.is_empty() {
-                Span::call_site()
-            } else {
-                tokens.span()
-            };
             let missing = positional[args.positional.len()..].join(", ");
-            cx.push(syn::Error::new(
-                span,
-                format!("missing {missing}; expected {usage}"),
-            ));
+            let message = format!("missing {missing}; expected {usage}");
+            // The whole of the arguments, from their first token to their last (not one joined
+            // span, which only some compilers make).
+            cx.push(if tokens.is_empty() {
+                syn::Error::new(Span::call_site(), message)
+            } else {
+                syn::Error::new_spanned(&tokens, message)
+            });
         }
         args
     }

@@ -3,7 +3,6 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields};
 
 use crate::ctxt::Ctxt;
@@ -30,7 +29,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
                     let ty = &field.ty;
                     let label = name.to_string();
                     let build =
-                        quote_spanned!(ty.span()=> #p::build_dependency::<#ty>(cx, #label).await?);
+                        quote_spanned!(crate::type_span(ty)=> #p::build_dependency::<#ty>(cx, #label).await?);
                     quote!(#name: #build)
                 });
                 fields = named
@@ -71,7 +70,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
         // gets its error there, once.
         let tys: Vec<_> = fields
             .iter()
-            .map(|(_, ty)| quote_spanned!(ty.span()=> <#ty as #p::Dependency>))
+            .map(|(_, ty)| quote_spanned!(crate::type_span(ty)=> <#ty as #p::Dependency>))
             .collect();
         let labels: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         // Field i starts once fields 0..i have; if it fails, they are stopped again, last first.

@@ -2,7 +2,6 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::{Attribute, LitBool, LitStr};
 
 use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS, check_wire_name};
@@ -103,7 +102,7 @@ impl EventHandler {
             .unwrap_or_default();
         let decode = method.params.first().map(|param| {
             let (ident, ty) = (&param.ident, &param.ty);
-            quote_spanned!(ty.span()=> let #ident = #p::decode_payload::<#ty>(&body)?;)
+            quote_spanned!(crate::type_span(ty)=> let #ident = #p::decode_payload::<#ty>(&body)?;)
         });
         let outcome = method.map_outcome(
             &p,

@@ -7,7 +7,6 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::{Attribute, LitStr, Type};
 
 use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS};
@@ -263,7 +262,7 @@ impl Http {
         let from_path = method.params.iter().filter_map(|param| {
             let index = route_params.iter().position(|n| param.ident == n)?;
             let (ident, ty) = (&param.ident, &param.ty);
-            Some(quote_spanned! {ty.span()=>
+            Some(quote_spanned! {crate::type_span(ty)=>
                 let #ident = match #p::path_param::<#ty>(&path, #index) {
                     ::std::result::Result::Ok(value) => value,
                     ::std::result::Result::Err(response) => return response,
@@ -278,14 +277,14 @@ impl Http {
         let extract = extractors.iter().enumerate().map(|(i, param)| {
             let (ident, ty) = (&param.ident, &param.ty);
             if i + 1 == extractors.len() {
-                quote_spanned! {ty.span()=>
+                quote_spanned! {crate::type_span(ty)=>
                     let #ident = match #p::extract_last::<#ty, _>(parts, body).await {
                         ::std::result::Result::Ok(value) => value,
                         ::std::result::Result::Err(response) => return response,
                     };
                 }
             } else {
-                quote_spanned! {ty.span()=>
+                quote_spanned! {crate::type_span(ty)=>
                     let #ident = match #p::extract_parts::<#ty>(&mut parts).await {
                         ::std::result::Result::Ok(value) => value,
                         ::std::result::Result::Err(response) => return response,
@@ -311,9 +310,12 @@ impl Http {
         };
         let respond = match &method.output {
             Output::Unit => quote!({ #call; #p::http_response(()) }),
-            Output::Value(ty) => quote_spanned!(ty.span()=> #p::http_response::<#ty>(#call)),
+            Output::Value(ty) => {
+                quote_spanned!(crate::type_span(ty)=> #p::http_response::<#ty>(#call))
+            }
             Output::Result { ok } => {
-                let ok_response = quote_spanned!(ok.span()=> #p::http_response::<#ok>(value));
+                let ok_response =
+                    quote_spanned!(crate::type_span(ok)=> #p::http_response::<#ok>(value));
                 quote! {
                     match #call {
                         ::std::result::Result::Ok(value) => #ok_response,

@@ -73,3 +73,27 @@ pub fn dummy(args: TokenStream, input: TokenStream) -> TokenStream {
     let _ = args;
     rpc::outside_service("dummy", input.into()).into()
 }
+
+/// Where errors about a type point: its name (the last segment of a path, through references,
+/// groups and slices), else its first token. Never a span joined from several tokens: joining
+/// works only where the compiler offers unstable proc-macro features, so a joined span would
+/// make the same mistake point at different code on different toolchain set-ups.
+pub(crate) fn type_span(ty: &syn::Type) -> proc_macro2::Span {
+    use quote::ToTokens;
+    match ty {
+        syn::Type::Path(path) => match path.path.segments.last() {
+            Some(segment) => segment.ident.span(),
+            None => proc_macro2::Span::call_site(),
+        },
+        syn::Type::Reference(reference) => type_span(&reference.elem),
+        syn::Type::Group(group) => type_span(&group.elem),
+        syn::Type::Paren(paren) => type_span(&paren.elem),
+        syn::Type::Slice(slice) => type_span(&slice.elem),
+        syn::Type::Array(array) => type_span(&array.elem),
+        other => other
+            .to_token_stream()
+            .into_iter()
+            .next()
+            .map_or_else(proc_macro2::Span::call_site, |token| token.span()),
+    }
+}

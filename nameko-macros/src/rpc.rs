@@ -70,11 +70,11 @@ impl Rpc {
         let mutability = (!method.params.is_empty()).then(|| quote!(mut));
         let takes = method.params.iter().enumerate().map(|(i, param)| {
             let (name, ty) = (&param.ident, &param.ty);
-            quote_spanned!(ty.span()=> let #name = args.take::<#ty>(#i)?;)
+            quote_spanned!(crate::type_span(ty)=> let #name = args.take::<#ty>(#i)?;)
         });
         let encode = method.map_outcome(&p, method.call(&p), |ty, value| match ty {
             None => quote!(#p::encode_result::<()>(&#value)),
-            Some(ty) => quote_spanned!(ty.span()=> #p::encode_result::<#ty>(&#value)),
+            Some(ty) => quote_spanned!(crate::type_span(ty)=> #p::encode_result::<#ty>(&#value)),
         });
         let names = method.params.iter().map(|param| param.ident.to_string());
         let options = self.options.fields();
@@ -113,7 +113,7 @@ impl Rpc {
         let count = method.params.len();
         let args = method.params.iter().map(|param| {
             let (name, ty) = (&param.ident, &param.ty);
-            quote_spanned!(ty.span()=> #p::encode_argument::<#ty>(&#name)?)
+            quote_spanned!(crate::type_span(ty)=> #p::encode_argument::<#ty>(&#name)?)
         });
         let (ok, call) = match &method.output {
             Output::Unit => (
@@ -122,7 +122,7 @@ impl Rpc {
             ),
             Output::Value(ty) | Output::Result { ok: ty } => (
                 quote!(#ty),
-                quote_spanned!(ty.span()=> #p::call::<#ty>(&self.proxy, #wire, &args).await),
+                quote_spanned!(crate::type_span(ty)=> #p::call::<#ty>(&self.proxy, #wire, &args).await),
             ),
         };
         quote! {
