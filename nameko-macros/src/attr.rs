@@ -5,7 +5,6 @@
 use proc_macro2::{Span, TokenStream};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
-use syn::spanned::Spanned;
 use syn::{Expr, ExprAssign, ExprLit, Lit, LitBool, LitStr, Token};
 
 use crate::ctxt::Ctxt;

@@ -2,7 +2,6 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::{Attribute, LitStr};
 
 use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS, check_wire_name};
