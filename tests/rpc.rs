@@ -390,6 +390,25 @@ on_both_transports! {
 }
 
 on_both_transports! {
+    async fn huge_requests_get_clear_errors_and_the_service_keeps_serving(broker: &TestBroker) {
+        let (running, client) = start(broker, Config::default()).await;
+        let t = broker.connect().await;
+        // 16 MiB that is not JSON, and 16 MiB of valid JSON where a number belongs.
+        let mut garbage = vec![b'{'; 1];
+        garbage.extend(std::iter::repeat_n(b'x', 16 << 20));
+        let reply = raw_request(&t, "calculator.add", &garbage, with_reply_to()).await.unwrap();
+        assert_eq!(error_type(&reply), "MalformedRequest");
+        let big = format!(r#"{{"args": ["{}", 1], "kwargs": {{}}}}"#, "y".repeat(16 << 20));
+        let reply = raw_request(&t, "calculator.add", big.as_bytes(), with_reply_to()).await.unwrap();
+        assert_eq!(error_type(&reply), "IncorrectSignature");
+        // The error text says what was wrong without echoing 16 MiB back.
+        assert!(reply["error"]["value"].as_str().unwrap().len() < 1024, "{}", &reply.to_string()[..200]);
+        assert_eq!(client.service("calculator").call::<_, i64>("add", (2, 2)).await.unwrap(), 4);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
     async fn a_request_without_reply_to_is_rejected_and_the_service_keeps_serving(broker: &TestBroker) {
         let (running, client) = start(broker, Config::default()).await;
         let t = broker.connect().await;

@@ -75,7 +75,8 @@ impl<T: DeserializeOwned> EventPayload for T {}
 
 /// Decodes an event's payload into the handler's parameter type.
 pub fn decode_payload<T: EventPayload>(body: &[u8]) -> Result<T, EventError> {
-    serde_json::from_slice(body).map_err(|e| EventError::Payload(e.to_string()))
+    serde_json::from_slice(body)
+        .map_err(|e| EventError::Payload(crate::protocol::shorten(e.to_string())))
 }
 
 /// A type that can be the result of an RPC method.

@@ -311,6 +311,30 @@ impl ReplyBody {
     }
 }
 
+/// The longest error text that goes into a reply or a log line whole.
+const MAX_ERROR_TEXT: usize = 512;
+
+/// `text`, cut in the middle when it is longer than 512 bytes: a decoding error quotes the
+/// value it choked on, and a 16 MiB argument must not come back in the error reply.
+pub(crate) fn shorten(text: String) -> String {
+    if text.len() <= MAX_ERROR_TEXT {
+        return text;
+    }
+    let head_end = (0..=384)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let tail_start = (text.len() - 96..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    format!(
+        "{}... ({} bytes cut) ...{}",
+        &text[..head_end],
+        tail_start - head_end,
+        &text[tail_start..]
+    )
+}
+
 /// Context data carried by a message: its headers with the `nameko.` prefix removed.
 /// Headers without the prefix are kept under their own name, as Nameko does.
 pub fn context_from_headers(headers: &Headers) -> BTreeMap<String, Value> {
@@ -337,6 +361,20 @@ pub fn headers_from_context<'a>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn long_error_texts_are_cut_in_the_middle() {
+        assert_eq!(shorten("short".into()), "short");
+        let long = format!(
+            "argument 'a': invalid type: string \"{}é\", expected i64",
+            "y".repeat(10_000)
+        );
+        let short = shorten(long.clone());
+        assert!(short.len() < 600, "{}", short.len());
+        assert!(short.starts_with("argument 'a': invalid type: string \"yyy"));
+        assert!(short.ends_with("yé\", expected i64"));
+        assert!(short.contains("bytes cut"));
+    }
 
     #[test]
     fn names_match_nameko() {

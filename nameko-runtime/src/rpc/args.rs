@@ -99,7 +99,10 @@ impl BoundArgs {
         let text = raw.as_ref().map_or("null", |r| r.get());
         serde_json::from_str(text).map_err(|e| {
             let name = self.params.get(index).map_or("?", |p| p.name);
-            incorrect_signature(format!("{}() argument '{name}': {e}", self.method))
+            incorrect_signature(crate::protocol::shorten(format!(
+                "{}() argument '{name}': {e}",
+                self.method
+            )))
         })
     }
 }

@@ -923,7 +923,7 @@ impl<S: Service> RpcHandler<S> {
         };
         let body = body.map_err(|e| {
             tracing::warn!(service = S::NAME, %method, error = %e, "MalformedRequest");
-            RemoteError::nameko("MalformedRequest", e.to_string())
+            RemoteError::nameko("MalformedRequest", crate::protocol::shorten(e.to_string()))
         })?;
         let context = Arc::new(WorkerContext::for_entrypoint(
             S::NAME,
