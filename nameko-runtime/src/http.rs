@@ -472,7 +472,7 @@ pub(crate) fn router(routes: Vec<Route>, config: &Config) -> Result<axum::Router
             let candidates: Arc<[Arc<Route>]> = candidates.into();
             let handler = move |request: axum::extract::Request| {
                 let candidates = candidates.clone();
-                let timeout = tokio::time::sleep(request_timeout);
+                let started = tokio::time::Instant::now();
                 async move {
                     let (parts, body) = request.into_parts();
                     let Some(body) = limit_body(body, max_body) else {
@@ -483,11 +483,15 @@ pub(crate) fn router(routes: Vec<Route>, config: &Config) -> Result<axum::Router
                     };
                     for route in candidates.iter() {
                         if let Some(path) = path_values(route.segments, &parts.uri) {
-                            let call = (route.handler)(HttpCall { parts, body, path });
+                            let mut call = (route.handler)(HttpCall { parts, body, path });
+                            // A handler done at its first poll needs no timer.
+                            if let std::task::Poll::Ready(response) = futures_util::poll!(&mut call) {
+                                return response;
+                            }
                             return tokio::select! {
                                 biased;
                                 response = call => response,
-                                () = timeout => plain(
+                                () = tokio::time::sleep_until(started + request_timeout) => plain(
                                     StatusCode::REQUEST_TIMEOUT,
                                     "The request took too long\n".into(),
                                 ),

@@ -162,8 +162,18 @@ fn http_route<S: Service>(
     tracker: TaskTracker,
     shared: &Shared,
 ) -> Route {
+    /// What every request of the route needs: one reference count per request, not three.
+    struct RouteState<S> {
+        service: Arc<S>,
+        workers: Arc<Semaphore>,
+        shared: Shared,
+    }
     let tracked = shared.config.parent_calls_tracked;
-    let shared = Arc::new(shared.clone());
+    let state = Arc::new(RouteState {
+        service,
+        workers,
+        shared: shared.clone(),
+    });
     let (name, handler) = (entrypoint.name, entrypoint.handler);
     let (expected, sensitive) = (
         entrypoint.expected_exceptions,
@@ -177,17 +187,20 @@ fn http_route<S: Service>(
         route: entrypoint.route,
         segments,
         handler: Arc::new(move |call| {
-            let (service, workers, shared) = (service.clone(), workers.clone(), shared.clone());
+            let state = state.clone();
             Box::pin(tracker.track_future(async move {
-                let Ok(_permit) = workers.acquire_owned().await else {
+                let Ok(_permit) = state.workers.acquire().await else {
                     return StatusCode::SERVICE_UNAVAILABLE.into_response();
                 };
                 let context = Arc::new(WorkerContext::for_entrypoint(S::NAME, name, ContextData::new(), tracked));
                 let path = call.path.clone();
+                let worker = run_worker(state.service.clone(), &state.shared, context.clone(), |service| handler(service, call));
+                // The worker first: the kill switch is only looked at (a lock) while the worker
+                // waits, not for a worker that is done at its first poll.
                 let outcome = tokio::select! {
                     biased;
-                    _ = shared.kill.cancelled() => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
-                    outcome = run_worker(service, &shared, context.clone(), |service| handler(service, call)) => outcome,
+                    outcome = worker => outcome,
+                    _ = state.shared.kill.cancelled() => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
                 };
                 let response = outcome.unwrap_or_else(|error| error_response(&error, &[]));
                 if let Some(error) = response.extensions().get::<RemoteError>() {
