@@ -424,3 +424,48 @@ async fn rejected_messages_go_to_the_dead_letter_exchange_when_the_broker_has_on
     );
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standalone_dispatcher_reconnects_after_its_connection_is_lost() {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let running = start(&broker, |r| r.with_service::<PoolA>()).await;
+    let dispatcher = StandaloneEventDispatcher::connect(&broker.uri)
+        .await
+        .unwrap();
+    let token = uuid::Uuid::new_v4().to_string();
+    dispatcher
+        .dispatch("ev_source", "pooled", &ping(&token, 1))
+        .await
+        .unwrap();
+    wait_until("the first event was handled", || {
+        seen_for(&token).len() == 1
+    })
+    .await;
+    // The broker drops every connection of the virtual host; the management API lists a
+    // connection a few seconds after it opens.
+    let mut closed = 0;
+    for _ in 0..80 {
+        closed = broker.inner().close_connections().unwrap();
+        if closed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(closed > 0, "no connection to close");
+    // Give the client a moment to see the close; then dispatching works again, on a new
+    // connection. (The service lost its connection too: a new instance handles the event.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.kill().await;
+    let running = start(&broker, |r| r.with_service::<PoolA>()).await;
+    dispatcher
+        .dispatch("ev_source", "pooled", &ping(&token, 2))
+        .await
+        .expect("the dispatcher reconnects");
+    wait_until("the second event was handled", || {
+        seen_for(&token).len() == 2
+    })
+    .await;
+    running.stop().await.unwrap();
+}

@@ -177,25 +177,52 @@ pub(crate) fn event_exchange(config: &Config, source: &str) -> ExchangeSpec {
 /// ```
 #[derive(Clone)]
 pub struct StandaloneEventDispatcher {
-    transport: SharedTransport,
+    transport: Arc<Mutex<SharedTransport>>,
+    /// Where to connect again after a lost connection, for a dispatcher that owns it.
+    reconnect: Option<Arc<Reconnect>>,
     config: Config,
     declared: Arc<Mutex<HashSet<String>>>,
     headers: Arc<protocol::Headers>,
 }
 
+struct Reconnect {
+    uri: String,
+    tls: Option<transport::TlsOptions>,
+    /// One reconnection at a time.
+    lock: tokio::sync::Mutex<()>,
+}
+
 impl StandaloneEventDispatcher {
     /// Connects to the broker at `uri`.
+    ///
+    /// The dispatcher owns this connection: when it has been lost, the next dispatch connects
+    /// again first (a dispatch cut off by the loss fails with the transport's error).
     pub async fn connect(uri: &str) -> Result<Self, TransportError> {
-        Ok(Self::new(
-            transport::connect(uri).await?,
-            &Config::default(),
-        ))
+        Self::connect_with(&Config {
+            amqp_uri: Some(uri.to_owned()),
+            ..Config::default()
+        })
+        .await
     }
 
-    /// A dispatcher on an existing transport.
+    /// Like [`connect`](Self::connect), with the broker, heartbeat, TLS settings and event
+    /// exchange options of `config`.
+    pub async fn connect_with(config: &Config) -> Result<Self, TransportError> {
+        let mut dispatcher = Self::new(config.connect().await?, config);
+        dispatcher.reconnect = Some(Arc::new(Reconnect {
+            uri: config.connection_uri(),
+            tls: config.amqp_ssl.clone(),
+            lock: tokio::sync::Mutex::new(()),
+        }));
+        Ok(dispatcher)
+    }
+
+    /// A dispatcher on an existing transport (which it does not renew if its connection is
+    /// lost).
     pub fn new(transport: SharedTransport, config: &Config) -> Self {
         StandaloneEventDispatcher {
-            transport,
+            transport: Arc::new(Mutex::new(transport)),
+            reconnect: None,
             config: config.clone(),
             declared: Arc::default(),
             headers: Arc::default(),
@@ -211,6 +238,39 @@ impl StandaloneEventDispatcher {
         }
     }
 
+    /// The transport to publish on: a new connection if the dispatcher owns its connection and
+    /// that was lost.
+    async fn transport(&self) -> Result<SharedTransport, TransportError> {
+        let current = self
+            .transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(reconnect) = &self.reconnect else {
+            return Ok(current);
+        };
+        if !current.connection_lost() {
+            return Ok(current);
+        }
+        let _one_at_a_time = reconnect.lock.lock().await;
+        let current = self
+            .transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !current.connection_lost() {
+            return Ok(current);
+        }
+        let fresh = transport::connect_with(&reconnect.uri, reconnect.tls.as_ref()).await?;
+        tracing::info!(broker = %fresh.describe(), "event dispatcher reconnected");
+        *self.transport.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(fresh)
+    }
+
     /// Publishes `payload` as `source`'s event of type `event_type`, declaring `<source>.events`
     /// the first time.
     pub async fn dispatch<T: Serialize + ?Sized>(
@@ -220,13 +280,14 @@ impl StandaloneEventDispatcher {
         payload: &T,
     ) -> Result<(), DispatchError> {
         let body = serde_json::to_vec(payload)?;
+        let transport = self.transport().await?;
         let known = self
             .declared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(source);
         if !known {
-            self.transport
+            transport
                 .declare_exchange(&event_exchange(&self.config, source))
                 .await?;
             self.declared
@@ -235,7 +296,7 @@ impl StandaloneEventDispatcher {
                 .insert(source.to_owned());
         }
         let message = event_message(source, event_type, body, (*self.headers).clone());
-        self.transport.publish(message).await?;
+        transport.publish(message).await?;
         Ok(())
     }
 }

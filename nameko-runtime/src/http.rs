@@ -485,7 +485,8 @@ pub(crate) fn router(routes: Vec<Route>, config: &Config) -> Result<axum::Router
                         if let Some(path) = path_values(route.segments, &parts.uri) {
                             let mut call = (route.handler)(HttpCall { parts, body, path });
                             // A handler done at its first poll needs no timer.
-                            if let std::task::Poll::Ready(response) = futures_util::poll!(&mut call) {
+                            if let std::task::Poll::Ready(response) = futures_util::poll!(&mut call)
+                            {
                                 return response;
                             }
                             return tokio::select! {
