@@ -33,12 +33,23 @@ if [ -z "${NAMEKO_TEST_AMQP_URI:-}" ]; then
   # A TLS listener on 5671 with a certificate authority made here, for the amqps:// tests
   # (test-only keys, readable by all, in /etc/rabbitmq/nameko-test-tls).
   tls_dir=/etc/rabbitmq/nameko-test-tls
+  if ! command -v openssl >/dev/null 2>&1 || [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then
+    # openssl makes the test certificates; rustls also wants the system's authorities.
+    say "Installing openssl and ca-certificates"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl ca-certificates >/dev/null
+  fi
   if [ ! -f "$tls_dir/client.key" ]; then
     say "Making a test certificate authority and certificates in $tls_dir"
     d=$(mktemp -d)
+    openssl() {
+      command openssl "$@" 2>>"$d/openssl.log" || {
+        echo "openssl $1 failed:" >&2; cat "$d/openssl.log" >&2; exit 1
+      }
+    }
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=nameko-rs test CA" \
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-      -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+      -keyout "$d/ca.key" -out "$d/ca.pem"
     for who in server client; do
       if [ "$who" = server ]; then
         ext="subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"
@@ -47,14 +58,15 @@ if [ -z "${NAMEKO_TEST_AMQP_URI:-}" ]; then
       fi
       printf "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n$ext\n" > "$d/$who.ext"
       openssl req -newkey rsa:2048 -nodes -subj "/CN=nameko-rs test $who" \
-        -keyout "$d/$who.key" -out "$d/$who.csr" 2>/dev/null
+        -keyout "$d/$who.key" -out "$d/$who.csr"
       openssl x509 -req -in "$d/$who.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
-        -days 3650 -extfile "$d/$who.ext" -out "$d/$who.pem" 2>/dev/null
+        -days 3650 -extfile "$d/$who.ext" -out "$d/$who.pem"
     done
     chmod 644 "$d"/*.pem "$d"/*.key
     as_root mkdir -p "$tls_dir"
     as_root cp "$d/ca.pem" "$d/server.pem" "$d/server.key" "$d/client.pem" "$d/client.key" "$tls_dir/"
     rm -rf "$d"
+    unset -f openssl
   fi
   conf=/etc/rabbitmq/rabbitmq.conf
   if ! grep -qs "$tls_dir" "$conf"; then
@@ -134,11 +146,15 @@ if [ "$status" -ne 0 ]; then
   # panic, and each trybuild case that did not match with its expected and actual output.
   echo
   echo "failure details:"
+  # (At most 200 lines, counted in awk: `head` would end the pipe early, which pipefail and
+  # set -e would turn into this script's own failure.)
   sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '
     /^test .*\.rs \[should (pass|fail to compile)\] \.\.\. (mismatch|error|ok)/ { show = ($NF != "ok") }
     /^---- .* ----$/ { show = 1 }
     /^(failures:|test result:|test ui \.\.\.)/ { show = 0 }
-    show { print }' | head -n 200
+    /^scenario .*: FAILED/ || /^    LOST:/ { if (n++ < 200) print }
+    show { if (n++ < 200) print }'
+
 fi
 # One closing line for the whole run (cargo prints one per test binary).
 sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '/^test result:/ { p += $4; f += $6; i += $8 }

@@ -174,7 +174,7 @@ async fn supervise(
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
     const FIRST_DELAY: Duration = Duration::from_millis(250);
-    const MAX_DELAY: Duration = Duration::from_secs(30);
+    const MAX_DELAY: Duration = Duration::from_secs(5);
     let current: Arc<Mutex<Option<crate::StopHandle>>> = Arc::default();
     let stopping = tokio_util::sync::CancellationToken::new();
     let listener = tokio::spawn({

@@ -261,7 +261,12 @@ impl StandaloneEventDispatcher {
         if !current.connection_lost() {
             return Ok(current);
         }
-        let fresh = transport::connect_with(&reconnect.uri, reconnect.tls.as_ref()).await?;
+        // Bounded, so that a broker that accepts but never answers does not hold every later
+        // dispatch behind this one.
+        let attempt = transport::connect_with(&reconnect.uri, reconnect.tls.as_ref());
+        let fresh = tokio::time::timeout(std::time::Duration::from_secs(10), attempt)
+            .await
+            .map_err(|_| TransportError::Connection("no connection within 10 s".into()))??;
         tracing::info!(broker = %fresh.describe(), "event dispatcher reconnected");
         *self.transport.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
         self.declared

@@ -33,8 +33,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The first wait before reconnecting; it doubles after each failed attempt.
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(250);
-/// The longest wait between two attempts to reconnect.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// The longest wait between two attempts to reconnect: well within a call's timeout, so that
+/// calls waiting for the connection get it soon after the broker is back.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// How long one attempt to reconnect (connection, handshakes, declarations) may take.
+const RECONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The state of a client's connection, as calls see it.
 #[derive(Clone)]
@@ -238,7 +241,14 @@ impl Listening {
                     }
                 }
             };
-            match attempt.await {
+            let outcome = tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                outcome = tokio::time::timeout(RECONNECT_ATTEMPT_TIMEOUT, attempt) => outcome
+                    .unwrap_or_else(|_| Err(TransportError::Connection(format!(
+                        "no connection within {RECONNECT_ATTEMPT_TIMEOUT:?}"
+                    )))),
+            };
+            match outcome {
                 Ok(connected) => return Some(connected),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "could not reconnect");
@@ -275,7 +285,12 @@ impl Core {
         let mut link = self.listener.link.clone();
         loop {
             match &*link.borrow_and_update() {
-                Link::Up(transport) => return Ok(transport.clone()),
+                // A connection that is gone but not yet noticed by the listener: wait for it
+                // to notice (and reconnect, or give up) rather than publish into the void.
+                Link::Up(transport) if !transport.connection_lost() => {
+                    return Ok(transport.clone());
+                }
+                Link::Up(_) => {}
                 Link::Closed(reason) => {
                     return Err(RpcError::Transport(TransportError::Connection(
                         reason.clone(),
@@ -288,6 +303,14 @@ impl Core {
                     "client closed".into(),
                 )));
             }
+        }
+    }
+
+    /// Why the client can send no more, if it cannot.
+    fn closed(&self) -> Option<String> {
+        match &*self.listener.link.borrow() {
+            Link::Closed(reason) => Some(reason.clone()),
+            _ => None,
         }
     }
 
@@ -346,7 +369,7 @@ impl ClusterRpcClient {
     /// the default exchange and timeout.
     ///
     /// The client owns its connection: when the connection is lost it connects again (waiting
-    /// 0.25 s, then twice as long after each failure, up to 30 s) and consumes the same reply
+    /// 0.25 s, then twice as long after each failure, up to 5 s) and consumes the same reply
     /// queue, which RabbitMQ keeps for five minutes. Calls in flight go on waiting for their
     /// replies; calls made meanwhile wait for the new connection. Either way a call ends by its
     /// timeout at the latest.
@@ -502,6 +525,11 @@ impl ClusterRpcClient {
         let call = async {
             let transport = self.core.transport().await?;
             lock(pending).insert(correlation_id.clone(), tx);
+            // The listener marks the client closed before it fails the pending calls: a call
+            // that got in after that would wait for nothing.
+            if let Some(reason) = self.core.closed() {
+                return Err(RpcError::Transport(TransportError::Connection(reason)));
+            }
             transport.publish(message).await.map_err(|e| match e {
                 TransportError::Unroutable { .. } => RpcError::UnknownService(service.to_owned()),
                 other => RpcError::Transport(other),

@@ -371,18 +371,15 @@ impl TlsOptions {
     }
 }
 
-/// A URI with its password replaced by `********`, for logs.
+/// A URI with its password replaced by `********`, for logs. The user information ends at the
+/// last `@`, so a password holding `/` or `@` (unescaped) is masked whole.
 pub fn mask_password(uri: &str) -> String {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return uri.to_owned();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:********@{host}{tail}"),
+            Some((user, _)) => format!("{scheme}://{user}:********@{host}"),
             None => uri.to_owned(),
         },
         None => uri.to_owned(),
@@ -428,6 +425,10 @@ mod tests {
             "amqp://guest:********@host:5672/vh"
         );
         assert_eq!(mask_password("amqp://host"), "amqp://host");
+        assert_eq!(
+            mask_password("amqp://guest:se/cr@t@host/vh"),
+            "amqp://guest:********@host/vh"
+        );
         assert_eq!(mask_password("memory://"), "memory://");
     }
 }
