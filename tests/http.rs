@@ -519,11 +519,26 @@ async fn the_router_answers_without_a_socket() {
     let request = axum::http::Request::get("/multiply/2/3?third=7")
         .body(axum::body::Body::empty())
         .unwrap();
-    let response = router.oneshot(request).await.unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body = axum::body::to_bytes(response.into_body(), 1024)
         .await
         .unwrap();
     assert_eq!(&body[..], br#"{"value":42}"#);
+    // A path that a route matches, with a method it does not take: 405, saying which it takes.
+    let post = axum::http::Request::post("/multiply/2/3")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(post).await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "GET,HEAD");
+    // The whole path must match: no trailing segment, no trailing slash.
+    for path in ["/multiply/2/3/4", "/multiply/2/3/", "/multiply/2"] {
+        let request = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
     running.stop().await.unwrap();
 }

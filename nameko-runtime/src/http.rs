@@ -382,145 +382,229 @@ pub(crate) struct Route {
     pub(crate) handler: Arc<dyn Fn(HttpCall) -> HttpFuture + Send + Sync>,
 }
 
-/// Matches `path` against `segments`, returning the parameters' values (decoded), or `None`.
+/// Matches the whole of `uri`'s path against `segments`: the same number of segments (a
+/// `<path:...>` parameter takes the rest), static ones equal, each value accepted by its
+/// converter. Returns the parameters' values (decoded when read), or `None`.
 fn path_values(segments: &[Segment], uri: &Uri) -> Option<PathValues> {
     let path = uri.path();
-    let mut rest = path.trim_start_matches('/');
     let mut values = PathValues {
         uri: uri.clone(),
         spans: [(0, 0); MAX_ROUTE_PARAMS],
         len: 0,
     };
+    // What is left of the path, or `None` once its last segment is taken.
+    let mut remaining = Some(path.strip_prefix('/').unwrap_or(path));
     for segment in segments {
+        let current = remaining?;
         let (part, tail) = match segment {
-            Segment::Param(Converter::Path) => (rest, ""),
-            _ => rest.split_once('/').unwrap_or((rest, "")),
+            Segment::Param(Converter::Path) => (current, None),
+            _ => match current.split_once('/') {
+                Some((part, tail)) => (part, Some(tail)),
+                None => (current, None),
+            },
         };
-        rest = tail;
-        if let Segment::Param(converter) = segment {
-            if !converter.accepts(&percent_decode(part)) || values.len == MAX_ROUTE_PARAMS {
-                return None;
+        remaining = tail;
+        match segment {
+            Segment::Static(text) => {
+                if part != *text {
+                    return None;
+                }
             }
-            let start = part.as_ptr() as usize - path.as_ptr() as usize;
-            let span = (
-                u32::try_from(start).ok()?,
-                u32::try_from(start + part.len()).ok()?,
-            );
-            values.spans[values.len] = span;
-            values.len += 1;
+            Segment::Param(converter) => {
+                if !converter.accepts(&percent_decode(part)) || values.len == MAX_ROUTE_PARAMS {
+                    return None;
+                }
+                let start = part.as_ptr() as usize - path.as_ptr() as usize;
+                let span = (
+                    u32::try_from(start).ok()?,
+                    u32::try_from(start + part.len()).ok()?,
+                );
+                values.spans[values.len] = span;
+                values.len += 1;
+            }
         }
     }
-    Some(values)
+    // Nothing may be left over: `/multiply/6/7/8` and `/multiply/6/7/` are not `/multiply/6/7`.
+    match (segments.is_empty(), remaining) {
+        (true, Some("")) | (false, None) => Some(values),
+        _ => None,
+    }
 }
 
-/// The axum path of `segments`, with parameters named by position so that routes of the same
-/// shape from different entrypoints share one axum route.
-fn axum_path(segments: &[Segment]) -> String {
-    if segments.is_empty() {
-        return "/".into();
-    }
-    let mut path = String::new();
-    for (i, segment) in segments.iter().enumerate() {
-        path.push('/');
-        match segment {
-            Segment::Static(s) => path.push_str(&s.replace('{', "{{").replace('}', "}}")),
-            Segment::Param(Converter::Path) => path.push_str(&format!("{{*p{i}}}")),
-            Segment::Param(_) => path.push_str(&format!("{{p{i}}}")),
-        }
-    }
-    path
+/// How specific a route is, to try it before the routes it overlaps: at the first segment where
+/// two routes differ, static text wins over a typed value, which wins over a string, which wins
+/// over a path (werkzeug's order).
+fn specificity(segments: &[Segment]) -> Vec<u8> {
+    segments
+        .iter()
+        .map(|segment| match segment {
+            Segment::Static(_) => 0,
+            Segment::Param(Converter::Any(_)) => 1,
+            Segment::Param(Converter::Int | Converter::Float | Converter::Uuid) => 2,
+            Segment::Param(Converter::String) => 3,
+            Segment::Param(Converter::Path) => 4,
+        })
+        .collect()
 }
 
 fn not_found() -> Response {
     plain(StatusCode::NOT_FOUND, "Not Found\n".into())
 }
 
-/// Builds one router from the routes of every service; two entrypoints claiming the same route
+/// The HTTP server's service: every service's routes, matched by their own segments.
+#[derive(Clone)]
+pub(crate) struct Dispatch(Arc<Table>);
+
+struct Table {
+    /// Most specific first.
+    routes: Vec<Route>,
+    max_body: usize,
+    request_timeout: std::time::Duration,
+}
+
+/// Builds the dispatcher of the routes of every service; two entrypoints claiming the same route
 /// and method is an error.
-pub(crate) fn router(routes: Vec<Route>, config: &Config) -> Result<axum::Router, Error> {
-    use axum::routing::{MethodRouter, delete, get, head, options, patch, post, put};
-    let mut by_path: BTreeMap<String, Vec<Arc<Route>>> = BTreeMap::new();
-    for route in routes {
-        by_path
-            .entry(axum_path(route.segments))
-            .or_default()
-            .push(Arc::new(route));
-    }
-    let (max_body, request_timeout) = (config.http_max_body_bytes, config.http_request_timeout);
-    let mut router = axum::Router::new();
-    for (path, routes) in by_path {
-        // Within one axum path, each method goes to the entrypoints whose segments match.
-        let mut methods: BTreeMap<&'static str, Vec<Arc<Route>>> = BTreeMap::new();
-        for route in &routes {
-            for method in route.methods {
-                let claimed = methods.entry(method).or_default();
-                if let Some(other) = claimed.iter().find(|r| r.segments == route.segments) {
-                    return Err(Error::Config(format!(
-                        "two entrypoints claim {method} {}: {}.{} and {}.{}",
-                        route.route,
-                        other.service,
-                        other.entrypoint,
-                        route.service,
-                        route.entrypoint
-                    )));
-                }
-                claimed.push(route.clone());
+pub(crate) fn router(mut routes: Vec<Route>, config: &Config) -> Result<Dispatch, Error> {
+    for (i, route) in routes.iter().enumerate() {
+        for other in &routes[..i] {
+            if other.segments != route.segments {
+                continue;
+            }
+            if let Some(method) = route.methods.iter().find(|m| other.methods.contains(m)) {
+                return Err(Error::Config(format!(
+                    "two entrypoints claim {method} {}: {}.{} and {}.{}",
+                    route.route, other.service, other.entrypoint, route.service, route.entrypoint
+                )));
             }
         }
-        let mut method_router: MethodRouter = MethodRouter::new();
-        for (method, candidates) in methods {
-            let candidates: Arc<[Arc<Route>]> = candidates.into();
-            let handler = move |request: axum::extract::Request| {
-                let candidates = candidates.clone();
-                let started = tokio::time::Instant::now();
-                async move {
-                    let (parts, body) = request.into_parts();
-                    let Some(body) = limit_body(body, max_body) else {
-                        return plain(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "The request body is too large\n".into(),
-                        );
-                    };
-                    for route in candidates.iter() {
-                        if let Some(path) = path_values(route.segments, &parts.uri) {
-                            let mut call = (route.handler)(HttpCall { parts, body, path });
-                            // A handler done at its first poll needs no timer.
-                            if let std::task::Poll::Ready(response) = futures_util::poll!(&mut call)
-                            {
-                                return response;
-                            }
-                            return tokio::select! {
-                                biased;
-                                response = call => response,
-                                () = tokio::time::sleep_until(started + request_timeout) => plain(
-                                    StatusCode::REQUEST_TIMEOUT,
-                                    "The request took too long\n".into(),
-                                ),
-                            };
-                        }
-                    }
-                    not_found()
-                }
+        if let Some(method) = route.methods.iter().find(|m| !METHODS.contains(m)) {
+            return Err(Error::Config(format!("unsupported HTTP method {method}")));
+        }
+    }
+    // Stable: among equally specific routes, the order of declaration.
+    routes.sort_by_cached_key(|route| specificity(route.segments));
+    Ok(Dispatch(Arc::new(Table {
+        routes,
+        max_body: config.http_max_body_bytes,
+        request_timeout: config.http_request_timeout,
+    })))
+}
+
+/// The methods a route may name.
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+impl Dispatch {
+    /// An axum router around this dispatcher (for requests without a socket).
+    pub(crate) fn into_router(self) -> axum::Router {
+        axum::Router::new().fallback_service(self)
+    }
+
+    async fn handle(self, request: axum::extract::Request) -> Response {
+        let started = tokio::time::Instant::now();
+        let (parts, body) = request.into_parts();
+        let head = parts.method == Method::HEAD;
+        let mut allowed: Vec<&'static str> = Vec::new();
+        for route in &self.0.routes {
+            let Some(path) = path_values(route.segments, &parts.uri) else {
+                continue;
             };
-            method_router = match method {
-                "GET" => method_router.merge(get(handler)),
-                "POST" => method_router.merge(post(handler)),
-                "PUT" => method_router.merge(put(handler)),
-                "PATCH" => method_router.merge(patch(handler)),
-                "DELETE" => method_router.merge(delete(handler)),
-                "HEAD" => method_router.merge(head(handler)),
-                "OPTIONS" => method_router.merge(options(handler)),
-                other => {
-                    return Err(Error::Config(format!("unsupported HTTP method {other}")));
-                }
+            let method = parts.method.as_str();
+            let answers =
+                route.methods.contains(&method) || (head && route.methods.contains(&"GET"));
+            if !answers {
+                allowed.extend(route.methods.iter().copied());
+                continue;
+            }
+            let Some(body) = limit_body(body, self.0.max_body) else {
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The request body is too large\n".into(),
+                );
+            };
+            let mut call = (route.handler)(HttpCall { parts, body, path });
+            // A handler done at its first poll needs no timer.
+            let response = match futures_util::poll!(&mut call) {
+                std::task::Poll::Ready(response) => response,
+                std::task::Poll::Pending => tokio::select! {
+                    biased;
+                    response = call => response,
+                    () = tokio::time::sleep_until(started + self.0.request_timeout) => plain(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "The request took too long\n".into(),
+                    ),
+                },
+            };
+            return if head {
+                let (parts, _) = response.into_parts();
+                Response::from_parts(parts, Body::empty())
+            } else {
+                response
             };
         }
-        router = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            router.route(&path, method_router)
-        }))
-        .map_err(|_| Error::Config(format!("the route {path} conflicts with another route")))?;
+        if allowed.is_empty() {
+            return not_found();
+        }
+        if allowed.contains(&"GET") {
+            allowed.push("HEAD");
+        }
+        allowed.sort_unstable();
+        allowed.dedup();
+        let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        if let Ok(value) = axum::http::HeaderValue::from_str(&allowed.join(",")) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::ALLOW, value);
+        }
+        response
     }
-    Ok(router.fallback(|| async { not_found() }))
+}
+
+impl tower_service::Service<axum::extract::Request> for Dispatch {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Map<
+        BoxFuture<'static, Response>,
+        fn(Response) -> Result<Response, std::convert::Infallible>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        use futures_util::FutureExt;
+        let handled: BoxFuture<'static, Response> = Box::pin(self.clone().handle(request));
+        handled.map(Ok)
+    }
+}
+
+/// Hands every connection of `axum::serve` the dispatcher.
+#[derive(Clone)]
+pub(crate) struct MakeDispatch(pub(crate) Dispatch);
+
+impl<'a, L: axum::serve::Listener> tower_service::Service<axum::serve::IncomingStream<'a, L>>
+    for MakeDispatch
+{
+    type Response = Dispatch;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Dispatch, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(
+        &mut self,
+        _: axum::serve::IncomingStream<'a, L>,
+    ) -> std::future::Ready<Result<Dispatch, std::convert::Infallible>> {
+        std::future::ready(Ok(self.0.clone()))
+    }
 }
 
 /// The body, limited to `max` bytes: refused at once (`None`) when it says it is longer; read
@@ -589,9 +673,20 @@ mod tests {
             values(files, "/files/a/b%20c.txt"),
             Some(vec!["a/b c.txt".into()])
         );
-        assert_eq!(axum_path(MULTIPLY), "/multiply/{p1}/{p2}");
-        assert_eq!(axum_path(files), "/files/{*p1}");
-        assert_eq!(axum_path(&[]), "/");
+        // The whole path, and nothing more.
+        assert_eq!(values(MULTIPLY, "/multiply/6/7/"), None);
+        assert_eq!(values(MULTIPLY, "/multiply/6/7/8"), None);
+        assert_eq!(values(MULTIPLY, "/multiply/6"), None);
+        assert_eq!(values(MULTIPLY, "/divide/6/7"), None);
+        assert_eq!(values(files, "/files/"), None);
+        assert_eq!(values(&[], "/"), Some(vec![]));
+        assert_eq!(values(&[], "/x"), None);
+        // Static text, then typed values, then strings, then paths.
+        let string = &[Segment::Static("files"), Segment::Param(Converter::String)];
+        let fixed = &[Segment::Static("files"), Segment::Static("index")];
+        let mut order: [&[Segment]; 3] = [files, string, fixed];
+        order.sort_by_key(|segments| specificity(segments));
+        assert_eq!(order, [&fixed[..], string, files]);
     }
 
     #[test]

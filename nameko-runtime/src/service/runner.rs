@@ -259,7 +259,7 @@ async fn serve_http(shared: &Shared) -> Result<Option<HttpServer>, Error> {
     if routes.is_empty() {
         return Ok(None);
     }
-    let router = http::router(routes, &shared.config)?;
+    let dispatch = http::router(routes, &shared.config)?;
     let address = http::parse_address(&shared.config.web_server_address)?;
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
         Error::Config(format!(
@@ -270,13 +270,13 @@ async fn serve_http(shared: &Shared) -> Result<Option<HttpServer>, Error> {
         .local_addr()
         .map_err(|e| Error::Config(e.to_string()))?;
     let stop = shared.stop.clone();
-    let serve = axum::serve(listener, router.clone())
+    let serve = axum::serve(listener, http::MakeDispatch(dispatch.clone()))
         .with_graceful_shutdown(async move { stop.cancelled().await });
     let task = tokio::spawn(async move { serve.await });
     tracing::info!(%address, "HTTP server listening");
     Ok(Some(HttpServer {
         address,
-        router,
+        router: dispatch.into_router(),
         task,
     }))
 }
