@@ -503,18 +503,27 @@ impl Dispatch {
         let started = tokio::time::Instant::now();
         let (parts, body) = request.into_parts();
         let head = parts.method == Method::HEAD;
+        let method = parts.method.as_str();
         let mut allowed: Vec<&'static str> = Vec::new();
+        // The route to call: the first (most specific) that takes the method; for HEAD, one
+        // that takes HEAD itself, else the first that takes GET.
+        let mut chosen: Option<(&Route, PathValues)> = None;
+        let mut get_for_head: Option<(&Route, PathValues)> = None;
         for route in &self.0.routes {
             let Some(path) = path_values(route.segments, &parts.uri) else {
                 continue;
             };
-            let method = parts.method.as_str();
-            let answers =
-                route.methods.contains(&method) || (head && route.methods.contains(&"GET"));
-            if !answers {
-                allowed.extend(route.methods.iter().copied());
+            if route.methods.contains(&method) {
+                chosen = Some((route, path));
+                break;
+            }
+            if head && get_for_head.is_none() && route.methods.contains(&"GET") {
+                get_for_head = Some((route, path));
                 continue;
             }
+            allowed.extend(route.methods.iter().copied());
+        }
+        if let Some((route, path)) = chosen.or(get_for_head) {
             let Some(body) = limit_body(body, self.0.max_body) else {
                 return plain(
                     StatusCode::PAYLOAD_TOO_LARGE,
