@@ -525,6 +525,17 @@ async fn the_router_answers_without_a_socket() {
         .await
         .unwrap();
     assert_eq!(&body[..], br#"{"value":42}"#);
+    // HEAD: GET's head, its length included, and no body.
+    let head = axum::http::Request::head("/multiply/2/3?third=7")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(head).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-length"], "12");
+    let body = axum::body::to_bytes(response.into_body(), 1024)
+        .await
+        .unwrap();
+    assert!(body.is_empty());
     // A path that a route matches, with a method it does not take: 405, saying which it takes.
     let post = axum::http::Request::post("/multiply/2/3")
         .body(axum::body::Body::empty())

@@ -387,13 +387,11 @@ pub(crate) struct Route {
 /// converter. Returns the parameters' values (decoded when read), or `None`.
 fn path_values(segments: &[Segment], uri: &Uri) -> Option<PathValues> {
     let path = uri.path();
-    let mut values = PathValues {
-        uri: uri.clone(),
-        spans: [(0, 0); MAX_ROUTE_PARAMS],
-        len: 0,
-    };
-    // What is left of the path, or `None` once its last segment is taken.
-    let mut remaining = Some(path.strip_prefix('/').unwrap_or(path));
+    let mut spans = [(0, 0); MAX_ROUTE_PARAMS];
+    let mut len = 0;
+    // What is left of the path, or `None` once its last segment is taken. (A path that does
+    // not start with `/`, as a CONNECT request's, matches nothing.)
+    let mut remaining = Some(path.strip_prefix('/')?);
     for segment in segments {
         let current = remaining?;
         let (part, tail) = match segment {
@@ -411,22 +409,25 @@ fn path_values(segments: &[Segment], uri: &Uri) -> Option<PathValues> {
                 }
             }
             Segment::Param(converter) => {
-                if !converter.accepts(&percent_decode(part)) || values.len == MAX_ROUTE_PARAMS {
+                if !converter.accepts(&percent_decode(part)) || len == MAX_ROUTE_PARAMS {
                     return None;
                 }
                 let start = part.as_ptr() as usize - path.as_ptr() as usize;
-                let span = (
+                spans[len] = (
                     u32::try_from(start).ok()?,
                     u32::try_from(start + part.len()).ok()?,
                 );
-                values.spans[values.len] = span;
-                values.len += 1;
+                len += 1;
             }
         }
     }
     // Nothing may be left over: `/multiply/6/7/8` and `/multiply/6/7/` are not `/multiply/6/7`.
     match (segments.is_empty(), remaining) {
-        (true, Some("")) | (false, None) => Some(values),
+        (true, Some("")) | (false, None) => Some(PathValues {
+            uri: uri.clone(),
+            spans,
+            len,
+        }),
         _ => None,
     }
 }
@@ -449,6 +450,22 @@ fn specificity(segments: &[Segment]) -> Vec<u8> {
 
 fn not_found() -> Response {
     plain(StatusCode::NOT_FOUND, "Not Found\n".into())
+}
+
+/// A HEAD response: the GET response's head, its `content-length` included, and no body.
+fn without_body(response: Response) -> Response {
+    use axum::body::HttpBody;
+    let (mut parts, body) = response.into_parts();
+    if !parts
+        .headers
+        .contains_key(axum::http::header::CONTENT_LENGTH)
+        && let Some(length) = body.size_hint().exact()
+    {
+        parts
+            .headers
+            .insert(axum::http::header::CONTENT_LENGTH, length.into());
+    }
+    Response::from_parts(parts, Body::empty())
 }
 
 /// The HTTP server's service: every service's routes, matched by their own segments.
@@ -505,25 +522,20 @@ impl Dispatch {
         let head = parts.method == Method::HEAD;
         let method = parts.method.as_str();
         let mut allowed: Vec<&'static str> = Vec::new();
-        // The route to call: the first (most specific) that takes the method; for HEAD, one
-        // that takes HEAD itself, else the first that takes GET.
+        // The route to call: the first (most specific) that takes the method, GET rules taking
+        // HEAD too (werkzeug's rule).
         let mut chosen: Option<(&Route, PathValues)> = None;
-        let mut get_for_head: Option<(&Route, PathValues)> = None;
         for route in &self.0.routes {
             let Some(path) = path_values(route.segments, &parts.uri) else {
                 continue;
             };
-            if route.methods.contains(&method) {
+            if route.methods.contains(&method) || (head && route.methods.contains(&"GET")) {
                 chosen = Some((route, path));
                 break;
             }
-            if head && get_for_head.is_none() && route.methods.contains(&"GET") {
-                get_for_head = Some((route, path));
-                continue;
-            }
             allowed.extend(route.methods.iter().copied());
         }
-        if let Some((route, path)) = chosen.or(get_for_head) {
+        if let Some((route, path)) = chosen {
             let Some(body) = limit_body(body, self.0.max_body) else {
                 return plain(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -544,8 +556,7 @@ impl Dispatch {
                 },
             };
             return if head {
-                let (parts, _) = response.into_parts();
-                Response::from_parts(parts, Body::empty())
+                without_body(response)
             } else {
                 response
             };
