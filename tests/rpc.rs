@@ -663,6 +663,28 @@ async fn drop_connections(broker: &TestBroker) {
     panic!("no connection to close");
 }
 
+/// Starts `calculator.slow` taking `millis` on `client` (60 s timeout) and waits until the
+/// service runs it; returns the call's token and the call.
+async fn slow_call_in_flight(
+    client: &ClusterRpcClient,
+    millis: u64,
+) -> (
+    ServiceProxy,
+    String,
+    tokio::task::JoinHandle<Result<String, RpcError>>,
+) {
+    let calc = client
+        .service("calculator")
+        .with_timeout(Duration::from_secs(60));
+    let token = uuid::Uuid::new_v4().to_string();
+    let call = tokio::spawn({
+        let (calc, token) = (calc.clone(), token.clone());
+        async move { calc.call::<_, String>("slow", (token, millis)).await }
+    });
+    wait_started(&token).await;
+    (calc, token, call)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_in_flight_when_the_connection_drops_is_answered_after_the_reconnect() {
     let Some(broker) = TestBroker::amqp() else {
@@ -671,15 +693,7 @@ async fn a_call_in_flight_when_the_connection_drops_is_answered_after_the_reconn
     let (first, _) = start(&broker, Config::default()).await;
     // A client that owns its connection reconnects to the same reply queue.
     let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
-    let calc = client
-        .service("calculator")
-        .with_timeout(Duration::from_secs(60));
-    let token = uuid::Uuid::new_v4().to_string();
-    let call = tokio::spawn({
-        let (calc, token) = (calc.clone(), token.clone());
-        async move { calc.call::<_, String>("slow", (token, 1_500)).await }
-    });
-    wait_started(&token).await;
+    let (calc, token, call) = slow_call_in_flight(&client, 1_500).await;
     drop_connections(&broker).await;
     // The service's runner has lost its connection; a new instance (what `run` does by itself)
     // gets the request, which was never acknowledged, and answers it.
@@ -711,15 +725,7 @@ async fn a_call_on_a_borrowed_connection_that_drops_fails_clearly_instead_of_han
     let client = ClusterRpcClient::standalone(broker.connect().await, running.config())
         .await
         .unwrap();
-    let calc = client
-        .service("calculator")
-        .with_timeout(Duration::from_secs(60));
-    let token = uuid::Uuid::new_v4().to_string();
-    let call = tokio::spawn({
-        let (calc, token) = (calc.clone(), token.clone());
-        async move { calc.call::<_, String>("slow", (token, 30_000)).await }
-    });
-    wait_started(&token).await;
+    let (calc, _, call) = slow_call_in_flight(&client, 30_000).await;
     drop_connections(&broker).await;
     let dropped = std::time::Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(10), call)
