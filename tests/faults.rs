@@ -26,7 +26,6 @@ use common::TestBroker;
 use common::fuzz::Fuzz;
 use futures_util::StreamExt;
 use nameko::prelude::*;
-use nameko::transport::QueueSpec;
 use nameko::{ClusterRpcClient, ServiceRunner};
 
 /// The service the load goes to.
@@ -414,18 +413,7 @@ async fn fuzz() -> Option<Report> {
     let client = client(&broker, Duration::from_secs(30)).await;
     wait_for_instances(&broker, &client, 1).await;
     let t = broker.connect().await;
-    let reply_key = uuid::Uuid::new_v4().to_string();
-    let queue = format!("fuzz-replies-{reply_key}");
-    t.declare_queue(&QueueSpec {
-        auto_delete: true,
-        ..QueueSpec::durable(&queue)
-    })
-    .await
-    .unwrap();
-    t.bind_queue(&queue, "nameko-rpc", &reply_key)
-        .await
-        .unwrap();
-    let mut replies = t.consume(&queue, 0).await.unwrap();
+    let (reply_key, mut replies) = common::reply_queue(&t).await;
     let replied = Arc::new(AtomicUsize::new(0));
     let (counter, bad) = (replied.clone(), Arc::new(AtomicUsize::new(0)));
     let bad_replies = bad.clone();

@@ -12,7 +12,7 @@ use common::TestBroker;
 use common::fuzz::Fuzz;
 use futures_util::StreamExt;
 use nameko::prelude::*;
-use nameko::transport::{ExchangeSpec, OutgoingMessage, Properties, QueueSpec, SharedTransport};
+use nameko::transport::{OutgoingMessage, Properties, SharedTransport};
 use nameko::{Dependency, DependencyContext, RunningServices};
 use serde_json::{Value, json};
 
@@ -235,21 +235,7 @@ async fn raw_request(
     body: &[u8],
     properties: Properties,
 ) -> Option<Value> {
-    let reply_key = uuid::Uuid::new_v4().to_string();
-    let queue = format!("raw-reply-{reply_key}");
-    t.declare_exchange(&ExchangeSpec::durable_topic("nameko-rpc"))
-        .await
-        .unwrap();
-    t.declare_queue(&QueueSpec {
-        auto_delete: true,
-        ..QueueSpec::durable(&queue)
-    })
-    .await
-    .unwrap();
-    t.bind_queue(&queue, "nameko-rpc", &reply_key)
-        .await
-        .unwrap();
-    let mut replies = t.consume(&queue, 0).await.unwrap();
+    let (reply_key, mut replies) = common::reply_queue(t).await;
     let reply_to = properties.reply_to.clone().map(|_| reply_key);
     let message = OutgoingMessage {
         exchange: "nameko-rpc".into(),
@@ -609,11 +595,7 @@ on_both_transports! {
         let (running, client) = start(broker, Config::default()).await;
         let calc = client.service("calculator");
         let t = broker.connect().await;
-        let reply_key = uuid::Uuid::new_v4().to_string();
-        let queue = format!("fuzz-replies-{reply_key}");
-        t.declare_queue(&QueueSpec { auto_delete: true, ..QueueSpec::durable(&queue) }).await.unwrap();
-        t.bind_queue(&queue, "nameko-rpc", &reply_key).await.unwrap();
-        let mut replies = t.consume(&queue, 0).await.unwrap();
+        let (reply_key, mut replies) = common::reply_queue(&t).await;
         let replied = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = replied.clone();
         let drain = tokio::spawn(async move {

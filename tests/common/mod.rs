@@ -200,6 +200,28 @@ pub async fn python_calls(
         .collect()
 }
 
+/// A throwaway queue bound to `nameko-rpc` for hand-made requests' replies: the routing key to
+/// put in `reply_to`, and a consumer of the queue (deleted when the consumer goes).
+pub async fn reply_queue(t: &SharedTransport) -> (String, nameko::transport::Consumer) {
+    use nameko::transport::{ExchangeSpec, QueueSpec};
+    let reply_key = uuid::Uuid::new_v4().to_string();
+    let queue = format!("test-replies-{reply_key}");
+    t.declare_exchange(&ExchangeSpec::durable_topic("nameko-rpc"))
+        .await
+        .unwrap();
+    t.declare_queue(&QueueSpec {
+        auto_delete: true,
+        ..QueueSpec::durable(&queue)
+    })
+    .await
+    .unwrap();
+    t.bind_queue(&queue, "nameko-rpc", &reply_key)
+        .await
+        .unwrap();
+    let replies = t.consume(&queue, 0).await.unwrap();
+    (reply_key, replies)
+}
+
 /// Waits (up to 60 s) until the RabbitMQ management API makes virtual hosts again, e.g. after a
 /// broker restart.
 pub async fn wait_for_management_api() {
