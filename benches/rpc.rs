@@ -207,15 +207,20 @@ async fn raw_client(uri: &str, calls: usize, in_flight: usize) -> anyhow::Result
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let reply_queue = format!("rpc.reply-raw-client-{}", uuid::Uuid::new_v4().simple());
+    // Declared as Nameko declares its reply queues: durable, expiring after 5 minutes unused.
+    let mut expires = FieldTable::default();
+    expires.insert(
+        "x-expires".into(),
+        lapin::types::AMQPValue::LongInt(300_000),
+    );
     channel
         .queue_declare(
             reply_queue.as_str().into(),
             QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
+                durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            expires,
         )
         .await?;
     channel
@@ -249,9 +254,13 @@ async fn raw_client(uri: &str, calls: usize, in_flight: usize) -> anyhow::Result
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
+            let lapin::message::Delivery { data, acker, .. } = delivery;
             if let Some(waiter) = waiter {
-                let _ = waiter.send(delivery.data);
+                let _ = waiter.send(data);
             }
+            // Nameko's reply listener acknowledges every reply, as nameko-rs's client does
+            // (off the reply path, on a task of its own).
+            tokio::spawn(async move { acker.ack(BasicAckOptions::default()).await });
         }
     });
     let body = serde_json::to_vec(&json!({"args": [payload()], "kwargs": {}}))?;
