@@ -46,6 +46,10 @@ impl Dependency for Recorder {
         self.push("stop".into());
     }
 
+    fn kill(&self) {
+        self.push("kill".into());
+    }
+
     async fn worker_setup(&self, worker: &WorkerContext) -> Result<(), Error> {
         self.push(format!("setup {}", worker.entrypoint()));
         worker.insert_local("recorder", worker.entrypoint().to_uppercase());
@@ -138,6 +142,31 @@ on_both_transports! {
             ]
         );
     }
+}
+
+#[tokio::test]
+async fn killing_a_service_runs_its_dependencies_kill_hook_instead_of_stop() {
+    let recorder = Recorder::default();
+    let services = TestServices::new()
+        .with_service::<Lifecycle>()
+        .replace_dependency::<Lifecycle, _>("recorder", recorder.clone())
+        .start()
+        .await
+        .unwrap();
+    let client = services.rpc_client().await.unwrap();
+    let svc = client.service("lifecycle_svc");
+    assert_eq!(svc.call::<_, String>("ok", ()).await.unwrap(), "OK");
+    services.kill().await;
+    assert_eq!(
+        recorder.lines(),
+        [
+            "start",
+            "setup ok",
+            "result ok value \"OK\"",
+            "teardown ok OK",
+            "kill"
+        ]
+    );
 }
 
 /// Refuses workers whose context data says `deny`.
@@ -447,6 +476,74 @@ async fn expected_errors_are_warnings_and_sensitive_arguments_are_never_logged()
     assert!(
         payment.contains("********") && payment.contains("amount"),
         "{payment}"
+    );
+}
+
+#[derive(Dependencies)]
+pub struct Vault;
+
+#[service(name = "vault_svc")]
+impl Vault {
+    #[http("PUT", "/vault/<owner>/<code>", sensitive_arguments = "code")]
+    async fn open(&self, owner: String, code: String) -> Result<String, RemoteError> {
+        let _ = code;
+        Err(RemoteError::new(
+            "Jammed",
+            format!("the vault of {owner} is jammed"),
+        ))
+    }
+
+    #[timer(interval = "20ms", expected_exceptions = "Maintenance")]
+    async fn audit(&self) -> Result<(), RemoteError> {
+        Err(RemoteError::new("Maintenance", "audit postponed"))
+    }
+}
+
+#[tokio::test]
+async fn http_and_timer_entrypoints_take_the_same_options() {
+    use tower::ServiceExt;
+    let logs = Logs::global();
+    let services = TestServices::new()
+        .with_service::<Vault>()
+        .start()
+        .await
+        .unwrap();
+    // The timer's failure is expected: a warning (and the waiter sees the worker finish).
+    let audit = services.entrypoint_waiter("vault_svc", "audit");
+    let finished = audit.wait().await.unwrap();
+    assert_eq!(finished.result().unwrap_err().exc_type, "Maintenance");
+    assert!(finished.payload().is_none(), "a timer has no payload");
+
+    let request = axum::http::Request::put("/vault/ann/7319-5528")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = services
+        .http_router()
+        .unwrap()
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500, "an unexpected error is a 500");
+    services.stop().await.unwrap();
+
+    let lines = logs.lines_about("vault_svc");
+    let all = lines.join("\n");
+    assert!(!all.contains("7319-5528"), "the code was logged:\n{all}");
+    let open = lines
+        .iter()
+        .find(|l| l.contains("is jammed"))
+        .unwrap_or_else(|| panic!("no line about the failed request:\n{all}"));
+    assert!(
+        open.contains("ERROR") && open.contains("********") && open.contains("ann"),
+        "{open}"
+    );
+    let audit = lines
+        .iter()
+        .find(|l| l.contains("audit postponed"))
+        .unwrap_or_else(|| panic!("no line about the failed timer:\n{all}"));
+    assert!(
+        audit.contains("WARN") && audit.contains("worker failed (expected)"),
+        "{audit}"
     );
 }
 

@@ -100,6 +100,11 @@ impl Notifier {
         word.to_uppercase()
     }
 
+    #[dummy]
+    async fn linger(&self) {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+
     #[http("GET", "/sent")]
     async fn sent(&self) -> String {
         self.mailer.sent().join("\n")
@@ -144,6 +149,57 @@ async fn the_worker_factory_builds_a_service_with_replaced_dependencies() {
             .contains("is not a `testing::Mailer`"),
         "{wrong_type}"
     );
+}
+
+/// Books shipments for orders, through the `notifier` service.
+#[derive(Dependencies)]
+pub struct Shipping {
+    notifier: NotifierClient,
+}
+
+#[service(name = "shipping")]
+impl Shipping {
+    #[rpc]
+    async fn ship(&self, to: String) -> Result<String, RpcError> {
+        let receipt = self.notifier.notify(to, Some("shipped".into())).await?;
+        Ok(format!("shipped, {receipt}"))
+    }
+}
+
+/// Stands in for `notifier` in tests of `shipping`: same name, canned answers.
+#[derive(Dependencies)]
+pub struct NotifierStandIn;
+
+#[service(name = "notifier")]
+impl NotifierStandIn {
+    #[rpc]
+    async fn notify(&self, to: String, text: Option<String>) -> String {
+        format!("stand-in:{to}:{}", text.unwrap_or_default())
+    }
+}
+
+#[tokio::test]
+async fn the_worker_factory_builds_clients_on_a_broker_of_stand_ins() {
+    let stand_ins = TestServices::new()
+        .with_service::<NotifierStandIn>()
+        .start()
+        .await
+        .unwrap();
+    let shipping = worker_factory::<Shipping>()
+        .on_uri(stand_ins.broker_uri())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        shipping.ship("ann".into()).await.unwrap(),
+        "shipped, stand-in:ann:shipped"
+    );
+    stand_ins.stop().await.unwrap();
+
+    // Without `on_uri`, the client is on an embedded broker of its own, where nothing answers.
+    let alone = worker_factory::<Shipping>().build().await.unwrap();
+    let error = alone.ship("bob".into()).await.unwrap_err();
+    assert!(matches!(error, RpcError::UnknownService(_)), "{error}");
 }
 
 #[tokio::test]
@@ -194,6 +250,14 @@ async fn entrypoint_hooks_fire_each_kind_of_entrypoint_with_context_data() {
     assert_eq!(ticks.get(), 1);
     let probe = services.entrypoint_hook("notifier", "probe").unwrap();
     assert_eq!(probe.call(["quiet"]).await.unwrap(), json!("QUIET"));
+    // A hook gives up on a worker that does not finish within its timeout.
+    let slow = services
+        .entrypoint_hook("notifier", "linger")
+        .unwrap()
+        .with_timeout(Duration::from_millis(100));
+    let timeout = slow.call(()).await.unwrap_err();
+    assert_eq!(timeout.exc_type, "Timeout");
+    assert_eq!(timeout.value, "Timeout on notifier.linger after 100ms");
 
     assert_eq!(
         mailer.sent(),
@@ -241,14 +305,40 @@ async fn entrypoint_waiters_wait_for_the_matching_worker_or_time_out() {
     let finished = waiter.wait().await.unwrap();
     assert_eq!(finished.context().entrypoint(), "on_order");
     assert_eq!(finished.result().unwrap_err().exc_type, "NoEmail");
+    assert_eq!(finished.payload(), Some(&json!({"no": "email"})));
+
+    // A filter on the payload: the worker for one order among several.
+    let waiter = services
+        .entrypoint_waiter("notifier", "on_order")
+        .with_filter(|worker| worker.payload() == Some(&json!({"email": "c@example.com"})));
+    for email in ["b@example.com", "c@example.com", "d@example.com"] {
+        dispatcher
+            .dispatch("shop", "order_placed", &json!({ "email": email }))
+            .await
+            .unwrap();
+    }
+    let finished = waiter.wait().await.unwrap();
+    assert_eq!(finished.payload().unwrap()["email"], "c@example.com");
+    assert!(finished.result().is_ok());
 
     // An RPC worker's result is what the method returned.
     let waiter = services.entrypoint_waiter("notifier", "count");
     let client = services.rpc_client().await.unwrap();
     let count: usize = client.service("notifier").call("count", ()).await.unwrap();
+    let finished = waiter.wait().await.unwrap();
+    assert_eq!(finished.payload(), Some(&json!({"args": [], "kwargs": {}})));
+    assert_eq!(finished.into_result().unwrap(), json!(count));
+
+    // A misspelt entrypoint fails at once rather than after the timeout.
+    let misspelt = services
+        .entrypoint_waiter("notifier", "on_ordre")
+        .wait()
+        .await
+        .unwrap_err();
+    assert!(matches!(misspelt, WaitError::NoSuchEntrypoint { .. }));
     assert_eq!(
-        waiter.wait().await.unwrap().into_result().unwrap(),
-        json!(count)
+        misspelt.to_string(),
+        "no running service `notifier` has an entrypoint `on_ordre` to wait for"
     );
 
     let timeout = services
@@ -262,7 +352,13 @@ async fn entrypoint_waiters_wait_for_the_matching_worker_or_time_out() {
         timeout.to_string(),
         "Timeout on notifier.on_order after 200ms"
     );
+
+    // A waiter still waiting when the services stop says so.
+    let waiter = services.entrypoint_waiter("notifier", "on_order");
+    let waiting = tokio::spawn(waiter.wait());
     services.stop().await.unwrap();
+    let stopped = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(stopped, WaitError::Stopped { .. }), "{stopped}");
 }
 
 #[tokio::test]

@@ -29,17 +29,33 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct FinishedWorker {
     context: Arc<WorkerContext>,
+    payload: Option<Value>,
     result: Result<Value, RemoteError>,
 }
 
 impl FinishedWorker {
-    pub(crate) fn new(context: Arc<WorkerContext>, result: Result<Value, RemoteError>) -> Self {
-        FinishedWorker { context, result }
+    pub(crate) fn new(
+        context: Arc<WorkerContext>,
+        payload: Option<Value>,
+        result: Result<Value, RemoteError>,
+    ) -> Self {
+        FinishedWorker {
+            context,
+            payload,
+            result,
+        }
     }
 
     /// The worker's context: service, entrypoint, call id, context data.
     pub fn context(&self) -> &WorkerContext {
         &self.context
+    }
+
+    /// What fired the worker, as JSON: an event handler's event payload; an RPC method's
+    /// request, `{"args": [...], "kwargs": {...}}` (from a hook too). `None` for timers and HTTP
+    /// requests.
+    pub fn payload(&self) -> Option<&Value> {
+        self.payload.as_ref()
     }
 
     /// What the method returned (`null` for event handlers, timers, HTTP endpoints), or its
@@ -150,6 +166,14 @@ pub enum WaitError {
         /// The entrypoint waited on.
         entrypoint: String,
     },
+    /// None of the running services has this entrypoint: nothing could ever finish.
+    #[error("no running service `{service}` has an entrypoint `{entrypoint}` to wait for")]
+    NoSuchEntrypoint {
+        /// The service named.
+        service: String,
+        /// The entrypoint named.
+        entrypoint: String,
+    },
 }
 
 type Filter = Box<dyn Fn(&FinishedWorker) -> bool + Send + Sync>;
@@ -171,6 +195,8 @@ impl Drop for Listening {
 pub struct EntrypointWaiter {
     service: String,
     entrypoint: String,
+    /// Whether the running services have this entrypoint.
+    known: bool,
     receiver: broadcast::Receiver<FinishedWorker>,
     listening: Listening,
     timeout: Duration,
@@ -191,6 +217,7 @@ impl EntrypointWaiter {
     pub(crate) fn new(
         service: &str,
         entrypoint: &str,
+        known: bool,
         receiver: broadcast::Receiver<FinishedWorker>,
         waiters: Arc<AtomicUsize>,
     ) -> Self {
@@ -198,6 +225,7 @@ impl EntrypointWaiter {
         EntrypointWaiter {
             service: service.to_owned(),
             entrypoint: entrypoint.to_owned(),
+            known,
             receiver,
             listening: Listening(waiters),
             timeout: DEFAULT_TIMEOUT,
@@ -224,6 +252,12 @@ impl EntrypointWaiter {
     /// Waits for the next matching worker to finish and returns it (its result may be an
     /// error: the worker finished, failing).
     pub async fn wait(mut self) -> Result<FinishedWorker, WaitError> {
+        if !self.known {
+            return Err(WaitError::NoSuchEntrypoint {
+                service: self.service,
+                entrypoint: self.entrypoint,
+            });
+        }
         let _listening = &self.listening;
         let (service, entrypoint) = (self.service.clone(), self.entrypoint.clone());
         let wait = async {
@@ -738,11 +772,10 @@ impl<S: Service> WorkerFactory<S> {
     /// Builds the instance and starts its dependencies ([`Dependencies::start`]). Fails if a
     /// replaced field does not exist or has another type.
     pub async fn build(self) -> Result<S, Error> {
-        let transport = transport::connect(&format!(
-            "memory://worker-factory-{}",
-            uuid::Uuid::new_v4().simple()
-        ))
-        .await?;
+        let uri = self.broker_uri.unwrap_or_else(|| {
+            format!("memory://worker-factory-{}", uuid::Uuid::new_v4().simple())
+        });
+        let transport = transport::connect(&uri).await?;
         let cx = DependencyContext::new(S::NAME, self.config, transport, self.replacements);
         let service = S::build(&cx).await?;
         cx.check_replacements_taken()?;

@@ -36,6 +36,8 @@ use axum::response::{IntoResponse, Response};
 /// A started service. Stop it through the runner's [`StopHandle`](super::runner::StopHandle).
 pub struct ServiceContainer {
     pub(crate) name: &'static str,
+    /// The names of all its entrypoints, restricted or not.
+    pub(crate) entrypoints: Vec<&'static str>,
     pub(crate) task: JoinHandle<Result<(), Error>>,
 }
 
@@ -194,7 +196,7 @@ fn http_route<S: Service>(
                 };
                 let context = Arc::new(WorkerContext::for_entrypoint(S::NAME, name, ContextData::new(), tracked));
                 let path = call.path.clone();
-                let worker = run_worker(state.service.clone(), &state.shared, context.clone(), |service| handler(service, call));
+                let worker = run_worker(state.service.clone(), &state.shared, context.clone(), None, |service| handler(service, call));
                 // The worker first: the kill switch is only looked at (a lock) while the worker
                 // waits, not for a worker that is done at its first poll.
                 let outcome = tokio::select! {
@@ -252,7 +254,7 @@ async fn run_timer<S: Service>(
         let outcome = tokio::select! {
             biased;
             _ = shared.kill.cancelled() => return,
-            outcome = run_worker(service.clone(), &shared, context.clone(), timer.handler) => outcome,
+            outcome = run_worker(service.clone(), &shared, context.clone(), None, timer.handler) => outcome,
         };
         match outcome {
             Ok(Ok(())) => {
@@ -283,6 +285,7 @@ async fn run_worker<S, T, F>(
     service: Arc<S>,
     shared: &Shared,
     context: Arc<WorkerContext>,
+    payload: Option<&[u8]>,
     call: impl FnOnce(Arc<S>) -> F,
 ) -> Result<T, RemoteError>
 where
@@ -311,7 +314,7 @@ where
             // The dependencies set up before the refusal see it, and clean up.
             let _ = service.worker_result(&worker, &refused).await;
             service.worker_teardown(&worker).await;
-            shared.worker_finished(&worker, &refused);
+            shared.worker_finished(&worker, payload, &refused);
             return Err(error);
         }
         let mut outcome = AssertUnwindSafe(call(service.clone()))
@@ -339,7 +342,7 @@ where
             Ok(outcome) => outcome.result(),
             Err(error) => WorkerResult::Failed(Cow::Borrowed(error)),
         };
-        shared.worker_finished(&worker, &result);
+        shared.worker_finished(&worker, payload, &result);
         drop(result);
         outcome
     };
@@ -430,6 +433,7 @@ async fn listen<S: Service>(
                 lock(&shared.hooks).insert((S::NAME, entrypoint.name()), hook);
             }
         }
+        let names = entrypoints.iter().map(Entrypoint::name).collect();
         let mut rpc = Vec::new();
         let mut events = Vec::new();
         let mut timers = Vec::new();
@@ -527,6 +531,7 @@ async fn listen<S: Service>(
         let task = tokio::spawn(run(container, listeners, timers));
         Ok(ServiceContainer {
             name: S::NAME,
+            entrypoints: names,
             task,
         })
     }
@@ -569,14 +574,27 @@ fn hook<S: Service>(
     shared: &Shared,
 ) -> Option<Hook> {
     enum Kind<S> {
-        Rpc(fn(Arc<S>, RequestBody) -> super::RpcFuture),
-        Event(fn(Arc<S>, Vec<u8>) -> super::EventFuture),
+        Rpc(
+            fn(Arc<S>, RequestBody) -> super::RpcFuture,
+            &'static [&'static str],
+        ),
+        Event(fn(Arc<S>, Vec<u8>) -> super::EventFuture, &'static str),
         Timer(fn(Arc<S>) -> super::TimerFuture),
     }
-    let kind = match entrypoint {
-        Entrypoint::Rpc(e) | Entrypoint::Dummy(e) => Kind::Rpc(e.handler),
-        Entrypoint::Event(e) => Kind::Event(e.handler),
-        Entrypoint::Timer(e) | Entrypoint::Once(e) => Kind::Timer(e.handler),
+    let (kind, expected, sensitive) = match entrypoint {
+        Entrypoint::Rpc(e) | Entrypoint::Dummy(e) => (
+            Kind::Rpc(e.handler, e.params),
+            e.expected_exceptions,
+            e.sensitive_arguments,
+        ),
+        Entrypoint::Event(e) => (
+            Kind::Event(e.handler, e.param),
+            e.expected_exceptions,
+            e.sensitive_arguments,
+        ),
+        Entrypoint::Timer(e) | Entrypoint::Once(e) => {
+            (Kind::Timer(e.handler), e.expected_exceptions, &[][..])
+        }
         Entrypoint::Http(_) => return None,
     };
     let kind = Arc::new(kind);
@@ -604,7 +622,7 @@ fn hook<S: Service>(
                 let tracked = shared.config.parent_calls_tracked;
                 let context = Arc::new(WorkerContext::for_entrypoint(S::NAME, name, data, tracked));
                 match &*kind {
-                    Kind::Rpc(handler) => {
+                    Kind::Rpc(handler, params) => {
                         let body = match args {
                             serde_json::Value::Array(args) => {
                                 serde_json::json!({"args": args, "kwargs": {}})
@@ -617,29 +635,56 @@ fn hook<S: Service>(
                             }
                             one => serde_json::json!({"args": [one], "kwargs": {}}),
                         };
-                        let body = RequestBody::parse(body.to_string().as_bytes())
+                        let payload = body.to_string().into_bytes();
+                        let body = RequestBody::parse(&payload)
                             .map_err(|e| RemoteError::nameko("MalformedRequest", e.to_string()))?;
-                        let json =
-                            run_worker(service, &shared, context, |s| handler(s, body)).await??;
+                        let worker = context.clone();
+                        let json = run_worker(service, &shared, worker, Some(&payload), |s| {
+                            handler(s, body)
+                        })
+                        .await
+                        .and_then(|result| result)
+                        .inspect_err(|error| {
+                            // Logged as the worker's failure would be, had a message fired it.
+                            log_failure(&context, error, expected, || {
+                                Some(arguments::rpc_arguments(&payload, params, sensitive))
+                            });
+                        })?;
                         serde_json::from_slice(&json).map_err(|e| {
                             RemoteError::nameko("UnserializableValueError", e.to_string())
                         })
                     }
-                    Kind::Event(handler) => {
+                    Kind::Event(handler, param) => {
                         let payload = args.to_string().into_bytes();
-                        run_worker(service, &shared, context, |s| handler(s, payload))
-                            .await?
-                            .map_err(|e| match e {
+                        let body = payload.clone();
+                        let worker = context.clone();
+                        run_worker(service, &shared, worker, Some(&payload), |s| {
+                            handler(s, body)
+                        })
+                        .await
+                        .and_then(|result| {
+                            result.map_err(|e| match e {
                                 EventError::Handler(error) => error,
                                 EventError::Payload(reason) => {
                                     RemoteError::new("EventPayloadError", reason)
                                         .with_path("nameko_rs.EventPayloadError")
                                 }
-                            })?;
+                            })
+                        })
+                        .inspect_err(|error| {
+                            log_failure(&context, error, expected, || {
+                                Some(arguments::event_arguments(&payload, param, sensitive))
+                            });
+                        })?;
                         Ok(serde_json::Value::Null)
                     }
                     Kind::Timer(handler) => {
-                        run_worker(service, &shared, context, handler).await??;
+                        run_worker(service, &shared, context.clone(), None, handler)
+                            .await
+                            .and_then(|result| result)
+                            .inspect_err(|error| {
+                                log_failure(&context, error, expected, || None);
+                            })?;
                         Ok(serde_json::Value::Null)
                     }
                 }
@@ -949,6 +994,7 @@ impl<S: Service> RpcHandler<S> {
             self.service.clone(),
             &self.shared,
             context.clone(),
+            Some(&delivery.body),
             |service| handler(service, body),
         )
         .await;
@@ -999,6 +1045,7 @@ impl<S: Service> EventHandler<S> {
                     self.service.clone(),
                     &self.shared,
                     context.clone(),
+                    Some(&delivery.body),
                     |service| handler(service, body),
                 )
                 .await

@@ -38,7 +38,12 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Announces a finished worker, if an entrypoint waiter listens.
-    pub(crate) fn worker_finished(&self, context: &Arc<WorkerContext>, result: &WorkerResult<'_>) {
+    pub(crate) fn worker_finished(
+        &self,
+        context: &Arc<WorkerContext>,
+        payload: Option<&[u8]>,
+        result: &WorkerResult<'_>,
+    ) {
         if self.waiters.load(std::sync::atomic::Ordering::Relaxed) == 0 {
             return;
         }
@@ -49,9 +54,10 @@ impl Shared {
             WorkerResult::Done => Ok(serde_json::Value::Null),
             WorkerResult::Failed(error) => Err(error.clone().into_owned()),
         };
+        let payload = payload.and_then(|json| serde_json::from_slice(json).ok());
         let _ = self
             .finished
-            .send(FinishedWorker::new(context.clone(), result));
+            .send(FinishedWorker::new(context.clone(), payload, result));
     }
 }
 
@@ -366,10 +372,18 @@ impl RunningServices {
     /// A waiter for the next worker of `service`'s `entrypoint` to finish, whatever fired it
     /// (Nameko's `entrypoint_waiter`). It listens from now on: create it before doing what
     /// fires the entrypoint, then [`wait`](EntrypointWaiter::wait).
+    ///
+    /// Waiting on an entrypoint these services do not have fails at once
+    /// ([`WaitError::NoSuchEntrypoint`](crate::testing::WaitError::NoSuchEntrypoint)).
     pub fn entrypoint_waiter(&self, service: &str, entrypoint: &str) -> EntrypointWaiter {
+        let known = self
+            .containers
+            .iter()
+            .any(|c| c.name == service && c.entrypoints.contains(&entrypoint));
         EntrypointWaiter::new(
             service,
             entrypoint,
+            known,
             self.shared.finished.subscribe(),
             self.shared.waiters.clone(),
         )
