@@ -10,8 +10,9 @@ use std::time::Duration;
 use common::TestBroker;
 use nameko::events::StandaloneEventDispatcher;
 use nameko::prelude::*;
+use nameko::testing::{TestCluster, TestServices};
 use nameko::transport::{ExchangeSpec, OutgoingMessage, Properties, QueueSpec};
-use nameko::{Dependency, DependencyContext, RunningServices};
+use nameko::{Dependency, DependencyContext};
 use serde::{Deserialize, Serialize};
 
 /// What a handler saw.
@@ -138,18 +139,16 @@ handler_service!(
 
 async fn start(
     broker: &TestBroker,
-    register: impl FnOnce(ServiceRunner) -> ServiceRunner,
-) -> RunningServices {
-    register(
-        ServiceRunner::new(Config::default().with_broker(&broker.uri)).with_service::<Source>(),
-    )
-    .start()
-    .await
-    .expect("services start")
+    register: impl FnOnce(TestServices) -> TestServices,
+) -> TestCluster {
+    register(TestServices::on_uri(&broker.uri).with_service::<Source>())
+        .start()
+        .await
+        .expect("services start")
 }
 
-async fn start_instance<S: nameko::Service>(broker: &TestBroker) -> RunningServices {
-    ServiceRunner::new(Config::default().with_broker(&broker.uri))
+async fn start_instance<S: nameko::Service>(broker: &TestBroker) -> TestCluster {
+    TestServices::on_uri(&broker.uri)
         .with_service::<S>()
         .start()
         .await

@@ -12,6 +12,7 @@ use axum::response::IntoResponse;
 use common::TestBroker;
 use nameko::http::{HttpError, Status};
 use nameko::prelude::*;
+use nameko::testing::{TestCluster, TestServices};
 use nameko::{Dependency, DependencyContext, RunningServices};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -243,17 +244,17 @@ impl Rival {
     }
 }
 
-async fn start(broker: &TestBroker, config: Config) -> RunningServices {
-    ServiceRunner::new(
-        config
-            .with_broker(&broker.uri)
-            .with_web_server_address("127.0.0.1:0"),
-    )
-    .with_service::<WebService>()
-    .with_service::<EchoService>()
-    .start()
-    .await
-    .expect("services start")
+async fn start(
+    broker: &TestBroker,
+    configure: impl FnOnce(&mut Config) + Send + 'static,
+) -> TestCluster {
+    TestServices::on_uri(&broker.uri)
+        .with_service::<WebService>()
+        .with_service::<EchoService>()
+        .with_config(configure)
+        .start()
+        .await
+        .expect("services start")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ async fn start(broker: &TestBroker, config: Config) -> RunningServices {
 
 on_both_transports! {
     async fn the_talk_s_multiply_endpoint_answers(broker: &TestBroker) {
-        let running = start(broker, Config::default()).await;
+        let running = start(broker, |_| {}).await;
         let reply = get(&running, "/multiply/6/7?third=2").await;
         assert_eq!((reply.status, reply.body.as_str()), (200, r#"{"value":84}"#));
         assert_eq!(reply.header("content-type"), Some("application/json"));
@@ -278,7 +279,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn an_http_worker_calls_another_service_with_its_context(broker: &TestBroker) {
-        let running = start(broker, Config::default()).await;
+        let running = start(broker, |_| {}).await;
         let reply = get(&running, "/echo/spam").await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         let body: Value = serde_json::from_str(&reply.body).unwrap();
@@ -293,7 +294,7 @@ on_both_transports! {
 
 #[tokio::test]
 async fn converters_and_several_routes_bind_values() {
-    let running = start(&TestBroker::memory(), Config::default()).await;
+    let running = start(&TestBroker::memory(), |_| {}).await;
     let reply = get(&running, "/hello/Tim").await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "hello Tim"));
     assert_eq!(
@@ -335,7 +336,7 @@ async fn converters_and_several_routes_bind_values() {
 
 #[tokio::test]
 async fn responses_take_their_status_and_headers_from_the_return_value() {
-    let running = start(&TestBroker::memory(), Config::default()).await;
+    let running = start(&TestBroker::memory(), |_| {}).await;
     let reply = send(&running, "POST", "/created", "").await;
     assert_eq!((reply.status, reply.body.as_str()), (201, "made"));
     let reply = get(&running, "/with-headers").await;
@@ -345,7 +346,7 @@ async fn responses_take_their_status_and_headers_from_the_return_value() {
 
 #[tokio::test]
 async fn errors_are_answered_as_nameko_does_or_as_the_error_says() {
-    let running = start(&TestBroker::memory(), Config::default()).await;
+    let running = start(&TestBroker::memory(), |_| {}).await;
     let reply = get(&running, "/buy/spam").await;
     assert_eq!(
         (reply.status, reply.body.as_str()),
@@ -382,7 +383,7 @@ async fn errors_are_answered_as_nameko_does_or_as_the_error_says() {
 
 #[tokio::test]
 async fn malformed_json_is_a_400_with_a_clear_message() {
-    let running = start(&TestBroker::memory(), Config::default()).await;
+    let running = start(&TestBroker::memory(), |_| {}).await;
     let reply = send(&running, "POST", "/orders", r#"{"sku": "spam""#).await;
     assert_eq!(reply.status, 400);
     assert!(
@@ -418,9 +419,7 @@ async fn malformed_json_is_a_400_with_a_clear_message() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_refused() {
-    let mut config = Config::default();
-    config.http_max_body_bytes = 16;
-    let running = start(&TestBroker::memory(), config).await;
+    let running = start(&TestBroker::memory(), |c| c.http_max_body_bytes = 16).await;
     let reply = send(
         &running,
         "POST",
@@ -440,9 +439,10 @@ async fn a_body_over_the_limit_is_refused() {
 
 #[tokio::test]
 async fn a_request_over_the_time_limit_is_answered_408_and_the_server_goes_on() {
-    let mut config = Config::default();
-    config.http_request_timeout = Duration::from_millis(50);
-    let running = start(&TestBroker::memory(), config).await;
+    let running = start(&TestBroker::memory(), |c| {
+        c.http_request_timeout = Duration::from_millis(50)
+    })
+    .await;
     let reply = get(&running, "/slow").await;
     assert_eq!(reply.status, 408);
     assert_eq!(reply.body, "The request took too long\n");
@@ -452,7 +452,7 @@ async fn a_request_over_the_time_limit_is_answered_408_and_the_server_goes_on() 
 
 #[tokio::test]
 async fn http_workers_count_against_max_workers() {
-    let running = start(&TestBroker::memory(), Config::default().with_max_workers(1)).await;
+    let running = start(&TestBroker::memory(), |c| c.max_workers = 1).await;
     let (a, b, c) = tokio::join!(
         get(&running, "/slow"),
         get(&running, "/slow"),
@@ -465,7 +465,7 @@ async fn http_workers_count_against_max_workers() {
 
 #[tokio::test]
 async fn a_graceful_stop_lets_a_running_request_finish() {
-    let running = start(&TestBroker::memory(), Config::default()).await;
+    let running = start(&TestBroker::memory(), |_| {}).await;
     let address = running.http_address().unwrap();
     let before = *slow_started().lock().unwrap();
     let request = tokio::spawn(async move {
@@ -514,7 +514,7 @@ async fn two_services_claiming_one_route_is_a_start_error() {
 #[tokio::test]
 async fn the_router_answers_without_a_socket() {
     use tower::ServiceExt;
-    let running = start(&TestBroker::memory(), Config::default()).await;
+    let running = start(&TestBroker::memory(), |_| {}).await;
     let router = running.http_router().expect("a router");
     let request = axum::http::Request::get("/multiply/2/3?third=7")
         .body(axum::body::Body::empty())

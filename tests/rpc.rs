@@ -12,8 +12,9 @@ use common::TestBroker;
 use common::fuzz::Fuzz;
 use futures_util::StreamExt;
 use nameko::prelude::*;
+use nameko::testing::{TestCluster, TestServices};
 use nameko::transport::{OutgoingMessage, Properties, SharedTransport};
-use nameko::{Dependency, DependencyContext, RunningServices};
+use nameko::{Dependency, DependencyContext};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -215,13 +216,18 @@ impl Relay {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-async fn start(broker: &TestBroker, config: Config) -> (RunningServices, ClusterRpcClient) {
-    let running = ServiceRunner::new(config.with_broker(&broker.uri))
+async fn start(
+    broker: &TestBroker,
+    configure: impl FnOnce(&mut Config) + Send + 'static,
+) -> (TestCluster, ClusterRpcClient) {
+    let running = TestServices::on_uri(&broker.uri)
         .with_service::<Calculator>()
         .with_service::<Relay>()
+        .with_config(configure)
         .start()
         .await
         .expect("services start");
+    // On a connection of its own: some tests kill the services' connection.
     let client = ClusterRpcClient::standalone(broker.connect().await, running.config())
         .await
         .unwrap();
@@ -275,7 +281,7 @@ fn error_type(reply: &Value) -> &str {
 
 on_both_transports! {
     async fn calls_bind_positional_keyword_and_optional_arguments(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let calc = client.service("calculator");
         assert_eq!(calc.call::<_, i64>("add", (1, 2)).await.unwrap(), 3);
         assert_eq!(calc.call_with::<_, _, i64>("add", [1], json!({"b": 41})).await.unwrap(), 42);
@@ -297,7 +303,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn a_service_calls_another_through_its_typed_client(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         assert_eq!(RelayClient::new(&client).add_via(20, 22).await.unwrap(), 42);
         running.stop().await.unwrap();
     }
@@ -305,7 +311,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn context_data_and_call_ids_flow_through_nested_calls(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let client = client.with_context_data(BTreeMap::from([("auth_token".to_owned(), json!("tok"))]));
         let seen = RelayClient::new(&client).context_via().await.unwrap();
         assert_eq!(seen["auth_token"], "tok");
@@ -321,7 +327,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn an_unknown_method_replies_method_not_found(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let error = client.service("calculator").call::<_, Value>("subtract", (1, 2)).await.unwrap_err();
         assert!(matches!(&error, RpcError::MethodNotFound(m) if m == "subtract"), "{error:?}");
         assert_eq!(client.service("calculator").call::<_, i64>("add", (1, 1)).await.unwrap(), 2);
@@ -331,7 +337,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn wrong_arguments_reply_incorrect_signature(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let calc = client.service("calculator");
         let cases = [
             (json!([1, 2, 3]), json!({}), "add() takes 3 positional arguments but 4 were given"),
@@ -355,7 +361,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn malformed_requests_get_malformed_request_replies(broker: &TestBroker) {
-        let (running, _client) = start(broker, Config::default()).await;
+        let (running, _client) = start(broker, |_| {}).await;
         let t = broker.connect().await;
         let missing_kwargs = raw_request(&t, "calculator.add", br#"{"args": [1, 2]}"#, with_reply_to()).await.unwrap();
         assert_eq!(missing_kwargs["error"]["exc_path"], "nameko.exceptions.MalformedRequest");
@@ -377,7 +383,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn huge_requests_get_clear_errors_and_the_service_keeps_serving(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let t = broker.connect().await;
         // 16 MiB that is not JSON, and 16 MiB of valid JSON where a number belongs.
         let mut garbage = vec![b'{'; 1];
@@ -396,7 +402,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn a_request_without_reply_to_is_rejected_and_the_service_keeps_serving(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let t = broker.connect().await;
         let no_reply_to = Properties::nameko_json();
         let reply = raw_request(&t, "calculator.add", br#"{"args": [1, 2], "kwargs": {}}"#, no_reply_to).await;
@@ -408,7 +414,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn user_errors_become_remote_errors(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let calc = CalculatorClient::new(&client);
         assert_eq!(calc.divide(1.0, 4.0).await.unwrap(), 0.25);
         let error = calc.divide(1.0, 0.0).await.unwrap_err();
@@ -434,7 +440,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn a_panicking_method_replies_an_error_and_the_service_keeps_serving(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let calc = CalculatorClient::new(&client);
         for _ in 0..3 {
             let error = calc.explode().await.unwrap_err();
@@ -449,7 +455,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn an_unserializable_result_replies_unserializable_value_error(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let error = CalculatorClient::new(&client).unserializable().await.unwrap_err();
         let remote = error.remote().expect("a remote error");
         assert_eq!(remote.exc_type, "UnserializableValueError");
@@ -461,7 +467,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn calling_an_unknown_service_fails_with_unknown_service(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let error = client.service("nowhere").call::<_, Value>("anything", ()).await.unwrap_err();
         assert!(matches!(&error, RpcError::UnknownService(s) if s == "nowhere"), "{error:?}");
         assert_eq!(error.to_string(), "Unknown service `nowhere`");
@@ -474,7 +480,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn a_call_without_reply_times_out(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let impatient = CalculatorClient::new(&client).with_timeout(Duration::from_millis(200));
         let token = uuid::Uuid::new_v4().to_string();
         let error = impatient.slow(token, 3_000).await.unwrap_err();
@@ -485,7 +491,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn many_calls_in_flight_from_one_client(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let calc = CalculatorClient::new(&client);
         let calls = (0..50).map(|i| {
             let calc = calc.clone();
@@ -501,7 +507,10 @@ on_both_transports! {
 
 on_both_transports! {
     async fn max_workers_bounds_concurrent_workers(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default().with_max_workers(2).with_prefetch_count(10)).await;
+        let (running, client) = start(broker, |c| {
+            c.max_workers = 2;
+            c.prefetch_count = 10;
+        }).await;
         let calc = CalculatorClient::new(&client);
         let calls = (0..6).map(|i| calc.slow(format!("gauge-{i}-{}", uuid::Uuid::new_v4()), 100));
         for result in futures_util::future::join_all(calls).await {
@@ -517,7 +526,7 @@ on_both_transports! {
     async fn synchronous_methods_run_on_the_blocking_pool(broker: &TestBroker) {
         // Two synchronous calls that each wait for the other: on a runtime worker thread (this
         // test's runtime has one) they could not both be running.
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let calc = CalculatorClient::new(&client);
         let token = uuid::Uuid::new_v4().to_string();
         let (a, b) = tokio::join!(calc.meet(token.clone()), calc.meet(token));
@@ -528,7 +537,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn a_graceful_stop_lets_running_workers_reply(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let calc = CalculatorClient::new(&client);
         let token = uuid::Uuid::new_v4().to_string();
         let call = tokio::spawn({
@@ -543,7 +552,7 @@ on_both_transports! {
 
 on_both_transports! {
     async fn a_killed_worker_leaves_its_request_to_another_instance(broker: &TestBroker) {
-        let (first, client) = start(broker, Config::default()).await;
+        let (first, client) = start(broker, |_| {}).await;
         let calc = CalculatorClient::new(&client).with_timeout(Duration::from_secs(20));
         let token = uuid::Uuid::new_v4().to_string();
         let call = tokio::spawn({
@@ -552,7 +561,7 @@ on_both_transports! {
         });
         wait_started(&token).await;
         first.kill().await;
-        let (second, _) = start(broker, Config::default()).await;
+        let (second, _) = start(broker, |_| {}).await;
         assert_eq!(call.await.unwrap().unwrap(), token, "the request was redelivered and answered");
         second.stop().await.unwrap();
     }
@@ -592,7 +601,7 @@ async fn services_register_themselves_and_unknown_names_are_refused() {
 
 on_both_transports! {
     async fn fuzzed_requests_never_stop_a_service_and_good_calls_go_on(broker: &TestBroker) {
-        let (running, client) = start(broker, Config::default()).await;
+        let (running, client) = start(broker, |_| {}).await;
         let calc = client.service("calculator");
         let t = broker.connect().await;
         let (reply_key, mut replies) = common::reply_queue(&t).await;
@@ -672,7 +681,7 @@ async fn a_call_in_flight_when_the_connection_drops_is_answered_after_the_reconn
     let Some(broker) = TestBroker::amqp() else {
         return;
     };
-    let (first, _) = start(&broker, Config::default()).await;
+    let (first, _) = start(&broker, |_| {}).await;
     // A client that owns its connection reconnects to the same reply queue.
     let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
     let (calc, token, call) = slow_call_in_flight(&client, 1_500).await;
@@ -683,7 +692,7 @@ async fn a_call_in_flight_when_the_connection_drops_is_answered_after_the_reconn
         first.wait().await,
         Err(nameko::Error::ConnectionLost(_))
     ));
-    let (second, _) = start(&broker, Config::default()).await;
+    let (second, _) = start(&broker, |_| {}).await;
     let dropped = std::time::Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(30), call)
         .await
@@ -702,7 +711,7 @@ async fn a_call_on_a_borrowed_connection_that_drops_fails_clearly_instead_of_han
     let Some(broker) = TestBroker::amqp() else {
         return;
     };
-    let (running, _) = start(&broker, Config::default()).await;
+    let (running, _) = start(&broker, |_| {}).await;
     // This client publishes on a connection it was given, which it cannot renew.
     let client = ClusterRpcClient::standalone(broker.connect().await, running.config())
         .await

@@ -434,10 +434,11 @@ async fn once_runs_at_start_and_only_then() {
 
 #[tokio::test]
 async fn services_run_on_a_rabbitmq_virtual_host_of_their_own() {
-    let Some((amqp, api)) = common::rabbitmq() else {
+    if common::rabbitmq().is_none() {
         return;
-    };
-    let broker = TestBroker::rabbitmq(&amqp, &api).unwrap();
+    }
+    // NAMEKO_TEST_AMQP_URI is set: a virtual host of its own there.
+    let broker = TestBroker::from_env().unwrap();
     let vhost = broker.vhost().unwrap().to_owned();
     assert!(vhost.starts_with("nameko_test_"), "{vhost}");
     let uri = broker.uri().to_owned();

@@ -311,9 +311,24 @@ impl TestBroker {
 
     /// A new virtual host `nameko_test_<random>` on the RabbitMQ at `amqp_uri`
     /// (`amqp://guest:guest@localhost:5672`), made through its management API at
-    /// `management_uri` (`http://guest:guest@localhost:15672`); deleted when dropped.
+    /// `management_uri` (`http://guest:guest@localhost:15672`); deleted when dropped. The
+    /// users of both URIs get every permission on it.
+    ///
+    /// It speaks to the management API with blocking I/O (a few short requests, here and when
+    /// dropped): fine in a test, even an async one.
     pub fn rabbitmq(amqp_uri: &str, management_uri: &str) -> Result<TestBroker, Error> {
         let api = ManagementApi::parse(management_uri)?;
+        let amqp_user = amqp_uri
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| {
+                Error::Config(format!(
+                    "invalid AMQP URI `{}`: {e}",
+                    crate::transport::mask_password(amqp_uri)
+                ))
+            })?
+            .authority
+            .userinfo
+            .username;
         let suffix: String = uuid::Uuid::new_v4()
             .simple()
             .to_string()
@@ -322,16 +337,38 @@ impl TestBroker {
             .collect();
         let vhost = format!("nameko_test_{suffix}");
         api.request("PUT", &format!("/api/vhosts/{vhost}"), "")?;
-        api.request(
-            "PUT",
-            &format!("/api/permissions/{vhost}/{}", api.user),
-            r#"{"configure":".*","write":".*","read":".*"}"#,
-        )?;
-        let uri = format!("{}/{vhost}", amqp_uri.trim_end_matches('/'));
-        Ok(TestBroker {
-            uri,
-            vhost: Some((api, vhost)),
-        })
+        let broker = TestBroker {
+            uri: format!("{}/{vhost}", amqp_uri.trim_end_matches('/')),
+            vhost: Some((api.clone(), vhost.clone())),
+        };
+        let mut users = vec![api.user.as_str()];
+        if amqp_user != api.user {
+            users.push(&amqp_user);
+        }
+        for user in users {
+            // On failure, `broker` is dropped: the virtual host goes again.
+            api.request(
+                "PUT",
+                &format!("/api/permissions/{vhost}/{}", percent_encode(user)),
+                r#"{"configure":".*","write":".*","read":".*"}"#,
+            )?;
+        }
+        Ok(broker)
+    }
+
+    /// The broker the environment names, for tests that run on either: a virtual host of its
+    /// own on the RabbitMQ at `NAMEKO_TEST_AMQP_URI` (management API at
+    /// `NAMEKO_TEST_RABBIT_API`, by default `http://guest:guest@localhost:15672`), or an
+    /// embedded broker when `NAMEKO_TEST_AMQP_URI` is not set.
+    pub fn from_env() -> Result<TestBroker, Error> {
+        match std::env::var("NAMEKO_TEST_AMQP_URI") {
+            Ok(amqp) => {
+                let api = std::env::var("NAMEKO_TEST_RABBIT_API")
+                    .unwrap_or_else(|_| "http://guest:guest@localhost:15672".to_owned());
+                TestBroker::rabbitmq(&amqp, &api)
+            }
+            Err(_) => Ok(TestBroker::embedded()),
+        }
     }
 
     /// The broker's URI (`memory://…` or `amqp://…/<vhost>`).
@@ -511,6 +548,19 @@ impl ManagementApi {
             Err(failed(response.lines().next().unwrap_or("").to_owned()))
         }
     }
+}
+
+/// Percent-encodes a path segment (a user name, say).
+fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn base64(input: &[u8]) -> String {
@@ -698,6 +748,11 @@ impl TestCluster {
     pub async fn kill(self) {
         self.services.kill().await
     }
+
+    /// Waits until the services stop or one fails: see [`RunningServices::wait`].
+    pub async fn wait(self) -> Result<(), Error> {
+        self.services.wait().await
+    }
 }
 
 /// Builds an instance of service `S` outside any container (Nameko's `worker_factory`): each
@@ -829,4 +884,38 @@ where
             }
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"guest:guest"), "Z3Vlc3Q6Z3Vlc3Q=");
+    }
+
+    #[test]
+    fn management_uris_give_host_user_and_credentials() {
+        let api = ManagementApi::parse("http://admin:s3cr@t@rabbit:15672/").unwrap();
+        assert_eq!(api.host, "rabbit:15672");
+        assert_eq!(api.user, "admin");
+        assert_eq!(api.auth, base64(b"admin:s3cr@t"));
+        let wrong = ManagementApi::parse("https://rabbit:15672").unwrap_err();
+        assert!(
+            wrong.to_string().contains("http://user:password@host:port"),
+            "{wrong}"
+        );
+        assert!(ManagementApi::parse("http://rabbit:15672").is_err());
+    }
+
+    #[test]
+    fn user_names_are_percent_encoded_in_paths() {
+        assert_eq!(percent_encode("guest"), "guest");
+        assert_eq!(percent_encode("a b/c@d"), "a%20b%2Fc%40d");
+    }
 }
