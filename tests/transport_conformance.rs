@@ -185,6 +185,7 @@ on_both_transports! {
         let mut second = t.consume(&queue, 10).await.unwrap();
         let again = next(&mut second).await;
         assert_eq!(again.body, b"work");
+        assert_eq!(again.routing_key, "k");
         assert!(again.redelivered);
         again.ack().await.unwrap();
         assert_nothing(&mut second).await;
@@ -197,9 +198,16 @@ on_both_transports! {
         let (exchange, queue) = topology(&t, &["k"]).await;
         let mut consumer = t.consume(&queue, 10).await.unwrap();
         t.publish(message(&exchange, "k", "once")).await.unwrap();
-        next(&mut consumer).await.reject(true).await.unwrap();
+        let first = next(&mut consumer).await;
+        let properties = first.properties.clone();
+        first.reject(true).await.unwrap();
+        // The same message again, whole.
         let again = next(&mut consumer).await;
         assert!(again.redelivered);
+        assert_eq!(again.body, b"once");
+        assert_eq!(again.routing_key, "k");
+        assert_eq!(again.exchange, exchange);
+        assert_eq!(again.properties, properties);
         again.reject(false).await.unwrap();
         assert_nothing(&mut consumer).await;
     }

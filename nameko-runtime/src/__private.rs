@@ -98,12 +98,12 @@ pub fn encode_argument<T: RpcArgument>(value: &T) -> Result<RawArgument, RpcErro
 }
 
 /// A typed client's call.
-pub async fn call<R: RpcResult>(
-    proxy: &ServiceProxy,
-    method: &str,
-    args: &[RawArgument],
-) -> Result<R, RpcError> {
-    proxy.call(method, args).await
+pub fn call<'a, R: RpcResult>(
+    proxy: &'a ServiceProxy,
+    method: &'a str,
+    args: &'a [RawArgument],
+) -> impl Future<Output = Result<R, RpcError>> + Send + use<'a, R> {
+    proxy.call(method, args)
 }
 
 /// Builds one field of a service struct.

@@ -153,8 +153,9 @@ impl WorkerContext {
 
     /// Runs `future` as part of the worker with this context (what the runtime does for every
     /// worker; useful for tasks a worker spawns that should keep its context).
-    pub async fn scope<F: Future>(self: Arc<Self>, future: F) -> F::Output {
-        CURRENT.scope(self, future).await
+    pub fn scope<F: Future>(self: Arc<Self>, future: F) -> impl Future<Output = F::Output> {
+        // Not an `async fn`: that would keep a second copy of `future` in its state.
+        CURRENT.scope(self, future)
     }
 
     /// Runs `f` synchronously as part of the worker with this context.

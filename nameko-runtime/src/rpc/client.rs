@@ -497,59 +497,67 @@ impl ClusterRpcClient {
     }
 
     /// Sends a request body to `service.method` and returns the raw reply body.
-    async fn request(
-        &self,
-        service: &str,
-        method: &str,
+    ///
+    /// (Not an `async fn`, and the message made just before it is published: a caller's future
+    /// holds this one, so it is kept small.)
+    #[allow(clippy::manual_async_fn, reason = "an `async fn` would copy its arguments")]
+    fn request<'a>(
+        &'a self,
+        service: &'a str,
+        method: &'a str,
         body: Vec<u8>,
-    ) -> Result<Vec<u8>, RpcError> {
-        let correlation_id = uuid::Uuid::new_v4().to_string();
-        let (tx, rx) = oneshot::channel();
-        let pending = &self.core.listener.pending;
-        let _guard = PendingGuard {
-            pending,
-            correlation_id: &correlation_id,
-        };
-        let message = OutgoingMessage {
-            exchange: self.core.exchange.clone(),
-            routing_key: protocol::rpc_routing_key(service, method),
-            mandatory: true,
-            properties: Properties {
-                correlation_id: Some(correlation_id.clone()),
-                reply_to: Some(self.core.listener.routing_key.clone()),
-                headers: self.headers(),
-                ..Properties::nameko_json()
-            },
-            body,
-        };
-        let call = async {
-            let transport = self.core.transport().await?;
-            lock(pending).insert(correlation_id.clone(), tx);
-            // The listener marks the client closed before it fails the pending calls: a call
-            // that got in after that would wait for nothing.
-            if let Some(reason) = self.core.closed() {
-                return Err(RpcError::Transport(TransportError::Connection(reason)));
-            }
-            transport.publish(message).await.map_err(|e| match e {
-                TransportError::Unroutable { .. } => RpcError::UnknownService(service.to_owned()),
-                other => RpcError::Transport(other),
-            })?;
-            rx.await.map_err(|_| {
-                RpcError::Transport(TransportError::Connection("reply listener stopped".into()))
-            })?
-        };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result,
-            // A call that could not even be sent says why, rather than only that time ran out.
-            Err(_) => match self.core.disconnected() {
-                Some(reason) if !lock(pending).contains_key(&correlation_id) => {
-                    Err(RpcError::Transport(TransportError::Connection(format!(
-                        "not connected to the broker within {:?}: {reason}",
-                        self.timeout
-                    ))))
+    ) -> impl Future<Output = Result<Vec<u8>, RpcError>> + Send + 'a {
+        async move {
+            let correlation_id = uuid::Uuid::new_v4().to_string();
+            let (tx, rx) = oneshot::channel();
+            let pending = &self.core.listener.pending;
+            let _guard = PendingGuard {
+                pending,
+                correlation_id: &correlation_id,
+            };
+            let call = async {
+                let transport = self.core.transport().await?;
+                lock(pending).insert(correlation_id.clone(), tx);
+                // The listener marks the client closed before it fails the pending calls: a call
+                // that got in after that would wait for nothing.
+                if let Some(reason) = self.core.closed() {
+                    return Err(RpcError::Transport(TransportError::Connection(reason)));
                 }
-                _ => Err(RpcError::Timeout(self.timeout)),
-            },
+                let message = OutgoingMessage {
+                    exchange: self.core.exchange.clone(),
+                    routing_key: protocol::rpc_routing_key(service, method),
+                    mandatory: true,
+                    properties: Properties {
+                        correlation_id: Some(correlation_id.clone()),
+                        reply_to: Some(self.core.listener.routing_key.clone()),
+                        headers: self.headers(),
+                        ..Properties::nameko_json()
+                    },
+                    body,
+                };
+                transport.publish(message).await.map_err(|e| match e {
+                    TransportError::Unroutable { .. } => {
+                        RpcError::UnknownService(service.to_owned())
+                    }
+                    other => RpcError::Transport(other),
+                })?;
+                rx.await.map_err(|_| {
+                    RpcError::Transport(TransportError::Connection("reply listener stopped".into()))
+                })?
+            };
+            match tokio::time::timeout(self.timeout, call).await {
+                Ok(result) => result,
+                // A call that could not even be sent says why, rather than only that time ran out.
+                Err(_) => match self.core.disconnected() {
+                    Some(reason) if !lock(pending).contains_key(&correlation_id) => {
+                        Err(RpcError::Transport(TransportError::Connection(format!(
+                            "not connected to the broker within {:?}: {reason}",
+                            self.timeout
+                        ))))
+                    }
+                    _ => Err(RpcError::Timeout(self.timeout)),
+                },
+            }
         }
     }
 }
@@ -577,26 +585,38 @@ impl ServiceProxy {
 
     /// Calls `method` with positional arguments (anything that serialises to a JSON array: a
     /// tuple, an array, a `Vec`, `json!([...])`; `()` for none) and reads the result as an `R`.
-    pub async fn call<A, R>(&self, method: &str, args: A) -> Result<R, RpcError>
+    pub fn call<'a, A, R>(
+        &'a self,
+        method: &'a str,
+        args: A,
+    ) -> impl Future<Output = Result<R, RpcError>> + Send + use<'a, A, R>
     where
         A: Serialize,
         R: DeserializeOwned,
     {
-        self.call_with(method, args, ()).await
+        self.call_with(method, args, ())
     }
 
     /// Calls `method` with positional and keyword arguments (`kwargs` serialises to a JSON
     /// object: a map, a struct, `json!({...})`; `()` for none).
-    pub async fn call_with<A, K, R>(&self, method: &str, args: A, kwargs: K) -> Result<R, RpcError>
+    pub fn call_with<'a, A, K, R>(
+        &'a self,
+        method: &'a str,
+        args: A,
+        kwargs: K,
+    ) -> impl Future<Output = Result<R, RpcError>> + Send + use<'a, A, K, R>
     where
         A: Serialize,
         K: Serialize,
         R: DeserializeOwned,
     {
+        // Serialised now: the arguments are not part of the future.
         let body = protocol::encode_request(&args, &kwargs)
-            .map_err(|e| RpcError::Serialization(format!("arguments: {e}")))?;
-        let reply = self.client.request(&self.service, method, body).await?;
-        decode_reply(&reply)
+            .map_err(|e| RpcError::Serialization(format!("arguments: {e}")));
+        async move {
+            let reply = self.client.request(&self.service, method, body?).await?;
+            decode_reply(&reply)
+        }
     }
 }
 

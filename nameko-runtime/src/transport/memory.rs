@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, OutgoingMessage, Properties,
-    QueueSpec, SharedTransport, Transport, TransportError, topic_matches,
+    QueueSpec, ReturnedMessage, SharedTransport, Transport, TransportError, topic_matches,
 };
 
 /// An in-process broker. Clone it freely: clones share the same exchanges and queues.
@@ -60,6 +60,18 @@ struct Stored {
     body: Vec<u8>,
 }
 
+impl Stored {
+    fn new(message: OutgoingMessage) -> Self {
+        Stored {
+            exchange: message.exchange,
+            routing_key: message.routing_key,
+            redelivered: false,
+            properties: message.properties,
+            body: message.body,
+        }
+    }
+}
+
 struct Slot {
     id: u64,
     prefetch: u16,
@@ -98,59 +110,58 @@ impl MemoryBroker {
     }
 
     fn publish_now(&self, message: OutgoingMessage) -> Result<(), TransportError> {
-        let mut state = lock(&self.state);
-        let targets: Vec<String> = if message.exchange.is_empty() {
-            state
-                .queues
-                .contains_key(&message.routing_key)
-                .then(|| message.routing_key.clone())
-                .into_iter()
-                .collect()
-        } else {
-            let exchange = state.exchanges.get(&message.exchange).ok_or_else(|| {
-                TransportError::NotFound(format!("no exchange '{}'", message.exchange))
-            })?;
-            let mut targets: Vec<String> = exchange
-                .bindings
-                .iter()
-                .filter(|(key, _)| topic_matches(key, &message.routing_key))
-                .map(|(_, queue)| queue.clone())
-                .collect();
-            targets.sort();
-            targets.dedup();
-            targets
-        };
-        if targets.is_empty() {
-            return if message.mandatory {
+        let unroutable = |message: OutgoingMessage| {
+            if message.mandatory {
                 Err(TransportError::Unroutable {
                     exchange: message.exchange,
                     routing_key: message.routing_key,
                 })
             } else {
                 Ok(())
+            }
+        };
+        let mut state = lock(&self.state);
+        let State {
+            exchanges, queues, ..
+        } = &mut *state;
+        if message.exchange.is_empty() {
+            // The default exchange: the routing key names the queue.
+            let Some(queue) = queues.get_mut(&message.routing_key) else {
+                return unroutable(message);
             };
+            queue.ready.push_back(Stored::new(message));
+            queue.dispatch();
+            return Ok(());
         }
-        let stored = Stored {
-            exchange: message.exchange,
-            routing_key: message.routing_key,
-            redelivered: false,
-            properties: message.properties,
-            body: message.body,
+        let exchange = exchanges.get(&message.exchange).ok_or_else(|| {
+            TransportError::NotFound(format!("no exchange '{}'", message.exchange))
+        })?;
+        // The queues bound for the key, borrowed from the bindings (this runs at every
+        // publish); several get their copies in name order.
+        let mut targets: Vec<&str> = Vec::new();
+        for (key, queue) in &exchange.bindings {
+            if topic_matches(key, &message.routing_key) && !targets.contains(&queue.as_str()) {
+                targets.push(queue);
+            }
+        }
+        targets.sort_unstable();
+        let Some(last) = targets.len().checked_sub(1) else {
+            return unroutable(message);
         };
         // One copy per queue, the last one the message itself.
-        let last = targets.len().saturating_sub(1);
-        let mut stored = Some(stored);
+        let mut message = Some(message);
         for (i, name) in targets.iter().enumerate() {
-            if let Some(queue) = state.queues.get_mut(name) {
-                let copy = if i == last {
-                    stored.take()
-                } else {
-                    stored.clone()
-                };
-                if let Some(copy) = copy {
-                    queue.ready.push_back(copy);
-                    queue.dispatch();
-                }
+            let (Some(queue), Some(original)) = (queues.get_mut(*name), message.as_ref()) else {
+                continue;
+            };
+            let stored = if i == last {
+                message.take().map(Stored::new)
+            } else {
+                Some(Stored::new(original.clone()))
+            };
+            if let Some(stored) = stored {
+                queue.ready.push_back(stored);
+                queue.dispatch();
             }
         }
         Ok(())
@@ -238,39 +249,62 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Settles one delivery. It keeps no copy of the message: the delivery hands it back
+/// ([`Acker::take_back`]) when it is to be requeued.
 struct MemoryAcker {
     state: Weak<Mutex<State>>,
     queue: Arc<str>,
     consumer: u64,
-    message: Option<Stored>,
+    settled: bool,
+    returned: Option<Stored>,
+}
+
+/// The future of a settlement, which the embedded broker does at once: zero-sized, so boxing
+/// it allocates nothing.
+struct Settled;
+
+impl std::future::Future for Settled {
+    type Output = Result<(), TransportError>;
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl MemoryAcker {
+    fn settle(&mut self, requeue: bool) {
+        if !std::mem::replace(&mut self.settled, true) {
+            let message = if requeue { self.returned.take() } else { None };
+            MemoryBroker::settle(&self.state, &self.queue, self.consumer, message);
+        }
+    }
 }
 
 impl Acker for MemoryAcker {
     fn ack(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
-        if self.message.take().is_some() {
-            MemoryBroker::settle(&self.state, &self.queue, self.consumer, None);
-        }
-        async { Ok(()) }.boxed()
+        self.settle(false);
+        Settled.boxed()
     }
 
     fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>> {
-        if let Some(message) = self.message.take() {
-            MemoryBroker::settle(
-                &self.state,
-                &self.queue,
-                self.consumer,
-                requeue.then_some(message),
-            );
-        }
-        async { Ok(()) }.boxed()
+        self.settle(requeue);
+        Settled.boxed()
+    }
+
+    fn take_back(&mut self, message: ReturnedMessage) {
+        self.returned = Some(Stored {
+            exchange: message.exchange,
+            routing_key: message.routing_key,
+            redelivered: true,
+            properties: message.properties,
+            body: message.body,
+        });
     }
 }
 
 impl Drop for MemoryAcker {
     fn drop(&mut self) {
-        if let Some(message) = self.message.take() {
-            MemoryBroker::settle(&self.state, &self.queue, self.consumer, Some(message));
-        }
+        // Dropped unsettled (its delivery handed the message back first): requeued.
+        self.settle(true);
     }
 }
 
@@ -311,7 +345,8 @@ impl ConsumerSource for MemoryConsumer {
                     state: self.state.clone(),
                     queue: self.queue.clone(),
                     consumer: self.id,
-                    message: Some(m.clone()),
+                    settled: false,
+                    returned: None,
                 };
                 Ok(Delivery::new(
                     m.exchange,

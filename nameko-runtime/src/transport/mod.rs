@@ -143,7 +143,8 @@ pub struct OutgoingMessage {
 }
 
 /// A message received by a consumer. Settle it with [`ack`](Delivery::ack) or
-/// [`reject`](Delivery::reject); one dropped unsettled goes back to its queue.
+/// [`reject`](Delivery::reject); one dropped unsettled goes back to its queue (on the embedded
+/// broker, as it is then: its fields are the message).
 pub struct Delivery {
     /// The exchange it was published to.
     pub exchange: String,
@@ -155,7 +156,21 @@ pub struct Delivery {
     pub properties: Properties,
     /// The body.
     pub body: Vec<u8>,
-    acker: Box<dyn Acker>,
+    /// `None` once settled.
+    acker: Option<Box<dyn Acker>>,
+}
+
+/// The message of a delivery going back to its queue, handed to its [`Acker`].
+#[derive(Debug, Clone)]
+pub struct ReturnedMessage {
+    /// The exchange it was published to.
+    pub exchange: String,
+    /// Its routing key.
+    pub routing_key: String,
+    /// Properties and headers.
+    pub properties: Properties,
+    /// The body.
+    pub body: Vec<u8>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -176,6 +191,13 @@ pub trait Acker: Send + Sync {
     fn ack(&mut self) -> BoxFuture<'_, Result<(), TransportError>>;
     /// Rejects the delivery, putting it back on its queue if `requeue`.
     fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>>;
+    /// Takes the delivery's message back just before it goes back to its queue: before
+    /// `reject(true)`, and when the delivery is dropped unsettled (the acker is dropped right
+    /// after). For a transport that keeps no copy of what it delivered, such as the embedded
+    /// broker; by default the message is not needed (RabbitMQ keeps its own).
+    fn take_back(&mut self, message: ReturnedMessage) {
+        let _ = message;
+    }
 }
 
 impl Delivery {
@@ -194,19 +216,57 @@ impl Delivery {
             redelivered,
             properties,
             body,
-            acker,
+            acker: Some(acker),
         }
     }
 
     /// Acknowledges the delivery: the broker forgets it.
-    pub async fn ack(mut self) -> Result<(), TransportError> {
-        self.acker.ack().await
+    ///
+    /// The future keeps only the acknowledgement's own state, not the message.
+    pub fn ack(mut self) -> impl Future<Output = Result<(), TransportError>> + Send + 'static {
+        let acker = self.acker.take();
+        async move {
+            match acker {
+                Some(mut acker) => acker.ack().await,
+                None => Ok(()),
+            }
+        }
     }
 
     /// Rejects the delivery; with `requeue` it goes back to its queue, otherwise it is dropped
     /// (or dead-lettered, where the queue has a dead-letter exchange).
-    pub async fn reject(mut self, requeue: bool) -> Result<(), TransportError> {
-        self.acker.reject(requeue).await
+    pub fn reject(
+        mut self,
+        requeue: bool,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send + 'static {
+        let mut acker = self.acker.take();
+        if requeue && let Some(acker) = &mut acker {
+            acker.take_back(self.take_message());
+        }
+        async move {
+            match acker {
+                Some(mut acker) => acker.reject(requeue).await,
+                None => Ok(()),
+            }
+        }
+    }
+
+    fn take_message(&mut self) -> ReturnedMessage {
+        ReturnedMessage {
+            exchange: std::mem::take(&mut self.exchange),
+            routing_key: std::mem::take(&mut self.routing_key),
+            properties: std::mem::take(&mut self.properties),
+            body: std::mem::take(&mut self.body),
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(mut acker) = self.acker.take() {
+            // Unsettled: the message goes back to its queue.
+            acker.take_back(self.take_message());
+        }
     }
 }
 
@@ -388,17 +448,28 @@ pub fn mask_password(uri: &str) -> String {
 
 /// Whether `routing_key` matches the topic `binding_key` (`*` is one word, `#` zero or more).
 pub fn topic_matches(binding_key: &str, routing_key: &str) -> bool {
-    fn matches(pattern: &[&str], words: &[&str]) -> bool {
-        match pattern.split_first() {
-            None => words.is_empty(),
-            Some((&"#", rest)) => (0..=words.len()).any(|skip| matches(rest, &words[skip..])),
-            Some((&"*", rest)) => !words.is_empty() && matches(rest, &words[1..]),
-            Some((word, rest)) => words.first() == Some(word) && matches(rest, &words[1..]),
+    // Without allocating: this runs for every binding of an exchange at every publish on the
+    // embedded broker.
+    type Words<'a> = std::str::Split<'a, char>;
+    fn matches(mut pattern: Words<'_>, mut words: Words<'_>) -> bool {
+        match pattern.next() {
+            None => words.next().is_none(),
+            Some("#") => loop {
+                if matches(pattern.clone(), words.clone()) {
+                    return true;
+                }
+                if words.next().is_none() {
+                    return false;
+                }
+            },
+            Some("*") => words.next().is_some() && matches(pattern, words),
+            Some(word) => words.next() == Some(word) && matches(pattern, words),
         }
     }
-    let pattern: Vec<&str> = binding_key.split('.').collect();
-    let words: Vec<&str> = routing_key.split('.').collect();
-    matches(&pattern, &words)
+    if !binding_key.contains(['*', '#']) {
+        return binding_key == routing_key;
+    }
+    matches(binding_key.split('.'), routing_key.split('.'))
 }
 
 #[cfg(test)]
@@ -416,6 +487,61 @@ mod tests {
         assert!(topic_matches("a.#.c", "a.b.b.c"));
         assert!(topic_matches("abc-123", "abc-123"));
         assert!(!topic_matches("abc-123", "abc-124"));
+        assert!(topic_matches("a.#", "a.b.c"));
+        assert!(!topic_matches("a.#", "b.a"));
+        assert!(topic_matches("#.c", "c"));
+        assert!(topic_matches("#.c", "a.b.c"));
+        assert!(!topic_matches("#.c", "a.c.d"));
+        assert!(topic_matches("*.#.*", "a.b"));
+        assert!(!topic_matches("*.#.*", "a"));
+        assert!(topic_matches("a.*.#.d", "a.b.c.c.d"));
+        assert!(topic_matches("a.*", "a."), "an empty word is a word");
+        assert!(topic_matches("a.*", "a.x"));
+        assert!(topic_matches("", ""));
+        assert!(!topic_matches("", "a"));
+    }
+
+    #[test]
+    fn topic_matching_agrees_with_a_plain_reference_on_every_small_case() {
+        fn reference(pattern: &[&str], words: &[&str]) -> bool {
+            match pattern.split_first() {
+                None => words.is_empty(),
+                Some((&"#", rest)) => (0..=words.len()).any(|n| reference(rest, &words[n..])),
+                Some((&"*", rest)) => !words.is_empty() && reference(rest, &words[1..]),
+                Some((word, rest)) => words.first() == Some(word) && reference(rest, &words[1..]),
+            }
+        }
+        // Every key of up to four words from this alphabet, as binding and as routing key.
+        let alphabet = ["a", "b", "*", "#", ""];
+        let mut keys = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..4 {
+            last = last
+                .iter()
+                .flat_map(|k| {
+                    alphabet.iter().map(move |w| {
+                        if k.is_empty() {
+                            (*w).to_owned()
+                        } else {
+                            format!("{k}.{w}")
+                        }
+                    })
+                })
+                .collect();
+            keys.extend(last.iter().cloned());
+        }
+        let routing: Vec<&String> = keys.iter().filter(|k| !k.contains(['*', '#'])).collect();
+        for binding in &keys {
+            let pattern: Vec<&str> = binding.split('.').collect();
+            for key in &routing {
+                let words: Vec<&str> = key.split('.').collect();
+                assert_eq!(
+                    topic_matches(binding, key),
+                    reference(&pattern, &words),
+                    "binding {binding:?}, routing key {key:?}"
+                );
+            }
+        }
     }
 
     #[test]
