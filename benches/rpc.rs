@@ -34,7 +34,7 @@ use nameko::testing::TestBroker;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 struct Args {
     /// The RabbitMQ to measure on.
     #[arg(
@@ -471,13 +471,14 @@ async fn embedded(args: &Args) -> anyhow::Result<Figures> {
         .start()
         .await?;
     let client = ClusterRpcClient::connect(&uri).await?;
-    let mut figures = measure(
-        &client.service("rpc_bench"),
-        args,
-        args.sequential * 10,
-        args.concurrent * 10,
-    )
-    .await?;
+    // The caller is a task of the runtime, as in a service or an HTTP handler calling another
+    // service in the same process (not the thread blocked in `block_on`).
+    let (proxy, measured) = (client.service("rpc_bench"), args.clone());
+    let mut figures = tokio::spawn(async move {
+        let (sequential, concurrent) = (measured.sequential * 10, measured.concurrent * 10);
+        measure(&proxy, &measured, sequential, concurrent).await
+    })
+    .await??;
     figures.allocations = allocations_per_call(&client.service("rpc_bench")).await?;
     eprintln!(
         "embedded: {:.0} sequential, {:.0} in flight",
@@ -485,6 +486,61 @@ async fn embedded(args: &Args) -> anyhow::Result<Figures> {
     );
     running.stop().await?;
     Ok(figures)
+}
+
+fn runtime_name(args: &Args) -> &'static str {
+    if args.current_thread {
+        "current-thread runtime"
+    } else {
+        "multi-threaded runtime"
+    }
+}
+
+/// The embedded-broker figures of this benchmark run again as a child process
+/// (`--embedded-only`), on the current-thread runtime or not, with `allocator` (`system` or
+/// `mimalloc`).
+async fn embedded_child(
+    args: &Args,
+    current_thread: bool,
+    allocator: &str,
+) -> anyhow::Result<Figures> {
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("--embedded-only")
+        .args(["--sequential", &args.sequential.to_string()])
+        .args(["--concurrent", &args.concurrent.to_string()])
+        .args(["--in-flight", &args.in_flight.to_string()])
+        .args(["--rounds", &args.rounds.to_string()])
+        .env("NAMEKO_BENCH_ALLOCATOR", allocator)
+        .stderr(Stdio::inherit());
+    if current_thread {
+        command.arg("--current-thread");
+    }
+    let output = command.output().await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the embedded-broker run ({allocator}) failed: {}",
+        output.status
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let figures = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("FIGURES "))
+        .ok_or_else(|| anyhow::anyhow!("no figures from the embedded-broker run:\n{stdout}"))?;
+    let numbers: Vec<f64> = figures
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [sequential, p50_ms, p99_ms, concurrent, allocations] = numbers[..] else {
+        anyhow::bail!("unexpected figures: {figures}");
+    };
+    Ok(Figures {
+        allocations,
+        sequential,
+        p50_ms,
+        p99_ms,
+        concurrent,
+    })
 }
 
 /// The child mode: one service process, as `nameko::main` would run it.
@@ -498,23 +554,41 @@ async fn serve(uri: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resident memory of a process, in MB.
-fn rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
+/// Resident memory of a process, in MB: all of it (`VmRSS`), and its own (`RssAnon`: heap and
+/// stacks, without the pages of its executable and libraries, which the page cache shares).
+#[derive(Clone, Copy)]
+struct Rss {
+    total: f64,
+    anonymous: f64,
 }
+
+fn rss_mb(pid: u32) -> Option<Rss> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    };
+    Some(Rss {
+        total: field("VmRSS:")?,
+        anonymous: field("RssAnon:")?,
+    })
+}
+
+const NO_RSS: Rss = Rss {
+    total: f64::NAN,
+    anonymous: f64::NAN,
+};
 
 /// Starts this binary as a service process on `uri`: time until it is ready, and its resident
 /// memory after a second of idling.
-async fn service_process(uri: &str) -> anyhow::Result<(Duration, f64)> {
+async fn service_process(uri: &str) -> anyhow::Result<(Duration, Rss)> {
     let start = Instant::now();
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args(["--serve", uri])
@@ -537,7 +611,7 @@ async fn service_process(uri: &str) -> anyhow::Result<(Duration, f64)> {
     }
     let ready = start.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss = child.id().and_then(rss_mb).unwrap_or(f64::NAN);
+    let rss = child.id().and_then(rss_mb).unwrap_or(NO_RSS);
     child.kill().await?;
     Ok((ready, rss))
 }
@@ -555,7 +629,8 @@ async fn python_service(
         &config,
         format!("AMQP_URI: '{}'\n", uri.replacen("amqp://", "pyamqp://", 1)),
     )?;
-    let nameko = std::path::Path::new(python).with_file_name("nameko");
+    // Absolute: the process runs in the interop folder.
+    let nameko = std::path::absolute(python)?.with_file_name("nameko");
     let start = Instant::now();
     let child = tokio::process::Command::new(nameko)
         .args(["run", "py_services:PythonService", "--config"])
@@ -638,11 +713,22 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     if args.embedded_only {
         let embedded = embedded(args).await?;
         println!(
-            "| embedded broker | {:.0} sequential calls/s (p50 {:.3} ms) | {:.0} calls/s with {} in flight | {:.1} allocations per call |",
+            "| embedded broker ({}, {}) | {:.0} sequential calls/s (p50 {:.3} ms) | {:.0} calls/s with {} in flight | {:.1} allocations per call |",
+            runtime_name(args),
+            counting_alloc::name(),
             embedded.sequential,
             embedded.p50_ms,
             embedded.concurrent,
             args.in_flight,
+            embedded.allocations
+        );
+        // For a parent run (`embedded_child`).
+        println!(
+            "FIGURES {} {} {} {} {}",
+            embedded.sequential,
+            embedded.p50_ms,
+            embedded.p99_ms,
+            embedded.concurrent,
             embedded.allocations
         );
         return Ok(());
@@ -705,7 +791,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let mut python = None;
     if let Some(py) = &args.python {
         let (mut child, ready) = python_service(py, &uri, &client).await?;
-        let rss = child.id().and_then(rss_mb).unwrap_or(f64::NAN);
+        let rss = child.id().and_then(rss_mb).unwrap_or(NO_RSS);
         // Python is slower: fewer calls keep the run short.
         let figures = measure(
             &client.service("python_service"),
@@ -722,7 +808,12 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         python = Some((figures, ready, rss));
     }
 
+    // The embedded broker three ways: tokio's multi-threaded runtime (here), the same with
+    // mimalloc, and the current-thread runtime (each in a process of its own: the allocator is
+    // chosen when a process starts).
     let embedded = embedded(args).await?;
+    let embedded_mimalloc = embedded_child(args, false, "mimalloc").await?;
+    let embedded_current_thread = embedded_child(args, true, "system").await?;
 
     // A service process: start to ready, idle memory.
     let (ready, rss) = service_process(&uri).await?;
@@ -744,7 +835,21 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     if let Some((figures, _, _)) = &python {
         row("RabbitMQ", &ours, Some(("Python Nameko 2.14.1", figures)));
     }
-    row("embedded broker", &embedded, None);
+    row(
+        "embedded broker (multi-threaded runtime, glibc malloc)",
+        &embedded,
+        None,
+    );
+    row(
+        "embedded broker (multi-threaded runtime, mimalloc)",
+        &embedded_mimalloc,
+        None,
+    );
+    row(
+        "embedded broker (current-thread runtime, glibc malloc)",
+        &embedded_current_thread,
+        None,
+    );
     println!(
         "| embedded broker, allocations per call (client, broker and service) | {:.1} | — | — |",
         embedded.allocations
@@ -758,8 +863,16 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
                 ready.as_secs_f64() / py_ready.as_secs_f64()
             );
             println!(
-                "| service process, idle resident memory (MB) | {rss:.1} | Python Nameko: {py_rss:.1} | {:.2} |",
-                rss / py_rss
+                "| service process, idle resident memory (MB) | {:.1} | Python Nameko: {:.1} | {:.2} |",
+                rss.total,
+                py_rss.total,
+                rss.total / py_rss.total
+            );
+            println!(
+                "| service process, idle memory of its own (RssAnon, MB) | {:.1} | Python Nameko: {:.1} | {:.2} |",
+                rss.anonymous,
+                py_rss.anonymous,
+                rss.anonymous / py_rss.anonymous
             );
         }
         None => {
@@ -767,7 +880,14 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
                 "| service process, start to ready (ms) | {:.0} | — | — |",
                 ready.as_secs_f64() * 1e3
             );
-            println!("| service process, idle resident memory (MB) | {rss:.1} | — | — |");
+            println!(
+                "| service process, idle resident memory (MB) | {:.1} | — | — |",
+                rss.total
+            );
+            println!(
+                "| service process, idle memory of its own (RssAnon, MB) | {:.1} | — | — |",
+                rss.anonymous
+            );
         }
     }
     println!(

@@ -500,7 +500,10 @@ impl ClusterRpcClient {
     ///
     /// (Not an `async fn`, and the message made just before it is published: a caller's future
     /// holds this one, so it is kept small.)
-    #[allow(clippy::manual_async_fn, reason = "an `async fn` would copy its arguments")]
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would copy its arguments"
+    )]
     fn request<'a>(
         &'a self,
         service: &'a str,

@@ -932,7 +932,10 @@ impl<S: Service> Handler for RpcHandler<S> {
 impl<S: Service> RpcHandler<S> {
     // Not an `async fn`: that would keep the delivery twice in the future's state (once as
     // the argument, once as the local it is moved to).
-    #[allow(clippy::manual_async_fn, reason = "an `async fn` would copy the delivery")]
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would copy the delivery"
+    )]
     fn reply(self: Arc<Self>, delivery: Delivery) -> impl Future<Output = ()> + Send {
         async move {
             let Some(reply_to) = delivery.properties.reply_to.clone() else {
