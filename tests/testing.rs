@@ -354,7 +354,9 @@ async fn entrypoint_waiters_wait_for_the_matching_worker_or_time_out() {
     );
 
     // A waiter still waiting when the services stop says so.
-    let waiter = services.entrypoint_waiter("notifier", "on_order");
+    let waiter = services
+        .entrypoint_waiter("notifier", "on_order")
+        .with_timeout(Duration::from_secs(10));
     let waiting = tokio::spawn(waiter.wait());
     services.stop().await.unwrap();
     let stopped = waiting.await.unwrap().unwrap_err();

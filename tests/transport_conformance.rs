@@ -179,6 +179,7 @@ on_both_transports! {
         t.publish(message(&exchange, "k", "work")).await.unwrap();
         let d = next(&mut first).await;
         assert!(!d.redelivered);
+        let properties = d.properties.clone();
         drop(d);
         first.cancel().await;
         first.close().await;
@@ -186,6 +187,8 @@ on_both_transports! {
         let again = next(&mut second).await;
         assert_eq!(again.body, b"work");
         assert_eq!(again.routing_key, "k");
+        assert_eq!(again.exchange, exchange);
+        assert_eq!(again.properties, properties);
         assert!(again.redelivered);
         again.ack().await.unwrap();
         assert_nothing(&mut second).await;
@@ -239,6 +242,51 @@ on_both_transports! {
         t.publish(message(&exchange, "my_event", "\"hi\"")).await.unwrap();
         assert_eq!(next(&mut a).await.body, b"\"hi\"");
         assert_eq!(next(&mut b).await.body, b"\"hi\"");
+    }
+}
+
+on_both_transports! {
+    async fn a_queue_bound_twice_for_a_key_gets_one_copy(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, queue) = topology(&t, &["order.*", "*.placed", "order.placed"]).await;
+        let mut consumer = t.consume(&queue, 10).await.unwrap();
+        t.publish(message(&exchange, "order.placed", "one")).await.unwrap();
+        next(&mut consumer).await.ack().await.unwrap();
+        assert_nothing(&mut consumer).await;
+    }
+}
+
+on_both_transports! {
+    async fn an_empty_routing_key_has_no_words(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, any) = topology(&t, &["#"]).await;
+        let one_word = unique("q");
+        t.declare_queue(&QueueSpec::durable(&one_word)).await.unwrap();
+        t.bind_queue(&one_word, &exchange, "*").await.unwrap();
+        let mut any = t.consume(&any, 10).await.unwrap();
+        let mut one_word = t.consume(&one_word, 10).await.unwrap();
+        t.publish(message(&exchange, "", "empty")).await.unwrap();
+        assert_eq!(next(&mut any).await.body, b"empty");
+        assert_nothing(&mut one_word).await;
+    }
+}
+
+on_both_transports! {
+    async fn an_acknowledgement_dropped_before_it_ran_leaves_the_message_unsettled(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, queue) = topology(&t, &["k"]).await;
+        let mut first = t.consume(&queue, 10).await.unwrap();
+        t.publish(message(&exchange, "k", "kept")).await.unwrap();
+        // Never polled: nothing was settled.
+        drop(next(&mut first).await.ack());
+        first.cancel().await;
+        first.close().await;
+        let mut second = t.consume(&queue, 10).await.unwrap();
+        let again = next(&mut second).await;
+        assert_eq!(again.body, b"kept");
+        assert!(again.redelivered);
+        again.ack().await.unwrap();
+        assert_nothing(&mut second).await;
     }
 }
 

@@ -147,6 +147,7 @@ impl EntrypointHook {
 
 /// Why an [`EntrypointWaiter`] stopped waiting.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WaitError {
     /// No matching worker finished in time.
     #[error("Timeout on {service}.{entrypoint} after {after:?}")]
@@ -502,11 +503,14 @@ impl ManagementApi {
             .trim_end_matches('/')
             .rsplit_once('@')
             .ok_or_else(invalid)?;
-        let user = userinfo.split(':').next().unwrap_or("guest").to_owned();
+        // As in any URI, the user and password may be percent-encoded.
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        let user = crate::http::percent_decode(user).into_owned();
+        let password = crate::http::percent_decode(password);
         Ok(ManagementApi {
             host: host.to_owned(),
+            auth: base64(format!("{user}:{password}").as_bytes()),
             user,
-            auth: base64(userinfo.as_bytes()),
         })
     }
 
@@ -905,6 +909,9 @@ mod tests {
         assert_eq!(api.host, "rabbit:15672");
         assert_eq!(api.user, "admin");
         assert_eq!(api.auth, base64(b"admin:s3cr@t"));
+        let encoded = ManagementApi::parse("http://ops%40site:p%2Fw@rabbit:15672").unwrap();
+        assert_eq!(encoded.user, "ops@site");
+        assert_eq!(encoded.auth, base64(b"ops@site:p/w"));
         let wrong = ManagementApi::parse("https://rabbit:15672").unwrap_err();
         assert!(
             wrong.to_string().contains("http://user:password@host:port"),

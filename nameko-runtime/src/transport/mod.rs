@@ -143,8 +143,10 @@ pub struct OutgoingMessage {
 }
 
 /// A message received by a consumer. Settle it with [`ack`](Delivery::ack) or
-/// [`reject`](Delivery::reject); one dropped unsettled goes back to its queue (on the embedded
-/// broker, as it is then: its fields are the message).
+/// [`reject`](Delivery::reject); one dropped unsettled goes back to its queue.
+///
+/// On the embedded broker the fields are the only copy of the message: one requeued goes back
+/// as its fields are then, so leave them whole unless it is acknowledged.
 pub struct Delivery {
     /// The exchange it was published to.
     pub exchange: String,
@@ -191,10 +193,10 @@ pub trait Acker: Send + Sync {
     fn ack(&mut self) -> BoxFuture<'_, Result<(), TransportError>>;
     /// Rejects the delivery, putting it back on its queue if `requeue`.
     fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>>;
-    /// Takes the delivery's message back just before it goes back to its queue: before
-    /// `reject(true)`, and when the delivery is dropped unsettled (the acker is dropped right
-    /// after). For a transport that keeps no copy of what it delivered, such as the embedded
-    /// broker; by default the message is not needed (RabbitMQ keeps its own).
+    /// Takes the delivery's message back when the delivery is settled (before `ack` or
+    /// `reject` runs) or dropped unsettled: an acker dropped before it settled must requeue it.
+    /// For a transport that keeps no copy of what it delivered, such as the embedded broker; by
+    /// default the message is not needed (RabbitMQ keeps its own).
     fn take_back(&mut self, message: ReturnedMessage) {
         let _ = message;
     }
@@ -224,7 +226,12 @@ impl Delivery {
     ///
     /// The future keeps only the acknowledgement's own state, not the message.
     pub fn ack(mut self) -> impl Future<Output = Result<(), TransportError>> + Send + 'static {
-        let acker = self.acker.take();
+        let mut acker = self.acker.take();
+        if let Some(acker) = &mut acker {
+            // Kept by the acker (a move), so that a future dropped before it ran leaves the
+            // message unsettled, to be requeued, as RabbitMQ would.
+            acker.take_back(self.take_message());
+        }
         async move {
             match acker {
                 Some(mut acker) => acker.ack().await,
@@ -240,7 +247,7 @@ impl Delivery {
         requeue: bool,
     ) -> impl Future<Output = Result<(), TransportError>> + Send + 'static {
         let mut acker = self.acker.take();
-        if requeue && let Some(acker) = &mut acker {
+        if let Some(acker) = &mut acker {
             acker.take_back(self.take_message());
         }
         async move {
@@ -449,9 +456,17 @@ pub fn mask_password(uri: &str) -> String {
 /// Whether `routing_key` matches the topic `binding_key` (`*` is one word, `#` zero or more).
 pub fn topic_matches(binding_key: &str, routing_key: &str) -> bool {
     // Without allocating: this runs for every binding of an exchange at every publish on the
-    // embedded broker.
-    type Words<'a> = std::str::Split<'a, char>;
-    fn matches(mut pattern: Words<'_>, mut words: Words<'_>) -> bool {
+    // embedded broker. As RabbitMQ splits keys, an empty key has no words.
+    fn words(key: &str) -> impl Iterator<Item = &str> + Clone {
+        (!key.is_empty())
+            .then(|| key.split('.'))
+            .into_iter()
+            .flatten()
+    }
+    fn matches<'a>(
+        mut pattern: impl Iterator<Item = &'a str> + Clone,
+        mut words: impl Iterator<Item = &'a str> + Clone,
+    ) -> bool {
         match pattern.next() {
             None => words.next().is_none(),
             Some("#") => loop {
@@ -469,7 +484,7 @@ pub fn topic_matches(binding_key: &str, routing_key: &str) -> bool {
     if !binding_key.contains(['*', '#']) {
         return binding_key == routing_key;
     }
-    matches(binding_key.split('.'), routing_key.split('.'))
+    matches(words(binding_key), words(routing_key))
 }
 
 #[cfg(test)]
@@ -499,6 +514,9 @@ mod tests {
         assert!(topic_matches("a.*", "a.x"));
         assert!(topic_matches("", ""));
         assert!(!topic_matches("", "a"));
+        // An empty routing key has no words (RabbitMQ's split).
+        assert!(topic_matches("#", ""));
+        assert!(!topic_matches("*", ""));
     }
 
     #[test]
@@ -531,10 +549,19 @@ mod tests {
             keys.extend(last.iter().cloned());
         }
         let routing: Vec<&String> = keys.iter().filter(|k| !k.contains(['*', '#'])).collect();
+        let split = |key: &str| -> Vec<String> {
+            if key.is_empty() {
+                Vec::new()
+            } else {
+                key.split('.').map(str::to_owned).collect()
+            }
+        };
         for binding in &keys {
-            let pattern: Vec<&str> = binding.split('.').collect();
+            let pattern = split(binding);
+            let pattern: Vec<&str> = pattern.iter().map(String::as_str).collect();
             for key in &routing {
-                let words: Vec<&str> = key.split('.').collect();
+                let words = split(key);
+                let words: Vec<&str> = words.iter().map(String::as_str).collect();
                 assert_eq!(
                     topic_matches(binding, key),
                     reference(&pattern, &words),
