@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -190,27 +191,34 @@ impl Listening {
             };
             match delivery {
                 Some(Ok(mut delivery)) => {
-                    let correlation_id = delivery.properties.correlation_id.clone();
-                    let waiter = correlation_id
-                        .as_ref()
-                        .and_then(|id| lock(&self.pending).remove(id));
-                    let body = std::mem::take(&mut delivery.body);
+                    let correlation_id = delivery.properties.correlation_id.as_deref();
+                    let waiter = correlation_id.and_then(|id| lock(&self.pending).remove(id));
                     match waiter {
                         Some(waiter) => {
-                            let _ = waiter.send(Ok(body));
+                            let _ = waiter.send(Ok(std::mem::take(&mut delivery.body)));
                         }
                         None => tracing::debug!(
-                            correlation_id = correlation_id.as_deref().unwrap_or(""),
+                            correlation_id = correlation_id.unwrap_or(""),
                             "Unknown correlation id: dropping a late or foreign reply"
                         ),
                     }
-                    // The caller has its reply; the acknowledgement goes out on its own task,
-                    // so the next reply does not wait for this one's to be written.
-                    tokio::spawn(async move {
-                        if let Err(e) = delivery.ack().await {
+                    // The caller has its reply. The acknowledgement is done here when it can
+                    // be at once (the embedded broker), otherwise on a task of its own, so the
+                    // next reply does not wait for this one's to be written.
+                    let mut ack = Box::pin(delivery.ack());
+                    match futures_util::poll!(ack.as_mut()) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => {
                             tracing::warn!(error = %e, "could not acknowledge a reply");
                         }
-                    });
+                        Poll::Pending => {
+                            tokio::spawn(async move {
+                                if let Err(e) = ack.await {
+                                    tracing::warn!(error = %e, "could not acknowledge a reply");
+                                }
+                            });
+                        }
+                    }
                 }
                 Some(Err(e)) => return Some(format!("reply consumer failed: {e}")),
                 None => return Some("reply consumer was cancelled by the broker".to_owned()),
