@@ -960,9 +960,8 @@ impl<S: Service> RpcHandler<S> {
                 .routing_key
                 .strip_prefix(S::NAME)
                 .and_then(|rest| rest.strip_prefix('.'))
-                .unwrap_or(&delivery.routing_key)
-                .to_owned();
-            let reply = self.call(&method, &delivery).await;
+                .unwrap_or(&delivery.routing_key);
+            let reply = self.call(method, &delivery).await;
             let reply_body = match &reply {
                 Ok(result) => protocol::encode_reply_result(result),
                 Err(error) => protocol::encode_reply_error(error),

@@ -249,8 +249,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Settles one delivery. It keeps no copy of the message: the delivery hands it back
-/// ([`Acker::take_back`]) when it is to be requeued.
+/// Settles one delivery. The broker keeps no copy of a delivered message: the delivery hands
+/// it over ([`Acker::take_back`]) when it is settled or dropped, and it is kept only to be
+/// requeued (rejected with `requeue`, or dropped before it settled).
 struct MemoryAcker {
     state: Weak<Mutex<State>>,
     queue: Arc<str>,
