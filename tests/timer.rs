@@ -104,12 +104,11 @@ impl Hourly {
 
 async fn run_for<S: nameko::Service>(seconds: f64) -> Instant {
     let origin = Instant::now();
-    let running =
-        ServiceRunner::new(Config::default().with_broker(format!("memory://timer-{}", S::NAME)))
-            .with_service::<S>()
-            .start()
-            .await
-            .expect("starts");
+    let running = nameko::testing::TestServices::new()
+        .with_service::<S>()
+        .start()
+        .await
+        .expect("starts");
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     running.stop().await.expect("stops");
     origin
