@@ -42,6 +42,15 @@ pub struct Config {
     pub http_max_body_bytes: usize,
     /// How long the HTTP server lets a request run (408 beyond).
     pub http_request_timeout: Duration,
+    /// `PUBLISH_CONFIRM_TIMEOUT`: how long a publish waits for RabbitMQ's confirm before it
+    /// fails (a broker with a memory or disk alarm blocks publishers and confirms nothing).
+    pub publish_timeout: Duration,
+    /// `MAX_REDELIVERIES`: how many times a message (an RPC request, an event) may come back
+    /// unsettled (its worker's connection lost, its reply unpublishable, its
+    /// `requeue_on_error` handler failing) before it is given up: rejected without requeue
+    /// (dead-lettered where its queue has a dead-letter exchange), with an error reply to an
+    /// RPC caller.
+    pub max_redeliveries: u32,
     /// Every key of the configuration file the runtime does not use itself, for services to read
     /// ([`Config::get`]).
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -68,6 +77,8 @@ impl Default for Config {
             web_server_address: "0.0.0.0:8000".to_owned(),
             http_max_body_bytes: 1024 * 1024,
             http_request_timeout: Duration::from_secs(30),
+            publish_timeout: crate::transport::amqp::DEFAULT_PUBLISH_TIMEOUT,
+            max_redeliveries: 10,
             broadcast_identifier: None,
         }
     }
@@ -151,7 +162,16 @@ impl Config {
     pub(crate) async fn connect(
         &self,
     ) -> Result<crate::transport::SharedTransport, crate::transport::TransportError> {
-        crate::transport::connect_with(&self.connection_uri(), self.amqp_ssl.as_ref()).await
+        crate::transport::connect_with_options(&self.connection_uri(), &self.amqp_options()).await
+    }
+
+    /// The settings of a RabbitMQ connection besides its URI: `AMQP_SSL`,
+    /// `PUBLISH_CONFIRM_TIMEOUT`.
+    pub fn amqp_options(&self) -> crate::transport::amqp::AmqpOptions {
+        let mut options = crate::transport::amqp::AmqpOptions::default();
+        options.tls = self.amqp_ssl.clone();
+        options.publish_timeout = self.publish_timeout;
+        options
     }
 
     /// Whether the services run on the embedded broker.
@@ -382,6 +402,16 @@ impl Config {
                     "`RPC_TIMEOUT` must be a positive number of seconds, not `{v}`"
                 ))
             })?;
+        }
+        if let Some(v) = take::<f64>(&mut map, "PUBLISH_CONFIRM_TIMEOUT", "a number of seconds")? {
+            self.publish_timeout = Duration::try_from_secs_f64(v).map_err(|_| {
+                Error::Config(format!(
+                    "`PUBLISH_CONFIRM_TIMEOUT` must be a positive number of seconds, not `{v}`"
+                ))
+            })?;
+        }
+        if let Some(v) = take(&mut map, "MAX_REDELIVERIES", "a whole number")? {
+            self.max_redeliveries = v;
         }
         if let Some(v) = take(&mut map, "HEARTBEAT", "a whole number of seconds")? {
             self.heartbeat = Some(v);

@@ -187,7 +187,7 @@ pub struct StandaloneEventDispatcher {
 
 struct Reconnect {
     uri: String,
-    tls: Option<transport::TlsOptions>,
+    options: transport::amqp::AmqpOptions,
     /// One reconnection at a time.
     lock: tokio::sync::Mutex<()>,
 }
@@ -211,7 +211,7 @@ impl StandaloneEventDispatcher {
         let mut dispatcher = Self::new(config.connect().await?, config);
         dispatcher.reconnect = Some(Arc::new(Reconnect {
             uri: config.connection_uri(),
-            tls: config.amqp_ssl.clone(),
+            options: config.amqp_options(),
             lock: tokio::sync::Mutex::new(()),
         }));
         Ok(dispatcher)
@@ -263,7 +263,7 @@ impl StandaloneEventDispatcher {
         }
         // Bounded, so that a broker that accepts but never answers does not hold every later
         // dispatch behind this one.
-        let attempt = transport::connect_with(&reconnect.uri, reconnect.tls.as_ref());
+        let attempt = transport::connect_with_options(&reconnect.uri, &reconnect.options);
         let fresh = tokio::time::timeout(std::time::Duration::from_secs(10), attempt)
             .await
             .map_err(|_| TransportError::Connection("no connection within 10 s".into()))??;

@@ -19,6 +19,18 @@ pub const HEADER_PREFIX: &str = "nameko.";
 pub const CALL_ID_STACK_KEY: &str = "call_id_stack";
 /// Content type of every message Nameko's default serializer produces.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// Whether a message with this content type holds JSON, as Nameko (kombu) reads it: no content
+/// type, or `application/json` with or without parameters (`; charset=utf-8`), in any case.
+pub fn is_json(content_type: Option<&str>) -> bool {
+    match content_type {
+        None => true,
+        Some(content_type) => content_type
+            .split(';')
+            .next()
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON)),
+    }
+}
 /// Content encoding of every message Nameko's default serializer produces.
 pub const CONTENT_ENCODING_UTF8: &str = "utf-8";
 /// AMQP delivery mode of every Nameko publish (persistent).
@@ -360,6 +372,16 @@ pub fn headers_from_context<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_content_types_are_read_as_kombu_writes_them() {
+        assert!(is_json(None));
+        assert!(is_json(Some("application/json")));
+        assert!(is_json(Some("application/json; charset=utf-8")));
+        assert!(is_json(Some("Application/JSON;charset=UTF-8")));
+        assert!(!is_json(Some("application/x-python-serialize")));
+        assert!(!is_json(Some("application/jsonx")));
+    }
     use serde_json::json;
 
     #[test]

@@ -23,7 +23,7 @@ use crate::error::RpcError;
 use crate::protocol::{self, ReplyBody};
 use crate::transport::{
     self, Consumer, ExchangeSpec, OutgoingMessage, Properties, QueueSpec, SharedTransport,
-    TlsOptions, TransportError,
+    TransportError, amqp::AmqpOptions,
 };
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
@@ -94,7 +94,7 @@ impl ReplyListener {
         transport: SharedTransport,
         exchange: &str,
         owner: &str,
-        reconnect: Option<(String, Option<TlsOptions>)>,
+        reconnect: Option<(String, AmqpOptions)>,
     ) -> Result<ReplyListener, TransportError> {
         let routing_key = uuid::Uuid::new_v4().to_string();
         let queue = ReplyQueue {
@@ -132,7 +132,7 @@ struct Listening {
     link: watch::Sender<Link>,
     stop: CancellationToken,
     /// Where to connect again when the connection is lost, if the client owns it.
-    reconnect: Option<(String, Option<TlsOptions>)>,
+    reconnect: Option<(String, AmqpOptions)>,
 }
 
 impl Listening {
@@ -147,13 +147,13 @@ impl Listening {
                 tracing::debug!(%reason, "reply listener ended with its connection");
                 break reason;
             }
-            let Some((uri, tls)) = &self.reconnect else {
+            let Some((uri, options)) = &self.reconnect else {
                 tracing::error!(%reason, "RPC replies can no longer be received");
                 break reason;
             };
             tracing::warn!(%reason, "lost the broker connection; reconnecting");
             self.link.send_replace(Link::Down(reason));
-            match self.reconnect(uri, tls.as_ref()).await {
+            match self.reconnect(uri, options).await {
                 Some((new_transport, new_consumer)) => {
                     // Calls in flight keep waiting: their replies are in the queue, or will be.
                     transport.close().await;
@@ -231,7 +231,7 @@ impl Listening {
     async fn reconnect(
         &self,
         uri: &str,
-        tls: Option<&TlsOptions>,
+        options: &AmqpOptions,
     ) -> Option<(SharedTransport, Consumer)> {
         let mut delay = FIRST_RECONNECT_DELAY;
         loop {
@@ -240,7 +240,7 @@ impl Listening {
                 _ = tokio::time::sleep(delay) => {}
             }
             let attempt = async {
-                let transport = transport::connect_with(uri, tls).await?;
+                let transport = transport::connect_with_options(uri, options).await?;
                 match self.queue.consume(&transport).await {
                     Ok(consumer) => Ok((transport, consumer)),
                     Err(e) => {
@@ -398,7 +398,7 @@ impl ClusterRpcClient {
             config,
             protocol::STANDALONE_PROXY_NAME,
             true,
-            Some((config.connection_uri(), config.amqp_ssl.clone())),
+            Some((config.connection_uri(), config.amqp_options())),
         )
         .await
     }
@@ -436,7 +436,7 @@ impl ClusterRpcClient {
         config: &Config,
         owner: &str,
         standalone: bool,
-        reconnect: Option<(String, Option<TlsOptions>)>,
+        reconnect: Option<(String, AmqpOptions)>,
     ) -> Result<ClusterRpcClient, TransportError> {
         let listener =
             ReplyListener::start(transport, &config.rpc_exchange, owner, reconnect).await?;

@@ -27,7 +27,7 @@ use crate::context::{ContextData, WorkerContext};
 use crate::error::Error;
 use crate::events::{EventError, HandlerType};
 use crate::http::{Route, error_response};
-use crate::protocol::{self, CONTENT_TYPE_JSON, MalformedRequest, RemoteError, RequestBody};
+use crate::protocol::{self, MalformedRequest, RemoteError, RequestBody};
 use crate::transport::{Consumer, Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec};
 use arguments::LoggedArguments;
 use axum::http::StatusCode;
@@ -377,13 +377,29 @@ fn dependency_error(error: Error) -> RemoteError {
 /// Handles the deliveries of one consumer.
 trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, delivery: Delivery) -> BoxFuture<'static, ()>;
+    /// Settles a message delivered too many times without being settled for good (a poison
+    /// message): rejected without requeue, dead-lettered where its queue has a dead-letter
+    /// exchange.
+    fn give_up(self: Arc<Self>, delivery: Delivery, reason: String) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            tracing::error!(routing_key = %delivery.routing_key, %reason, "dropped a message");
+            if let Err(error) = delivery.reject(false).await {
+                tracing::warn!(%error, "could not reject a message");
+            }
+        })
+    }
 }
+
+/// Declares a listener's queue again (after the broker cancelled its consumer).
+type Redeclare = Arc<dyn Fn() -> BoxFuture<'static, Result<(), Error>> + Send + Sync>;
 
 /// A queue being consumed and what handles its deliveries.
 struct Listener {
     queue: String,
     consumer: Consumer,
     handler: Arc<dyn Handler>,
+    /// Declares the queue (and its bindings) again.
+    redeclare: Redeclare,
 }
 
 /// Starts the container of service `S`: builds and starts its dependencies, declares its
@@ -478,15 +494,29 @@ async fn listen<S: Service>(
         }
         let mut listeners = Vec::new();
         if !rpc.is_empty() {
-            let t = &shared.transport;
-            let exchange = &shared.config.rpc_exchange;
             let queue = protocol::rpc_queue_name(S::NAME);
-            t.declare_exchange(&ExchangeSpec::durable_topic(exchange))
+            let redeclare: Redeclare = Arc::new({
+                let shared = shared.clone();
+                move || {
+                    let shared = shared.clone();
+                    Box::pin(async move {
+                        let t = &shared.transport;
+                        let exchange = &shared.config.rpc_exchange;
+                        let queue = protocol::rpc_queue_name(S::NAME);
+                        t.declare_exchange(&ExchangeSpec::durable_topic(exchange))
+                            .await?;
+                        t.declare_queue(&QueueSpec::durable(&queue)).await?;
+                        t.bind_queue(&queue, exchange, &protocol::rpc_binding_key(S::NAME))
+                            .await?;
+                        Ok(())
+                    })
+                }
+            });
+            redeclare().await?;
+            let consumer = shared
+                .transport
+                .consume(&queue, shared.config.prefetch_count)
                 .await?;
-            t.declare_queue(&QueueSpec::durable(&queue)).await?;
-            t.bind_queue(&queue, exchange, &protocol::rpc_binding_key(S::NAME))
-                .await?;
-            let consumer = t.consume(&queue, shared.config.prefetch_count).await?;
             let handler = Arc::new(RpcHandler {
                 service: service.clone(),
                 entrypoints: rpc,
@@ -496,11 +526,24 @@ async fn listen<S: Service>(
                 queue,
                 consumer,
                 handler,
+                redeclare,
             });
         }
         let random_identifier = uuid::Uuid::new_v4().simple().to_string();
         for entrypoint in events {
             let queue = declare_event_queue::<S>(&shared, &entrypoint, &random_identifier).await?;
+            let redeclare: Redeclare = Arc::new({
+                let (shared, identifier) = (shared.clone(), random_identifier.clone());
+                let entrypoint = entrypoint.clone();
+                move || {
+                    let (shared, identifier) = (shared.clone(), identifier.clone());
+                    let entrypoint = entrypoint.clone();
+                    Box::pin(async move {
+                        declare_event_queue::<S>(&shared, &entrypoint, &identifier).await?;
+                        Ok(())
+                    })
+                }
+            });
             let consumer = shared
                 .transport
                 .consume(&queue, shared.config.prefetch_count)
@@ -514,6 +557,7 @@ async fn listen<S: Service>(
                 queue,
                 consumer,
                 handler,
+                redeclare,
             });
         }
         tracing::info!(
@@ -780,10 +824,12 @@ async fn run(
     let kill = shared.kill.clone();
     let timers: Vec<_> = timers.into_iter().map(tokio::spawn).collect();
     if listeners.is_empty() {
-        // Nothing to consume (HTTP or timers only): run until stopped.
+        // Nothing to consume (HTTP or timers only): run until stopped (the runner stops every
+        // service when the connection is lost).
         stop.cancelled().await;
     }
-    let loops: Vec<_> = listeners
+    // Every loop is watched at once: the first to fail stops the container at once.
+    let mut loops: futures_util::stream::FuturesUnordered<_> = listeners
         .into_iter()
         .map(|listener| {
             tokio::spawn(consume(
@@ -792,16 +838,17 @@ async fn run(
                 tracker.clone(),
                 stop.clone(),
                 kill.clone(),
+                shared.clone(),
             ))
         })
         .collect();
     let mut consumers = Vec::new();
     let mut failure = None;
-    for handle in loops {
-        match handle.await {
-            Ok((consumer, None)) => consumers.push(consumer),
-            Ok((consumer, Some(reason))) => {
-                consumers.push(consumer);
+    while let Some(ended) = loops.next().await {
+        match ended {
+            Ok((ended, None)) => consumers.extend(ended),
+            Ok((ended, Some(reason))) => {
+                consumers.extend(ended);
                 failure.get_or_insert(reason);
                 stop.cancel();
             }
@@ -861,21 +908,40 @@ async fn run(
     }
 }
 
-/// One consumer's loop: returns the consumer (cancelled, to be closed once the workers are done)
-/// and why it failed, if it did.
+/// The first wait before declaring a cancelled consumer's queue again; it doubles.
+const FIRST_RECONSUME_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest wait between two attempts.
+const MAX_RECONSUME_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Attempts to consume a cancelled consumer's queue again before the service fails (about 30 s).
+const RECONSUME_ATTEMPTS: u32 = 10;
+/// How long a stop waits for a cancelled consumer to hand back the messages it prefetched.
+const RETURN_PREFETCHED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One consumer's loop: returns its consumers (cancelled, to be closed once the workers are
+/// done: a consumer the broker cancelled was replaced by a new one) and why it failed, if it did.
+///
+/// A consumer the broker cancels (its queue deleted, a node lost, a `consumer_timeout`) is
+/// replaced: the queue is declared again and consumed again, with a doubling delay, and the
+/// service fails only when that does not work. At the stop, the consumer is cancelled and every
+/// message it received but did not start is returned to the queue at once, for the service's
+/// other instances, instead of waiting for this one's running workers.
 async fn consume(
     listener: Listener,
     workers: Arc<Semaphore>,
     tracker: TaskTracker,
     stop: CancellationToken,
     kill: CancellationToken,
-) -> (Consumer, Option<String>) {
+    shared: Shared,
+) -> (Vec<Consumer>, Option<String>) {
     let Listener {
         queue,
         mut consumer,
         handler,
+        redeclare,
     } = listener;
+    let mut retired = Vec::new();
     let mut failure = None;
+    let max_redeliveries = shared.config.max_redeliveries;
     loop {
         let next = tokio::select! {
             biased;
@@ -888,18 +954,53 @@ async fn consume(
                 failure = Some(format!("consumer of {queue} failed: {e}"));
                 break;
             }
-            None => {
-                failure = Some(format!("consumer of {queue} was cancelled by the broker"));
+            None if stop.is_cancelled() => break,
+            None if shared.transport.is_closed() || shared.transport.connection_lost() => {
+                failure = Some(format!("consumer of {queue} ended with the connection"));
                 break;
             }
+            None => {
+                tracing::warn!(
+                    %queue,
+                    "the broker cancelled the consumer (its queue deleted, a node lost, or a consumer timeout); declaring the queue and consuming it again"
+                );
+                match reconsume(&queue, &redeclare, &shared, &stop).await {
+                    Ok(Some(fresh)) => {
+                        tracing::info!(%queue, "consuming again");
+                        retired.push(std::mem::replace(&mut consumer, fresh));
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(reason) => {
+                        failure = Some(reason);
+                        break;
+                    }
+                }
+            }
         };
+        if delivery.redelivered {
+            let count = super::redelivery::redeliveries(&queue, &delivery);
+            if count > max_redeliveries {
+                let reason = format!(
+                    "delivered {} times without being settled (MAX_REDELIVERIES is {max_redeliveries})",
+                    count.saturating_add(1)
+                );
+                tracker.spawn(handler.clone().give_up(delivery, reason));
+                continue;
+            }
+        }
         let permit = tokio::select! {
             biased;
-            // Not acknowledged: the delivery goes back to the queue.
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => {
+                return_to_queue(delivery).await;
+                break;
+            }
             permit = workers.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => break,
+                Err(_) => {
+                    return_to_queue(delivery).await;
+                    break;
+                }
             },
         };
         let (handler, kill) = (handler.clone(), kill.clone());
@@ -914,7 +1015,77 @@ async fn consume(
         });
     }
     consumer.cancel().await;
-    (consumer, failure)
+    if failure.is_none() {
+        // What the consumer holds but no worker started goes back now, not after the drain.
+        let returned = async {
+            let mut returned = 0usize;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                return_to_queue(delivery).await;
+                returned += 1;
+            }
+            returned
+        };
+        match tokio::time::timeout(RETURN_PREFETCHED_TIMEOUT, returned).await {
+            Ok(0) => {}
+            Ok(returned) => {
+                tracing::info!(%queue, returned, "returned prefetched messages to the queue")
+            }
+            Err(_) => tracing::debug!(%queue, "the consumer did not end after its cancel"),
+        }
+    }
+    retired.push(consumer);
+    (retired, failure)
+}
+
+/// Puts a delivery no worker started back on its queue.
+async fn return_to_queue(delivery: Delivery) {
+    if let Err(error) = delivery.reject(true).await {
+        tracing::debug!(%error, "could not return a message to its queue");
+    }
+}
+
+/// Declares a cancelled consumer's queue again and consumes it: the new consumer, `None` if the
+/// service stopped meanwhile, or why it could not.
+async fn reconsume(
+    queue: &str,
+    redeclare: &Redeclare,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Result<Option<Consumer>, String> {
+    let mut delay = FIRST_RECONSUME_DELAY;
+    let mut last_error = String::new();
+    for _ in 0..RECONSUME_ATTEMPTS {
+        let attempt = async {
+            redeclare().await.map_err(|e| e.to_string())?;
+            shared
+                .transport
+                .consume(queue, shared.config.prefetch_count)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            outcome = attempt => outcome,
+        };
+        match outcome {
+            Ok(consumer) => return Ok(Some(consumer)),
+            Err(error) => {
+                if shared.transport.connection_lost() {
+                    return Err(format!("consumer of {queue} ended with the connection"));
+                }
+                tracing::warn!(%queue, %error, "could not consume the queue again; trying again in {delay:?}");
+                last_error = error;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_RECONSUME_DELAY);
+    }
+    Err(format!(
+        "the broker cancelled the consumer of {queue}, and it could not be consumed again: {last_error}"
+    ))
 }
 
 struct RpcHandler<S> {
@@ -927,7 +1098,39 @@ impl<S: Service> Handler for RpcHandler<S> {
     fn handle(self: Arc<Self>, delivery: Delivery) -> BoxFuture<'static, ()> {
         Box::pin(self.reply(delivery))
     }
+
+    fn give_up(self: Arc<Self>, delivery: Delivery, reason: String) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            tracing::error!(
+                service = S::NAME,
+                routing_key = %delivery.routing_key,
+                %reason,
+                "gave up an RPC request: its method does not run again"
+            );
+            if let Some(reply_to) = delivery.properties.reply_to.clone() {
+                let error = RemoteError::new(
+                    "RedeliveryLimitExceeded",
+                    format!("the request to {} was {reason}", delivery.routing_key),
+                )
+                .with_path("nameko_rs.RedeliveryLimitExceeded");
+                let reply = Err(error);
+                let correlation_id = delivery.properties.correlation_id.as_deref();
+                if let Err(error) = self.publish_reply(&reply_to, correlation_id, &reply).await {
+                    tracing::warn!(service = S::NAME, %error, "could not tell the caller");
+                }
+            }
+            if let Err(error) = delivery.reject(false).await {
+                tracing::warn!(service = S::NAME, %error, "could not reject a request");
+            }
+        })
+    }
 }
+
+/// How many times a reply is published before the request is given up (the method never runs
+/// twice for one delivery).
+const REPLY_PUBLISH_ATTEMPTS: u32 = 3;
+/// The wait before publishing a reply again; it doubles.
+const FIRST_REPLY_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl<S: Service> RpcHandler<S> {
     // Not an `async fn`: that would keep the delivery twice in the future's state (once as
@@ -962,33 +1165,91 @@ impl<S: Service> RpcHandler<S> {
                 .and_then(|rest| rest.strip_prefix('.'))
                 .unwrap_or(&delivery.routing_key);
             let reply = self.call(method, &delivery).await;
-            let reply_body = match &reply {
-                Ok(result) => protocol::encode_reply_result(result),
-                Err(error) => protocol::encode_reply_error(error),
+            let correlation_id = delivery.properties.correlation_id.as_deref();
+            let Err(error) = self.publish_reply(&reply_to, correlation_id, &reply).await else {
+                if let Err(e) = delivery.ack().await {
+                    tracing::warn!(service = S::NAME, error = %e, "could not acknowledge a request");
+                }
+                return;
             };
+            // Boxed: rare, and its state must not enlarge every request's future.
+            Box::pin(self.reply_failed(delivery, error)).await;
+        }
+    }
+
+    /// Publishes a reply (Nameko's `{"result", "error"}`), again on a failure that may pass (a
+    /// channel closed under it, a nack), up to [`REPLY_PUBLISH_ATTEMPTS`] times.
+    async fn publish_reply(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        reply: &Result<Vec<u8>, RemoteError>,
+    ) -> Result<(), crate::transport::TransportError> {
+        use crate::transport::TransportError;
+        let mut delay = FIRST_REPLY_RETRY_DELAY;
+        let mut attempt = 1;
+        loop {
             let message = OutgoingMessage {
                 exchange: self.shared.config.rpc_exchange.clone(),
-                routing_key: reply_to,
+                routing_key: reply_to.to_owned(),
                 mandatory: false,
                 properties: Properties {
-                    correlation_id: delivery.properties.correlation_id.clone(),
+                    correlation_id: correlation_id.map(str::to_owned),
                     ..Properties::nameko_json()
                 },
-                body: reply_body,
+                body: match reply {
+                    Ok(result) => protocol::encode_reply_result(result),
+                    Err(error) => protocol::encode_reply_error(error),
+                },
             };
             match self.shared.transport.publish(message).await {
-                Ok(()) => {
-                    if let Err(e) = delivery.ack().await {
-                        tracing::warn!(service = S::NAME, error = %e, "could not acknowledge a request");
-                    }
+                Ok(()) => return Ok(()),
+                Err(error @ (TransportError::Connection(_) | TransportError::Nacked))
+                    if attempt < REPLY_PUBLISH_ATTEMPTS
+                        && !self.shared.transport.connection_lost() =>
+                {
+                    tracing::warn!(service = S::NAME, %error, attempt, "could not publish a reply; publishing it again");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
                 }
-                Err(e) => {
-                    tracing::error!(service = S::NAME, %method, error = %e, "could not publish a reply; requeueing the request");
-                    if let Err(e) = delivery.reject(true).await {
-                        tracing::warn!(error = %e, "could not requeue a request");
-                    }
-                }
+                Err(error) => return Err(error),
             }
+        }
+    }
+
+    /// A reply that could not be published: the caller is told so if a small error reply
+    /// gets through (the request is then acknowledged: it has its answer); otherwise the
+    /// request is rejected without requeue (dead-lettered where the queue has a dead-letter
+    /// exchange). Never requeued: that would run the method again, with its side effects. On a
+    /// lost connection nothing can be settled, and the broker redelivers the request.
+    async fn reply_failed(&self, delivery: Delivery, error: crate::transport::TransportError) {
+        let method = delivery.routing_key.as_str();
+        if self.shared.transport.connection_lost() {
+            tracing::error!(service = S::NAME, %method, %error, "could not publish a reply: the connection is lost, the request will be redelivered");
+            return;
+        }
+        tracing::error!(service = S::NAME, %method, %error, "could not publish a reply; the method will not run again");
+        if let Some(reply_to) = delivery.properties.reply_to.as_deref() {
+            let failure = RemoteError::new(
+                "ReplyPublishError",
+                format!("the reply of {method} could not be sent: {error}"),
+            )
+            .with_path("nameko_rs.ReplyPublishError");
+            let correlation_id = delivery.properties.correlation_id.as_deref();
+            if self
+                .publish_reply(reply_to, correlation_id, &Err(failure))
+                .await
+                .is_ok()
+            {
+                if let Err(e) = delivery.ack().await {
+                    tracing::warn!(service = S::NAME, error = %e, "could not acknowledge a request");
+                }
+                return;
+            }
+        }
+        if let Err(e) = delivery.reject(false).await {
+            tracing::warn!(service = S::NAME, error = %e, "could not reject a request");
         }
     }
 
@@ -997,9 +1258,13 @@ impl<S: Service> RpcHandler<S> {
             tracing::warn!(service = S::NAME, %method, "MethodNotFound");
             return Err(RemoteError::nameko("MethodNotFound", method.to_owned()));
         };
-        let body = match delivery.properties.content_type.as_deref() {
-            None | Some(CONTENT_TYPE_JSON) => RequestBody::parse(&delivery.body),
-            Some(other) => Err(MalformedRequest::ContentType(other.to_owned())),
+        let content_type = delivery.properties.content_type.as_deref();
+        let body = match content_type {
+            _ if protocol::is_json(content_type) => RequestBody::parse(&delivery.body),
+            Some(other) => Err(MalformedRequest::ContentType(protocol::shorten(
+                other.to_owned(),
+            ))),
+            None => RequestBody::parse(&delivery.body),
         };
         let body = body.map_err(|e| {
             tracing::warn!(service = S::NAME, %method, error = %e, "MalformedRequest");
@@ -1062,8 +1327,9 @@ impl<S: Service> EventHandler<S> {
             protocol::context_from_headers(&delivery.properties.headers),
             self.shared.config.parent_calls_tracked,
         ));
-        let outcome = match delivery.properties.content_type.as_deref() {
-            None | Some(CONTENT_TYPE_JSON) => {
+        let content_type = delivery.properties.content_type.as_deref();
+        let outcome = match content_type {
+            _ if protocol::is_json(content_type) => {
                 let (handler, body) = (e.handler, delivery.body.clone());
                 run_worker(
                     self.service.clone(),
@@ -1075,9 +1341,10 @@ impl<S: Service> EventHandler<S> {
                 .await
                 .unwrap_or_else(|panic| Err(EventError::Handler(panic)))
             }
-            Some(other) => Err(EventError::Payload(format!(
-                "unsupported content type `{other}`"
-            ))),
+            other => Err(EventError::Payload(protocol::shorten(format!(
+                "unsupported content type `{}`",
+                other.unwrap_or_default()
+            )))),
         };
         let (service, handler, call_id) = (S::NAME, e.name, context.call_id());
         let (source, event_type) = (e.source_service, e.event_type);

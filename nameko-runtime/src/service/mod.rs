@@ -20,6 +20,7 @@ use crate::transport::SharedTransport;
 
 pub mod arguments;
 pub mod container;
+pub(crate) mod redelivery;
 pub mod runner;
 
 /// A service: a name, entrypoints, and a struct of dependencies.

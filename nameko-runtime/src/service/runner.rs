@@ -203,10 +203,26 @@ impl ServiceRunner {
             Some(t) => t,
             None => self.config.connect().await?,
         };
+        let stop = CancellationToken::new();
+        // A lost connection stops every service, whatever its entrypoints (one with only HTTP
+        // routes or timers consumes nothing that would notice), so that `wait` ends with
+        // `Error::ConnectionLost` and `run` starts them again on a new connection.
+        tokio::spawn({
+            let (transport, stop) = (transport.clone(), stop.clone());
+            async move {
+                tokio::select! {
+                    reason = transport.lost() => {
+                        tracing::error!(%reason, broker = %transport.describe(), "lost the broker connection; stopping the services");
+                        stop.cancel();
+                    }
+                    _ = stop.cancelled() => {}
+                }
+            }
+        });
         let shared = Shared {
             config: self.config,
             transport,
-            stop: CancellationToken::new(),
+            stop,
             kill: CancellationToken::new(),
             http_routes: Arc::default(),
             hooks: Arc::default(),
@@ -447,6 +463,8 @@ impl RunningServices {
                 .map_or_else(|| "the broker closed it".to_owned(), ToString::to_string);
             first_error = Some(Error::ConnectionLost(reason));
         }
+        // Ends the connection's watcher.
+        shared.stop.cancel();
         // The hooks hold the services (and `Shared`): let them go.
         shared
             .hooks

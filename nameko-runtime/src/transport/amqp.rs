@@ -1,10 +1,19 @@
 //! RabbitMQ through lapin.
 //!
-//! One connection per transport. Declarations each use a short-lived channel (a failed declare
-//! closes its channel in AMQP, and must not take anything else down with it); publishes share
-//! one channel in confirm mode; each consumer has a channel of its own with its own prefetch.
+//! Two connections per transport, as kombu (and so Nameko) keeps them: one consumes, declares
+//! and acknowledges; the other only publishes, so that when RabbitMQ blocks publishers (a memory
+//! or disk alarm) consumers still receive and acknowledge. Declarations each use a short-lived
+//! channel (a failed declare closes its channel in AMQP, and must not take anything else down
+//! with it); publishes share one channel in confirm mode, except large messages, which get a
+//! channel of their own (a message the broker refuses for its size closes its channel, and must
+//! not fail the other messages waiting for their confirms); each consumer has a channel of its
+//! own with its own prefetch. Every publish waits for its confirm at most
+//! [`AmqpOptions::publish_timeout`]; the headers of a message must fit in one frame, and a
+//! message whose headers do not is refused before it is sent
+//! ([`TransportError::HeadersTooLarge`]) rather than making the broker close the connection.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
@@ -20,7 +29,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use super::{
     Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, OutgoingMessage, Properties,
@@ -28,16 +37,56 @@ use super::{
 };
 use crate::protocol::Headers;
 
-/// A RabbitMQ connection.
+/// A RabbitMQ connection (two AMQP connections: see the module's documentation).
 pub struct AmqpTransport {
     uri: String,
+    /// Consumers, declarations, acknowledgements.
     connection: Connection,
+    /// Publishes only.
+    publish_connection: Connection,
     /// Held while the publishing channel is (re)opened.
     publisher: Mutex<Option<Channel>>,
     /// The publishing channel, read without waiting: every publish takes it.
     current_publisher: std::sync::Mutex<Option<Channel>>,
     closed: std::sync::atomic::AtomicBool,
+    /// Why a connection was lost, once one is (set by the connections' watchers).
+    lost: watch::Receiver<Option<String>>,
+    options: AmqpOptions,
 }
+
+/// Settings of a RabbitMQ transport besides its URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AmqpOptions {
+    /// TLS settings (Nameko's `AMQP_SSL`); `None`: as the URI says.
+    pub tls: Option<TlsOptions>,
+    /// How long a publish waits for the broker's confirm before it fails with
+    /// [`TransportError::PublishTimeout`] (a broker blocking publishers never confirms).
+    pub publish_timeout: std::time::Duration,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        AmqpOptions {
+            tls: None,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+        }
+    }
+}
+
+/// How long a publish waits for its confirm unless told otherwise.
+pub const DEFAULT_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Messages with a body larger than this are published on a channel of their own.
+pub const DEDICATED_CHANNEL_BODY_BYTES: usize = 64 * 1024;
+
+/// How many times a publish is tried again when its channel closed under it (another message
+/// on the shared channel was refused) while the connection stayed up.
+const PUBLISH_RETRIES: usize = 2;
+
+/// Nesting deeper than this in a message's header table is refused (the message is rejected):
+/// the conversion of headers recurses, and a hostile sender must not exhaust a stack.
+pub const MAX_HEADER_DEPTH: usize = 64;
 
 impl std::fmt::Debug for AmqpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,17 +136,19 @@ fn tls_config(tls: &TlsOptions) -> Result<OwnedTLSConfig, String> {
     })
 }
 
-/// The largest AMQP frame a connection asks for. The client keeps read and write buffers of 32
-/// frames each: at RabbitMQ's default (128 KiB) that is 8 MiB for an idle service; at 32 KiB,
-/// 2 MiB. A larger message simply takes more frames.
-pub const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
+/// The largest AMQP frame a connection asks for: RabbitMQ's and Python Nameko's (py-amqp's)
+/// 128 KiB. A message's headers travel in one frame, so this is also the most header data (the
+/// context data of a call, for one) a message can carry: a Python caller may send up to this
+/// much, and a connection that asked for less would be closed by the first such message. A
+/// larger body simply takes more frames.
+pub const DEFAULT_FRAME_MAX: u32 = 128 * 1024;
 
 impl AmqpTransport {
     /// Connects to RabbitMQ. Accepts `amqp://`, `amqps://` and Python's `pyamqp://`; a URI
     /// without a path uses the `/` virtual host. The largest frame is [`DEFAULT_FRAME_MAX`]
     /// unless the URI asks for another (`?frame_max=131072`).
     pub async fn connect(uri: &str) -> Result<AmqpTransport, TransportError> {
-        Self::connect_with(uri, None).await
+        Self::connect_with_options(uri, &AmqpOptions::default()).await
     }
 
     /// Connects like [`connect`](Self::connect); with `tls`, over TLS with those settings
@@ -106,6 +157,19 @@ impl AmqpTransport {
         uri: &str,
         tls: Option<&TlsOptions>,
     ) -> Result<AmqpTransport, TransportError> {
+        let options = AmqpOptions {
+            tls: tls.cloned(),
+            ..AmqpOptions::default()
+        };
+        Self::connect_with_options(uri, &options).await
+    }
+
+    /// Connects like [`connect`](Self::connect), with these options.
+    pub async fn connect_with_options(
+        uri: &str,
+        options: &AmqpOptions,
+    ) -> Result<AmqpTransport, TransportError> {
+        let tls = options.tls.as_ref();
         let mut normalized = match uri.strip_prefix("pyamqp://") {
             Some(rest) => format!("amqp://{rest}"),
             None => uri.to_owned(),
@@ -126,21 +190,54 @@ impl AmqpTransport {
             Some(tls) => tls_config(tls).map_err(|e| cannot(&e))?,
             None => OwnedTLSConfig::default(),
         };
-        let connection = lapin::DefaultConnectionBuilder::new()
-            .map_err(|e| cannot(&e))?
-            .with_uri_str(normalized.clone())
-            .with_properties(ConnectionProperties::default())
-            .with_tls_config(tls_config)
-            .connect()
-            .await
-            .map_err(|e| cannot(&e))?;
+        let open = |role: &str| {
+            let (uri, tls_config) = (normalized.clone(), tls_config.clone());
+            let name = format!("nameko-rs {role} (pid {})", std::process::id());
+            async move {
+                lapin::DefaultConnectionBuilder::new()
+                    .map_err(|e| cannot(&e))?
+                    .with_uri_str(uri)
+                    .with_properties(
+                        ConnectionProperties::default().with_connection_name(name.into()),
+                    )
+                    .with_tls_config(tls_config)
+                    .connect()
+                    .await
+                    .map_err(|e| cannot(&e))
+            }
+        };
+        let connection = open("consumer").await?;
+        let publish_connection = match open("publisher").await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = connection.close(200, "OK".into()).await;
+                return Err(e);
+            }
+        };
+        let (lost_tx, lost) = watch::channel(None);
+        let lost_tx = Arc::new(lost_tx);
+        watch_connection(&connection, "consumer", lost_tx.clone(), mask_password(uri));
+        watch_connection(
+            &publish_connection,
+            "publisher",
+            lost_tx,
+            mask_password(uri),
+        );
         Ok(AmqpTransport {
             uri: normalized,
             connection,
+            publish_connection,
             publisher: Mutex::new(None),
             current_publisher: std::sync::Mutex::new(None),
             closed: Default::default(),
+            lost,
+            options: options.clone(),
         })
+    }
+
+    /// The largest frame the publishing connection negotiated.
+    fn frame_max(&self) -> usize {
+        self.publish_connection.configuration().frame_max() as usize
     }
 
     async fn channel(&self) -> Result<Channel, TransportError> {
@@ -148,6 +245,20 @@ impl AmqpTransport {
             .create_channel()
             .await
             .map_err(connection_error)
+    }
+
+    /// A new channel in confirm mode on the publishing connection.
+    async fn confirm_channel(&self) -> Result<Channel, TransportError> {
+        let channel = self
+            .publish_connection
+            .create_channel()
+            .await
+            .map_err(connection_error)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(connection_error)?;
+        Ok(channel)
     }
 
     async fn publisher(&self) -> Result<Channel, TransportError> {
@@ -169,11 +280,7 @@ impl AmqpTransport {
         {
             return Ok(channel.clone());
         }
-        let channel = self.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(connection_error)?;
+        let channel = self.confirm_channel().await?;
         *publisher = Some(channel.clone());
         *self
             .current_publisher
@@ -193,6 +300,105 @@ impl AmqpTransport {
         }
         result
     }
+}
+
+/// Watches one of a transport's connections: logs the broker blocking and unblocking it, and
+/// tells the transport when it is lost. Ends when the transport is dropped.
+fn watch_connection(
+    connection: &Connection,
+    role: &'static str,
+    lost: Arc<watch::Sender<Option<String>>>,
+    broker: String,
+) {
+    let mut events: std::pin::Pin<Box<dyn Stream<Item = lapin::Event> + Send>> =
+        Box::pin(connection.events_listener());
+    let status = connection.status().clone();
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        use futures_util::StreamExt;
+        let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut last_error = None;
+        loop {
+            tokio::select! {
+                // The transport was dropped.
+                _ = lost.closed() => return,
+                event = events.next() => match event {
+                    Some(lapin::Event::ConnectionBlocked(reason)) => tracing::warn!(
+                        %broker, connection = role, %reason,
+                        "the broker blocked this connection: its publishes wait (for at most the publish timeout) until it unblocks"
+                    ),
+                    Some(lapin::Event::ConnectionUnblocked) => {
+                        tracing::info!(%broker, connection = role, "the broker unblocked this connection")
+                    }
+                    Some(lapin::Event::Error(error)) => last_error = Some(error.to_string()),
+                    Some(_) => {}
+                    None => events = Box::pin(futures_util::stream::pending()),
+                },
+                _ = check.tick() => {}
+            }
+            if !status.connected() && !status.connecting() && !status.reconnecting() {
+                let reason = match last_error.take() {
+                    Some(error) => format!("{role} connection: {error}"),
+                    None => format!("{role} connection closed"),
+                };
+                lost.send_if_modified(|lost| {
+                    lost.get_or_insert(reason);
+                    true
+                });
+                return;
+            }
+        }
+    });
+}
+
+/// The size of a field value as AMQP encodes it (its type octet included).
+fn encoded_value_size(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ByteArray(b) => 4 + b.as_slice().len(),
+        AMQPValue::FieldArray(a) => 4 + a.as_slice().iter().map(encoded_value_size).sum::<usize>(),
+        AMQPValue::FieldTable(t) => encoded_table_size(t),
+        AMQPValue::Void => 0,
+    }
+}
+
+/// The size of a field table as AMQP encodes it (its length prefix included).
+fn encoded_table_size(table: &FieldTable) -> usize {
+    4 + table
+        .inner()
+        .iter()
+        .map(|(k, v)| 1 + k.as_str().len() + encoded_value_size(v))
+        .sum::<usize>()
+}
+
+/// The size of the content header frame's payload that carries these properties.
+fn content_header_size(p: &BasicProperties) -> usize {
+    let short = |v: &Option<ShortString>| v.as_ref().map_or(0, |s| 1 + s.as_str().len());
+    // class id, weight, body size, property flags
+    let fixed = 2 + 2 + 8 + 2;
+    fixed
+        + short(p.content_type())
+        + short(p.content_encoding())
+        + p.headers().as_ref().map_or(0, encoded_table_size)
+        + p.delivery_mode().map_or(0, |_| 1)
+        + p.priority().map_or(0, |_| 1)
+        + short(p.correlation_id())
+        + short(p.reply_to())
+        + short(p.expiration())
+        + short(p.message_id())
+        + p.timestamp().map_or(0, |_| 8)
+        + short(p.kind())
+        + short(p.user_id())
+        + short(p.app_id())
+        + short(p.cluster_id())
 }
 
 /// Converts headers to an AMQP field table.
@@ -231,17 +437,19 @@ fn to_amqp(value: &Value) -> AMQPValue {
     }
 }
 
-/// Converts an AMQP field table to headers.
-pub(crate) fn from_field_table(table: &FieldTable) -> Headers {
+/// Converts an AMQP field table to headers; `None` when it nests deeper than
+/// [`MAX_HEADER_DEPTH`].
+pub(crate) fn from_field_table(table: &FieldTable) -> Option<Headers> {
     table
         .inner()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), from_amqp(v)))
+        .map(|(k, v)| Some((k.as_str().to_owned(), from_amqp(v, MAX_HEADER_DEPTH)?)))
         .collect()
 }
 
-fn from_amqp(value: &AMQPValue) -> Value {
-    match value {
+fn from_amqp(value: &AMQPValue, depth: usize) -> Option<Value> {
+    let depth = depth.checked_sub(1)?;
+    Some(match value {
         AMQPValue::Boolean(b) => Value::Bool(*b),
         AMQPValue::ShortShortInt(i) => Value::from(*i),
         AMQPValue::ShortShortUInt(i) => Value::from(*i),
@@ -259,19 +467,24 @@ fn from_amqp(value: &AMQPValue) -> Value {
         AMQPValue::LongString(s) => {
             Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
         }
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(from_amqp).collect()),
+        AMQPValue::FieldArray(a) => Value::Array(
+            a.as_slice()
+                .iter()
+                .map(|v| from_amqp(v, depth))
+                .collect::<Option<_>>()?,
+        ),
         AMQPValue::Timestamp(t) => Value::from(*t),
         AMQPValue::FieldTable(t) => Value::Object(
             t.inner()
                 .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), from_amqp(v)))
-                .collect(),
+                .map(|(k, v)| Some((k.as_str().to_owned(), from_amqp(v, depth)?)))
+                .collect::<Option<_>>()?,
         ),
         AMQPValue::ByteArray(b) => {
             Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
         }
         AMQPValue::Void => Value::Null,
-    }
+    })
 }
 
 fn to_basic_properties(p: &Properties) -> BasicProperties {
@@ -297,44 +510,49 @@ fn to_basic_properties(p: &Properties) -> BasicProperties {
     props
 }
 
-fn from_basic_properties(p: &BasicProperties) -> Properties {
+/// A message's properties; `None` when its headers nest deeper than [`MAX_HEADER_DEPTH`].
+fn from_basic_properties(p: &BasicProperties) -> Option<Properties> {
     let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
-    Properties {
+    let headers = match p.headers() {
+        Some(table) => from_field_table(table)?,
+        None => Headers::default(),
+    };
+    Some(Properties {
         content_type: text(p.content_type()),
         content_encoding: text(p.content_encoding()),
         correlation_id: text(p.correlation_id()),
         reply_to: text(p.reply_to()),
         delivery_mode: *p.delivery_mode(),
         priority: *p.priority(),
-        headers: p
-            .headers()
-            .as_ref()
-            .map(from_field_table)
-            .unwrap_or_default(),
-    }
+        headers,
+    })
 }
 
 struct AmqpAcker(lapin::Acker);
 
+/// lapin's answer to a settlement: `Ok(false)` means it was not sent (the delivery's channel
+/// is gone, so the broker redelivers the message), which is an error for the caller to log.
+fn settled(what: &str, result: lapin::Result<bool>) -> Result<(), TransportError> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(TransportError::Connection(format!(
+            "could not {what} the message: its channel is closed (the broker will deliver it again)"
+        ))),
+        Err(e) => Err(connection_error(e)),
+    }
+}
+
 impl Acker for AmqpAcker {
     fn ack(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
-        async move {
-            self.0
-                .ack(BasicAckOptions::default())
-                .await
-                .map(drop)
-                .map_err(connection_error)
-        }
-        .boxed()
+        async move { settled("acknowledge", self.0.ack(BasicAckOptions::default()).await) }.boxed()
     }
 
     fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>> {
         async move {
-            self.0
-                .reject(BasicRejectOptions { requeue })
-                .await
-                .map(drop)
-                .map_err(connection_error)
+            settled(
+                "reject",
+                self.0.reject(BasicRejectOptions { requeue }).await,
+            )
         }
         .boxed()
     }
@@ -351,22 +569,39 @@ impl ConsumerSource for AmqpConsumer {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Delivery, TransportError>>> {
-        std::pin::Pin::new(&mut self.consumer)
-            .poll_next(cx)
-            .map(|item| {
-                item.map(|result| {
-                    result.map_err(connection_error).map(|d| {
-                        Delivery::new(
-                            d.exchange.as_str().to_owned(),
-                            d.routing_key.as_str().to_owned(),
-                            d.redelivered,
-                            from_basic_properties(&d.properties),
-                            d.data,
-                            Box::new(AmqpAcker(d.acker)),
-                        )
-                    })
-                })
-            })
+        loop {
+            let d = match std::pin::Pin::new(&mut self.consumer).poll_next(cx) {
+                Poll::Ready(Some(Ok(d))) => d,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(connection_error(e)))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            let Some(properties) = from_basic_properties(&d.properties) else {
+                // Nothing a handler could read: dropped (dead-lettered where the queue has a
+                // dead-letter exchange), and the consumer goes on.
+                tracing::error!(
+                    exchange = %d.exchange,
+                    routing_key = %d.routing_key,
+                    max_depth = MAX_HEADER_DEPTH,
+                    "rejected a message whose headers nest too deeply"
+                );
+                let acker = d.acker;
+                tokio::spawn(async move {
+                    if let Err(e) = acker.reject(BasicRejectOptions { requeue: false }).await {
+                        tracing::warn!(error = %e, "could not reject a message");
+                    }
+                });
+                continue;
+            };
+            return Poll::Ready(Some(Ok(Delivery::new(
+                d.exchange.as_str().to_owned(),
+                d.routing_key.as_str().to_owned(),
+                d.redelivered,
+                properties,
+                d.data,
+                Box::new(AmqpAcker(d.acker)),
+            ))));
+        }
     }
 
     fn cancel(&mut self) -> BoxFuture<'_, ()> {
@@ -470,29 +705,48 @@ impl Transport for AmqpTransport {
 
     fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), TransportError>> {
         async move {
-            let channel = self.publisher().await?;
-            let confirm = channel
-                .basic_publish(
-                    message.exchange.as_str().into(),
-                    message.routing_key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: message.mandatory,
-                        ..Default::default()
-                    },
-                    &message.body,
-                    to_basic_properties(&message.properties),
+            let properties = to_basic_properties(&message.properties);
+            // The headers travel in one frame: a message whose headers do not fit would make
+            // the broker close the whole connection.
+            let (size, limit) = (content_header_size(&properties), self.frame_max());
+            if size + 8 > limit {
+                return Err(TransportError::HeadersTooLarge {
+                    size,
+                    limit: limit.saturating_sub(8),
+                });
+            }
+            let dedicated = message.body.len() > DEDICATED_CHANNEL_BODY_BYTES;
+            let mut retries = 0;
+            loop {
+                let channel = if dedicated {
+                    self.confirm_channel().await?
+                } else {
+                    self.publisher().await?
+                };
+                let published = tokio::time::timeout(
+                    self.options.publish_timeout,
+                    publish_on(&channel, &message, properties.clone()),
                 )
-                .await
-                .map_err(connection_error)?
-                .await
-                .map_err(connection_error)?;
-            match confirm {
-                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-                Confirmation::Ack(Some(_)) => Err(TransportError::Unroutable {
-                    exchange: message.exchange,
-                    routing_key: message.routing_key,
-                }),
-                Confirmation::Nack(_) => Err(TransportError::Nacked),
+                .await;
+                if dedicated && channel.status().connected() {
+                    let _ = channel.close(200, "OK".into()).await;
+                }
+                match published {
+                    Ok(Err(TransportError::Connection(reason)))
+                        if !channel.status().connected()
+                            && self.publish_connection.status().connected()
+                            && retries < PUBLISH_RETRIES =>
+                    {
+                        // The channel closed under this message (the broker refused another
+                        // one on it): again, on a new channel.
+                        retries += 1;
+                        tracing::debug!(%reason, retries, "publishing again on a new channel");
+                    }
+                    Ok(result) => return result,
+                    Err(_) => {
+                        return Err(TransportError::PublishTimeout(self.options.publish_timeout));
+                    }
+                }
             }
         }
         .boxed()
@@ -536,17 +790,68 @@ impl Transport for AmqpTransport {
     }
 
     fn connection_lost(&self) -> bool {
-        !self.is_closed() && !self.connection.status().connected()
+        !self.is_closed()
+            && (!self.connection.status().connected()
+                || !self.publish_connection.status().connected()
+                || self.lost.borrow().is_some())
+    }
+
+    fn lost(&self) -> BoxFuture<'_, String> {
+        let mut lost = self.lost.clone();
+        async move {
+            let reason = match lost.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone(),
+                Err(_) => None,
+            };
+            match reason {
+                Some(reason) => reason,
+                None => std::future::pending().await,
+            }
+        }
+        .boxed()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         async move {
-            if self.connection.status().connected() {
-                let _ = self.connection.close(200, "OK".into()).await;
+            for connection in [&self.publish_connection, &self.connection] {
+                if connection.status().connected() {
+                    let _ = connection.close(200, "OK".into()).await;
+                }
             }
         }
         .boxed()
+    }
+}
+
+/// Publishes one message on `channel` and waits for its confirm.
+async fn publish_on(
+    channel: &Channel,
+    message: &OutgoingMessage,
+    properties: BasicProperties,
+) -> Result<(), TransportError> {
+    let confirm = channel
+        .basic_publish(
+            message.exchange.as_str().into(),
+            message.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: message.mandatory,
+                ..Default::default()
+            },
+            &message.body,
+            properties,
+        )
+        .await
+        .map_err(connection_error)?
+        .await
+        .map_err(connection_error)?;
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(TransportError::Unroutable {
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+        }),
+        Confirmation::Nack(_) => Err(TransportError::Nacked),
     }
 }
 
@@ -566,6 +871,38 @@ mod tests {
             ("o".to_owned(), json!({"k": [1, "x"]})),
         ]
         .into();
-        assert_eq!(from_field_table(&to_field_table(&headers)), headers);
+        assert_eq!(from_field_table(&to_field_table(&headers)), Some(headers));
+    }
+
+    #[test]
+    fn deeply_nested_headers_are_refused_not_recursed_into() {
+        let mut value = AMQPValue::Void;
+        for _ in 0..100_000 {
+            let mut table = FieldTable::default();
+            table.insert("a".into(), value);
+            value = AMQPValue::FieldTable(table);
+        }
+        let mut headers = FieldTable::default();
+        headers.insert("deep".into(), value);
+        assert_eq!(from_field_table(&headers), None);
+        // (Dropping such a value recurses too; leak it rather than test the allocator's stack.)
+        std::mem::forget(headers);
+        let mut shallow = FieldTable::default();
+        shallow.insert(
+            "a".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::Boolean(true)].into()),
+        );
+        assert!(from_field_table(&shallow).is_some());
+    }
+
+    #[test]
+    fn the_content_header_size_is_what_amqp_encodes() {
+        // class 2 + weight 2 + body size 8 + flags 2, then a shortstr (1 + 16) and a table:
+        // 4 + key (1 + 1) + type 1 + longstr (4 + 3).
+        let headers: Headers = [("k".to_owned(), json!("abc"))].into();
+        let p = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(to_field_table(&headers));
+        assert_eq!(content_header_size(&p), 14 + 17 + 14);
     }
 }

@@ -45,6 +45,23 @@ pub enum TransportError {
     /// The URI names no known transport.
     #[error("unsupported broker URI `{0}`: expected amqp://, amqps:// or memory://")]
     UnsupportedUri(String),
+    /// A message's headers (its context data, mostly) do not fit in one AMQP frame; it was not
+    /// sent.
+    #[error(
+        "the message's headers take {size} bytes, more than the {limit} one AMQP frame carries on this connection: send less context data"
+    )]
+    HeadersTooLarge {
+        /// Their encoded size.
+        size: usize,
+        /// The most the connection carries.
+        limit: usize,
+    },
+    /// The broker did not confirm a message in time: it may be blocking publishers (a memory
+    /// or disk alarm). The message may still reach its queue later.
+    #[error(
+        "the broker did not confirm the message within {0:?}; it may be blocking publishers (a memory or disk alarm)"
+    )]
+    PublishTimeout(std::time::Duration),
 }
 
 /// A topic exchange to declare.
@@ -352,6 +369,12 @@ pub trait Transport: Send + Sync + 'static {
     fn connection_lost(&self) -> bool {
         false
     }
+    /// Resolves, with the reason, when the connection is lost (as
+    /// [`connection_lost`](Transport::connection_lost) tells); never for a transport that
+    /// cannot lose it.
+    fn lost(&self) -> BoxFuture<'_, String> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// A shared handle to a transport.
@@ -379,11 +402,25 @@ pub(crate) async fn connect_with(
     uri: &str,
     tls: Option<&TlsOptions>,
 ) -> Result<SharedTransport, TransportError> {
+    let options = amqp::AmqpOptions {
+        tls: tls.cloned(),
+        ..amqp::AmqpOptions::default()
+    };
+    connect_with_options(uri, &options).await
+}
+
+/// Connects like [`connect`]; to RabbitMQ with these options (the embedded broker has none).
+pub async fn connect_with_options(
+    uri: &str,
+    options: &amqp::AmqpOptions,
+) -> Result<SharedTransport, TransportError> {
     if let Some(name) = uri.strip_prefix("memory://") {
         return Ok(memory::MemoryBroker::named(name));
     }
     if uri.starts_with("amqp://") || uri.starts_with("amqps://") || uri.starts_with("pyamqp://") {
-        return Ok(Arc::new(amqp::AmqpTransport::connect_with(uri, tls).await?));
+        return Ok(Arc::new(
+            amqp::AmqpTransport::connect_with_options(uri, options).await?,
+        ));
     }
     Err(TransportError::UnsupportedUri(mask_password(uri)))
 }
