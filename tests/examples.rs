@@ -456,3 +456,86 @@ async fn a_service_reconnects_when_the_broker_drops_its_connection() {
     drop(client);
     assert!(running.terminate().success());
 }
+
+/// A GET, or `None` while nothing listens.
+fn try_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_answers_through_the_greeters_and_again_after_the_broker_closes_every_connection()
+ {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let greeters = Running(
+        Command::new(example("greeter"))
+            .args(["run", "--broker", &broker.uri])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the greeter"),
+    );
+    let mut gateway = Command::new(example("gateway"))
+        .args(["run", "--broker", &broker.uri, "--web-server-address", &address])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the gateway");
+    let lines = log_lines(gateway.stderr.take().expect("stderr"));
+    let gateway = Running(gateway);
+    let expected = (
+        200,
+        r#"{"greeting":"Hello Tim! Welcome to Pygotham!"}"#.to_owned(),
+    );
+    let answers_within = |within: std::time::Duration| {
+        let deadline = std::time::Instant::now() + within;
+        let mut last = None;
+        while std::time::Instant::now() < deadline {
+            last = try_get(&address, "/greet/Tim");
+            if last.as_ref() == Some(&expected) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Err(last)
+    };
+    answers_within(std::time::Duration::from_secs(30)).expect("the gateway answers at first");
+    assert_eq!(
+        try_get(&address, "/multiply/6/7"),
+        Some((200, r#"{"value":42}"#.to_owned()))
+    );
+
+    common::close_all_connections(&broker);
+    let closed = std::time::Instant::now();
+    answers_within(std::time::Duration::from_secs(10))
+        .expect("the gateway answers 200 again within 10 s of the broker closing its connections");
+    let recovered = closed.elapsed();
+    for _ in 0..20 {
+        assert_eq!(try_get(&address, "/greet/Tim"), Some(expected.clone()));
+    }
+    let log: Vec<String> = lines
+        .take_while(|l| !l.contains("services running again"))
+        .collect();
+    assert!(
+        log.iter().any(|l| l.contains("lost the broker connection")),
+        "{log:#?}"
+    );
+    eprintln!("the gateway answered again {recovered:?} after the close");
+    assert!(gateway.terminate().success());
+    assert!(greeters.terminate().success());
+}

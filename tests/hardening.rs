@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::TestBroker;
+use common::{TestBroker, close_all_connections as close_connections, rabbitmqctl};
 use futures_util::StreamExt;
 use nameko::prelude::*;
 use nameko::testing::TestServices;
@@ -49,27 +49,6 @@ fn logs() -> &'static Mutex<Vec<u8>> {
 
 fn logged(text: &str) -> bool {
     String::from_utf8_lossy(&logs().lock().unwrap()).contains(text)
-}
-
-/// Runs `rabbitmqctl` (the broker `tests/run.sh` manages).
-fn rabbitmqctl(args: &[&str]) {
-    let ctl = std::env::var("NAMEKO_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
-    let output = std::process::Command::new(&ctl)
-        .args(args)
-        .output()
-        .expect("run rabbitmqctl");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Closes every connection of the test's virtual host from the broker's side, at once (the
-/// management API lists new connections only after its next statistics round).
-fn close_connections(broker: &TestBroker) {
-    let vhost = broker.inner().vhost().expect("a RabbitMQ broker").to_owned();
-    rabbitmqctl(&["close_all_connections", "-p", &vhost, "closed by the test"]);
 }
 
 async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {

@@ -337,3 +337,24 @@ pub fn log_lines_of(pipe: impl std::io::Read + Send + 'static) -> impl Iterator<
     });
     std::iter::from_fn(move || rx.recv_timeout(std::time::Duration::from_secs(10)).ok())
 }
+
+/// Runs `rabbitmqctl` on the broker `tests/run.sh` manages (`NAMEKO_TEST_RABBITMQCTL`).
+pub fn rabbitmqctl(args: &[&str]) {
+    let ctl = std::env::var("NAMEKO_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let output = std::process::Command::new(&ctl)
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Closes every connection of a RabbitMQ test broker's virtual host from the broker's side, at
+/// once (the management API lists a new connection only after its next statistics round).
+pub fn close_all_connections(broker: &TestBroker) {
+    let vhost = broker.inner().vhost().expect("a RabbitMQ broker").to_owned();
+    rabbitmqctl(&["close_all_connections", "-p", &vhost, "closed by the test"]);
+}
