@@ -464,7 +464,11 @@ fn try_get(address: &str, path: &str) -> Option<(u16, String)> {
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
@@ -492,7 +496,13 @@ async fn the_gateway_answers_through_the_greeters_and_again_after_the_broker_clo
             .expect("start the greeter"),
     );
     let mut gateway = Command::new(example("gateway"))
-        .args(["run", "--broker", &broker.uri, "--web-server-address", &address])
+        .args([
+            "run",
+            "--broker",
+            &broker.uri,
+            "--web-server-address",
+            &address,
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the gateway");

@@ -199,16 +199,19 @@ async fn python_callers_with_large_context_data_are_answered_or_refused_and_the_
         .await
         .unwrap();
     // 60 KB of context data: more than a 32 KiB frame, less than Nameko's 128 KiB.
-    let answer = python_call_with_context(&python, &broker, "token_length", json!([]), 60_000).await;
+    let answer =
+        python_call_with_context(&python, &broker, "token_length", json!([]), 60_000).await;
     assert_eq!(answer, json!({"result": 60_000}));
     // 200 KB: more than any frame; the broker refuses it from the Python client.
-    let answer = python_call_with_context(&python, &broker, "token_length", json!([]), 200_000).await;
+    let answer =
+        python_call_with_context(&python, &broker, "token_length", json!([]), 200_000).await;
     let error = &answer["error"];
     assert_eq!(error["class"], "FrameError", "{answer}");
     assert!(error["value"].as_str().unwrap().contains("frame_too_large"));
     // The service never lost its connection, and answers.
     assert!(!services.transport().connection_lost());
-    let answer = python_call_with_context(&python, &broker, "echo", json!(["still here"]), 10).await;
+    let answer =
+        python_call_with_context(&python, &broker, "echo", json!(["still here"]), 10).await;
     assert_eq!(answer, json!({"result": "still here"}));
     assert!(!services.transport().connection_lost());
     services.stop().await.unwrap();
@@ -226,7 +229,8 @@ async fn a_rust_caller_with_too_much_context_data_gets_a_clear_error_and_keeps_i
         .await
         .unwrap();
     let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
-    let token = |bytes: usize| BTreeMap::from([("auth_token".to_owned(), json!("x".repeat(bytes)))]);
+    let token =
+        |bytes: usize| BTreeMap::from([("auth_token".to_owned(), json!("x".repeat(bytes)))]);
     let echo = |bytes| client.with_context_data(token(bytes)).service("echo");
     let length: usize = echo(60_000).call("token_length", json!([])).await.unwrap();
     assert_eq!(length, 60_000);
@@ -242,9 +246,16 @@ async fn a_rust_caller_with_too_much_context_data_gets_a_clear_error_and_keeps_i
         ),
         "{error:?}"
     );
-    assert!(error.to_string().contains("send less context data"), "{error}");
+    assert!(
+        error.to_string().contains("send less context data"),
+        "{error}"
+    );
     // The same client goes on, on the same connection.
-    let echoed: String = client.service("echo").call("echo", ["after"]).await.unwrap();
+    let echoed: String = client
+        .service("echo")
+        .call("echo", ["after"])
+        .await
+        .unwrap();
     assert_eq!(echoed, "after");
     services.stop().await.unwrap();
 }
@@ -294,7 +305,9 @@ async fn a_timer_only_service_notices_a_lost_connection_and_dispatches_again_onc
     // The watcher's connection was closed too.
     let watcher = broker.connect().await;
     let mut ticks = watcher.consume(&queue, 0).await.unwrap();
-    while let Ok(Some(Ok(old))) = tokio::time::timeout(Duration::from_millis(200), ticks.next()).await {
+    while let Ok(Some(Ok(old))) =
+        tokio::time::timeout(Duration::from_millis(200), ticks.next()).await
+    {
         old.ack().await.unwrap();
     }
     let services = TestServices::on_uri(&broker.uri)
@@ -411,15 +424,23 @@ async fn an_event_handler_whose_queue_is_deleted_consumes_again() {
         )
         .unwrap();
     let token = uuid::Uuid::new_v4().to_string();
-    eventually("the handler receives events again", Duration::from_secs(10), async || {
-        dispatcher.dispatch("source", "note", &token).await.unwrap();
-        received().lock().unwrap().contains(&token)
-    })
+    eventually(
+        "the handler receives events again",
+        Duration::from_secs(10),
+        async || {
+            dispatcher.dispatch("source", "note", &token).await.unwrap();
+            received().lock().unwrap().contains(&token)
+        },
+    )
     .await;
     assert!(logged("the broker cancelled the consumer"));
     // The RPC entrypoint was never disturbed.
     let client = services.rpc_client().await.unwrap();
-    let pong: String = client.service("listener").call("ping", json!([])).await.unwrap();
+    let pong: String = client
+        .service("listener")
+        .call("ping", json!([]))
+        .await
+        .unwrap();
     assert_eq!(pong, "pong");
     services.stop().await.unwrap();
 }
@@ -458,32 +479,45 @@ async fn a_broker_blocking_publishers_gives_callers_a_clear_timeout_and_answers_
     let mut config = Config::default().with_broker(&broker.uri);
     config.publish_timeout = Duration::from_secs(2);
     let client = ClusterRpcClient::connect_with(&config).await.unwrap();
-    let echoed: String = client.service("echo").call("echo", ["before"]).await.unwrap();
+    let echoed: String = client
+        .service("echo")
+        .call("echo", ["before"])
+        .await
+        .unwrap();
     assert_eq!(echoed, "before");
     let alarm = MemoryAlarm::raise();
     let started = Instant::now();
     let blocked = tokio::time::timeout(
         Duration::from_secs(15),
-        client.service("echo").call::<_, String>("echo", ["blocked"]),
+        client
+            .service("echo")
+            .call::<_, String>("echo", ["blocked"]),
     )
     .await
     .expect("the call hung while the broker blocked publishers");
     assert!(
-        matches!(blocked, Err(RpcError::Transport(TransportError::PublishTimeout(_)))),
+        matches!(
+            blocked,
+            Err(RpcError::Transport(TransportError::PublishTimeout(_)))
+        ),
         "{blocked:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(logged("the broker blocked this connection"));
     drop(alarm);
     // Answered again; the call that timed out was not lost either: it ran once unblocked.
-    eventually("calls are answered again", Duration::from_secs(20), async || {
-        let answer = client
-            .service("echo")
-            .with_timeout(Duration::from_secs(5))
-            .call::<_, String>("echo", ["after"])
-            .await;
-        answer.is_ok_and(|a| a == "after")
-    })
+    eventually(
+        "calls are answered again",
+        Duration::from_secs(20),
+        async || {
+            let answer = client
+                .service("echo")
+                .with_timeout(Duration::from_secs(5))
+                .call::<_, String>("echo", ["after"])
+                .await;
+            answer.is_ok_and(|a| a == "after")
+        },
+    )
     .await;
     assert!(logged("the broker unblocked this connection"));
     services.stop().await.unwrap();

@@ -40,8 +40,18 @@ pub struct Config {
     pub web_server_address: String,
     /// The largest request body the HTTP server accepts (413 beyond).
     pub http_max_body_bytes: usize,
-    /// How long the HTTP server lets a request run (408 beyond).
+    /// How long the HTTP server lets a request run before it answers 504 (the worker goes on
+    /// to its end, still counted in `max_workers`, and its dependencies' hooks run: the request
+    /// may have taken effect).
     pub http_request_timeout: Duration,
+    /// How long a client may take to send a request's headers before the HTTP server closes
+    /// its connection (slow clients, slowloris).
+    pub http_header_read_timeout: Duration,
+    /// How long an HTTP connection may stay idle (no request in progress, nothing sent or
+    /// received) before the server closes it.
+    pub http_idle_timeout: Duration,
+    /// The most HTTP connections served at once; more wait to be accepted.
+    pub http_max_connections: usize,
     /// `PUBLISH_CONFIRM_TIMEOUT`: how long a publish waits for RabbitMQ's confirm before it
     /// fails (a broker with a memory or disk alarm blocks publishers and confirms nothing).
     pub publish_timeout: Duration,
@@ -77,6 +87,9 @@ impl Default for Config {
             web_server_address: "0.0.0.0:8000".to_owned(),
             http_max_body_bytes: 1024 * 1024,
             http_request_timeout: Duration::from_secs(30),
+            http_header_read_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
+            http_max_connections: 512,
             publish_timeout: crate::transport::amqp::DEFAULT_PUBLISH_TIMEOUT,
             max_redeliveries: 10,
             broadcast_identifier: None,

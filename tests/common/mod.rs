@@ -355,6 +355,10 @@ pub fn rabbitmqctl(args: &[&str]) {
 /// Closes every connection of a RabbitMQ test broker's virtual host from the broker's side, at
 /// once (the management API lists a new connection only after its next statistics round).
 pub fn close_all_connections(broker: &TestBroker) {
-    let vhost = broker.inner().vhost().expect("a RabbitMQ broker").to_owned();
+    let vhost = broker
+        .inner()
+        .vhost()
+        .expect("a RabbitMQ broker")
+        .to_owned();
     rabbitmqctl(&["close_all_connections", "-p", &vhost, "closed by the test"]);
 }

@@ -291,10 +291,13 @@ async fn serve_http(shared: &Shared) -> Result<Option<HttpServer>, Error> {
     let address = listener
         .local_addr()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let stop = shared.stop.clone();
-    let serve = axum::serve(listener, http::MakeDispatch(dispatch.clone()))
-        .with_graceful_shutdown(async move { stop.cancelled().await });
-    let task = tokio::spawn(async move { serve.await });
+    let serve = http::serve(
+        listener,
+        dispatch.clone(),
+        http::Limits::of(&shared.config),
+        shared.stop.clone(),
+    );
+    let task = tokio::spawn(serve);
     tracing::info!(%address, "HTTP server listening");
     Ok(Some(HttpServer {
         address,
