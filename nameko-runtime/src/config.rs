@@ -9,8 +9,9 @@ pub const EMBEDDED_BROKER_URI: &str = "memory://";
 
 /// Settings shared by the services of one runner and by clients.
 ///
-/// Field names follow Nameko's configuration keys (`AMQP_URI`, `max_workers`, ...).
-#[derive(Debug, Clone, PartialEq)]
+/// Field names follow Nameko's configuration keys (`AMQP_URI`, `max_workers`, ...). Its `Debug`
+/// output masks the password of `amqp_uri`.
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
     /// `AMQP_URI`: the broker. `None` runs on the embedded broker.
@@ -49,6 +50,50 @@ pub struct Config {
     /// Unset, each start picks a new random one, which only suits handlers declared with
     /// `reliable_delivery = false`.
     pub broadcast_identifier: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    /// Every field, with the password of `amqp_uri` masked (as in logs and `show-config`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so that a new field cannot be left out of the output unnoticed.
+        let Config {
+            amqp_uri,
+            rpc_exchange,
+            max_workers,
+            prefetch_count,
+            parent_calls_tracked,
+            rpc_timeout,
+            stop_timeout,
+            heartbeat,
+            amqp_ssl,
+            auto_delete_event_exchanges,
+            web_server_address,
+            http_max_body_bytes,
+            http_request_timeout,
+            extra,
+            broadcast_identifier,
+        } = self;
+        f.debug_struct("Config")
+            .field(
+                "amqp_uri",
+                &amqp_uri.as_deref().map(crate::transport::mask_password),
+            )
+            .field("rpc_exchange", rpc_exchange)
+            .field("max_workers", max_workers)
+            .field("prefetch_count", prefetch_count)
+            .field("parent_calls_tracked", parent_calls_tracked)
+            .field("rpc_timeout", rpc_timeout)
+            .field("stop_timeout", stop_timeout)
+            .field("heartbeat", heartbeat)
+            .field("amqp_ssl", amqp_ssl)
+            .field("auto_delete_event_exchanges", auto_delete_event_exchanges)
+            .field("web_server_address", web_server_address)
+            .field("http_max_body_bytes", http_max_body_bytes)
+            .field("http_request_timeout", http_request_timeout)
+            .field("extra", extra)
+            .field("broadcast_identifier", broadcast_identifier)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -575,6 +620,21 @@ mod tests {
         let config = Config::from_yaml_with("LOGGING: warn,nameko=debug\n", &env).unwrap();
         assert_eq!(config.log_filter().as_deref(), Some("warn,nameko=debug"));
         assert_eq!(Config::default().log_filter(), None);
+    }
+
+    #[test]
+    fn debug_output_masks_the_password() {
+        let config = Config::default().with_broker("amqp://user:s3cret@rabbit:5672/vh");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("amqp_uri: Some(\"amqp://user:********@rabbit:5672/vh\")"),
+            "{shown}"
+        );
+        assert!(shown.contains("max_workers: 10"), "{shown}");
+        assert!(shown.contains("broadcast_identifier: None"), "{shown}");
+        let shown = format!("{:?}", Config::default());
+        assert!(shown.contains("amqp_uri: None"), "{shown}");
     }
 
     #[test]
