@@ -128,7 +128,7 @@ impl AmqpTransport {
         };
         let connection = lapin::DefaultConnectionBuilder::new()
             .map_err(|e| cannot(&e))?
-            .with_uri_str(normalized.clone())
+            .with_uri(super::parse_amqp_uri(&normalized).map_err(|e| cannot(&e))?)
             .with_properties(ConnectionProperties::default())
             .with_tls_config(tls_config)
             .connect()
