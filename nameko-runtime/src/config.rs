@@ -9,8 +9,9 @@ pub const EMBEDDED_BROKER_URI: &str = "memory://";
 
 /// Settings shared by the services of one runner and by clients.
 ///
-/// Field names follow Nameko's configuration keys (`AMQP_URI`, `max_workers`, ...).
-#[derive(Debug, Clone, PartialEq)]
+/// Field names follow Nameko's configuration keys (`AMQP_URI`, `max_workers`, ...). Its `Debug`
+/// output masks the password of `amqp_uri`.
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
     /// `AMQP_URI`: the broker. `None` runs on the embedded broker.
@@ -68,6 +69,60 @@ pub struct Config {
     /// Unset, each start picks a new random one, which only suits handlers declared with
     /// `reliable_delivery = false`.
     pub broadcast_identifier: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    /// Every field, with the password of `amqp_uri` masked (as in logs and `show-config`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so that a new field cannot be left out of the output unnoticed.
+        let Config {
+            amqp_uri,
+            rpc_exchange,
+            max_workers,
+            prefetch_count,
+            parent_calls_tracked,
+            rpc_timeout,
+            stop_timeout,
+            heartbeat,
+            amqp_ssl,
+            auto_delete_event_exchanges,
+            web_server_address,
+            http_max_body_bytes,
+            http_request_timeout,
+            http_header_read_timeout,
+            http_idle_timeout,
+            http_max_connections,
+            publish_timeout,
+            max_redeliveries,
+            extra,
+            broadcast_identifier,
+        } = self;
+        f.debug_struct("Config")
+            .field(
+                "amqp_uri",
+                &amqp_uri.as_deref().map(crate::transport::mask_password),
+            )
+            .field("rpc_exchange", rpc_exchange)
+            .field("max_workers", max_workers)
+            .field("prefetch_count", prefetch_count)
+            .field("parent_calls_tracked", parent_calls_tracked)
+            .field("rpc_timeout", rpc_timeout)
+            .field("stop_timeout", stop_timeout)
+            .field("heartbeat", heartbeat)
+            .field("amqp_ssl", amqp_ssl)
+            .field("auto_delete_event_exchanges", auto_delete_event_exchanges)
+            .field("web_server_address", web_server_address)
+            .field("http_max_body_bytes", http_max_body_bytes)
+            .field("http_request_timeout", http_request_timeout)
+            .field("http_header_read_timeout", http_header_read_timeout)
+            .field("http_idle_timeout", http_idle_timeout)
+            .field("http_max_connections", http_max_connections)
+            .field("publish_timeout", publish_timeout)
+            .field("max_redeliveries", max_redeliveries)
+            .field("extra", extra)
+            .field("broadcast_identifier", broadcast_identifier)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -196,7 +251,9 @@ impl Config {
 // ---------------------------------------------------------------------------------------------
 // The configuration file.
 
-use serde::de::DeserializeOwned;
+use std::cell::{Cell, RefCell};
+
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde_json::Value;
 
 use crate::error::Error;
@@ -254,7 +311,10 @@ fn tls_options(value: Value) -> Result<Option<crate::transport::TlsOptions>, Err
 
 /// Replaces `${VAR}` and `${VAR:default}` in `text` with the environment's values (`lookup`);
 /// defaults may hold further `${...}` and balanced braces. An unset variable without a default
-/// becomes the empty string, as in Nameko.
+/// becomes the empty string, as in Nameko. The values themselves are not substituted again.
+///
+/// This is the substitution [`Config::from_yaml`] applies to one scalar value of the file, after
+/// the YAML is parsed (never to the file's text); it knows nothing of YAML itself.
 pub fn substitute_env(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -308,6 +368,224 @@ pub fn substitute_env(
     Ok(out)
 }
 
+/// Whether Nameko's implicit resolver (`.*\$\{.*\}.*`, matched at the start, `.` stopping at
+/// line breaks) reads a plain scalar as `!env_var`: its first line holds `${` and then `}`.
+fn has_implicit_env_var(value: &str) -> bool {
+    let first_line = value.split('\n').next().unwrap_or_default();
+    first_line
+        .find("${")
+        .is_some_and(|start| first_line[start + 2..].contains('}'))
+}
+
+/// Whether the scalar node starting at byte `index` of `text` is plain (neither quoted nor a
+/// block scalar) and without a tag (such as `!!str`), past its anchor: what Nameko's implicit
+/// resolver sees.
+fn is_plain_at(text: &str, index: usize) -> bool {
+    let mut rest = text.get(index..).unwrap_or_default();
+    loop {
+        if rest.starts_with('!') {
+            // A standard tag (ours are not read here): explicit, so not resolved.
+            return false;
+        } else if rest.starts_with('&') {
+            rest = rest.trim_start_matches(|c: char| !c.is_whitespace());
+        } else if rest.starts_with('#') {
+            rest = rest.split_once('\n').map_or("", |(_, next)| next);
+        } else if rest.starts_with(char::is_whitespace) {
+            rest = rest.trim_start();
+        } else {
+            return !rest.starts_with(['"', '\'', '|', '>']);
+        }
+    }
+}
+
+/// Reads YAML text into a JSON value, substituting the environment into scalars as Nameko's
+/// loader does (see [`Config::from_yaml`]).
+///
+/// Whether a scalar was plain or quoted is not part of what serde_norway hands over, only where
+/// its node starts (in an error's location). So the text is deserialized in passes: a pass stops
+/// at the first untagged `${...}` scalar whose style is not known yet, the style is read from the
+/// text at the place the error names, and the next pass goes one scalar further. A file without
+/// `${...}` takes one pass.
+struct EnvLoader<'a> {
+    text: &'a str,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    /// Whether each untagged string scalar holding `${...}`, in the document's order (aliases
+    /// included), is plain.
+    plain: Vec<bool>,
+    /// How many of those scalars the current pass has met.
+    met: Cell<usize>,
+    /// Set when the current pass stopped at a scalar whose style is not in `plain` yet.
+    stopped: Cell<bool>,
+    /// What made the current pass fail, when it is not the YAML's syntax.
+    failure: RefCell<Option<String>>,
+}
+
+impl EnvLoader<'_> {
+    fn load(mut self) -> Result<Value, Error> {
+        loop {
+            self.met.set(0);
+            self.stopped.set(false);
+            let result =
+                LoadNode(&self).deserialize(serde_norway::Deserializer::from_str(self.text));
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) if self.stopped.get() => {
+                    // Unknown, the scalar is taken for plain, the usual case.
+                    let plain = e
+                        .location()
+                        .is_none_or(|at| is_plain_at(self.text, at.index()));
+                    self.plain.push(plain);
+                }
+                Err(e) => {
+                    return Err(Error::Config(match self.failure.take() {
+                        Some(message) => match e.location() {
+                            Some(at) => {
+                                format!("{message} (line {}, column {})", at.line(), at.column())
+                            }
+                            None => message,
+                        },
+                        None => format!("the configuration is not valid YAML: {e}"),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Stops the pass with `message`.
+    fn fail<E: serde::de::Error>(&self, message: String) -> E {
+        let error = E::custom(&message);
+        self.failure.borrow_mut().get_or_insert(message);
+        error
+    }
+
+    /// An untagged string scalar: substituted and read as YAML when plain and holding `${...}`.
+    fn untagged<E: serde::de::Error>(&self, value: &str) -> Result<Value, E> {
+        if !has_implicit_env_var(value) {
+            return Ok(Value::String(value.to_owned()));
+        }
+        let index = self.met.get();
+        self.met.set(index + 1);
+        match self.plain.get(index) {
+            Some(true) => self.env_var(value, false),
+            Some(false) => Ok(Value::String(value.to_owned())),
+            None => {
+                self.stopped.set(true);
+                Err(E::custom("the style of this scalar is needed"))
+            }
+        }
+    }
+
+    /// `!env_var` (`raw` false) or `!raw_env_var` applied to `value`.
+    fn env_var<E: serde::de::Error>(&self, value: &str, raw: bool) -> Result<Value, E> {
+        let substituted = match substitute_env(value, self.lookup) {
+            Ok(substituted) => substituted,
+            Err(Error::Config(message)) => return Err(self.fail(message)),
+            Err(other) => return Err(self.fail(other.to_string())),
+        };
+        if raw {
+            return Ok(Value::String(substituted));
+        }
+        // As Nameko's `yaml.safe_load` of the result, except that what is no YAML value (a text
+        // of several lines such as `x\nKEY: 1`, a tag) stays the string it is.
+        Ok(serde_norway::from_str(&substituted).unwrap_or(Value::String(substituted)))
+    }
+}
+
+/// The deserialization of one node of the file by an [`EnvLoader`].
+#[derive(Clone, Copy)]
+struct LoadNode<'l, 'a>(&'l EnvLoader<'a>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for LoadNode<'_, '_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for LoadNode<'_, '_> {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a YAML value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // As serde_json: no JSON number for infinities and NaN.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.0.untagged(v)
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key_seed(self)? {
+            let key = match key {
+                Value::String(key) => key,
+                Value::Array(_) | Value::Object(_) => {
+                    return Err(self.0.fail(format!("a key must be a scalar, not `{key}`")));
+                }
+                scalar => scalar.to_string(),
+            };
+            let value = map.next_value_seed(self)?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        use serde::de::VariantAccess;
+        let (tag, content) = data.variant::<String>()?;
+        let raw = match tag.as_str() {
+            "env_var" => false,
+            "raw_env_var" => true,
+            other => {
+                return Err(self.0.fail(format!(
+                    "the tag `!{other}` is not supported (known: !env_var, !raw_env_var)"
+                )));
+            }
+        };
+        let value = content
+            .newtype_variant::<String>()
+            .map_err(|_| self.0.fail(format!("`!{tag}` applies to a scalar only")))?;
+        self.0.env_var(&value, raw)
+    }
+}
+
 fn take<T: DeserializeOwned>(
     map: &mut serde_json::Map<String, Value>,
     key: &str,
@@ -322,8 +600,28 @@ fn take<T: DeserializeOwned>(
 }
 
 impl Config {
-    /// Reads a Nameko-style YAML configuration (after `${VAR:default}` substitution from the
-    /// environment). Known keys become fields; every other key is kept in [`Config::extra`].
+    /// Reads a Nameko-style YAML configuration, with `${VAR}` and `${VAR:default}` taken from
+    /// the environment. Known keys become fields; every other key is kept in [`Config::extra`].
+    ///
+    /// The substitution ([`substitute_env`]) applies to scalar values once the YAML is parsed, as
+    /// Nameko 2.14's loader does (`env_var_constructor` in `nameko/cli/main.py`), never to the
+    /// text: `${...}` in a comment is nothing, and a variable's value cannot break the quoting or
+    /// add keys, whatever it holds. Which scalars are substituted:
+    ///
+    /// - a plain (unquoted) scalar whose first line holds `${...}` (Nameko's implicit resolver,
+    ///   keys included): the result is then read as YAML, so `max_workers: ${N:10}` is a number,
+    ///   `AMQP_URI: ${URI}` a string and `${LIST:[a, b]}` a list;
+    /// - a scalar tagged `!env_var`, quoted or not: the same (`!env_var "${PORT:8000}"` is the
+    ///   number 8000);
+    /// - a scalar tagged `!raw_env_var`: substituted and kept as the string it gives
+    ///   (`!raw_env_var "${PORT:8000}"` is `"8000"`).
+    ///
+    /// Quoted (`"${VAR}"`, `'${VAR}'`) and block (`|`, `>`) scalars without a tag, and scalars
+    /// with a standard tag (`!!str ${VAR}`), are kept as written, as in Nameko, whose implicit
+    /// resolver only sees untagged plain scalars. A variable's value is not substituted again.
+    /// Where Nameko would fail to read a result as YAML (say a value of several lines such as
+    /// `x\nKEY: 1`), it stays the string it is, the value of its own key.
+    /// Local tags other than these two (`!name`) are errors.
     ///
     /// ```
     /// let config = nameko::Config::from_yaml("AMQP_URI: ${NOT_SET_ANYWHERE:memory://}\nmax_workers: 4\nGREETING: hi\n")?;
@@ -341,10 +639,15 @@ impl Config {
         text: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Error> {
-        let text = substitute_env(text, lookup)?;
-        let value: Value = serde_norway::from_str(&text)
-            .map_err(|e| Error::Config(format!("the configuration is not valid YAML: {e}")))?;
-        let map = match value {
+        let loader = EnvLoader {
+            text,
+            lookup,
+            plain: Vec::new(),
+            met: Cell::new(0),
+            stopped: Cell::new(false),
+            failure: RefCell::new(None),
+        };
+        let map = match loader.load()? {
             Value::Object(map) => map,
             Value::Null => serde_json::Map::new(),
             other => {
@@ -584,6 +887,80 @@ mod tests {
         );
     }
 
+    /// The environment of the tests of substitution after parsing.
+    fn hostile_env(name: &str) -> Option<String> {
+        match name {
+            "EVIL" => Some("x\nEVIL: 1".into()),
+            "QUOTES" => Some("say \"hi\" # and 'bye'".into()),
+            "REF" => Some("${HOST}".into()),
+            other => env(other),
+        }
+    }
+
+    #[test]
+    fn substitution_applies_to_parsed_values() {
+        let text = "\
+# a comment with ${UNCLOSED is no value
+AMQP_URI: ${MISSING:amqp://guest:guest@${HOST}:5672/} # ${HOST} in a comment
+max_workers: ${N:10}
+EVIL: ${EVIL}
+QUOTES: ${QUOTES}
+TAGGED_QUOTES: !env_var \"${QUOTES}\"
+REF: ${REF}
+PORT: !env_var \"${PORT:8000}\"
+RAW_PORT: !raw_env_var \"${PORT:8000}\"
+RAW_N: !raw_env_var ${N}
+DOUBLE: \"${HOST}\"
+SINGLE: '${HOST}'
+ESCAPED: \"${HOST}\\t\"
+BLOCK: |
+  ${HOST}
+FOLDED: a
+  ${HOST}
+${HOST}_KEY: 1
+ANCHORED: &plain ${HOST}
+STR: !!str ${HOST}
+ALIAS: *plain
+LIST:
+  - ${N}
+  - \"${N}\"
+  - !raw_env_var '${N}'
+";
+        let config = Config::from_yaml_with(text, &hostile_env).unwrap();
+        let get = |key: &str| config.extra.get(key).cloned();
+        assert_eq!(
+            config.amqp_uri.as_deref(),
+            Some("amqp://guest:guest@rabbit:5672/")
+        );
+        assert_eq!(config.max_workers, 7);
+        // A value of several lines stays the value of its key.
+        assert_eq!(get("EVIL"), Some(Value::from("x\nEVIL: 1")));
+        assert_eq!(config.extra.len(), 17, "{:?}", config.extra);
+        // Read as YAML, as in Nameko: the comment goes.
+        assert_eq!(get("QUOTES"), Some(Value::from("say \"hi\"")));
+        assert_eq!(get("TAGGED_QUOTES"), Some(Value::from("say \"hi\"")));
+        // The environment's values are not substituted again.
+        assert_eq!(get("REF"), Some(Value::from("${HOST}")));
+        assert_eq!(get("PORT"), Some(Value::from(8000)));
+        assert_eq!(get("RAW_PORT"), Some(Value::from("8000")));
+        assert_eq!(get("RAW_N"), Some(Value::from("7")));
+        // Only plain scalars are substituted without a tag.
+        assert_eq!(get("DOUBLE"), Some(Value::from("${HOST}")));
+        assert_eq!(get("SINGLE"), Some(Value::from("${HOST}")));
+        assert_eq!(get("ESCAPED"), Some(Value::from("${HOST}\t")));
+        assert_eq!(get("BLOCK"), Some(Value::from("${HOST}\n")));
+        assert_eq!(get("FOLDED"), Some(Value::from("a rabbit")));
+        assert_eq!(get("rabbit_KEY"), Some(Value::from(1)));
+        assert_eq!(get("ANCHORED"), Some(Value::from("rabbit")));
+        assert_eq!(get("ALIAS"), Some(Value::from("rabbit")));
+        assert_eq!(get("STR"), Some(Value::from("${HOST}")));
+        assert_eq!(get("LIST"), Some(serde_json::json!([7, "${N}", "7"])));
+        let e = Config::from_yaml_with("A: !secret x\n", &env).unwrap_err();
+        assert!(e.to_string().contains("!secret"), "{e}");
+        let e = Config::from_yaml_with("A: !env_var [a]\n", &env).unwrap_err();
+        assert!(e.to_string().contains("!env_var"), "{e}");
+    }
+
     #[test]
     fn wrong_values_name_their_key() {
         let e = Config::from_yaml_with("max_workers: many\n", &env).unwrap_err();
@@ -618,6 +995,21 @@ mod tests {
         let config = Config::from_yaml_with("LOGGING: warn,nameko=debug\n", &env).unwrap();
         assert_eq!(config.log_filter().as_deref(), Some("warn,nameko=debug"));
         assert_eq!(Config::default().log_filter(), None);
+    }
+
+    #[test]
+    fn debug_output_masks_the_password() {
+        let config = Config::default().with_broker("amqp://user:s3cret@rabbit:5672/vh");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("amqp_uri: Some(\"amqp://user:********@rabbit:5672/vh\")"),
+            "{shown}"
+        );
+        assert!(shown.contains("max_workers: 10"), "{shown}");
+        assert!(shown.contains("broadcast_identifier: None"), "{shown}");
+        let shown = format!("{:?}", Config::default());
+        assert!(shown.contains("amqp_uri: None"), "{shown}");
     }
 
     #[test]

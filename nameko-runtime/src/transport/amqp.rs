@@ -190,13 +190,14 @@ impl AmqpTransport {
             Some(tls) => tls_config(tls).map_err(|e| cannot(&e))?,
             None => OwnedTLSConfig::default(),
         };
+        let parsed = super::parse_amqp_uri(&normalized).map_err(|e| cannot(&e))?;
         let open = |role: &str| {
-            let (uri, tls_config) = (normalized.clone(), tls_config.clone());
+            let (uri, tls_config) = (parsed.clone(), tls_config.clone());
             let name = format!("nameko-rs {role} (pid {})", std::process::id());
             async move {
                 lapin::DefaultConnectionBuilder::new()
                     .map_err(|e| cannot(&e))?
-                    .with_uri_str(uri)
+                    .with_uri(uri)
                     .with_properties(
                         ConnectionProperties::default().with_connection_name(name.into()),
                     )

@@ -3,16 +3,19 @@
 //! Topic exchanges with `*`/`#` bindings, named queues with the same declare checks as
 //! RabbitMQ, competing consumers served round-robin, prefetch limits, manual acks, mandatory
 //! publishes, and redelivery (with `redelivered = true`) of everything a consumer received but
-//! did not settle when it goes away. Queues declared `auto_delete`, `exclusive` or with an
-//! expiry are deleted as soon as their last consumer leaves.
+//! did not settle when it goes away. Queues declared `auto_delete` or `exclusive` are deleted as
+//! soon as their last consumer leaves; queues declared with an expiry (`x-expires`), as on
+//! RabbitMQ, once unused for that long: no consumer, and not declared again.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::{
     Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, OutgoingMessage, Properties,
@@ -37,6 +40,9 @@ struct State {
     exchanges: HashMap<String, Exchange>,
     queues: HashMap<String, Queue>,
     next_consumer: u64,
+    /// When unused queues run out of their expiry, earliest first. An entry is void when its
+    /// queue was used since ([`Queue::expires_at`] moved or cleared).
+    expiries: BinaryHeap<Reverse<(Instant, String)>>,
 }
 
 struct Exchange {
@@ -49,6 +55,8 @@ struct Queue {
     ready: VecDeque<Stored>,
     consumers: Vec<Slot>,
     next: usize,
+    /// When the queue, declared with an expiry and unused since, is to be deleted.
+    expires_at: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -101,12 +109,16 @@ impl MemoryBroker {
 
     /// Number of messages waiting in a queue (not counting those delivered and unsettled).
     pub fn queue_len(&self, queue: &str) -> Option<usize> {
-        lock(&self.state).queues.get(queue).map(|q| q.ready.len())
+        let mut state = lock(&self.state);
+        state.expire();
+        state.queues.get(queue).map(|q| q.ready.len())
     }
 
     /// Whether a queue exists.
     pub fn has_queue(&self, queue: &str) -> bool {
-        lock(&self.state).queues.contains_key(queue)
+        let mut state = lock(&self.state);
+        state.expire();
+        state.queues.contains_key(queue)
     }
 
     fn publish_now(&self, message: OutgoingMessage) -> Result<(), TransportError> {
@@ -121,6 +133,7 @@ impl MemoryBroker {
             }
         };
         let mut state = lock(&self.state);
+        state.expire();
         let State {
             exchanges, queues, ..
         } = &mut *state;
@@ -199,15 +212,60 @@ impl MemoryBroker {
             message.redelivered = true;
             q.ready.push_front(message);
         }
-        let spec = &q.spec;
-        if q.consumers.is_empty() && (spec.auto_delete || spec.exclusive || spec.expires.is_some())
-        {
-            state.queues.remove(queue);
-            for exchange in state.exchanges.values_mut() {
-                exchange.bindings.retain(|(_, q)| q != queue);
-            }
-        } else {
+        if !q.consumers.is_empty() {
             q.dispatch();
+        } else if q.spec.auto_delete || q.spec.exclusive {
+            state.delete_queue(queue);
+        } else {
+            state.start_expiry(queue);
+        }
+    }
+}
+
+impl State {
+    fn delete_queue(&mut self, name: &str) {
+        self.queues.remove(name);
+        for exchange in self.exchanges.values_mut() {
+            exchange.bindings.retain(|(_, q)| q != name);
+        }
+    }
+
+    /// Starts the expiry of a queue now unused, if it was declared with one (RabbitMQ renews
+    /// the lease of an unused queue at every declaration, and when its last consumer leaves).
+    fn start_expiry(&mut self, name: &str) {
+        let Some(queue) = self.queues.get_mut(name) else {
+            return;
+        };
+        // An expiry beyond what the clock can say never comes.
+        queue.expires_at = queue
+            .spec
+            .expires
+            .and_then(|expires| Instant::now().checked_add(expires));
+        if let Some(at) = queue.expires_at {
+            self.expiries.push(Reverse((at, name.to_owned())));
+        }
+    }
+
+    /// Deletes the queues whose expiry ran out while unused. Called before every look at the
+    /// queues (publishes included), so an expired queue is never seen; with no expiry running,
+    /// it does not even read the clock.
+    fn expire(&mut self) {
+        if self.expiries.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        while let Some(Reverse((at, _))) = self.expiries.peek()
+            && *at <= now
+        {
+            let Some(Reverse((_, name))) = self.expiries.pop() else {
+                return;
+            };
+            let expired = self.queues.get(&name).is_some_and(|q| {
+                q.consumers.is_empty() && q.expires_at.is_some_and(|at| at <= now)
+            });
+            if expired {
+                self.delete_queue(&name);
+            }
         }
     }
 }
@@ -408,7 +466,8 @@ impl Transport for MemoryBroker {
     fn declare_queue(&self, spec: &QueueSpec) -> BoxFuture<'_, Result<(), TransportError>> {
         let result = {
             let mut state = lock(&self.state);
-            match state.queues.get(&spec.name) {
+            state.expire();
+            let result = match state.queues.get(&spec.name) {
                 Some(existing) if existing.spec != *spec => {
                     Err(TransportError::PreconditionFailed(format!(
                         "queue '{}' exists with other flags or arguments",
@@ -424,11 +483,21 @@ impl Transport for MemoryBroker {
                             ready: VecDeque::new(),
                             consumers: Vec::new(),
                             next: 0,
+                            expires_at: None,
                         },
                     );
                     Ok(())
                 }
+            };
+            if result.is_ok()
+                && state
+                    .queues
+                    .get(&spec.name)
+                    .is_some_and(|q| q.consumers.is_empty())
+            {
+                state.start_expiry(&spec.name);
             }
+            result
         };
         async move { result }.boxed()
     }
@@ -441,6 +510,7 @@ impl Transport for MemoryBroker {
     ) -> BoxFuture<'a, Result<(), TransportError>> {
         let result = {
             let mut state = lock(&self.state);
+            state.expire();
             if !state.queues.contains_key(queue) {
                 Err(TransportError::NotFound(format!("no queue '{queue}'")))
             } else {
@@ -473,11 +543,14 @@ impl Transport for MemoryBroker {
     ) -> BoxFuture<'a, Result<Consumer, TransportError>> {
         let result = {
             let mut state = lock(&self.state);
+            state.expire();
             state.next_consumer += 1;
             let id = state.next_consumer;
             match state.queues.get_mut(queue) {
                 None => Err(TransportError::NotFound(format!("no queue '{queue}'"))),
                 Some(q) => {
+                    // In use: no expiry runs.
+                    q.expires_at = None;
                     let (tx, rx) = mpsc::unbounded_channel();
                     q.consumers.push(Slot {
                         id,
@@ -542,8 +615,18 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn expiring_queues_go_with_their_last_consumer() {
+    fn to_key(exchange: &str) -> OutgoingMessage {
+        OutgoingMessage {
+            exchange: exchange.into(),
+            routing_key: "key".into(),
+            mandatory: true,
+            properties: Properties::default(),
+            body: b"kept".to_vec(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiring_queues_outlive_their_last_consumer_by_their_expiry() {
         let broker = MemoryBroker::new();
         let spec = QueueSpec {
             expires: Some(Duration::from_secs(300)),
@@ -556,20 +639,49 @@ mod tests {
         broker.declare_queue(&spec).await.unwrap();
         broker.bind_queue("reply", "ex", "key").await.unwrap();
         let consumer = broker.consume("reply", 0).await.unwrap();
-        assert!(broker.has_queue("reply"));
+        // In use, the queue stays however long.
+        tokio::time::advance(Duration::from_secs(1000)).await;
         drop(consumer);
+        // Unused, it stays for its expiry, messages and bindings with it.
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert!(broker.has_queue("reply"));
+        broker.publish(to_key("ex")).await.unwrap();
+        assert_eq!(broker.queue_len("reply"), Some(1));
+        // A consumer coming back finds them, and starts the expiry again when it leaves.
+        let mut consumer = broker.consume("reply", 0).await.unwrap();
+        consumer.next().await.unwrap().unwrap().ack().await.unwrap();
+        drop(consumer);
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert!(broker.has_queue("reply"));
+        // So does a declaration.
+        broker.declare_queue(&spec).await.unwrap();
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert!(broker.has_queue("reply"));
+        tokio::time::advance(Duration::from_secs(1)).await;
         assert!(!broker.has_queue("reply"));
-        let message = OutgoingMessage {
-            exchange: "ex".into(),
-            routing_key: "key".into(),
-            mandatory: true,
-            properties: Properties::default(),
-            body: Vec::new(),
-        };
         assert!(matches!(
-            broker.publish(message).await,
+            broker.publish(to_key("ex")).await,
             Err(TransportError::Unroutable { .. })
         ));
+        // Declared again, it is a new, empty queue; never consumed, it expires too.
+        broker.declare_queue(&spec).await.unwrap();
+        assert_eq!(broker.queue_len("reply"), Some(0));
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert!(!broker.has_queue("reply"));
+    }
+
+    #[tokio::test]
+    async fn auto_delete_queues_go_with_their_last_consumer() {
+        let broker = MemoryBroker::new();
+        let spec = QueueSpec {
+            auto_delete: true,
+            expires: Some(Duration::from_secs(300)),
+            ..QueueSpec::durable("events")
+        };
+        broker.declare_queue(&spec).await.unwrap();
+        let consumer = broker.consume("events", 0).await.unwrap();
+        drop(consumer);
+        assert!(!broker.has_queue("events"));
     }
 
     #[tokio::test]
