@@ -438,14 +438,17 @@ async fn a_body_over_the_limit_is_refused() {
 }
 
 #[tokio::test]
-async fn a_request_over_the_time_limit_is_answered_408_and_the_server_goes_on() {
+async fn a_request_over_the_time_limit_is_answered_504_and_the_server_goes_on() {
     let running = start(&TestBroker::memory(), |c| {
         c.http_request_timeout = Duration::from_millis(50)
     })
     .await;
     let reply = get(&running, "/slow").await;
-    assert_eq!(reply.status, 408);
-    assert_eq!(reply.body, "The request took too long\n");
+    assert_eq!(reply.status, 504);
+    assert_eq!(
+        reply.body,
+        "The request took too long; it may still take effect\n"
+    );
     assert_eq!(get(&running, "/hello/tim").await.body, "hello tim");
     running.stop().await.unwrap();
 }
@@ -551,5 +554,223 @@ async fn the_router_answers_without_a_socket() {
         let response = router.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
     }
+    running.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow and hostile clients.
+
+/// Counts the worker hooks that ran.
+#[derive(Clone, Default)]
+pub struct Hooks(Arc<(AtomicUsize, AtomicUsize)>);
+
+impl Dependency for Hooks {
+    async fn build(_cx: &DependencyContext, _field: &'static str) -> Result<Self, nameko::Error> {
+        Ok(Hooks::default())
+    }
+
+    async fn worker_result(
+        &self,
+        _worker: &WorkerContext,
+        _result: &nameko::service::WorkerResult<'_>,
+    ) -> Result<(), nameko::Error> {
+        self.0.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn worker_teardown(&self, _worker: &WorkerContext) {
+        self.0.1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+static HOOKS: OnceLock<Hooks> = OnceLock::new();
+
+#[derive(Dependencies)]
+pub struct Guarded {
+    hooks: Hooks,
+}
+
+#[service(name = "guarded")]
+impl Guarded {
+    #[http("GET", "/sleep/<int:millis>")]
+    async fn sleep(&self, millis: u64) -> String {
+        let _ = HOOKS.set(self.hooks.clone());
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        "slept".into()
+    }
+
+    #[http("GET", "/block/<int:millis>")]
+    fn block(&self, millis: u64) -> String {
+        std::thread::sleep(Duration::from_millis(millis));
+        "blocked".into()
+    }
+
+    #[http("GET", "/name/<name>")]
+    async fn name(&self, name: String) -> String {
+        name
+    }
+
+    #[http("GET", "/files/<path:file>")]
+    async fn files(&self, file: String) -> String {
+        file
+    }
+
+    #[http("GET", "/café/menu")]
+    async fn menu(&self) -> String {
+        "menu".into()
+    }
+}
+
+async fn start_guarded(configure: impl FnOnce(&mut Config) + Send + 'static) -> TestCluster {
+    TestServices::new()
+        .with_service::<Guarded>()
+        .with_config(configure)
+        .start()
+        .await
+        .expect("services start")
+}
+
+#[tokio::test]
+async fn a_timed_out_request_runs_its_hooks_and_keeps_its_worker_slot_until_it_ends() {
+    let running = start_guarded(|c| {
+        c.http_request_timeout = Duration::from_millis(600);
+        c.max_workers = 1;
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let reply = get(&running, "/sleep/1000").await;
+    assert_eq!(reply.status, 504);
+    assert!(started.elapsed() < Duration::from_millis(950));
+    // The worker goes on in its slot: the next request waits for it.
+    let reply = get(&running, "/sleep/0").await;
+    assert_eq!(reply.body, "slept");
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    // And its hooks ran, as the second's did.
+    let hooks = HOOKS.get().expect("the handler ran").clone();
+    assert_eq!(hooks.0.0.load(Ordering::SeqCst), 2, "worker_result");
+    assert_eq!(hooks.0.1.load(Ordering::SeqCst), 2, "worker_teardown");
+    // A blocking handler that times out keeps its slot too.
+    let started = std::time::Instant::now();
+    assert_eq!(get(&running, "/block/1000").await.status, 504);
+    assert_eq!(get(&running, "/name/x").await.body, "x");
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn route_values_never_take_a_slash_or_climb_out_of_their_directory() {
+    let running = start_guarded(|_| {}).await;
+    assert_eq!(get(&running, "/name/tim").await.body, "tim");
+    assert_eq!(get(&running, "/name/a%20b").await.body, "a b");
+    // One segment, whether its slash comes encoded or not.
+    assert_eq!(get(&running, "/name/a/b").await.status, 404);
+    assert_eq!(get(&running, "/name/a%2Fb").await.status, 404);
+    assert_eq!(get(&running, "/name/a%2fb").await.status, 404);
+    // A path value never holds `..` or `.` segments, a leading slash or a backslash.
+    assert_eq!(get(&running, "/files/a/b.txt").await.body, "a/b.txt");
+    assert_eq!(get(&running, "/files/a%20b/c").await.body, "a b/c");
+    for bad in [
+        "/files/../etc/passwd",
+        "/files/a/../../etc/passwd",
+        "/files/%2E%2E/etc/passwd",
+        "/files/a/%2e%2e%2fb",
+        "/files/%2Fetc/passwd",
+        "/files//etc/passwd",
+        "/files/./a",
+        "/files/..%5Cwindows",
+    ] {
+        assert_eq!(get(&running, bad).await.status, 404, "{bad}");
+    }
+    // A literal segment with non-ASCII text matches its percent-encoded form.
+    assert_eq!(get(&running, "/caf%C3%A9/menu").await.body, "menu");
+    running.stop().await.unwrap();
+}
+
+/// Opens a connection and sends part of a request's headers, then nothing more.
+async fn slowloris(address: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /name/slow HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    stream
+}
+
+/// Whether the server closed `stream` (it reads the end of the stream, or an error).
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // A 408 or the like before the close.
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slowloris_clients_are_cut_off_and_do_not_hold_the_server() {
+    let running = start_guarded(|c| {
+        c.http_header_read_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let address = running.http_address().unwrap();
+    let mut attackers = Vec::new();
+    for _ in 0..300 {
+        attackers.push(slowloris(address).await);
+    }
+    // Normal requests are answered at once all the while.
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(get(&running, "/name/ok").await.body, "ok");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    // Each slow client is disconnected once its headers are late.
+    for attacker in &mut attackers {
+        assert!(closed_by_server(attacker, Duration::from_secs(5)).await);
+    }
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_connections_are_limited() {
+    let running = start_guarded(|c| {
+        c.http_idle_timeout = Duration::from_millis(500);
+        c.http_max_connections = 2;
+    })
+    .await;
+    let address = running.http_address().unwrap();
+    // A keep-alive connection that asked once, then says nothing.
+    let mut idle = tokio::net::TcpStream::connect(address).await.unwrap();
+    idle.write_all(b"GET /name/once HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    assert!(closed_by_server(&mut idle, Duration::from_secs(3)).await);
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    // Two connections held open (a long request each): a third waits for a free one.
+    let busy = |millis: u64| {
+        tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            let request = format!("GET /sleep/{millis} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            stream.read_to_end(&mut raw).await.unwrap();
+        })
+    };
+    let (a, b) = (busy(1500), busy(1500));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(get(&running, "/name/third").await.body, "third");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the third connection was served before a slot was free"
+    );
+    a.await.unwrap();
+    b.await.unwrap();
     running.stop().await.unwrap();
 }
