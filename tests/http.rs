@@ -756,7 +756,8 @@ async fn idle_connections_are_closed_and_connections_are_limited() {
     let busy = |millis: u64| {
         tokio::spawn(async move {
             let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-            let request = format!("GET /sleep/{millis} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let request =
+                format!("GET /sleep/{millis} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
             stream.write_all(request.as_bytes()).await.unwrap();
             let mut raw = Vec::new();
             stream.read_to_end(&mut raw).await.unwrap();

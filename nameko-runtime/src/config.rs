@@ -236,10 +236,10 @@ impl Config {
     /// The settings of a RabbitMQ connection besides its URI: `AMQP_SSL`,
     /// `PUBLISH_CONFIRM_TIMEOUT`.
     pub fn amqp_options(&self) -> crate::transport::amqp::AmqpOptions {
-        let mut options = crate::transport::amqp::AmqpOptions::default();
-        options.tls = self.amqp_ssl.clone();
-        options.publish_timeout = self.publish_timeout;
-        options
+        crate::transport::amqp::AmqpOptions {
+            tls: self.amqp_ssl.clone(),
+            publish_timeout: self.publish_timeout,
+        }
     }
 
     /// Whether the services run on the embedded broker.

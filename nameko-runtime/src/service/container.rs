@@ -534,10 +534,8 @@ async fn listen<S: Service>(
             let queue = declare_event_queue::<S>(&shared, &entrypoint, &random_identifier).await?;
             let redeclare: Redeclare = Arc::new({
                 let (shared, identifier) = (shared.clone(), random_identifier.clone());
-                let entrypoint = entrypoint.clone();
                 move || {
                     let (shared, identifier) = (shared.clone(), identifier.clone());
-                    let entrypoint = entrypoint.clone();
                     Box::pin(async move {
                         declare_event_queue::<S>(&shared, &entrypoint, &identifier).await?;
                         Ok(())
