@@ -8,7 +8,18 @@
 //! - `kill-9`: one of three instances is killed with SIGKILL mid-load;
 //! - `fuzz`: 10,000 malformed or fuzzed requests at an instance while it serves good calls;
 //! - `nested-burst`: bursts of nested calls A → B → A, with `max_workers` 1 and 10;
-//! - `queued`: 10,000 requests queued at one instance, whose memory prefetch keeps bounded.
+//! - `queued`: 10,000 requests queued at one instance, whose memory prefetch keeps bounded;
+//! - `large-headers`: calls with 60 KB of context data (answered) and 200 KB (refused before
+//!   they are sent) among the load; the instance never loses its connection;
+//! - `gateway-close`: the broker closes every connection under an HTTP gateway (which consumes
+//!   nothing) and the instance it calls, while clients keep sending HTTP requests;
+//! - `memory-alarm`: RabbitMQ's memory alarm blocks publishers for 4 s under load;
+//! - `stop-prefetched`: one of two instances (one worker, ten prefetched requests each) is
+//!   stopped under load: its prefetched requests go to the other at once.
+//!
+//! Every scenario also counts duplicated executions: each instance logs the `n` of every load
+//! call it runs, and an `n` run twice is a duplicate (at-least-once delivery allows them after
+//! a crash; a scenario without one must have none).
 //!
 //! `tests/run.sh --test faults` runs it (figures in `RELIABILITY.md`). It needs the RabbitMQ
 //! of `tests/run.sh`; `broker-restart` also needs `NAMEKO_TEST_RABBITMQCTL` (set by `tests/run.sh`
@@ -34,11 +45,39 @@ pub struct FaultWorker;
 
 #[service(name = "fault_worker")]
 impl FaultWorker {
-    /// Takes `millis` milliseconds to double `n`.
+    /// Takes `millis` milliseconds to double `n`. A load call (`millis > 0`) is logged, to count
+    /// duplicated executions.
     #[rpc]
     async fn work(&self, n: u64, millis: u64) -> u64 {
+        if millis > 0 {
+            tracing::info!("executed n={n}");
+        }
         tokio::time::sleep(Duration::from_millis(millis)).await;
         n * 2
+    }
+}
+
+/// An HTTP gateway in front of `fault_worker`: it consumes nothing from the broker.
+#[derive(Dependencies)]
+pub struct FaultGateway {
+    fault_worker: FaultWorkerClient,
+}
+
+#[service(name = "fault_gateway")]
+impl FaultGateway {
+    /// `fault_worker.work(n, 5)`, as text; 503 when it cannot be reached.
+    #[http("GET", "/work/<int:n>")]
+    async fn work(&self, n: u64) -> Result<String, nameko::http::HttpError> {
+        self.fault_worker
+            .work(n, 5)
+            .await
+            .map(|v| v.to_string())
+            .map_err(|e| {
+                nameko::http::HttpError::new(
+                    nameko::http::Status::SERVICE_UNAVAILABLE,
+                    e.to_string(),
+                )
+            })
     }
 }
 
@@ -89,6 +128,10 @@ struct Report {
     slowest: Duration,
     /// Whether calls must be answered again after the fault (`recovery` set).
     must_recover: bool,
+    /// Load calls run more than once, when the scenario counted them.
+    duplicated: Option<usize>,
+    /// Whether a duplicated execution fails the scenario.
+    no_duplicates: bool,
     errors: Vec<String>,
     notes: Vec<String>,
 }
@@ -96,12 +139,13 @@ struct Report {
 impl Report {
     fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} s | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} s | {} |",
             self.scenario,
             self.sent,
             self.answered,
             self.failed,
             self.lost,
+            self.duplicated.map_or("-".to_owned(), |d| d.to_string()),
             self.recovery
                 .map_or("-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
             self.slowest.as_secs_f64(),
@@ -226,14 +270,48 @@ struct Instance {
     child: Child,
 }
 
+/// The log file of the instance named `log`.
+fn log_path(log: &str) -> std::path::PathBuf {
+    common::target_dir()
+        .join("faults")
+        .join(format!("{log}.log"))
+}
+
+/// How many load calls the instances logged as `logs` ran more than once.
+fn duplicated_executions(logs: &[&str]) -> usize {
+    let mut seen = std::collections::HashMap::<u64, usize>::new();
+    for log in logs {
+        let text = std::fs::read_to_string(log_path(log)).unwrap_or_default();
+        for n in text
+            .lines()
+            .filter_map(|line| line.split("executed n=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        {
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    seen.values().filter(|&&count| count > 1).count()
+}
+
+/// Whether the instance logged as `log` said `text`.
+fn logged(log: &str, text: &str) -> bool {
+    std::fs::read_to_string(log_path(log)).is_ok_and(|t| t.contains(text))
+}
+
 impl Instance {
     fn start(broker: &TestBroker, services: &[&str], log: &str) -> Instance {
+        Self::start_with(broker, services, &[], log)
+    }
+
+    /// With extra `run` options (`--define KEY=VALUE`, `--web-server-address`).
+    fn start_with(broker: &TestBroker, services: &[&str], options: &[&str], log: &str) -> Instance {
         let dir = common::target_dir().join("faults");
         std::fs::create_dir_all(&dir).expect("target/<profile>/faults");
-        let log = std::fs::File::create(dir.join(format!("{log}.log"))).expect("a log file");
+        let log = std::fs::File::create(log_path(log)).expect("a log file");
         let child = Command::new(std::env::current_exe().expect("this binary"))
             .arg("run")
             .args(["--broker", &broker.uri])
+            .args(options)
             .args(services)
             .env("NAMEKO_FAULTS_INSTANCE", "1")
             // The same number of runtime threads on every machine, so that the figures (and
@@ -253,6 +331,16 @@ impl Instance {
 
     fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then waits for the graceful stop.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        self.child.wait().expect("wait for the instance")
     }
 
     /// SIGKILL: no reply, no acknowledgement, no goodbye to the broker.
@@ -357,6 +445,10 @@ async fn broker_restart() -> Option<Report> {
         .await;
     report.recovery = report.recovery.map(|r| r.saturating_sub(up - down));
     report.must_recover = true;
+    report.duplicated = Some(duplicated_executions(&[
+        "broker-restart-1",
+        "broker-restart-2",
+    ]));
     report.notes.push(format!(
         "the broker took {:.1} s to stop, was down {:.1} s",
         (down - stopping).as_secs_f64(),
@@ -399,6 +491,7 @@ async fn kill_9() -> Option<Report> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut report = load.finish("kill -9 (1 of 3 instances)", Some(fault)).await;
     report.must_recover = true;
+    report.duplicated = Some(duplicated_executions(&["kill-9-1", "kill-9-2", "kill-9-3"]));
     assert!(instances[1].running() && instances[2].running());
     report
         .notes
@@ -429,7 +522,7 @@ async fn fuzz() -> Option<Report> {
             let _ = reply.ack().await;
         }
     });
-    let load = Load::start(&client, 4, 0);
+    let load = Load::start(&client, 4, 1);
     let mut fuzz = Fuzz(0x2545_F491_4F6C_DD1D);
     let mut expected = 0;
     let publishing = Instant::now();
@@ -444,6 +537,8 @@ async fn fuzz() -> Option<Report> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut report = load.finish("10,000 fuzzed requests", None).await;
+    report.duplicated = Some(duplicated_executions(&["fuzz"]));
+    report.no_duplicates = true;
     drain.abort();
     let got = replied.load(Ordering::SeqCst);
     report.notes.push(format!(
@@ -541,7 +636,7 @@ async fn queued() -> Option<Report> {
     let proxy = client.service("fault_worker");
     // A warm-up of 100 calls at once, so that the baseline is a working instance's memory (its
     // threads' allocator arenas in use), not a freshly started one's.
-    let warm_up: Vec<_> = (0..100u64)
+    let warm_up: Vec<_> = (1_000_000..1_000_100u64)
         .map(|n| {
             let proxy = proxy.clone();
             tokio::spawn(async move { proxy.call::<_, u64>("work", (n, 1)).await })
@@ -583,6 +678,8 @@ async fn queued() -> Option<Report> {
         }
     }
     let mut report = report("10,000 requests queued at 1 instance", &outcomes, None);
+    report.duplicated = Some(duplicated_executions(&["queued"]));
+    report.no_duplicates = true;
     report.notes.push(format!(
         "all in {:.1} s; instance memory {:.1} MB after a warm-up, {:.1} MB at most while they queued",
         started.elapsed().as_secs_f64(),
@@ -594,6 +691,288 @@ async fn queued() -> Option<Report> {
         peak < idle + 16 * 1024,
         "memory grew from {idle} KiB to {peak} KiB with 10,000 requests queued"
     );
+    Some(report)
+}
+
+/// Calls with large context data among the load: 60 KB (more than a 32 KiB frame, less than
+/// Nameko's 128 KiB) answered, 200 KB (more than any frame) refused before it is sent.
+async fn large_headers() -> Option<Report> {
+    let broker = TestBroker::amqp()?;
+    let _instance = Instance::start(&broker, &["fault_worker"], "large-headers");
+    let client = client(&broker, Duration::from_secs(30)).await;
+    wait_for_instances(&broker, &client, 1).await;
+    let load = Load::start(&client, 8, 5);
+    let token = |bytes: usize| {
+        std::collections::BTreeMap::from([(
+            "auth_token".to_owned(),
+            serde_json::json!("x".repeat(bytes)),
+        )])
+    };
+    let (big, huge) = (
+        client
+            .with_context_data(token(60_000))
+            .service("fault_worker"),
+        client
+            .with_context_data(token(200_000))
+            .service("fault_worker"),
+    );
+    let (mut answered, mut refused) = (0, 0);
+    let started = Instant::now();
+    for n in 0..200u64 {
+        match big.call::<_, u64>("work", (n, 0)).await {
+            Ok(v) if v == n * 2 => answered += 1,
+            other => panic!("a call with 60 KB of context data: {other:?}"),
+        }
+        match huge.call::<_, u64>("work", (n, 0)).await {
+            Err(RpcError::Transport(nameko::transport::TransportError::HeadersTooLarge {
+                ..
+            })) => refused += 1,
+            other => panic!("a call with 200 KB of context data: {other:?}"),
+        }
+    }
+    let mut report = load
+        .finish("large headers (60 KB and 200 KB of context data)", None)
+        .await;
+    report.duplicated = Some(duplicated_executions(&["large-headers"]));
+    report.no_duplicates = true;
+    let reconnected = logged("large-headers", "reconnect");
+    report.notes.push(format!(
+        "{answered} calls with 60 KB answered, {refused} with 200 KB refused before sending (HeadersTooLarge), in {:.1} s; the instance {}",
+        started.elapsed().as_secs_f64(),
+        if reconnected { "RECONNECTED" } else { "never lost its connection" }
+    ));
+    assert!(!reconnected, "the instance lost its connection");
+    Some(report)
+}
+
+/// One HTTP request over a connection of its own: the status and body, or why there is none.
+async fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| "no answer in 30 s".to_owned())?
+}
+
+/// The broker closes every connection of an HTTP gateway and the instance it calls, under load.
+async fn gateway_close() -> Option<Report> {
+    let broker = TestBroker::amqp()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let _instances = [
+        Instance::start(&broker, &["fault_worker"], "gateway-close-worker"),
+        Instance::start_with(
+            &broker,
+            &["fault_gateway"],
+            &["--web-server-address", &address],
+            "gateway-close-gateway",
+        ),
+    ];
+    let client = client(&broker, Duration::from_secs(30)).await;
+    wait_for_instances(&broker, &client, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&address, "/work/1").await != Ok((200, "2".into())) {
+        assert!(Instant::now() < deadline, "the gateway did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1_000_000));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, next, address) = (stop.clone(), next.clone(), address.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    let started = Instant::now();
+                    let result = match http_get(&address, &format!("/work/{n}")).await {
+                        Ok((200, body)) if body == (n * 2).to_string() => Ok(()),
+                        Ok((200, body)) => {
+                            Err(Failure::Lost(format!("wrong answer {body} for {n}")))
+                        }
+                        Ok((status, body)) => {
+                            Err(Failure::Clear(format!("{status} {}", body.trim())))
+                        }
+                        Err(e) if e.starts_with("no answer") => Err(Failure::Lost(e)),
+                        Err(e) => Err(Failure::Clear(e)),
+                    };
+                    if result.is_err() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    outcomes.push(Outcome {
+                        started,
+                        ended: Instant::now(),
+                        result,
+                    });
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fault = Instant::now();
+    let vhost = broker.inner().vhost().expect("a virtual host").to_owned();
+    tokio::task::spawn_blocking(move || {
+        rabbitmqctl(&["close_all_connections", "-p", &vhost, "fault suite"])
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.extend(task.await.expect("an HTTP load task"));
+    }
+    let mut report = report(
+        "broker closes every connection under an HTTP gateway",
+        &outcomes,
+        Some(fault),
+    );
+    report.must_recover = true;
+    report.duplicated = Some(duplicated_executions(&["gateway-close-worker"]));
+    report.notes.push(
+        "HTTP requests, each on a connection of its own; the gateway and the worker reconnect"
+            .into(),
+    );
+    Some(report)
+}
+
+/// Lifts RabbitMQ's memory alarm when dropped.
+struct MemoryAlarm;
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    }
+}
+
+/// RabbitMQ's memory alarm blocks publishers for 4 s under load.
+async fn memory_alarm() -> Option<Report> {
+    let broker = TestBroker::amqp()?;
+    if std::env::var_os("NAMEKO_TEST_RABBITMQCTL").is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "NAMEKO_TEST_RABBITMQCTL is not set, and CI=true forbids skipping: run tests/run.sh"
+            );
+        }
+        eprintln!("SKIPPED memory-alarm: NAMEKO_TEST_RABBITMQCTL is not set");
+        return None;
+    }
+    let _instance = Instance::start(&broker, &["fault_worker"], "memory-alarm");
+    let mut config = nameko::Config::default().with_broker(&broker.uri);
+    config.publish_timeout = Duration::from_secs(2);
+    let client = ClusterRpcClient::connect_with(&config)
+        .await
+        .expect("a client")
+        .with_timeout(Duration::from_secs(30));
+    wait_for_instances(&broker, &client, 1).await;
+    let load = Load::start(&client, 8, 5);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let raised = Instant::now();
+    let alarm = tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+        MemoryAlarm
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::task::spawn_blocking(move || drop(alarm))
+        .await
+        .unwrap();
+    let lifted = Instant::now();
+    assert!(
+        wait_until_answered_since(&client, lifted).await,
+        "no call was answered within 60 s of the alarm's end"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut report = load
+        .finish("memory alarm for 4 s (publishers blocked)", Some(lifted))
+        .await;
+    report.must_recover = true;
+    report.duplicated = Some(duplicated_executions(&["memory-alarm"]));
+    report.notes.push(format!(
+        "blocked {:.1} s; callers whose requests could not be confirmed within 2 s got a PublishTimeout",
+        (lifted - raised).as_secs_f64()
+    ));
+    Some(report)
+}
+
+/// One of two instances (one worker, ten prefetched requests each) stops under load.
+async fn stop_prefetched() -> Option<Report> {
+    let broker = TestBroker::amqp()?;
+    let options = ["--define", "max_workers=1", "--define", "PREFETCH_COUNT=10"];
+    let mut a = Instance::start_with(&broker, &["fault_worker"], &options, "stop-prefetched-a");
+    let _b = Instance::start_with(&broker, &["fault_worker"], &options, "stop-prefetched-b");
+    let client = client(&broker, Duration::from_secs(60)).await;
+    wait_for_instances(&broker, &client, 2).await;
+    // 12 callers of 300 ms calls: each instance runs one and holds the others prefetched.
+    let load = Load::start(&client, 12, 300);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fault = Instant::now();
+    let stopped = tokio::task::spawn_blocking(move || {
+        let status = a.terminate();
+        (status, Instant::now())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut report = load
+        .finish(
+            "stop 1 of 2 instances holding prefetched requests",
+            Some(fault),
+        )
+        .await;
+    report.must_recover = true;
+    report.duplicated = Some(duplicated_executions(&[
+        "stop-prefetched-a",
+        "stop-prefetched-b",
+    ]));
+    report.no_duplicates = true;
+    report.notes.push(format!(
+        "the stopping instance exited {} in {:.1} s; {}",
+        if stopped.0.success() {
+            "cleanly"
+        } else {
+            "WITH AN ERROR"
+        },
+        (stopped.1 - fault).as_secs_f64(),
+        if logged("stop-prefetched-a", "returned prefetched messages") {
+            "it returned its prefetched requests at once"
+        } else {
+            "it had no prefetched request to return"
+        }
+    ));
+    assert!(stopped.0.success());
     Some(report)
 }
 
@@ -612,13 +991,17 @@ fn main() -> std::process::ExitCode {
     let selected =
         |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("broker-restart", || Box::pin(broker_restart())),
         ("kill-9", || Box::pin(kill_9())),
         ("fuzz", || Box::pin(fuzz())),
         ("nested-burst-1", || Box::pin(nested_burst(1))),
         ("nested-burst-10", || Box::pin(nested_burst(10))),
         ("queued", || Box::pin(queued())),
+        ("large-headers", || Box::pin(large_headers())),
+        ("gateway-close", || Box::pin(gateway_close())),
+        ("memory-alarm", || Box::pin(memory_alarm())),
+        ("stop-prefetched", || Box::pin(stop_prefetched())),
     ];
     let (mut passed, mut failed) = (0, 0);
     let mut rows = Vec::new();
@@ -637,12 +1020,14 @@ fn main() -> std::process::ExitCode {
                     println!("    {error}");
                 }
                 let recovered = !report.must_recover || report.recovery.is_some();
-                let ok = report.lost == 0 && recovered;
+                let duplicated = report.no_duplicates && report.duplicated.unwrap_or(0) > 0;
+                let ok = report.lost == 0 && recovered && !duplicated;
                 println!(
                     "scenario {name}: {} in {:.1} s",
-                    match (report.lost, recovered) {
-                        (0, true) => "ok",
-                        (0, false) => "FAILED: calls were never answered again after the fault",
+                    match (report.lost, recovered, duplicated) {
+                        (0, true, false) => "ok",
+                        (0, false, _) => "FAILED: calls were never answered again after the fault",
+                        (0, true, true) => "FAILED: calls ran twice",
                         _ => "FAILED: calls were lost",
                     },
                     started.elapsed().as_secs_f64()
@@ -663,9 +1048,9 @@ fn main() -> std::process::ExitCode {
     }
     println!();
     println!(
-        "| scenario | calls sent | answered | failed with a clear error | lost | answered again after | slowest call | notes |"
+        "| scenario | calls sent | answered | failed with a clear error | lost | duplicated executions | answered again after | slowest call | notes |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }

@@ -125,7 +125,8 @@ impl WorkerContext {
                 .collect(),
             Some(Value::String(single)) => vec![single],
             Some(other) => {
-                tracing::warn!(value = %other, "ignoring a call_id_stack header that is not a list");
+                let value = crate::protocol::shorten(other.to_string());
+                tracing::warn!(%value, "ignoring a call_id_stack header that is not a list");
                 Vec::new()
             }
             None => Vec::new(),

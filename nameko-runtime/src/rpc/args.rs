@@ -58,14 +58,14 @@ impl BoundArgs {
         kwargs.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, value) in kwargs {
             let Some(index) = params.iter().position(|p| p.name == key) else {
-                return Err(incorrect_signature(format!(
+                return Err(incorrect_signature(crate::protocol::shorten(format!(
                     "{method}() got an unexpected keyword argument '{key}'"
-                )));
+                ))));
             };
             if slots[index].is_some() {
-                return Err(incorrect_signature(format!(
+                return Err(incorrect_signature(crate::protocol::shorten(format!(
                     "{method}() got multiple values for argument '{key}'"
-                )));
+                ))));
             }
             slots[index] = Some(value);
         }
@@ -110,6 +110,25 @@ impl BoundArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_unknown_keyword_name_is_cut_in_the_error() {
+        const PARAMS: &[Param] = &[Param {
+            name: "name",
+            optional: false,
+        }];
+        let key = "k".repeat(100_000);
+        let body =
+            RequestBody::parse(format!(r#"{{"args": [], "kwargs": {{"{key}": 1}}}}"#).as_bytes())
+                .unwrap();
+        let error = BoundArgs::bind("greet", PARAMS, body).err().unwrap();
+        assert!(error.value.len() <= 600, "{}", error.value.len());
+        assert!(
+            error
+                .value
+                .starts_with("greet() got an unexpected keyword argument 'kkk")
+        );
+    }
 
     /// The request decoder and the argument binder, fed 50,000 fuzzed bodies: each is a
     /// request or a clear error, never a panic (a panic would fail this test). Deterministic,
