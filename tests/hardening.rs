@@ -261,6 +261,61 @@ async fn a_rust_caller_with_too_much_context_data_gets_a_clear_error_and_keeps_i
 }
 
 // ---------------------------------------------------------------------------------------------
+// 8. Hostile properties.
+
+#[tokio::test]
+async fn deeply_nested_headers_from_python_are_rejected_and_the_service_serves_on() {
+    let _shared = BROKER.read().await;
+    let (Some(python), Some(broker)) = (common::python(), TestBroker::amqp()) else {
+        return;
+    };
+    logs();
+    let services = TestServices::on_uri(&broker.uri)
+        .with_service::<Echo>()
+        .start()
+        .await
+        .unwrap();
+    // Deeper than the runtime reads (64), and than lapin's parser could recurse (thousands).
+    for depth in [100, 15_000] {
+        let output = tokio::process::Command::new(&python)
+            .arg(common::interop_dir().join("py_deep_headers.py"))
+            .arg(broker.python_uri())
+            .arg("echo.echo")
+            .arg(depth.to_string())
+            .output()
+            .await
+            .expect("run py_deep_headers.py");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "published",
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    eventually(
+        "both messages are rejected",
+        Duration::from_secs(10),
+        async || {
+            String::from_utf8_lossy(&logs().lock().unwrap())
+                .matches("rejected a message whose headers nest too deeply")
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    // The same process, the same connection, still serving.
+    assert!(!services.transport().connection_lost());
+    let client = services.rpc_client().await.unwrap();
+    let echoed: String = client
+        .service("echo")
+        .call("echo", ["after"])
+        .await
+        .unwrap();
+    assert_eq!(echoed, "after");
+    services.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // 2. Services with no consumers notice a lost connection.
 
 #[tokio::test]

@@ -805,8 +805,9 @@ impl Transport for AmqpTransport {
                 Err(_) => None,
             };
             match reason {
-                Some(reason) => reason,
-                None => std::future::pending().await,
+                // A connection closed by `close` is not lost.
+                Some(reason) if !self.is_closed() => reason,
+                _ => std::future::pending().await,
             }
         }
         .boxed()
