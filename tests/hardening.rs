@@ -315,6 +315,45 @@ async fn deeply_nested_headers_from_python_are_rejected_and_the_service_serves_o
     services.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn settling_a_delivery_whose_channel_is_gone_is_an_error_not_a_silent_ok() {
+    let _shared = BROKER.read().await;
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let t = broker.connect().await;
+    let queue = format!("settle-{}", uuid::Uuid::new_v4());
+    t.declare_queue(&QueueSpec::durable(&queue)).await.unwrap();
+    for _ in 0..2 {
+        t.publish(OutgoingMessage {
+            exchange: String::new(),
+            routing_key: queue.clone(),
+            mandatory: true,
+            properties: Properties::default(),
+            body: b"{}".to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    for settle in ["ack", "reject"] {
+        let mut consumer = t.consume(&queue, 1).await.unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        // Its channel closes: the broker will deliver it again, and the caller must hear that
+        // this settlement did not happen.
+        consumer.close().await;
+        let settled = match settle {
+            "ack" => delivery.ack().await,
+            _ => delivery.reject(false).await,
+        };
+        let error = settled.expect_err("a settlement on a closed channel");
+        assert!(error.to_string().contains("channel is closed"), "{error}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Services with no consumers notice a lost connection.
 

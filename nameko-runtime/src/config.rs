@@ -233,12 +233,29 @@ impl Config {
         crate::transport::connect_with_options(&self.connection_uri(), &self.amqp_options()).await
     }
 
+    /// Connects a standalone client (an RPC client, an event dispatcher): as
+    /// [`connect`](Self::connect), publishing on the one connection.
+    pub(crate) async fn connect_client(
+        &self,
+    ) -> Result<crate::transport::SharedTransport, crate::transport::TransportError> {
+        crate::transport::connect_with_options(&self.connection_uri(), &self.client_options()).await
+    }
+
+    /// [`amqp_options`](Self::amqp_options) for a standalone client: one connection.
+    pub(crate) fn client_options(&self) -> crate::transport::amqp::AmqpOptions {
+        crate::transport::amqp::AmqpOptions {
+            separate_publisher: false,
+            ..self.amqp_options()
+        }
+    }
+
     /// The settings of a RabbitMQ connection besides its URI: `AMQP_SSL`,
     /// `PUBLISH_CONFIRM_TIMEOUT`.
     pub fn amqp_options(&self) -> crate::transport::amqp::AmqpOptions {
         crate::transport::amqp::AmqpOptions {
             tls: self.amqp_ssl.clone(),
             publish_timeout: self.publish_timeout,
+            separate_publisher: true,
         }
     }
 

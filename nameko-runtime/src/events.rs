@@ -208,10 +208,10 @@ impl StandaloneEventDispatcher {
     /// Like [`connect`](Self::connect), with the broker, heartbeat, TLS settings and event
     /// exchange options of `config`.
     pub async fn connect_with(config: &Config) -> Result<Self, TransportError> {
-        let mut dispatcher = Self::new(config.connect().await?, config);
+        let mut dispatcher = Self::new(config.connect_client().await?, config);
         dispatcher.reconnect = Some(Arc::new(Reconnect {
             uri: config.connection_uri(),
-            options: config.amqp_options(),
+            options: config.client_options(),
             lock: tokio::sync::Mutex::new(()),
         }));
         Ok(dispatcher)

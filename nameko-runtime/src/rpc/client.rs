@@ -392,13 +392,13 @@ impl ClusterRpcClient {
     /// Like [`connect`](Self::connect), with the broker, heartbeat, exchange and timeout of
     /// `config`.
     pub async fn connect_with(config: &Config) -> Result<ClusterRpcClient, TransportError> {
-        let transport = config.connect().await?;
+        let transport = config.connect_client().await?;
         Self::start(
             transport,
             config,
             protocol::STANDALONE_PROXY_NAME,
             true,
-            Some((config.connection_uri(), config.amqp_options())),
+            Some((config.connection_uri(), config.client_options())),
         )
         .await
     }

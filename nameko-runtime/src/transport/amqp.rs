@@ -42,8 +42,8 @@ pub struct AmqpTransport {
     uri: String,
     /// Consumers, declarations, acknowledgements.
     connection: Connection,
-    /// Publishes only.
-    publish_connection: Connection,
+    /// Publishes only; `None`: publishes share `connection` ([`AmqpOptions::separate_publisher`]).
+    publish_connection: Option<Connection>,
     /// Held while the publishing channel is (re)opened.
     publisher: Mutex<Option<Channel>>,
     /// The publishing channel, read without waiting: every publish takes it.
@@ -63,6 +63,10 @@ pub struct AmqpOptions {
     /// How long a publish waits for the broker's confirm before it fails with
     /// [`TransportError::PublishTimeout`] (a broker blocking publishers never confirms).
     pub publish_timeout: std::time::Duration,
+    /// Publish on a connection of its own (the default, and what services need: a broker
+    /// blocking publishers then stalls no consumer and no acknowledgement). A standalone client,
+    /// whose every call publishes, gains nothing from it and saves a connection without it.
+    pub separate_publisher: bool,
 }
 
 impl Default for AmqpOptions {
@@ -70,6 +74,7 @@ impl Default for AmqpOptions {
         AmqpOptions {
             tls: None,
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+            separate_publisher: true,
         }
     }
 }
@@ -207,23 +212,26 @@ impl AmqpTransport {
                     .map_err(|e| cannot(&e))
             }
         };
-        let connection = open("consumer").await?;
-        let publish_connection = match open("publisher").await {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = connection.close(200, "OK".into()).await;
-                return Err(e);
+        let separate = options.separate_publisher;
+        let connection = open(if separate { "consumer" } else { "client" }).await?;
+        let publish_connection = if separate {
+            match open("publisher").await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let _ = connection.close(200, "OK".into()).await;
+                    return Err(e);
+                }
             }
+        } else {
+            None
         };
         let (lost_tx, lost) = watch::channel(None);
         let lost_tx = Arc::new(lost_tx);
-        watch_connection(&connection, "consumer", lost_tx.clone(), mask_password(uri));
-        watch_connection(
-            &publish_connection,
-            "publisher",
-            lost_tx,
-            mask_password(uri),
-        );
+        let role = if separate { "consumer" } else { "client" };
+        watch_connection(&connection, role, lost_tx.clone(), mask_password(uri));
+        if let Some(publish_connection) = &publish_connection {
+            watch_connection(publish_connection, "publisher", lost_tx, mask_password(uri));
+        }
         Ok(AmqpTransport {
             uri: normalized,
             connection,
@@ -236,9 +244,14 @@ impl AmqpTransport {
         })
     }
 
+    /// The connection that publishes.
+    fn publishing(&self) -> &Connection {
+        self.publish_connection.as_ref().unwrap_or(&self.connection)
+    }
+
     /// The largest frame the publishing connection negotiated.
     fn frame_max(&self) -> usize {
-        self.publish_connection.configuration().frame_max() as usize
+        self.publishing().configuration().frame_max() as usize
     }
 
     async fn channel(&self) -> Result<Channel, TransportError> {
@@ -251,7 +264,7 @@ impl AmqpTransport {
     /// A new channel in confirm mode on the publishing connection.
     async fn confirm_channel(&self) -> Result<Channel, TransportError> {
         let channel = self
-            .publish_connection
+            .publishing()
             .create_channel()
             .await
             .map_err(connection_error)?;
@@ -735,7 +748,7 @@ impl Transport for AmqpTransport {
                 match published {
                     Ok(Err(TransportError::Connection(reason)))
                         if !channel.status().connected()
-                            && self.publish_connection.status().connected()
+                            && self.publishing().status().connected()
                             && retries < PUBLISH_RETRIES =>
                     {
                         // The channel closed under this message (the broker refused another
@@ -793,7 +806,7 @@ impl Transport for AmqpTransport {
     fn connection_lost(&self) -> bool {
         !self.is_closed()
             && (!self.connection.status().connected()
-                || !self.publish_connection.status().connected()
+                || !self.publishing().status().connected()
                 || self.lost.borrow().is_some())
     }
 
@@ -816,7 +829,10 @@ impl Transport for AmqpTransport {
     fn close(&self) -> BoxFuture<'_, ()> {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         async move {
-            for connection in [&self.publish_connection, &self.connection] {
+            for connection in [self.publish_connection.as_ref(), Some(&self.connection)]
+                .into_iter()
+                .flatten()
+            {
                 if connection.status().connected() {
                     let _ = connection.close(200, "OK".into()).await;
                 }
