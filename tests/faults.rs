@@ -12,7 +12,8 @@
 //! - `large-headers`: calls with 60 KB of context data (answered) and 200 KB (refused before
 //!   they are sent) among the load; the instance never loses its connection;
 //! - `gateway-close`: the broker closes every connection under an HTTP gateway (which consumes
-//!   nothing) and the instance it calls, while clients keep sending HTTP requests;
+//!   nothing), the instance it calls and a timer-only instance that dispatches events, while
+//!   clients keep sending HTTP requests: the gateway answers and the timer dispatches again;
 //! - `memory-alarm`: RabbitMQ's memory alarm blocks publishers for 4 s under load;
 //! - `stop-prefetched`: one of two instances (one worker, ten prefetched requests each) is
 //!   stopped under load: its prefetched requests go to the other at once.
@@ -55,6 +56,28 @@ impl FaultWorker {
         tokio::time::sleep(Duration::from_millis(millis)).await;
         n * 2
     }
+}
+
+/// Dispatches `tick` (the time, in milliseconds since the epoch) every 100 ms, and has no other
+/// entrypoint: nothing it does would notice a lost connection by itself.
+#[derive(Dependencies)]
+pub struct FaultTicker {
+    dispatch: EventDispatcher,
+}
+
+#[service(name = "fault_ticker")]
+impl FaultTicker {
+    #[timer(interval = "100ms")]
+    async fn tick(&self) -> Result<(), DispatchError> {
+        self.dispatch.dispatch("tick", &unix_millis()).await
+    }
+}
+
+/// Now, in milliseconds since the epoch.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// An HTTP gateway in front of `fault_worker`: it consumes nothing from the broker.
@@ -794,6 +817,23 @@ async fn gateway_close() -> Option<Report> {
         .ok()?
         .port();
     let address = format!("127.0.0.1:{port}");
+    // Where the ticker's events go: a queue of the test's, bound before the ticker starts.
+    let ticks_queue = "fault-ticks";
+    let watcher = broker.connect().await;
+    watcher
+        .declare_exchange(&nameko::transport::ExchangeSpec::durable_topic(
+            "fault_ticker.events",
+        ))
+        .await
+        .expect("the ticker's exchange");
+    watcher
+        .declare_queue(&nameko::transport::QueueSpec::durable(ticks_queue))
+        .await
+        .expect("a queue for the ticks");
+    watcher
+        .bind_queue(ticks_queue, "fault_ticker.events", "tick")
+        .await
+        .expect("bind the ticks");
     let _instances = [
         Instance::start(&broker, &["fault_worker"], "gateway-close-worker"),
         Instance::start_with(
@@ -802,6 +842,7 @@ async fn gateway_close() -> Option<Report> {
             &["--web-server-address", &address],
             "gateway-close-gateway",
         ),
+        Instance::start(&broker, &["fault_ticker"], "gateway-close-ticker"),
     ];
     let client = client(&broker, Duration::from_secs(30)).await;
     wait_for_instances(&broker, &client, 1).await;
@@ -852,6 +893,27 @@ async fn gateway_close() -> Option<Report> {
     })
     .await
     .unwrap();
+    let closed_at = unix_millis();
+    // The watcher's connection was closed too: a new one, on the same queue, until a tick
+    // dispatched after the close arrives.
+    let watcher = broker.connect().await;
+    let mut ticks = watcher
+        .consume(ticks_queue, 0)
+        .await
+        .expect("consume the ticks");
+    let ticked_again = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(tick)) = ticks.next().await {
+            let at: u64 = serde_json::from_slice(&tick.body).unwrap_or(0);
+            let _ = tick.ack().await;
+            if at > closed_at {
+                return Some(at - closed_at);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::SeqCst);
     let mut outcomes = Vec::new();
@@ -865,9 +927,16 @@ async fn gateway_close() -> Option<Report> {
     );
     report.must_recover = true;
     report.duplicated = Some(duplicated_executions(&["gateway-close-worker"]));
-    report.notes.push(
-        "HTTP requests, each on a connection of its own; the gateway and the worker reconnect"
-            .into(),
+    report.notes.push(format!(
+        "HTTP requests, each on a connection of its own; the gateway, the worker and a timer-only instance reconnect: {}",
+        match ticked_again {
+            Some(ms) => format!("the timer dispatched again {:.2} s after the close", ms as f64 / 1000.0),
+            None => "the timer did NOT dispatch again within 10 s".to_owned(),
+        }
+    ));
+    assert!(
+        ticked_again.is_some(),
+        "the timer-only instance did not dispatch again"
     );
     Some(report)
 }

@@ -1139,7 +1139,7 @@ impl<S: Service> RpcHandler<S> {
     )]
     fn reply(self: Arc<Self>, delivery: Delivery) -> impl Future<Output = ()> + Send {
         async move {
-            let Some(reply_to) = delivery.properties.reply_to.clone() else {
+            if delivery.properties.reply_to.is_none() {
                 tracing::error!(
                     service = S::NAME,
                     routing_key = %delivery.routing_key,
@@ -1163,8 +1163,9 @@ impl<S: Service> RpcHandler<S> {
                 .and_then(|rest| rest.strip_prefix('.'))
                 .unwrap_or(&delivery.routing_key);
             let reply = self.call(method, &delivery).await;
+            let reply_to = delivery.properties.reply_to.as_deref().unwrap_or_default();
             let correlation_id = delivery.properties.correlation_id.as_deref();
-            let Err(error) = self.publish_reply(&reply_to, correlation_id, &reply).await else {
+            let Err(error) = self.publish_reply(reply_to, correlation_id, &reply).await else {
                 if let Err(e) = delivery.ack().await {
                     tracing::warn!(service = S::NAME, error = %e, "could not acknowledge a request");
                 }
@@ -1183,36 +1184,65 @@ impl<S: Service> RpcHandler<S> {
         correlation_id: Option<&str>,
         reply: &Result<Vec<u8>, RemoteError>,
     ) -> Result<(), crate::transport::TransportError> {
+        let message = self.reply_message(reply_to, correlation_id, reply);
+        match self.shared.transport.publish(message).await {
+            Ok(()) => Ok(()),
+            // Boxed: rare, and its state (a timer among it) must not enlarge every request's.
+            Err(error) => {
+                Box::pin(self.publish_reply_again(reply_to, correlation_id, reply, error)).await
+            }
+        }
+    }
+
+    /// The attempts after the first of [`publish_reply`](Self::publish_reply).
+    async fn publish_reply_again(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        reply: &Result<Vec<u8>, RemoteError>,
+        mut error: crate::transport::TransportError,
+    ) -> Result<(), crate::transport::TransportError> {
         use crate::transport::TransportError;
         let mut delay = FIRST_REPLY_RETRY_DELAY;
-        let mut attempt = 1;
-        loop {
-            let message = OutgoingMessage {
-                exchange: self.shared.config.rpc_exchange.clone(),
-                routing_key: reply_to.to_owned(),
-                mandatory: false,
-                properties: Properties {
-                    correlation_id: correlation_id.map(str::to_owned),
-                    ..Properties::nameko_json()
-                },
-                body: match reply {
-                    Ok(result) => protocol::encode_reply_result(result),
-                    Err(error) => protocol::encode_reply_error(error),
-                },
-            };
+        for attempt in 1..REPLY_PUBLISH_ATTEMPTS {
+            let passing = matches!(
+                error,
+                TransportError::Connection(_) | TransportError::Nacked
+            );
+            if !passing || self.shared.transport.connection_lost() {
+                break;
+            }
+            tracing::warn!(service = S::NAME, %error, attempt, "could not publish a reply; publishing it again");
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            let message = self.reply_message(reply_to, correlation_id, reply);
             match self.shared.transport.publish(message).await {
                 Ok(()) => return Ok(()),
-                Err(error @ (TransportError::Connection(_) | TransportError::Nacked))
-                    if attempt < REPLY_PUBLISH_ATTEMPTS
-                        && !self.shared.transport.connection_lost() =>
-                {
-                    tracing::warn!(service = S::NAME, %error, attempt, "could not publish a reply; publishing it again");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                Err(error) => return Err(error),
+                Err(again) => error = again,
             }
+        }
+        Err(error)
+    }
+
+    /// The reply message to `reply_to`.
+    fn reply_message(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        reply: &Result<Vec<u8>, RemoteError>,
+    ) -> OutgoingMessage {
+        OutgoingMessage {
+            exchange: self.shared.config.rpc_exchange.clone(),
+            routing_key: reply_to.to_owned(),
+            mandatory: false,
+            properties: Properties {
+                correlation_id: correlation_id.map(str::to_owned),
+                ..Properties::nameko_json()
+            },
+            body: match reply {
+                Ok(result) => protocol::encode_reply_result(result),
+                Err(error) => protocol::encode_reply_error(error),
+            },
         }
     }
 
