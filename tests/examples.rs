@@ -235,21 +235,7 @@ async fn the_events_example_on_rabbitmq_reaches_both_handlers_from_python() {
 
 /// `method path` against `address`: the status line's code and the body.
 fn http(address: &str, method: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("connect");
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    try_request(address, method, path).expect("an HTTP response")
 }
 
 #[test]
@@ -457,23 +443,28 @@ async fn a_service_reconnects_when_the_broker_drops_its_connection() {
     assert!(running.terminate().success());
 }
 
-/// A GET, or `None` while nothing listens.
-fn try_get(address: &str, path: &str) -> Option<(u16, String)> {
+/// One request on a connection of its own: the status and body, or `None` while nothing
+/// listens (or answers within 5 s).
+fn try_request(address: &str, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).ok()?;
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
+}
+
+/// A GET (see [`try_request`]).
+fn try_get(address: &str, path: &str) -> Option<(u16, String)> {
+    try_request(address, "GET", path)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -208,26 +208,38 @@ impl Drop for Load {
 }
 
 impl Load {
+    /// `fault_worker.work(n, millis)` over RPC.
     fn start(client: &ClusterRpcClient, tasks: usize, millis: u64) -> Load {
+        let proxy = client.service("fault_worker");
+        Self::start_with(tasks, move |n| {
+            let proxy = proxy.clone();
+            async move {
+                match proxy.call::<_, u64>("work", (n, millis)).await {
+                    Ok(v) if v == n * 2 => Ok(()),
+                    Ok(v) => Err(Failure::Lost(format!("wrong answer {v} for {n}"))),
+                    Err(RpcError::Timeout(t)) => Err(Failure::Lost(format!("no answer in {t:?}"))),
+                    Err(e) => Err(Failure::Clear(e.to_string())),
+                }
+            }
+        })
+    }
+
+    /// `call(n)` from `tasks` tasks, each `n` once (from [`LOAD_BASE`] up).
+    fn start_with<F>(tasks: usize, call: impl Fn(u64) -> F + Clone + Send + 'static) -> Load
+    where
+        F: std::future::Future<Output = Result<(), Failure>> + Send,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU64::new(LOAD_BASE));
         let tasks = (0..tasks)
             .map(|_| {
-                let (proxy, stop, next) =
-                    (client.service("fault_worker"), stop.clone(), next.clone());
+                let (call, stop, next) = (call.clone(), stop.clone(), next.clone());
                 tokio::spawn(async move {
                     let mut outcomes = Vec::new();
                     while !stop.load(Ordering::SeqCst) {
                         let n = next.fetch_add(1, Ordering::SeqCst);
                         let started = Instant::now();
-                        let result = match proxy.call::<_, u64>("work", (n, millis)).await {
-                            Ok(v) if v == n * 2 => Ok(()),
-                            Ok(v) => Err(Failure::Lost(format!("wrong answer {v} for {n}"))),
-                            Err(RpcError::Timeout(t)) => {
-                                Err(Failure::Lost(format!("no answer in {t:?}")))
-                            }
-                            Err(e) => Err(Failure::Clear(e.to_string())),
-                        };
+                        let result = call(n).await;
                         if result.is_err() {
                             // Do not spin while the cluster is down.
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -851,40 +863,18 @@ async fn gateway_close() -> Option<Report> {
         assert!(Instant::now() < deadline, "the gateway did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicU64::new(LOAD_BASE));
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let (stop, next, address) = (stop.clone(), next.clone(), address.clone());
-            tokio::spawn(async move {
-                let mut outcomes = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    let started = Instant::now();
-                    let result = match http_get(&address, &format!("/work/{n}")).await {
-                        Ok((200, body)) if body == (n * 2).to_string() => Ok(()),
-                        Ok((200, body)) => {
-                            Err(Failure::Lost(format!("wrong answer {body} for {n}")))
-                        }
-                        Ok((status, body)) => {
-                            Err(Failure::Clear(format!("{status} {}", body.trim())))
-                        }
-                        Err(e) if e.starts_with("no answer") => Err(Failure::Lost(e)),
-                        Err(e) => Err(Failure::Clear(e)),
-                    };
-                    if result.is_err() {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    outcomes.push(Outcome {
-                        started,
-                        ended: Instant::now(),
-                        result,
-                    });
-                }
-                outcomes
-            })
-        })
-        .collect();
+    let load = Load::start_with(8, move |n| {
+        let address = address.clone();
+        async move {
+            match http_get(&address, &format!("/work/{n}")).await {
+                Ok((200, body)) if body == (n * 2).to_string() => Ok(()),
+                Ok((200, body)) => Err(Failure::Lost(format!("wrong answer {body} for {n}"))),
+                Ok((status, body)) => Err(Failure::Clear(format!("{status} {}", body.trim()))),
+                Err(e) if e.starts_with("no answer") => Err(Failure::Lost(e)),
+                Err(e) => Err(Failure::Clear(e)),
+            }
+        }
+    });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let fault = Instant::now();
     let vhost = broker.inner().vhost().expect("a virtual host").to_owned();
@@ -915,16 +905,12 @@ async fn gateway_close() -> Option<Report> {
     .ok()
     .flatten();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut outcomes = Vec::new();
-    for task in tasks {
-        outcomes.extend(task.await.expect("an HTTP load task"));
-    }
-    let mut report = report(
-        "broker closes every connection under an HTTP gateway",
-        &outcomes,
-        Some(fault),
-    );
+    let mut report = load
+        .finish(
+            "broker closes every connection under an HTTP gateway",
+            Some(fault),
+        )
+        .await;
     report.must_recover = true;
     report.duplicated = Some(duplicated_executions(&["gateway-close-worker"]));
     report.notes.push(format!(

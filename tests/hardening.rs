@@ -62,6 +62,16 @@ async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -
     panic!("{what}: not within {within:?}");
 }
 
+/// Asserts that `echo` answers through `client`.
+async fn assert_echoes(client: &ClusterRpcClient) {
+    let echoed: String = client
+        .service("echo")
+        .call("echo", ["after"])
+        .await
+        .unwrap();
+    assert_eq!(echoed, "after");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The services under test.
 
@@ -251,12 +261,7 @@ async fn a_rust_caller_with_too_much_context_data_gets_a_clear_error_and_keeps_i
         "{error}"
     );
     // The same client goes on, on the same connection.
-    let echoed: String = client
-        .service("echo")
-        .call("echo", ["after"])
-        .await
-        .unwrap();
-    assert_eq!(echoed, "after");
+    assert_echoes(&client).await;
     services.stop().await.unwrap();
 }
 
@@ -306,12 +311,7 @@ async fn deeply_nested_headers_from_python_are_rejected_and_the_service_serves_o
     // The same process, the same connection, still serving.
     assert!(!services.transport().connection_lost());
     let client = services.rpc_client().await.unwrap();
-    let echoed: String = client
-        .service("echo")
-        .call("echo", ["after"])
-        .await
-        .unwrap();
-    assert_eq!(echoed, "after");
+    assert_echoes(&client).await;
     services.stop().await.unwrap();
 }
 
