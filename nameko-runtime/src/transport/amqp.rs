@@ -6,7 +6,8 @@
 //! channel (a failed declare closes its channel in AMQP, and must not take anything else down
 //! with it); publishes share one channel in confirm mode, except large messages, which get a
 //! channel of their own (a message the broker refuses for its size closes its channel, and must
-//! not fail the other messages waiting for their confirms); each consumer has a channel of its
+//! not fail the other messages waiting for their confirms), and messages whose channel closed
+//! under them, which are published again on one of their own; each consumer has a channel of its
 //! own with its own prefetch. Every publish waits for its confirm at most
 //! [`AmqpOptions::publish_timeout`]; the headers of a message must fit in one frame, and a
 //! message whose headers do not is refused before it is sent
@@ -85,8 +86,9 @@ pub const DEFAULT_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::fr
 /// Messages with a body larger than this are published on a channel of their own.
 pub const DEDICATED_CHANNEL_BODY_BYTES: usize = 64 * 1024;
 
-/// How many times a publish is tried again when its channel closed under it (another message
-/// on the shared channel was refused) while the connection stayed up.
+/// How many times a publish is tried again, on a channel of its own, when its channel closed
+/// under it (this message or another on the shared channel was refused) while the connection
+/// stayed up.
 const PUBLISH_RETRIES: usize = 2;
 
 /// Nesting deeper than this in a message's header table is refused (the message is rejected):
@@ -729,7 +731,10 @@ impl Transport for AmqpTransport {
                     limit: limit.saturating_sub(8),
                 });
             }
-            let dedicated = message.body.len() > DEDICATED_CHANNEL_BODY_BYTES;
+            let mut dedicated = message.body.len() > DEDICATED_CHANNEL_BODY_BYTES;
+            // Built once for the first attempt (its header table is the costly part), again only
+            // for another.
+            let mut properties = Some(properties);
             let mut retries = 0;
             loop {
                 let channel = if dedicated {
@@ -737,24 +742,32 @@ impl Transport for AmqpTransport {
                 } else {
                     self.publisher().await?
                 };
+                let properties = properties
+                    .take()
+                    .unwrap_or_else(|| to_basic_properties(&message.properties));
                 let published = tokio::time::timeout(
                     self.options.publish_timeout,
-                    publish_on(&channel, &message, properties.clone()),
+                    publish_on(&channel, &message, properties),
                 )
                 .await;
                 if dedicated && channel.status().connected() {
                     let _ = channel.close(200, "OK".into()).await;
                 }
                 match published {
-                    Ok(Err(TransportError::Connection(reason)))
-                        if !channel.status().connected()
+                    Ok(Err(error))
+                        if !matches!(
+                            error,
+                            TransportError::Unroutable { .. } | TransportError::Nacked
+                        ) && !channel.status().connected()
                             && self.publishing().status().connected()
                             && retries < PUBLISH_RETRIES =>
                     {
-                        // The channel closed under this message (the broker refused another
-                        // one on it): again, on a new channel.
+                        // The channel closed under this message: the broker refused this one or
+                        // another one on it, which cannot be told apart. Again, on a channel of
+                        // its own, so that a message the broker refuses closes only its own.
                         retries += 1;
-                        tracing::debug!(%reason, retries, "publishing again on a new channel");
+                        dedicated = true;
+                        tracing::debug!(%error, retries, "publishing again on a channel of its own");
                     }
                     Ok(result) => return result,
                     Err(_) => {
