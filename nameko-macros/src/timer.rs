@@ -31,7 +31,7 @@ impl Timer {
         } else {
             &["interval", "eager", OPTION_KEYS[0], OPTION_KEYS[1]]
         };
-        let args = AttrArgs::parse(tokens.clone(), &[], keys, usage, cx);
+        let args = AttrArgs::parse(tokens, &[], keys, usage, cx);
         let options = EntrypointOptions::parse(&args, &[], &method.ident, cx);
         if !method.params.is_empty() {
             let what = if once { "an `#[once]`" } else { "a timer" };
@@ -53,7 +53,8 @@ impl Timer {
             .as_ref()
             .is_some_and(LitBool::value);
         let interval_nanos = args.duration("interval", cx);
-        if interval_nanos.is_none() && !tokens.to_string().contains("interval") {
+        // Absent (a value that is not a duration was reported by `duration`).
+        if !args.has("interval") {
             cx.error(attr, format!("missing the interval; expected {USAGE}"));
         }
         Some(Timer {

@@ -19,6 +19,10 @@ impl Svc {
 
     #[timer(interval = 1)]
     async fn takes_an_argument(&self, _n: u32) {}
+
+    // The word "interval" elsewhere in the attribute is not the key.
+    #[timer(expected_exceptions = "interval_error")]
+    async fn interval_only_in_a_value(&self) {}
 }
 
 fn main() {}
