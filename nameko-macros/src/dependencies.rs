@@ -7,6 +7,25 @@ use syn::{Data, DeriveInput, Fields};
 
 use crate::ctxt::Ctxt;
 
+const USAGE: &str = "`#[nameko(crate = \"path::to::nameko\")]`";
+
+/// The path of the `nameko` crate: `::nameko`, or what `#[nameko(crate = "...")]` says (as
+/// `#[service(crate = "...")]` does, for a crate that renames or re-exports it).
+fn crate_path(attrs: &[syn::Attribute], cx: &mut Ctxt) -> syn::Path {
+    let mut krate = syn::parse_quote!(::nameko);
+    for attr in attrs.iter().filter(|a| a.path().is_ident("nameko")) {
+        let tokens = crate::method::attr_tokens(attr, USAGE, cx);
+        let args = crate::attr::AttrArgs::parse(tokens, &[], &["crate"], USAGE, cx);
+        if let Some(lit) = args.string("crate", cx) {
+            match lit.parse() {
+                Ok(path) => krate = path,
+                Err(e) => cx.push(e),
+            }
+        }
+    }
+    krate
+}
+
 pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let input: DeriveInput = match syn::parse2(input) {
         Ok(input) => input,
@@ -16,7 +35,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     if !input.generics.params.is_empty() {
         cx.error(&input.generics, "service structs cannot be generic");
     }
-    let krate = quote!(::nameko);
+    let krate = crate_path(&input.attrs, &mut cx);
     let p = quote!(#krate::__private);
     let ident = &input.ident;
     let mut fields = Vec::new();

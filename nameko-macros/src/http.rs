@@ -321,7 +321,7 @@ impl Http {
                         ::std::result::Result::Ok(value) => #ok_response,
                         ::std::result::Result::Err(error) => {
                             use #p::{ViaDisplayHttp as _, ViaIntoResponse as _, ViaRemoteHttp as _};
-                            (&&&#p::HttpErr::new(error)).__http_error(EXPECTED)
+                            (&&&#p::HttpErr::new(error)).__http_error(&[#(#expected),*])
                         }
                     }
                 }
@@ -338,8 +338,6 @@ impl Http {
                 sensitive_arguments: &[#(#sensitive),*],
                 handler: |this, call| {
                     ::std::boxed::Box::pin(async move {
-                        #[allow(unused)]
-                        const EXPECTED: &[&str] = &[#(#expected),*];
                         let #p::HttpCall { #mutability parts, body, path } = call;
                         #(#from_path)*
                         #(#extract)*

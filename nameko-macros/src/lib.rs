@@ -37,7 +37,7 @@ pub fn event_handler(args: TokenStream, input: TokenStream) -> TokenStream {
 }
 
 /// Builds a service struct from its fields. See the `nameko` crate's documentation.
-#[proc_macro_derive(Dependencies)]
+#[proc_macro_derive(Dependencies, attributes(nameko))]
 pub fn derive_dependencies(input: TokenStream) -> TokenStream {
     dependencies::expand(input.into()).into()
 }

@@ -141,6 +141,9 @@ pub use nameko_macros::dummy;
 
 /// Builds a service struct from its fields, each a [`Dependency`], and runs their lifecycle
 /// hooks.
+///
+/// In a crate that renames `nameko` or re-exports it, name its path as `#[service(crate =
+/// "...")]` does: `#[nameko(crate = "my_framework::nameko")]` on the struct.
 pub use nameko_macros::Dependencies;
 
 /// The names a service module needs.

@@ -1,0 +1,7 @@
+use nameko::prelude::*;
+
+#[derive(Dependencies)]
+#[nameko(krate = "nameko")]
+pub struct Misspelt;
+
+fn main() {}
