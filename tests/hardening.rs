@@ -62,6 +62,15 @@ async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -
     panic!("{what}: not within {within:?}");
 }
 
+/// Starts service `S` on `broker`, with the defaults.
+async fn start<S: nameko::Service>(broker: &TestBroker) -> nameko::testing::TestCluster {
+    TestServices::on_uri(&broker.uri)
+        .with_service::<S>()
+        .start()
+        .await
+        .unwrap()
+}
+
 /// Asserts that `echo` answers through `client`.
 async fn assert_echoes(client: &ClusterRpcClient) {
     let echoed: String = client
@@ -203,11 +212,7 @@ async fn python_callers_with_large_context_data_are_answered_or_refused_and_the_
     let (Some(python), Some(broker)) = (common::python(), TestBroker::amqp()) else {
         return;
     };
-    let services = TestServices::on_uri(&broker.uri)
-        .with_service::<Echo>()
-        .start()
-        .await
-        .unwrap();
+    let services = start::<Echo>(&broker).await;
     // 60 KB of context data: more than a 32 KiB frame, less than Nameko's 128 KiB.
     let answer =
         python_call_with_context(&python, &broker, "token_length", json!([]), 60_000).await;
@@ -233,11 +238,7 @@ async fn a_rust_caller_with_too_much_context_data_gets_a_clear_error_and_keeps_i
     let Some(broker) = TestBroker::amqp() else {
         return;
     };
-    let services = TestServices::on_uri(&broker.uri)
-        .with_service::<Echo>()
-        .start()
-        .await
-        .unwrap();
+    let services = start::<Echo>(&broker).await;
     let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
     let token =
         |bytes: usize| BTreeMap::from([("auth_token".to_owned(), json!("x".repeat(bytes)))]);
@@ -275,11 +276,7 @@ async fn deeply_nested_headers_from_python_are_rejected_and_the_service_serves_o
         return;
     };
     logs();
-    let services = TestServices::on_uri(&broker.uri)
-        .with_service::<Echo>()
-        .start()
-        .await
-        .unwrap();
+    let services = start::<Echo>(&broker).await;
     // Deeper than the runtime reads (64), and than lapin's parser could recurse (thousands).
     for depth in [100, 15_000] {
         let output = tokio::process::Command::new(&python)
@@ -379,11 +376,7 @@ async fn a_timer_only_service_notices_a_lost_connection_and_dispatches_again_onc
         .await
         .unwrap();
     let mut ticks = watcher.consume(&queue, 0).await.unwrap();
-    let services = TestServices::on_uri(&broker.uri)
-        .with_service::<Ticker>()
-        .start()
-        .await
-        .unwrap();
+    let services = start::<Ticker>(&broker).await;
     let tick = tokio::time::timeout(Duration::from_secs(5), ticks.next()).await;
     assert!(matches!(tick, Ok(Some(Ok(_)))), "no tick before the close");
 
@@ -404,11 +397,7 @@ async fn a_timer_only_service_notices_a_lost_connection_and_dispatches_again_onc
     {
         old.ack().await.unwrap();
     }
-    let services = TestServices::on_uri(&broker.uri)
-        .with_service::<Ticker>()
-        .start()
-        .await
-        .unwrap();
+    let services = start::<Ticker>(&broker).await;
     let tick = tokio::time::timeout(Duration::from_secs(5), ticks.next()).await;
     assert!(matches!(tick, Ok(Some(Ok(_)))), "no tick after the restart");
     services.stop().await.unwrap();
@@ -447,11 +436,7 @@ async fn a_reply_the_broker_refuses_runs_the_method_once_and_tells_the_caller() 
         return;
     };
     let _limit = MaxMessageSize::set(20_000);
-    let services = TestServices::on_uri(&broker.uri)
-        .with_service::<Echo>()
-        .start()
-        .await
-        .unwrap();
+    let services = start::<Echo>(&broker).await;
     let client = ClusterRpcClient::connect(&broker.uri)
         .await
         .unwrap()
@@ -501,11 +486,7 @@ async fn an_event_handler_whose_queue_is_deleted_consumes_again() {
         return;
     };
     logs();
-    let services = TestServices::on_uri(&broker.uri)
-        .with_service::<Listener>()
-        .start()
-        .await
-        .unwrap();
+    let services = start::<Listener>(&broker).await;
     let dispatcher = services.event_dispatcher();
     let vhost = broker.inner().vhost().unwrap().to_owned();
     let queue = "evt-source-note--listener.note";
@@ -565,11 +546,7 @@ async fn a_broker_blocking_publishers_gives_callers_a_clear_timeout_and_answers_
         return;
     };
     logs();
-    let services = TestServices::on_uri(&broker.uri)
-        .with_service::<Echo>()
-        .start()
-        .await
-        .unwrap();
+    let services = start::<Echo>(&broker).await;
     let mut config = Config::default().with_broker(&broker.uri);
     config.publish_timeout = Duration::from_secs(2);
     let client = ClusterRpcClient::connect_with(&config).await.unwrap();
@@ -656,11 +633,7 @@ async fn a_stopping_instance_hands_its_prefetched_requests_to_another_at_once() 
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let b = TestServices::on_uri(&broker.uri)
-        .with_service::<Echo>()
-        .start()
-        .await
-        .unwrap();
+    let b = start::<Echo>(&broker).await;
     let stopping = Instant::now();
     let stop = tokio::spawn(a.stop());
     for call in quick {
@@ -712,11 +685,7 @@ on_both_transports! {
 on_both_transports! {
     async fn requests_in_json_with_a_charset_or_no_content_type_are_answered(broker: &TestBroker) {
         let _shared = BROKER.read().await;
-        let services = TestServices::on_uri(&broker.uri)
-            .with_service::<Echo>()
-            .start()
-            .await
-            .unwrap();
+        let services = start::<Echo>(broker).await;
         let t = broker.connect().await;
         let (reply_to, mut replies) = common::reply_queue(&t).await;
         for content_type in [Some("application/json; charset=utf-8"), None] {
