@@ -238,14 +238,18 @@ fn http(address: &str, method: &str, path: &str) -> (u16, String) {
     try_request(address, method, path).expect("an HTTP response")
 }
 
+/// A loopback address with a port nothing listens on, for an example's HTTP server.
+fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 #[test]
 fn the_multiply_example_answers_curl_as_in_the_talk() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
+    let address = free_address();
     let mut child = Command::new(example("multiply"))
         .args(["run", "--web-server-address", &address])
         .env_remove("AMQP_URI")
@@ -473,12 +477,7 @@ async fn the_gateway_answers_through_the_greeters_and_again_after_the_broker_clo
     let Some(broker) = TestBroker::amqp() else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
+    let address = free_address();
     let greeters = Running(
         Command::new(example("greeter"))
             .args(["run", "--broker", &broker.uri])
