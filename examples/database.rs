@@ -168,7 +168,7 @@ impl Dependency for Database {
             Ok::<_, rusqlite::Error>(idle)
         })
         .await;
-        let failed = |e: String| Error::Config(format!("database {}: {e}", self.path));
+        let failed = |e: String| Error::other(format!("database {}: {e}", self.path));
         *self.idle() = opened
             .map_err(|e| failed(e.to_string()))?
             .map_err(|e| failed(e.to_string()))?;

@@ -11,7 +11,7 @@
 //! The gateway consumes nothing from the broker, and still comes back when the broker does:
 //! `run` starts it again on a new connection, with a new RPC client.
 
-use nameko::http::{HttpError, Status};
+use nameko::http::{HttpError, StatusCode};
 use nameko::prelude::*;
 use serde_json::{Value, json};
 
@@ -32,7 +32,7 @@ impl Gateway {
             .service("expanded_greeter_service")
             .call("greet", [name])
             .await
-            .map_err(|e| HttpError::new(Status::SERVICE_UNAVAILABLE, e.to_string()))?;
+            .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         Ok(Json(json!({ "greeting": greeting })))
     }
 

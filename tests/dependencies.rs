@@ -179,7 +179,7 @@ impl Dependency for Gate {
 
     async fn worker_setup(&self, worker: &WorkerContext) -> Result<(), Error> {
         if worker.data().contains_key("deny") {
-            return Err(Error::Config("denied by the gate".into()));
+            return Err(Error::other("denied by the gate"));
         }
         Ok(())
     }
@@ -733,7 +733,7 @@ impl Dependency for Refuser {
         result: &WorkerResult<'_>,
     ) -> Result<(), Error> {
         match result.json() {
-            Some(b"\"commit fails\"") => Err(Error::Config("the commit failed".into())),
+            Some(b"\"commit fails\"") => Err(Error::other("the commit failed")),
             _ => Ok(()),
         }
     }
@@ -748,7 +748,7 @@ impl Dependency for Broken {
     }
 
     async fn start(&self) -> Result<(), Error> {
-        Err(Error::Config("the disk is gone".into()))
+        Err(Error::other("the disk is gone"))
     }
 }
 

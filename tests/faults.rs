@@ -97,7 +97,7 @@ impl FaultGateway {
             .map(|v| v.to_string())
             .map_err(|e| {
                 nameko::http::HttpError::new(
-                    nameko::http::Status::SERVICE_UNAVAILABLE,
+                    nameko::http::StatusCode::SERVICE_UNAVAILABLE,
                     e.to_string(),
                 )
             })

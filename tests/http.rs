@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use common::TestBroker;
-use nameko::http::{HttpError, Status};
+use nameko::http::HttpError;
 use nameko::prelude::*;
 use nameko::testing::{TestCluster, TestServices};
 use nameko::{Dependency, DependencyContext, RunningServices};
@@ -181,7 +181,7 @@ impl WebService {
 
     #[http("GET", "/forbidden")]
     async fn forbidden(&self) -> Result<String, HttpError> {
-        Err(HttpError::new(Status::FORBIDDEN, "not for you"))
+        Err(HttpError::new(StatusCode::FORBIDDEN, "not for you"))
     }
 
     #[http("GET", "/explode")]
@@ -510,7 +510,7 @@ async fn two_services_claiming_one_route_is_a_start_error() {
     .expect("refused");
     assert_eq!(
         error.to_string(),
-        "configuration error: two entrypoints claim GET /multiply/<int:a>/<int:b>: web_service.multiply and rival.multiply"
+        "HTTP routes: two entrypoints claim GET /multiply/<int:a>/<int:b>: web_service.multiply and rival.multiply"
     );
 }
 

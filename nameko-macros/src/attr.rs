@@ -266,13 +266,4 @@ impl EntrypointOptions {
             sensitive,
         }
     }
-
-    /// `expected_exceptions: &[...], sensitive_arguments: &[...],` for an entrypoint struct.
-    pub(crate) fn fields(&self) -> TokenStream {
-        let (expected, sensitive) = (&self.expected, &self.sensitive);
-        quote::quote! {
-            expected_exceptions: &[#(#expected),*],
-            sensitive_arguments: &[#(#sensitive),*],
-        }
-    }
 }

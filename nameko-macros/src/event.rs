@@ -94,7 +94,6 @@ impl EventHandler {
             requeue_on_error,
             options,
         } = self;
-        let options = options.fields();
         let param = method
             .params
             .first()
@@ -102,30 +101,28 @@ impl EventHandler {
             .unwrap_or_default();
         let decode = method.params.first().map(|param| {
             let (ident, ty) = (&param.ident, &param.ty);
-            quote_spanned!(crate::type_span(ty)=> let #ident = #p::decode_payload::<#ty>(&body)?;)
+            quote_spanned!(crate::type_span(ty)=> let #ident = #p::decode_payload::<#ty>(&body.0)?;)
         });
         let outcome = method.map_outcome(
             &p,
             method.call(&p),
             |_, value| quote!({ let _ = #value; ::std::result::Result::Ok(()) }),
         );
+        let (expected, sensitive) = (&options.expected, &options.sensitive);
         quote! {
-            #p::Entrypoint::Event(#p::EventEntrypoint {
-                name: #name,
-                source_service: #source,
-                event_type: #event_type,
-                handler_type: #p::HandlerType::#handler_type,
-                reliable_delivery: #reliable_delivery,
-                requeue_on_error: #requeue_on_error,
-                param: #param,
-                #options
-                handler: |this, body| {
+            #p::BoundEntrypoint::<Self>::new(
+                #p::EventHandler::new(#source, #event_type)
+                    .handler_type(#p::HandlerType::#handler_type)
+                    .reliable_delivery(#reliable_delivery)
+                    .requeue_on_error(#requeue_on_error),
+                #p::MethodInfo::new(#name, &[#param], &[#(#expected),*], &[#(#sensitive),*]),
+                |this, body| {
                     ::std::boxed::Box::pin(async move {
                         #decode
                         #outcome
                     })
                 },
-            })
+            )
         }
     }
 }

@@ -328,15 +328,15 @@ impl Http {
             }
         };
         quote! {
-            #p::Entrypoint::Http(#p::HttpEntrypoint {
-                name: #name,
-                methods: &[#(#methods),*],
-                route: #route,
-                segments: &[#(#segments),*],
-                params: &[#(#route_params),*],
-                expected_exceptions: &[#(#expected),*],
-                sensitive_arguments: &[#(#sensitive),*],
-                handler: |this, call| {
+            #p::BoundEntrypoint::<Self>::new(
+                #p::Http::new(&[#(#methods),*], #route, &[#(#segments),*]),
+                #p::MethodInfo::new(
+                    #name,
+                    &[#(#route_params),*],
+                    &[#(#expected),*],
+                    &[#(#sensitive),*],
+                ),
+                |this, call| {
                     ::std::boxed::Box::pin(async move {
                         let #p::HttpCall { #mutability parts, body, path } = call;
                         #(#from_path)*
@@ -345,7 +345,7 @@ impl Http {
                         #respond
                     })
                 },
-            })
+            )
         }
     }
 }

@@ -36,6 +36,14 @@ pub fn event_handler(args: TokenStream, input: TokenStream) -> TokenStream {
     rpc::outside_service("event_handler", input.into()).into()
 }
 
+/// Puts an entrypoint of the user's own on a method inside a `#[service]` block. See the
+/// `nameko` crate's documentation.
+#[proc_macro_attribute]
+pub fn entrypoint(args: TokenStream, input: TokenStream) -> TokenStream {
+    let _ = args;
+    rpc::outside_service("entrypoint", input.into()).into()
+}
+
 /// Builds a service struct from its fields. See the `nameko` crate's documentation.
 #[proc_macro_derive(Dependencies, attributes(nameko))]
 pub fn derive_dependencies(input: TokenStream) -> TokenStream {

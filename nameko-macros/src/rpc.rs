@@ -2,7 +2,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
-use syn::{Attribute, LitStr};
+use syn::{Attribute, Expr, LitStr};
 
 use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS, check_wire_name};
 use crate::ctxt::{Ctxt, with_item};
@@ -12,26 +12,85 @@ const USAGE: &str = "`#[rpc]`, optionally with `name = \"...\"`, \
     `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"password,...\"`";
 const DUMMY_USAGE: &str = "`#[dummy]`, optionally with `expected_exceptions = \"ErrorType,...\"`, \
     `sensitive_arguments = \"password,...\"`";
+const ENTRYPOINT_USAGE: &str = "`#[entrypoint(MyEntrypoint::new(...))]`: an expression whose \
+    type implements `nameko::service::Entrypoint`, optionally followed by \
+    `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"password,...\"`";
 
-/// One `#[rpc]` (or `#[dummy]`) attribute on a method.
+/// A method called with JSON arguments bound to its parameters: one `#[rpc]`, `#[dummy]` or
+/// `#[entrypoint(...)]` attribute.
 pub(crate) struct Rpc {
     /// The name on the wire.
     pub(crate) wire_name: String,
     pub(crate) wire_name_span: Span,
     options: EntrypointOptions,
+    kind: Kind,
+}
+
+enum Kind {
+    Rpc,
     /// `#[dummy]`: an entrypoint that never fires by itself.
-    dummy: bool,
+    Dummy,
+    /// `#[entrypoint(expr)]`: the user's entrypoint.
+    Custom(Box<Expr>),
+}
+
+/// Where errors about a user's entrypoint expression point: its first token (a path's last
+/// segment would be better, but any one token's span is stable across toolchains).
+fn expr_span(expr: &Expr) -> Span {
+    use quote::ToTokens;
+    expr.to_token_stream()
+        .into_iter()
+        .next()
+        .map_or_else(Span::call_site, |token| token.span())
+}
+
+/// Splits `#[entrypoint(expr, key = value, ...)]` into the expression and the keys' tokens.
+fn split_entrypoint(attr: &Attribute, cx: &mut Ctxt) -> (Option<Expr>, TokenStream) {
+    use syn::parse::Parser;
+    let tokens = attr_tokens(attr, ENTRYPOINT_USAGE, cx);
+    let parsed =
+        syn::punctuated::Punctuated::<Expr, syn::Token![,]>::parse_terminated.parse2(tokens);
+    let exprs = match parsed {
+        Ok(exprs) => exprs,
+        Err(e) => {
+            cx.push(syn::Error::new(e.span(), format!("{e}; expected {ENTRYPOINT_USAGE}")));
+            return (None, TokenStream::new());
+        }
+    };
+    let mut exprs = exprs.into_iter();
+    match exprs.next() {
+        Some(Expr::Assign(assign)) => {
+            cx.error(
+                &assign,
+                format!("the entrypoint comes first; expected {ENTRYPOINT_USAGE}"),
+            );
+            (None, TokenStream::new())
+        }
+        Some(expr) => {
+            let rest: Vec<Expr> = exprs.collect();
+            (Some(expr), quote!(#(#rest),*))
+        }
+        None => {
+            cx.error(attr, format!("missing the entrypoint; expected {ENTRYPOINT_USAGE}"));
+            (None, TokenStream::new())
+        }
+    }
 }
 
 impl Rpc {
-    pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Rpc {
-        let dummy = crate::method::is_attr(attr, "dummy");
-        let usage = if dummy { DUMMY_USAGE } else { USAGE };
-        let tokens = attr_tokens(attr, usage, cx);
-        let keys: &[&str] = if dummy {
-            &OPTION_KEYS
+    pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Option<Rpc> {
+        let is = |name| crate::method::is_attr(attr, name);
+        let (kind, usage, tokens) = if is("entrypoint") {
+            let (expr, rest) = split_entrypoint(attr, cx);
+            (Kind::Custom(Box::new(expr?)), ENTRYPOINT_USAGE, rest)
+        } else if is("dummy") {
+            (Kind::Dummy, DUMMY_USAGE, attr_tokens(attr, DUMMY_USAGE, cx))
         } else {
-            &["name", OPTION_KEYS[0], OPTION_KEYS[1]]
+            (Kind::Rpc, USAGE, attr_tokens(attr, USAGE, cx))
+        };
+        let keys: &[&str] = match kind {
+            Kind::Rpc => &["name", OPTION_KEYS[0], OPTION_KEYS[1]],
+            Kind::Dummy | Kind::Custom(_) => &OPTION_KEYS,
         };
         let args = AttrArgs::parse(tokens, &[], keys, usage, cx);
         let params: Vec<String> = method.params.iter().map(|p| p.ident.to_string()).collect();
@@ -43,21 +102,15 @@ impl Rpc {
             }
             None => (method.ident.to_string(), method.ident.span()),
         };
-        Rpc {
+        Some(Rpc {
             wire_name,
             wire_name_span,
             options,
-            dummy,
-        }
+            kind,
+        })
     }
 
-    /// Whether this is a `#[dummy]` entrypoint (no client method, never consumed).
-    pub(crate) fn is_dummy(&self) -> bool {
-        self.dummy
-    }
-
-    /// `Entrypoint::Rpc(RpcEntrypoint { ... })`: binds the arguments, calls the method, encodes
-    /// its outcome.
+    /// The bound entrypoint: binds the arguments, calls the method, encodes its outcome.
     pub(crate) fn entrypoint(&self, method: &Method, krate: &syn::Path) -> TokenStream {
         let p = quote!(#krate::__private);
         let wire = LitStr::new(&self.wire_name, self.wire_name_span);
@@ -76,26 +129,28 @@ impl Rpc {
             Some(ty) => quote_spanned!(crate::type_span(ty)=> #p::encode_result::<#ty>(&#value)),
         });
         let names = method.params.iter().map(|param| param.ident.to_string());
-        let options = self.options.fields();
-        let variant = if self.dummy {
-            quote!(Dummy)
-        } else {
-            quote!(Rpc)
+        let (expected, sensitive) = (&self.options.expected, &self.options.sensitive);
+        let info = quote! {
+            #p::MethodInfo::new(#wire, &[#(#names),*], &[#(#expected),*], &[#(#sensitive),*])
         };
-        quote! {
-            #p::Entrypoint::#variant(#p::RpcEntrypoint {
-                name: #wire,
-                params: &[#(#names),*],
-                #options
-                handler: |this, body| {
-                    ::std::boxed::Box::pin(async move {
-                        const PARAMS: &[#p::Param] = &[#(#param_descs),*];
-                        let #mutability args = #p::BoundArgs::bind(#wire, PARAMS, body)?;
-                        #(#takes)*
-                        #encode
-                    })
-                },
-            })
+        let handler = quote! {
+            |this, body| {
+                ::std::boxed::Box::pin(async move {
+                    const PARAMS: &[#p::Param] = &[#(#param_descs),*];
+                    let #mutability args = #p::BoundArgs::bind(#wire, PARAMS, body)?;
+                    #(#takes)*
+                    #encode
+                })
+            }
+        };
+        match &self.kind {
+            Kind::Rpc => quote!(#p::BoundEntrypoint::<Self>::new(#p::Rpc, #info, #handler)),
+            Kind::Dummy => quote!(#p::BoundEntrypoint::<Self>::new(#p::Dummy, #info, #handler)),
+            // The user's expression, and the check that its type is an entrypoint taking
+            // arguments, point at the expression.
+            Kind::Custom(expr) => quote_spanned! {expr_span(expr)=>
+                #p::bind_entrypoint::<Self, _>(#expr, #info, #handler)
+            },
         }
     }
 

@@ -2,7 +2,8 @@
 //! generates the typed client `<Type>Client`.
 //!
 //! Reads the entrypoint attributes (`#[rpc]`, `#[event_handler]`, `#[http]`, `#[timer]`,
-//! `#[once]`, `#[dummy]`) off the block's methods and removes them; a method may carry several.
+//! `#[once]`, `#[dummy]`, `#[entrypoint(...)]`) off the block's methods and removes them; a
+//! method may carry several.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -19,7 +20,15 @@ use crate::timer::Timer;
 const USAGE: &str = "`#[service(name = \"...\")]`";
 
 /// The entrypoint attributes a method of a service may carry.
-const ENTRYPOINT_ATTRS: &[&str] = &["rpc", "event_handler", "http", "timer", "once", "dummy"];
+const ENTRYPOINT_ATTRS: &[&str] = &[
+    "rpc",
+    "event_handler",
+    "http",
+    "timer",
+    "once",
+    "dummy",
+    "entrypoint",
+];
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut item: ItemImpl = match syn::parse2(input.clone()) {
@@ -98,7 +107,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     cx.error(attr, "duplicate `#[rpc]` attribute");
                     continue;
                 }
-                let rpc = Rpc::parse(&method, attr, &mut cx);
+                let Some(rpc) = Rpc::parse(&method, attr, &mut cx) else {
+                    continue;
+                };
                 if let Some((_, other)) = rpc_names.iter().find(|(n, _)| *n == rpc.wire_name) {
                     cx.push(syn::Error::new(
                         rpc.wire_name_span,
@@ -111,10 +122,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 rpc_names.push((rpc.wire_name.clone(), method.ident.clone()));
                 entrypoints.push(rpc.entrypoint(&method, &krate));
                 client_methods.push(rpc.client_method(&method, &krate));
-            } else if is_attr(attr, "dummy") {
-                let dummy = Rpc::parse(&method, attr, &mut cx);
-                debug_assert!(dummy.is_dummy());
-                entrypoints.push(dummy.entrypoint(&method, &krate));
+            } else if is_attr(attr, "dummy") || is_attr(attr, "entrypoint") {
+                if let Some(called) = Rpc::parse(&method, attr, &mut cx) {
+                    entrypoints.push(called.entrypoint(&method, &krate));
+                }
             } else if is_attr(attr, "timer") || is_attr(attr, "once") {
                 if let Some(timer) = Timer::parse(&method, attr, &mut cx) {
                     entrypoints.push(timer.entrypoint(&method, &krate));
@@ -154,7 +165,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         impl #p::Service for #self_ty {
             const NAME: &'static str = #name;
 
-            fn entrypoints() -> ::std::vec::Vec<#p::Entrypoint<Self>> {
+            fn entrypoints() -> ::std::vec::Vec<#p::BoundEntrypoint<Self>> {
                 ::std::vec![#(#entrypoints),*]
             }
         }

@@ -71,24 +71,23 @@ impl Timer {
         let name = method.ident.to_string();
         let (nanos, eager) = (self.interval_nanos, self.eager);
         let expected = &self.options.expected;
-        let variant = if self.once {
-            quote!(Once)
+        let entrypoint = if self.once {
+            quote!(#p::Once)
         } else {
-            quote!(Timer)
+            quote!(#p::Timer::new(#p::Duration::from_nanos(#nanos)).eager(#eager))
         };
+        // The method's value, if any, is not kept: a schedule answers no one.
         let outcome = method.map_outcome(
             &p,
             method.call(&p),
-            |_, value| quote!({ let _ = #value; ::std::result::Result::Ok(()) }),
+            |_, value| quote!({ let _ = #value; #p::encode_result::<()>(&()) }),
         );
         quote! {
-            #p::Entrypoint::#variant(#p::TimerEntrypoint {
-                name: #name,
-                interval: #p::Duration::from_nanos(#nanos),
-                eager: #eager,
-                expected_exceptions: &[#(#expected),*],
-                handler: |this| ::std::boxed::Box::pin(async move { #outcome }),
-            })
+            #p::BoundEntrypoint::<Self>::new(
+                #entrypoint,
+                #p::MethodInfo::new(#name, &[], &[#(#expected),*], &[]),
+                |this, _arguments| ::std::boxed::Box::pin(async move { #outcome }),
+            )
         }
     }
 }

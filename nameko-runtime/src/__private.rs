@@ -11,15 +11,45 @@ pub use crate::error::select::{ViaDisplay, ViaToRemoteError, Wrap};
 pub use crate::events::{EventError, HandlerType};
 pub use crate::protocol::{RemoteError, RequestBody};
 pub use crate::rpc::args::{BoundArgs, Param};
+pub use crate::runner::ServiceRegistration;
 pub use crate::service::{
-    Dependencies, Dependency, DependencyContext, Entrypoint, EventEntrypoint, HttpEntrypoint,
-    RpcEntrypoint, RpcFuture, Service, ServiceClient, ServiceRegistration, TimerEntrypoint,
-    WorkerResult,
+    BoundEntrypoint, Dependencies, Dependency, DependencyContext, MethodInfo, Service,
+    ServiceClient, WorkerResult,
 };
+pub use crate::timer::{Once, Timer};
 pub use crate::{ClusterRpcClient, Error, RpcError, ServiceProxy};
+pub use crate::events::{EventHandler};
+pub use crate::http::Http;
+pub use crate::rpc::{Dummy, Rpc};
+use crate::service::{Entrypoint, Handler};
 pub use inventory;
 pub use std::sync::Arc;
 pub use std::time::Duration;
+
+/// An entrypoint of the user's own (`#[entrypoint(...)]`): one whose method is called with
+/// JSON arguments and gives its result as JSON.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be used in `#[entrypoint(...)]`",
+    label = "this must be an entrypoint whose methods take JSON arguments",
+    note = "`#[entrypoint(...)]` takes a value whose type implements `nameko::service::Entrypoint` with `type Input = RequestBody` and `type Output = Result<Vec<u8>, RemoteError>`"
+)]
+pub trait ArgumentsEntrypoint:
+    Entrypoint<Input = RequestBody, Output = Result<Vec<u8>, RemoteError>>
+{
+}
+impl<E> ArgumentsEntrypoint for E where
+    E: Entrypoint<Input = RequestBody, Output = Result<Vec<u8>, RemoteError>>
+{
+}
+
+/// Binds an `#[entrypoint(...)]` to its method.
+pub fn bind_entrypoint<S: Service, E: ArgumentsEntrypoint>(
+    entrypoint: E,
+    method: MethodInfo,
+    handler: Handler<S, RequestBody, Result<Vec<u8>, RemoteError>>,
+) -> BoundEntrypoint<S> {
+    BoundEntrypoint::new(entrypoint, method, handler)
+}
 
 /// Encodes a method's result; a value JSON cannot hold gives Nameko's
 /// `UnserializableValueError`.
@@ -46,7 +76,7 @@ where
     });
     match task.await {
         Ok(value) => Ok(value),
-        Err(e) if e.is_panic() => Err(crate::service::container::panic_error(
+        Err(e) if e.is_panic() => Err(crate::service::worker::panic_error(
             e.into_panic().as_ref(),
         )),
         Err(e) => Err(RemoteError::new("WorkerCancelled", e.to_string())
@@ -136,7 +166,7 @@ pub async fn build_dependency<T: Dependency>(
 
 /// The message of a caught panic.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    crate::service::container::panic_error(panic).value
+    crate::service::worker::panic_error(panic).value
 }
 
 /// Runs one dependency's hook; a panic is logged and the others still run.

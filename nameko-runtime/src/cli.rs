@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::service::ServiceRegistration;
-use crate::service::runner::{ServiceRunner, Signals};
+use crate::runner::{ServiceRegistration, ServiceRunner, Signals};
 
 /// Nameko-style services in one binary.
 #[derive(Debug, Parser)]

@@ -108,6 +108,71 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A queue's consumer stopped and could not be replaced (the service fails with it).
+    #[error("the consumer of {queue} stopped: {reason}")]
+    ConsumerFailed {
+        /// The queue.
+        queue: String,
+        /// Why.
+        reason: String,
+    },
+    /// A test replaced a dependency the service does not have.
+    #[error("service `{service}`: no dependency named {names} to replace")]
+    NoSuchDependency {
+        /// The service.
+        service: String,
+        /// The names given, comma-separated.
+        names: String,
+    },
+    /// A test restricted a service to an entrypoint it does not have.
+    #[error("service `{service}`: no entrypoint named `{entrypoint}` (it has {entrypoints})")]
+    NoSuchEntrypoint {
+        /// The service.
+        service: String,
+        /// The name given.
+        entrypoint: String,
+        /// The service's entrypoints, comma-separated.
+        entrypoints: String,
+    },
+    /// A test hooked an entrypoint that no running service has, or one that cannot be hooked.
+    #[error("no entrypoint `{entrypoint}` to hook on a running service `{service}` (HTTP entrypoints cannot be hooked)")]
+    NoHook {
+        /// The service named.
+        service: String,
+        /// The entrypoint named.
+        entrypoint: String,
+    },
+    /// Dependencies or entrypoints were given for a service the runner does not run.
+    #[error("dependencies or entrypoints of `{0}` were given, but it is not one of the services to run")]
+    NotRunning(String),
+    /// The HTTP server could not listen on `WEB_SERVER_ADDRESS`.
+    #[error("cannot listen on {address} (WEB_SERVER_ADDRESS): {source}")]
+    Listen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Two routes claim the same path and method, or a route's method is not one HTTP has.
+    #[error("HTTP routes: {0}")]
+    Routes(String),
+    /// A dependency's `worker_setup` panicked.
+    #[error("worker_setup panicked: {0}")]
+    WorkerSetupPanicked(String),
+    /// The RabbitMQ management API (used by the testing tools) failed or answered unexpectedly.
+    #[error("RabbitMQ management API: {0}")]
+    ManagementApi(String),
+    /// Any other failure, from a dependency or an entrypoint of the application's own.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// An error of the application's own (a dependency that could not connect, an entrypoint
+    /// whose schedule does not parse): `Error::other("the disk is gone")`.
+    pub fn other(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Other(error.into())
+    }
 }
 
 /// How a service's error type becomes the error object of an error reply.

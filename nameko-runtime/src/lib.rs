@@ -60,9 +60,11 @@ pub mod events;
 pub mod http;
 pub mod protocol;
 pub mod rpc;
+pub mod runner;
 pub mod service;
 pub mod shell;
 pub mod testing;
+pub mod timer;
 pub mod transport;
 
 pub use cli::main;
@@ -71,10 +73,8 @@ pub use context::{ContextData, WorkerContext};
 pub use error::{Error, RpcError, ToRemoteError};
 pub use protocol::RemoteError;
 pub use rpc::{ClusterRpcClient, ServiceProxy};
-pub use service::runner::{RunningServices, ServiceRunner, StopHandle};
-pub use service::{
-    Dependencies, Dependency, DependencyContext, Service, ServiceClient, ServiceRegistration,
-};
+pub use runner::{RunningServices, ServiceRegistration, ServiceRunner, StopHandle};
+pub use service::{Dependencies, Dependency, DependencyContext, Service, ServiceClient};
 
 /// Declares a service on an `impl` block: `#[service(name = "greeter_service")]`.
 ///
@@ -139,6 +139,17 @@ pub use nameko_macros::once;
 /// [`entrypoint hook`](RunningServices::entrypoint_hook); its arguments bind as an RPC method's.
 pub use nameko_macros::dummy;
 
+/// Puts an entrypoint of your own on a method of a `#[service]` block:
+/// `#[entrypoint(my_crate::Cron::new("0 */5 * * * *"))]`.
+///
+/// The argument is any expression whose type implements [`service::Entrypoint`] with
+/// [`protocol::RequestBody`] as its input: the entrypoint calls the method with JSON arguments,
+/// which bind to its parameters as an RPC call's do (by position or by name; an `Option<T>`
+/// may be left out; a mismatch is an `IncorrectSignature` error), and gets its result as
+/// JSON. Keys after the expression: `expected_exceptions = "A,B"`, `sensitive_arguments =
+/// "password,..."`. See `service::entrypoint` for writing one.
+pub use nameko_macros::entrypoint;
+
 /// Builds a service struct from its fields, each a [`Dependency`], and runs their lifecycle
 /// hooks.
 ///
@@ -150,9 +161,12 @@ pub use nameko_macros::Dependencies;
 pub mod prelude {
     pub use crate::events::{DispatchError, EventDispatcher, HandlerType};
     pub use crate::http::{Json, Request};
+    pub use crate::protocol::RequestBody;
+    pub use crate::service::WorkerResult;
     pub use crate::{
-        ClusterRpcClient, Config, Dependencies, RemoteError, RpcError, ServiceProxy, ServiceRunner,
-        ToRemoteError, WorkerContext, event_handler, http, rpc, service, timer,
+        ClusterRpcClient, Config, ContextData, Dependencies, Dependency, DependencyContext,
+        Error, RemoteError, RpcError, ServiceProxy, ServiceRunner, ToRemoteError, WorkerContext,
+        dummy, entrypoint, event_handler, http, once, rpc, service, timer,
     };
 }
 

@@ -72,12 +72,11 @@ pub fn event_exchange_name(source: &str) -> String {
 pub fn event_queue_name(
     source: &str,
     event_type: &str,
-    handler_type: crate::events::HandlerType,
+    handler_type: HandlerType,
     service: &str,
     method: &str,
     broadcast_identifier: &str,
 ) -> String {
-    use crate::events::HandlerType;
     match handler_type {
         HandlerType::ServicePool => format!("evt-{source}-{event_type}--{service}.{method}"),
         HandlerType::Singleton => format!("evt-{source}-{event_type}"),
@@ -102,6 +101,27 @@ pub fn new_call_id(service: &str, method: &str) -> String {
     id
 }
 
+/// Who receives an event (Nameko's `handler_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerType {
+    /// Each listening service gets every event once, shared among its instances (the default).
+    ServicePool,
+    /// One handler in the whole cluster gets each event.
+    Singleton,
+    /// Every instance of every listening service gets every event.
+    Broadcast,
+}
+
+impl fmt::Display for HandlerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HandlerType::ServicePool => "service_pool",
+            HandlerType::Singleton => "singleton",
+            HandlerType::Broadcast => "broadcast",
+        })
+    }
+}
+
 /// Message headers, as JSON values (AMQP field tables map onto JSON one to one).
 pub type Headers = BTreeMap<String, Value>;
 
@@ -109,7 +129,7 @@ pub type Headers = BTreeMap<String, Value>;
 ///
 /// Arguments stay raw JSON until they are bound to a method's parameters, so each one is
 /// parsed once, straight into its Rust type.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct RequestBody {
     /// Positional arguments.
     pub args: Vec<Box<RawValue>>,
@@ -138,6 +158,23 @@ pub enum MalformedRequest {
 }
 
 impl RequestBody {
+    /// No arguments: what a method without parameters is called with.
+    pub fn new() -> Self {
+        RequestBody::default()
+    }
+
+    /// The same arguments and `value` as the next positional argument.
+    pub fn arg(mut self, value: impl Into<Value>) -> Self {
+        self.args.push(raw_value(&value.into()));
+        self
+    }
+
+    /// The same arguments and `value` as the keyword argument `name`.
+    pub fn kwarg(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.kwargs.insert(name.into(), raw_value(&value.into()));
+        self
+    }
+
     /// Reads a request body, telling apart each way it can be malformed.
     pub fn parse(body: &[u8]) -> Result<RequestBody, MalformedRequest> {
         #[derive(Deserialize)]
@@ -168,6 +205,11 @@ impl RequestBody {
             kwargs: serde_json::from_str(kwargs.get()).map_err(|_| MalformedRequest::WrongShape)?,
         })
     }
+}
+
+/// A JSON value as raw JSON (a `Value` always serialises).
+fn raw_value(value: &Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 /// Why arguments could not be made into a request body.
@@ -410,7 +452,7 @@ mod tests {
 
     #[test]
     fn event_names_match_nameko() {
-        use crate::events::HandlerType::*;
+        use crate::protocol::HandlerType::*;
         assert_eq!(event_exchange_name("src"), "src.events");
         assert_eq!(
             event_queue_name("src", "ping", ServicePool, "svc", "on_ping", "x"),

@@ -1,6 +1,8 @@
-//! RPC: argument binding for the server side and the clients.
+//! RPC: the clients ([`ClusterRpcClient`], [`ServiceProxy`]) and the entrypoint ([`Rpc`]).
 
-pub mod args;
+pub(crate) mod args;
 pub mod client;
+mod server;
 
 pub use client::{ClusterRpcClient, ServiceProxy};
+pub use server::{Dummy, Rpc, RpcConsumer};

@@ -90,7 +90,8 @@ fn leaves(value: &Value, into: &mut Vec<String>) {
 /// A worker's arguments as logged: by name, redacted, with the redacted values kept aside to
 /// scrub error messages (which may quote an argument, as serde's do).
 #[derive(Debug)]
-pub(crate) struct LoggedArguments {
+#[doc(hidden)]
+pub struct LoggedArguments {
     pub(crate) shown: Value,
     secrets: Vec<String>,
 }

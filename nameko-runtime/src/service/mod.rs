@@ -1,27 +1,33 @@
-//! Services: what `#[service]` implements, how services register, and their dependencies.
+//! Services: what `#[service]` implements ([`Service`], [`Dependencies`]), dependencies
+//! ([`Dependency`]), and entrypoints ([`Entrypoint`], the extension API every entrypoint kind
+//! is written on).
 //!
-//! The macros emit implementations of [`Service`] and [`Dependencies`] and an
-//! `inventory::submit!` of a [`ServiceRegistration`]; everything they do at run time lives in
-//! [`container`] (one running service) and [`runner`] (several, sharing one broker connection).
+//! Everything a running service does lives here too: [`container`] (one service's start and
+//! stop), `worker` (the one path of every worker), `consume` (consuming a queue for an
+//! entrypoint), `hooks` (entrypoint hooks and waiters).
 
-use std::sync::Arc;
-
-use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
 
 use crate::config::Config;
 use crate::context::WorkerContext;
 use crate::error::Error;
-use crate::events::{EventError, HandlerType};
-use crate::http::{HttpCall, HttpFuture, Segment};
-use crate::protocol::{RemoteError, RequestBody};
+use crate::protocol::RemoteError;
 use crate::rpc::ClusterRpcClient;
 use crate::transport::SharedTransport;
 
 pub mod arguments;
-pub mod container;
+mod consume;
+pub(crate) mod container;
+pub mod entrypoint;
+pub(crate) mod hooks;
 pub(crate) mod redelivery;
-pub mod runner;
+pub(crate) mod worker;
+
+pub use consume::{DeliveryHandler, QueueDeclaration};
+pub use entrypoint::{
+    BoundEntrypoint, Entrypoint, EntrypointContext, Handler, MethodInfo, ServiceContext,
+    SharedExtension, Started, WorkerInput, WorkerOutput, WorkerSlot,
+};
 
 /// A service: a name, entrypoints, and a struct of dependencies.
 ///
@@ -35,150 +41,8 @@ pub trait Service: Dependencies + Send + Sync + Sized + 'static {
     /// The service's name on the wire (`rpc-<name>`, `<name>.<method>`).
     const NAME: &'static str;
 
-    /// The service's entrypoints.
-    fn entrypoints() -> Vec<Entrypoint<Self>>;
-}
-
-/// The future an RPC handler returns: the result as JSON, or the error object to reply with.
-pub type RpcFuture = BoxFuture<'static, Result<Vec<u8>, RemoteError>>;
-
-/// One entrypoint of a service.
-#[non_exhaustive]
-pub enum Entrypoint<S> {
-    /// An `#[rpc]` method.
-    Rpc(RpcEntrypoint<S>),
-    /// An `#[event_handler]` method.
-    Event(EventEntrypoint<S>),
-    /// An `#[http]` method (one per route attribute).
-    Http(HttpEntrypoint<S>),
-    /// A `#[timer]` method.
-    Timer(TimerEntrypoint<S>),
-    /// A `#[once]` method: runs once, when the service starts (its `interval` is unused).
-    Once(TimerEntrypoint<S>),
-    /// A `#[dummy]` method: never fires by itself; tests fire it with an entrypoint hook.
-    Dummy(RpcEntrypoint<S>),
-}
-
-/// The future a timer method returns.
-pub type TimerFuture = BoxFuture<'static, Result<(), RemoteError>>;
-
-/// A `#[timer]` method: run every `interval`, one run at a time.
-pub struct TimerEntrypoint<S> {
-    /// The method's name.
-    pub name: &'static str,
-    /// Time between the scheduled starts.
-    pub interval: std::time::Duration,
-    /// Whether the first run is at start rather than one interval later.
-    pub eager: bool,
-    /// Error types (`exc_type`s) that are part of the method's contract: logged as warnings.
-    pub expected_exceptions: &'static [&'static str],
-    /// Calls the method.
-    pub handler: fn(Arc<S>) -> TimerFuture,
-}
-
-/// An `#[http]` route of a method.
-pub struct HttpEntrypoint<S> {
-    /// The method's name.
-    pub name: &'static str,
-    /// The HTTP methods it answers (`GET` also answers `HEAD`).
-    pub methods: &'static [&'static str],
-    /// The route as written (`/multiply/<int:first>/<int:second>`).
-    pub route: &'static str,
-    /// The route's segments.
-    pub segments: &'static [Segment],
-    /// The route parameters' names, in route order.
-    pub params: &'static [&'static str],
-    /// Error types (`exc_type`s) answered with 400 rather than 500, and logged as warnings.
-    pub expected_exceptions: &'static [&'static str],
-    /// Route parameters (or paths into them) shown as `********` wherever arguments are logged.
-    pub sensitive_arguments: &'static [&'static str],
-    /// Extracts the parameters, calls the method, makes the response.
-    pub handler: fn(Arc<S>, HttpCall) -> HttpFuture,
-}
-
-/// The future an event handler returns.
-pub type EventFuture = BoxFuture<'static, Result<(), EventError>>;
-
-/// An `#[event_handler]` method: what it listens to and how.
-pub struct EventEntrypoint<S> {
-    /// The method's name.
-    pub name: &'static str,
-    /// The service whose events it handles.
-    pub source_service: &'static str,
-    /// The event type (routing key) it handles.
-    pub event_type: &'static str,
-    /// Who gets each event.
-    pub handler_type: HandlerType,
-    /// Whether its queue survives the service being down (`auto_delete` when not).
-    pub reliable_delivery: bool,
-    /// Whether a failed event goes back to the queue (else it is acknowledged and logged).
-    pub requeue_on_error: bool,
-    /// The payload parameter's name (how the payload appears in logged arguments).
-    pub param: &'static str,
-    /// Error types (`exc_type`s) that are part of the method's contract: logged as warnings.
-    pub expected_exceptions: &'static [&'static str],
-    /// Paths into the payload shown as `********` wherever arguments are logged.
-    pub sensitive_arguments: &'static [&'static str],
-    /// Decodes the payload and calls the method.
-    pub handler: fn(Arc<S>, Vec<u8>) -> EventFuture,
-}
-
-/// An `#[rpc]` method: its name on the wire and the function that binds the arguments, calls
-/// the method and encodes its result.
-pub struct RpcEntrypoint<S> {
-    /// The method's name (the last segment of the routing key).
-    pub name: &'static str,
-    /// The parameters' names, in order (how arguments appear when logged).
-    pub params: &'static [&'static str],
-    /// Error types (`exc_type`s) that are part of the method's contract: logged as warnings.
-    pub expected_exceptions: &'static [&'static str],
-    /// Arguments (or paths into them: `password`, `user.token`, `items[0]`) shown as `********`
-    /// wherever arguments are logged.
-    pub sensitive_arguments: &'static [&'static str],
-    /// Binds, calls and encodes.
-    pub handler: fn(Arc<S>, RequestBody) -> RpcFuture,
-}
-
-impl<S> Entrypoint<S> {
-    /// The entrypoint's (method's) name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Entrypoint::Rpc(rpc) | Entrypoint::Dummy(rpc) => rpc.name,
-            Entrypoint::Event(event) => event.name,
-            Entrypoint::Http(http) => http.name,
-            Entrypoint::Timer(timer) | Entrypoint::Once(timer) => timer.name,
-        }
-    }
-
-    /// The error types the entrypoint declares as expected (`expected_exceptions`).
-    pub fn expected_exceptions(&self) -> &'static [&'static str] {
-        match self {
-            Entrypoint::Rpc(rpc) | Entrypoint::Dummy(rpc) => rpc.expected_exceptions,
-            Entrypoint::Event(event) => event.expected_exceptions,
-            Entrypoint::Http(http) => http.expected_exceptions,
-            Entrypoint::Timer(timer) | Entrypoint::Once(timer) => timer.expected_exceptions,
-        }
-    }
-
-    /// A one-line description, as `list` prints it.
-    pub fn describe(&self) -> String {
-        match self {
-            Entrypoint::Rpc(rpc) => format!("rpc {}", rpc.name),
-            Entrypoint::Event(e) => format!(
-                "event {} <- {}.{} ({})",
-                e.name, e.source_service, e.event_type, e.handler_type
-            ),
-            Entrypoint::Http(h) => format!("http {} {} {}", h.name, h.methods.join(","), h.route),
-            Entrypoint::Timer(t) => format!(
-                "timer {} every {:?}{}",
-                t.name,
-                t.interval,
-                if t.eager { " (eager)" } else { "" }
-            ),
-            Entrypoint::Once(t) => format!("once {}", t.name),
-            Entrypoint::Dummy(d) => format!("dummy {}", d.name),
-        }
-    }
+    /// The service's entrypoints, each bound to its method.
+    fn entrypoints() -> Vec<BoundEntrypoint<Self>>;
 }
 
 /// How a service struct is built from its fields, and the lifecycle of those fields.
@@ -423,11 +287,10 @@ impl DependencyContext {
             return Ok(());
         }
         let names: Vec<&str> = replacements.iter().map(|(name, _)| name.as_str()).collect();
-        Err(Error::Config(format!(
-            "{}: no dependency named {} to replace",
-            self.service_name,
-            names.join(", ")
-        )))
+        Err(Error::NoSuchDependency {
+            service: self.service_name.to_owned(),
+            names: names.join(", "),
+        })
     }
 
     /// The service being built.
@@ -481,90 +344,3 @@ pub trait ServiceClient: Sized {
     /// A typed client sending its calls through `client`.
     fn from_client(client: &ClusterRpcClient) -> Self;
 }
-
-/// Starts one service's container.
-pub(crate) type StartFn = fn(
-    runner::Shared,
-    container::ServiceOptions,
-) -> BoxFuture<'static, Result<container::ServiceContainer, Error>>;
-
-/// A service as registered with the runtime: its name and how to start it.
-///
-/// `#[service]` submits one to [`inventory`]; [`ServiceRegistration::of`] makes one for explicit
-/// registration.
-#[derive(Clone, Copy)]
-pub struct ServiceRegistration {
-    name: &'static str,
-    start: StartFn,
-    entrypoints: fn() -> Vec<String>,
-}
-
-impl std::fmt::Debug for ServiceRegistration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceRegistration")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServiceRegistration {
-    /// The registration of service `S`.
-    pub const fn of<S: Service>() -> Self {
-        ServiceRegistration {
-            name: S::NAME,
-            start: container::start::<S>,
-            entrypoints: entrypoint_names::<S>,
-        }
-    }
-
-    /// The service's name.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    /// A description of each of the service's entrypoints.
-    pub fn entrypoints(&self) -> Vec<String> {
-        (self.entrypoints)()
-    }
-
-    pub(crate) fn start(
-        &self,
-        shared: runner::Shared,
-        options: container::ServiceOptions,
-    ) -> BoxFuture<'static, Result<container::ServiceContainer, Error>> {
-        (self.start)(shared, options)
-    }
-
-    /// Every service registered with `#[service]` in this binary, sorted by name.
-    pub fn all() -> Vec<ServiceRegistration> {
-        let mut all: Vec<_> = inventory::iter::<ServiceRegistration>
-            .into_iter()
-            .copied()
-            .collect();
-        all.sort_by_key(|r| r.name);
-        all
-    }
-}
-
-fn entrypoint_names<S: Service>() -> Vec<String> {
-    S::entrypoints().iter().map(Entrypoint::describe).collect()
-}
-
-inventory::collect!(ServiceRegistration);
-
-macro_rules! copy_entrypoint {
-    ($($name:ident),*) => {$(
-        impl<S> Clone for $name<S> {
-            fn clone(&self) -> Self {
-                *self
-            }
-        }
-        impl<S> Copy for $name<S> {}
-    )*};
-}
-copy_entrypoint!(
-    RpcEntrypoint,
-    EventEntrypoint,
-    HttpEntrypoint,
-    TimerEntrypoint
-);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::FromRequest;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
@@ -24,7 +24,11 @@ use crate::error::Error;
 use crate::protocol::RemoteError;
 
 pub use axum::Json;
-pub use axum::http::StatusCode as Status;
+pub use axum::http::StatusCode;
+pub(crate) use route::HttpRoutes;
+pub use route::Http;
+
+mod route;
 
 /// One segment of a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,14 +505,14 @@ pub(crate) fn router(mut routes: Vec<Route>, config: &Config) -> Result<Dispatch
                 continue;
             }
             if let Some(method) = route.methods.iter().find(|m| other.methods.contains(m)) {
-                return Err(Error::Config(format!(
+                return Err(Error::Routes(format!(
                     "two entrypoints claim {method} {}: {}.{} and {}.{}",
                     route.route, other.service, other.entrypoint, route.service, route.entrypoint
                 )));
             }
         }
         if let Some(method) = route.methods.iter().find(|m| !METHODS.contains(m)) {
-            return Err(Error::Config(format!("unsupported HTTP method {method}")));
+            return Err(Error::Routes(format!("unsupported HTTP method {method}")));
         }
     }
     // Stable: among equally specific routes, the order of declaration.

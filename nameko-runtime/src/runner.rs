@@ -1,65 +1,83 @@
-//! Running several services in one process, on one broker connection.
+//! Running several services in one process, on one broker connection: [`ServiceRunner`],
+//! [`RunningServices`], [`StopHandle`], and [`ServiceRegistration`] (how `#[service]` makes a
+//! service known to the runner).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
+use futures_util::future::BoxFuture;
 use tokio::task::JoinHandle;
-
 use tokio_util::sync::CancellationToken;
 
-use super::container::{Hook, ServiceContainer, ServiceOptions};
-use super::{Service, ServiceRegistration, WorkerResult};
 use crate::config::Config;
-use crate::context::WorkerContext;
 use crate::error::Error;
-use crate::http::{self, Route};
-use crate::testing::{EntrypointHook, EntrypointWaiter, FinishedWorker};
+use crate::http::{self, HttpRoutes};
+use crate::service::container::{self, ServiceContainer, ServiceOptions, Shared};
+use crate::service::hooks::{EntrypointHook, EntrypointWaiter};
+use crate::service::{BoundEntrypoint, Service};
 use crate::transport::SharedTransport;
-use std::collections::HashMap;
-use tokio::sync::broadcast;
 
-/// What every container of a runner shares.
-#[derive(Clone)]
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) transport: SharedTransport,
-    pub(crate) stop: CancellationToken,
-    pub(crate) kill: CancellationToken,
-    /// The HTTP routes of every service, collected as they start.
-    pub(crate) http_routes: Arc<Mutex<Vec<Route>>>,
-    /// Every non-HTTP entrypoint's hook, by service and entrypoint.
-    pub(crate) hooks: Arc<Mutex<HashMap<(&'static str, &'static str), Hook>>>,
-    /// Where finished workers are announced to entrypoint waiters.
-    pub(crate) finished: broadcast::Sender<FinishedWorker>,
-    /// How many entrypoint waiters listen (the sender's own count takes a lock).
-    pub(crate) waiters: Arc<std::sync::atomic::AtomicUsize>,
+/// Starts one service's container.
+type StartFn = fn(Shared, ServiceOptions) -> BoxFuture<'static, Result<ServiceContainer, Error>>;
+
+/// A service as registered with the runtime: its name and how to start it.
+///
+/// `#[service]` submits one to [`inventory`]; [`ServiceRegistration::of`] makes one for explicit
+/// registration.
+#[derive(Clone, Copy)]
+pub struct ServiceRegistration {
+    name: &'static str,
+    start: StartFn,
+    entrypoints: fn() -> Vec<String>,
 }
 
-impl Shared {
-    /// Announces a finished worker, if an entrypoint waiter listens.
-    pub(crate) fn worker_finished(
-        &self,
-        context: &Arc<WorkerContext>,
-        payload: Option<&[u8]>,
-        result: &WorkerResult<'_>,
-    ) {
-        if self.waiters.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            return;
-        }
-        let result = match result {
-            WorkerResult::Value(json) => {
-                Ok(serde_json::from_slice(json).unwrap_or(serde_json::Value::Null))
-            }
-            WorkerResult::Done => Ok(serde_json::Value::Null),
-            WorkerResult::Failed(error) => Err(error.clone().into_owned()),
-        };
-        let payload = payload.and_then(|json| serde_json::from_slice(json).ok());
-        let _ = self
-            .finished
-            .send(FinishedWorker::new(context.clone(), payload, result));
+impl std::fmt::Debug for ServiceRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceRegistration")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
+
+impl ServiceRegistration {
+    /// The registration of service `S`.
+    pub const fn of<S: Service>() -> Self {
+        ServiceRegistration {
+            name: S::NAME,
+            start: container::start::<S>,
+            entrypoints: entrypoint_descriptions::<S>,
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// A description of each of the service's entrypoints.
+    pub fn entrypoints(&self) -> Vec<String> {
+        (self.entrypoints)()
+    }
+
+    /// Every service registered with `#[service]` in this binary, sorted by name.
+    pub fn all() -> Vec<ServiceRegistration> {
+        let mut all: Vec<_> = inventory::iter::<ServiceRegistration>
+            .into_iter()
+            .copied()
+            .collect();
+        all.sort_by_key(|r| r.name);
+        all
+    }
+}
+
+fn entrypoint_descriptions<S: Service>() -> Vec<String> {
+    S::entrypoints()
+        .iter()
+        .map(BoundEntrypoint::describe)
+        .collect()
+}
+
+inventory::collect!(ServiceRegistration);
 
 /// The process's HTTP server, when a service has HTTP entrypoints.
 struct HttpServer {
@@ -219,16 +237,7 @@ impl ServiceRunner {
                 }
             }
         });
-        let shared = Shared {
-            config: self.config,
-            transport,
-            stop,
-            kill: CancellationToken::new(),
-            http_routes: Arc::default(),
-            hooks: Arc::default(),
-            finished: broadcast::channel(1024).0,
-            waiters: Arc::default(),
-        };
+        let shared = Shared::new(self.config, transport, stop);
         let mut containers = Vec::new();
         let mut started = Ok(());
         if let Some(name) = self
@@ -236,16 +245,14 @@ impl ServiceRunner {
             .keys()
             .find(|name| !self.services.iter().any(|s| s.name() == **name))
         {
-            started = Err(Error::Config(format!(
-                "dependencies or entrypoints of `{name}` were given, but it is not one of the services to run"
-            )));
+            started = Err(Error::NotRunning((*name).to_owned()));
         }
         for service in &self.services {
             if started.is_err() {
                 break;
             }
             let options = self.options.remove(service.name()).unwrap_or_default();
-            match service.start(shared.clone(), options).await {
+            match (service.start)(shared.clone(), options).await {
                 Ok(container) => containers.push(container),
                 Err(e) => {
                     started = Err(e);
@@ -277,20 +284,20 @@ impl ServiceRunner {
 /// Binds `WEB_SERVER_ADDRESS` and serves the collected routes, if there are any, until the
 /// runner stops (in-flight requests finish; a kill aborts them).
 async fn serve_http(shared: &Shared) -> Result<Option<HttpServer>, Error> {
-    let routes = std::mem::take(&mut *shared.http_routes.lock().unwrap_or_else(|p| p.into_inner()));
+    let Some(routes) = shared.existing_extension::<HttpRoutes>() else {
+        return Ok(None);
+    };
+    let routes = routes.take();
     if routes.is_empty() {
         return Ok(None);
     }
     let dispatch = http::router(routes, &shared.config)?;
     let address = http::parse_address(&shared.config.web_server_address)?;
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
-        Error::Config(format!(
-            "cannot listen on {address} (WEB_SERVER_ADDRESS): {e}"
-        ))
-    })?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let listen_error = |source| Error::Listen { address, source };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(listen_error)?;
+    let address = listener.local_addr().map_err(listen_error)?;
     let serve = http::serve(
         listener,
         dispatch.clone(),
@@ -382,9 +389,10 @@ impl RunningServices {
             .find(|((s, e), _)| *s == service && *e == entrypoint);
         match found {
             Some((_, hook)) => Ok(EntrypointHook::new(service, entrypoint, hook.clone())),
-            None => Err(Error::Config(format!(
-                "no entrypoint `{entrypoint}` to hook on a running service `{service}` (HTTP entrypoints cannot be hooked)"
-            ))),
+            None => Err(Error::NoHook {
+                service: service.to_owned(),
+                entrypoint: entrypoint.to_owned(),
+            }),
         }
     }
 

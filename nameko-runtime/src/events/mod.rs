@@ -15,32 +15,16 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::context::WorkerContext;
 use crate::error::Error;
-use crate::protocol::{self, RemoteError};
+use crate::protocol;
 use crate::service::{Dependency, DependencyContext};
 use crate::transport::{
     self, ExchangeSpec, OutgoingMessage, Properties, SharedTransport, TransportError,
 };
 
-/// Who receives an event (Nameko's `handler_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandlerType {
-    /// Each listening service gets every event once, shared among its instances (the default).
-    ServicePool,
-    /// One handler in the whole cluster gets each event.
-    Singleton,
-    /// Every instance of every listening service gets every event.
-    Broadcast,
-}
+pub use crate::protocol::HandlerType;
+pub use handler::{EventBody, EventError, EventHandler};
 
-impl fmt::Display for HandlerType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            HandlerType::ServicePool => "service_pool",
-            HandlerType::Singleton => "singleton",
-            HandlerType::Broadcast => "broadcast",
-        })
-    }
-}
+mod handler;
 
 /// An event type known by its payload's type, for [`EventDispatcher::dispatch_event`].
 ///
@@ -303,29 +287,5 @@ impl StandaloneEventDispatcher {
         let message = event_message(source, event_type, body, (*self.headers).clone());
         transport.publish(message).await?;
         Ok(())
-    }
-}
-
-/// Why an event handler did not finish.
-#[derive(Debug)]
-pub enum EventError {
-    /// The payload does not decode into the handler's parameter type: never retried.
-    Payload(String),
-    /// The handler failed.
-    Handler(RemoteError),
-}
-
-impl From<RemoteError> for EventError {
-    fn from(error: RemoteError) -> Self {
-        EventError::Handler(error)
-    }
-}
-
-impl fmt::Display for EventError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EventError::Payload(e) => write!(f, "payload does not fit the handler: {e}"),
-            EventError::Handler(e) => write!(f, "{e}"),
-        }
     }
 }

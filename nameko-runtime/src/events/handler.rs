@@ -1,0 +1,277 @@
+//! The event handler entrypoint (`#[event_handler]`), on the public entrypoint API: a queue of
+//! its own, bound to the source service's events exchange with the event type, consumed for
+//! as long as the service runs. Each event runs one worker; it is then acknowledged, requeued
+//! (on a failure, if asked) or dropped (a payload that does not fit the handler).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+
+use super::HandlerType;
+use crate::error::Error;
+use crate::protocol::{self, RemoteError};
+use crate::service::arguments::{LoggedArguments, event_arguments};
+use crate::service::entrypoint::sealed;
+use crate::service::{
+    DeliveryHandler, Entrypoint, EntrypointContext, MethodInfo, QueueDeclaration,
+    SharedExtension, Started, WorkerResult, WorkerSlot,
+};
+use crate::transport::{Delivery, QueueSpec};
+
+/// `#[event_handler("source_service", "event_type", ...)]`: the method handles every event of
+/// that type its source dispatches, as its `handler_type` shares them out.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct EventHandler {
+    /// The service whose events it handles.
+    pub source_service: &'static str,
+    /// The event type (routing key) it handles.
+    pub event_type: &'static str,
+    /// Who gets each event.
+    pub handler_type: HandlerType,
+    /// Whether its queue survives the service being down (`auto_delete` when not).
+    pub reliable_delivery: bool,
+    /// Whether a failed event goes back to the queue (else it is acknowledged and logged).
+    pub requeue_on_error: bool,
+}
+
+impl EventHandler {
+    /// Handles `source_service`'s events of type `event_type`, with Nameko's defaults: a
+    /// service pool, reliable delivery, no requeue on error.
+    pub const fn new(source_service: &'static str, event_type: &'static str) -> Self {
+        EventHandler {
+            source_service,
+            event_type,
+            handler_type: HandlerType::ServicePool,
+            reliable_delivery: true,
+            requeue_on_error: false,
+        }
+    }
+
+    /// Who gets each event.
+    pub const fn handler_type(mut self, handler_type: HandlerType) -> Self {
+        self.handler_type = handler_type;
+        self
+    }
+
+    /// Whether the queue survives the service being down.
+    pub const fn reliable_delivery(mut self, reliable_delivery: bool) -> Self {
+        self.reliable_delivery = reliable_delivery;
+        self
+    }
+
+    /// Whether a failed event goes back to the queue.
+    pub const fn requeue_on_error(mut self, requeue_on_error: bool) -> Self {
+        self.requeue_on_error = requeue_on_error;
+        self
+    }
+}
+
+/// The body of an event, as its handler's worker is given it (JSON, decoded by the method's
+/// generated code into its parameter's type).
+#[derive(Debug, Clone)]
+pub struct EventBody(pub Vec<u8>);
+
+/// Why an event handler did not finish.
+#[derive(Debug)]
+pub enum EventError {
+    /// The payload does not decode into the handler's parameter type: never retried.
+    Payload(String),
+    /// The handler failed.
+    Handler(RemoteError),
+}
+
+impl From<RemoteError> for EventError {
+    fn from(error: RemoteError) -> Self {
+        EventError::Handler(error)
+    }
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventError::Payload(e) => write!(f, "payload does not fit the handler: {e}"),
+            EventError::Handler(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A random identifier for the broadcast queues of one service instance, when the
+/// configuration gives none (shared by its handlers).
+struct InstanceIdentifier(String);
+
+impl SharedExtension for InstanceIdentifier {}
+
+impl Entrypoint for EventHandler {
+    type Input = EventBody;
+    type Output = Result<(), EventError>;
+
+    fn describe(&self, method: &str) -> String {
+        format!(
+            "event {method} <- {}.{} ({})",
+            self.source_service, self.event_type, self.handler_type
+        )
+    }
+
+    async fn start(self, cx: EntrypointContext<Self>) -> Result<Started, Error> {
+        let config = cx.config();
+        let random = cx.service_extension(|| {
+            InstanceIdentifier(uuid::Uuid::new_v4().simple().to_string())
+        });
+        let identifier = match (
+            &config.broadcast_identifier,
+            self.handler_type,
+            self.reliable_delivery,
+        ) {
+            (Some(identifier), _, _) => identifier.as_str(),
+            (None, HandlerType::Broadcast, true) => {
+                return Err(Error::Config(format!(
+                    "{}.{}: a broadcast handler with reliable_delivery needs a stable broadcast identifier \
+                     (set Config::broadcast_identifier, e.g. to the host name), or declare it with \
+                     reliable_delivery = false",
+                    cx.service_name(),
+                    cx.method().name()
+                )));
+            }
+            (None, _, _) => random.0.as_str(),
+        };
+        let queue = protocol::event_queue_name(
+            self.source_service,
+            self.event_type,
+            self.handler_type,
+            cx.service_name(),
+            cx.method().name(),
+            identifier,
+        );
+        let exchange = super::event_exchange(config, self.source_service);
+        let spec = QueueSpec {
+            auto_delete: !self.reliable_delivery,
+            exclusive: self.handler_type == HandlerType::Broadcast && !self.reliable_delivery,
+            ..QueueSpec::durable(&queue)
+        };
+        let declaration = QueueDeclaration::new(spec).bind(exchange, self.event_type);
+        let handler = Arc::new(EventConsumer {
+            entrypoint: self,
+            cx: cx.clone(),
+        });
+        cx.consume(declaration, handler).await
+    }
+}
+
+struct EventConsumer {
+    entrypoint: EventHandler,
+    cx: EntrypointContext<EventHandler>,
+}
+
+impl DeliveryHandler for EventConsumer {
+    fn handle(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> BoxFuture<'static, ()> {
+        Box::pin(self.handle_event(delivery, slot))
+    }
+}
+
+impl EventConsumer {
+    async fn handle_event(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) {
+        let e = &self.entrypoint;
+        let method = self.cx.method();
+        let content_type = delivery.properties.content_type.as_deref();
+        let outcome = match content_type {
+            _ if protocol::is_json(content_type) => {
+                let data = protocol::context_from_headers(&delivery.properties.headers);
+                let body = EventBody(delivery.body.clone());
+                let worker = self.cx.run_worker(slot, body, data, Some(&delivery.body));
+                match worker.await {
+                    Some(outcome) => outcome,
+                    // Killed: neither settled nor answered; the broker redelivers it.
+                    None => return,
+                }
+            }
+            other => Err(EventError::Payload(protocol::shorten(format!(
+                "unsupported content type `{}`",
+                other.unwrap_or_default()
+            )))),
+        };
+        let (service, handler) = (self.cx.service_name(), method.name());
+        let (source, event_type) = (e.source_service, e.event_type);
+        let settled = match outcome {
+            Ok(()) => delivery.ack().await,
+            Err(EventError::Payload(reason)) => {
+                let arguments = event_arguments(
+                    &delivery.body,
+                    method.params().first().copied().unwrap_or("payload"),
+                    method.sensitive_arguments(),
+                );
+                tracing::error!(
+                    service, handler, source, event_type,
+                    reason = %arguments.scrub(&reason),
+                    arguments = %arguments.shown,
+                    "dropped an event whose payload does not fit the handler"
+                );
+                delivery.reject(false).await
+            }
+            Err(EventError::Handler(_)) if e.requeue_on_error => {
+                tracing::warn!(service, handler, source, event_type, "requeueing the failed event");
+                delivery.reject(true).await
+            }
+            Err(EventError::Handler(_)) => delivery.ack().await,
+        };
+        if let Err(error) = settled {
+            tracing::warn!(service, handler, %error, "could not settle an event");
+        }
+    }
+}
+
+impl sealed::Input for EventBody {
+    type Kept = ();
+    fn keep(&self) {}
+    fn arguments(
+        _kept: (),
+        payload: Option<&[u8]>,
+        method: &MethodInfo,
+    ) -> Option<LoggedArguments> {
+        let param = method.params().first().copied().unwrap_or("payload");
+        payload.map(|payload| event_arguments(payload, param, method.sensitive_arguments()))
+    }
+    fn from_hook(args: Value) -> Result<(Self, Option<Vec<u8>>), RemoteError> {
+        let payload = args.to_string().into_bytes();
+        Ok((EventBody(payload.clone()), Some(payload)))
+    }
+}
+
+impl sealed::Output for Result<(), EventError> {
+    fn result(&self) -> WorkerResult<'_> {
+        match self {
+            Ok(()) => WorkerResult::Done,
+            Err(EventError::Handler(error)) => WorkerResult::Failed(Cow::Borrowed(error)),
+            Err(EventError::Payload(reason)) => {
+                WorkerResult::Failed(Cow::Owned(payload_error(reason.clone())))
+            }
+        }
+    }
+    fn fail(self, error: RemoteError) -> Self {
+        Err(EventError::Handler(error))
+    }
+    fn from_error(error: RemoteError) -> Self {
+        Err(EventError::Handler(error))
+    }
+    fn failure(&self) -> Option<&RemoteError> {
+        match self {
+            Err(EventError::Handler(error)) => Some(error),
+            // Logged by the event's consumer, which drops the event.
+            _ => None,
+        }
+    }
+    fn into_hook(self) -> Result<Value, RemoteError> {
+        match self {
+            Ok(()) => Ok(Value::Null),
+            Err(EventError::Handler(error)) => Err(error),
+            Err(EventError::Payload(reason)) => Err(payload_error(reason)),
+        }
+    }
+}
+
+fn payload_error(reason: String) -> RemoteError {
+    RemoteError::new("EventPayloadError", reason).with_path("nameko_rs.EventPayloadError")
+}

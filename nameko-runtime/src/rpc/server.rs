@@ -1,0 +1,333 @@
+//! The RPC entrypoint (`#[rpc]`), on the public entrypoint API: the methods of a service share
+//! one consumer of `rpc-<service>` ([`RpcConsumer`], a shared extension), which finds the
+//! method from the routing key, runs its worker, publishes the reply and acknowledges the
+//! request. Also `#[dummy]`, whose arguments bind as an RPC method's but which never fires by
+//! itself.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use crate::error::Error;
+use crate::protocol::{self, MalformedRequest, RemoteError, RequestBody};
+use crate::service::{
+    DeliveryHandler, Entrypoint, EntrypointContext, QueueDeclaration, ServiceContext,
+    SharedExtension, Started, WorkerSlot,
+};
+use crate::transport::{
+    Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec, TransportError,
+};
+
+/// `#[rpc]`: the method answers calls to `<service>.<name>` on the RPC exchange.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rpc;
+
+impl Entrypoint for Rpc {
+    type Input = RequestBody;
+    type Output = Result<Vec<u8>, RemoteError>;
+
+    fn describe(&self, method: &str) -> String {
+        format!("rpc {method}")
+    }
+
+    async fn start(self, cx: EntrypointContext<Self>) -> Result<Started, Error> {
+        let consumer = cx.service_extension(RpcConsumer::default);
+        consumer.register(cx.clone());
+        Ok(Started::idle())
+    }
+}
+
+/// `#[dummy]`: never fires by itself; tests fire it with an entrypoint hook, its arguments
+/// bound as an RPC method's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dummy;
+
+impl Entrypoint for Dummy {
+    type Input = RequestBody;
+    type Output = Result<Vec<u8>, RemoteError>;
+
+    fn describe(&self, method: &str) -> String {
+        format!("dummy {method}")
+    }
+
+    async fn start(self, _cx: EntrypointContext<Self>) -> Result<Started, Error> {
+        Ok(Started::idle())
+    }
+}
+
+/// The consumer the RPC methods of one service share (Nameko's `RpcConsumer`): it declares
+/// `rpc-<service>` bound with `<service>.*` and consumes it once every method registered.
+#[derive(Default)]
+pub struct RpcConsumer {
+    methods: Mutex<Vec<EntrypointContext<Rpc>>>,
+}
+
+impl std::fmt::Debug for RpcConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcConsumer").finish_non_exhaustive()
+    }
+}
+
+impl RpcConsumer {
+    fn register(&self, method: EntrypointContext<Rpc>) {
+        self.methods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(method);
+    }
+}
+
+impl SharedExtension for RpcConsumer {
+    async fn start(self: Arc<Self>, cx: ServiceContext) -> Result<Started, Error> {
+        let methods = std::mem::take(&mut *self.methods.lock().unwrap_or_else(|p| p.into_inner()));
+        let service = cx.service_name();
+        let exchange = ExchangeSpec::durable_topic(&cx.config().rpc_exchange);
+        let declaration = QueueDeclaration::new(QueueSpec::durable(protocol::rpc_queue_name(
+            service,
+        )))
+        .bind(exchange, protocol::rpc_binding_key(service));
+        let handler = Arc::new(RpcHandler {
+            service,
+            methods,
+            cx: cx.clone(),
+        });
+        cx.consume(declaration, handler).await
+    }
+}
+
+struct RpcHandler {
+    service: &'static str,
+    methods: Vec<EntrypointContext<Rpc>>,
+    cx: ServiceContext,
+}
+
+impl DeliveryHandler for RpcHandler {
+    fn handle(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> BoxFuture<'static, ()> {
+        Box::pin(self.reply(delivery, slot))
+    }
+
+    fn give_up(self: Arc<Self>, delivery: Delivery, reason: String) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let service = self.service;
+            tracing::error!(
+                service,
+                routing_key = %delivery.routing_key,
+                %reason,
+                "gave up an RPC request: its method does not run again"
+            );
+            if let Some(reply_to) = delivery.properties.reply_to.clone() {
+                let error = RemoteError::new(
+                    "RedeliveryLimitExceeded",
+                    format!("the request to {} was {reason}", delivery.routing_key),
+                )
+                .with_path("nameko_rs.RedeliveryLimitExceeded");
+                let reply = Err(error);
+                let correlation_id = delivery.properties.correlation_id.as_deref();
+                if let Err(error) = self.publish_reply(&reply_to, correlation_id, &reply).await {
+                    tracing::warn!(service, %error, "could not tell the caller");
+                }
+            }
+            if let Err(error) = delivery.reject(false).await {
+                tracing::warn!(service, %error, "could not reject a request");
+            }
+        })
+    }
+}
+
+/// How many times a reply is published before the request is given up (the method never runs
+/// twice for one delivery).
+const REPLY_PUBLISH_ATTEMPTS: u32 = 3;
+/// The wait before publishing a reply again; it doubles.
+const FIRST_REPLY_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+impl RpcHandler {
+    // Not an `async fn`: that would keep the delivery twice in the future's state (once as
+    // the argument, once as the local it is moved to).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would copy the delivery"
+    )]
+    fn reply(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> impl Future<Output = ()> + Send {
+        async move {
+            let service = self.service;
+            if delivery.properties.reply_to.is_none() {
+                tracing::error!(
+                    service,
+                    routing_key = %delivery.routing_key,
+                    "rejected an RPC request without reply_to: there is nowhere to send its reply"
+                );
+                if let Err(e) = delivery.reject(false).await {
+                    tracing::warn!(error = %e, "could not reject a request");
+                }
+                return;
+            };
+            if delivery.properties.correlation_id.is_none() {
+                tracing::warn!(
+                    service,
+                    routing_key = %delivery.routing_key,
+                    "RPC request without correlation_id: its caller cannot match the reply"
+                );
+            }
+            let Some(reply) = self.call(&delivery, slot).await else {
+                // Killed: neither answered nor acknowledged; the broker redelivers it.
+                return;
+            };
+            let reply_to = delivery.properties.reply_to.as_deref().unwrap_or_default();
+            let correlation_id = delivery.properties.correlation_id.as_deref();
+            let Err(error) = self.publish_reply(reply_to, correlation_id, &reply).await else {
+                if let Err(e) = delivery.ack().await {
+                    tracing::warn!(service, error = %e, "could not acknowledge a request");
+                }
+                return;
+            };
+            // Boxed: rare, and its state must not enlarge every request's future.
+            Box::pin(self.reply_failed(delivery, error)).await;
+        }
+    }
+
+    /// Finds the method, reads the request and runs the worker: the reply, or `None` if the
+    /// service was killed meanwhile.
+    async fn call(
+        &self,
+        delivery: &Delivery,
+        slot: WorkerSlot,
+    ) -> Option<Result<Vec<u8>, RemoteError>> {
+        let service = self.service;
+        let method = delivery
+            .routing_key
+            .strip_prefix(service)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .unwrap_or(&delivery.routing_key);
+        let Some(entrypoint) = self.methods.iter().find(|e| e.method().name() == method) else {
+            tracing::warn!(service, %method, "MethodNotFound");
+            return Some(Err(RemoteError::nameko("MethodNotFound", method.to_owned())));
+        };
+        let content_type = delivery.properties.content_type.as_deref();
+        let body = match content_type {
+            _ if protocol::is_json(content_type) => RequestBody::parse(&delivery.body),
+            Some(other) => Err(MalformedRequest::ContentType(protocol::shorten(
+                other.to_owned(),
+            ))),
+            None => RequestBody::parse(&delivery.body),
+        };
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(service, %method, error = %e, "MalformedRequest");
+                let message = protocol::shorten(e.to_string());
+                return Some(Err(RemoteError::nameko("MalformedRequest", message)));
+            }
+        };
+        let data = protocol::context_from_headers(&delivery.properties.headers);
+        entrypoint
+            .run_worker(slot, body, data, Some(&delivery.body))
+            .await
+    }
+
+    /// Publishes a reply (Nameko's `{"result", "error"}`), again on a failure that may pass (a
+    /// channel closed under it, a nack), up to [`REPLY_PUBLISH_ATTEMPTS`] times.
+    async fn publish_reply(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        reply: &Result<Vec<u8>, RemoteError>,
+    ) -> Result<(), TransportError> {
+        let message = self.reply_message(reply_to, correlation_id, reply);
+        match self.cx.transport().publish(message).await {
+            Ok(()) => Ok(()),
+            // Boxed: rare, and its state (a timer among it) must not enlarge every request's.
+            Err(error) => {
+                Box::pin(self.publish_reply_again(reply_to, correlation_id, reply, error)).await
+            }
+        }
+    }
+
+    /// The attempts after the first of [`publish_reply`](Self::publish_reply).
+    async fn publish_reply_again(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        reply: &Result<Vec<u8>, RemoteError>,
+        mut error: TransportError,
+    ) -> Result<(), TransportError> {
+        let transport = self.cx.transport();
+        let mut delay = FIRST_REPLY_RETRY_DELAY;
+        for attempt in 1..REPLY_PUBLISH_ATTEMPTS {
+            let passing = matches!(
+                error,
+                TransportError::Connection(_) | TransportError::Nacked
+            );
+            if !passing || transport.connection_lost() {
+                break;
+            }
+            let service = self.service;
+            tracing::warn!(service, %error, attempt, "could not publish a reply; publishing it again");
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            let message = self.reply_message(reply_to, correlation_id, reply);
+            match transport.publish(message).await {
+                Ok(()) => return Ok(()),
+                Err(again) => error = again,
+            }
+        }
+        Err(error)
+    }
+
+    /// The reply message to `reply_to`.
+    fn reply_message(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        reply: &Result<Vec<u8>, RemoteError>,
+    ) -> OutgoingMessage {
+        OutgoingMessage {
+            exchange: self.cx.config().rpc_exchange.clone(),
+            routing_key: reply_to.to_owned(),
+            mandatory: false,
+            properties: Properties {
+                correlation_id: correlation_id.map(str::to_owned),
+                ..Properties::nameko_json()
+            },
+            body: match reply {
+                Ok(result) => protocol::encode_reply_result(result),
+                Err(error) => protocol::encode_reply_error(error),
+            },
+        }
+    }
+
+    /// A reply that could not be published: the caller is told so if a small error reply
+    /// gets through (the request is then acknowledged: it has its answer); otherwise the
+    /// request is rejected without requeue (dead-lettered where the queue has a dead-letter
+    /// exchange). Never requeued: that would run the method again, with its side effects. On a
+    /// lost connection nothing can be settled, and the broker redelivers the request.
+    async fn reply_failed(&self, delivery: Delivery, error: TransportError) {
+        let (service, method) = (self.service, delivery.routing_key.as_str());
+        if self.cx.transport().connection_lost() {
+            tracing::error!(service, %method, %error, "could not publish a reply: the connection is lost, the request will be redelivered");
+            return;
+        }
+        tracing::error!(service, %method, %error, "could not publish a reply; the method will not run again");
+        if let Some(reply_to) = delivery.properties.reply_to.as_deref() {
+            let failure = RemoteError::new(
+                "ReplyPublishError",
+                format!("the reply of {method} could not be sent: {error}"),
+            )
+            .with_path("nameko_rs.ReplyPublishError");
+            let correlation_id = delivery.properties.correlation_id.as_deref();
+            if self
+                .publish_reply(reply_to, correlation_id, &Err(failure))
+                .await
+                .is_ok()
+            {
+                if let Err(e) = delivery.ack().await {
+                    tracing::warn!(service, error = %e, "could not acknowledge a request");
+                }
+                return;
+            }
+        }
+        if let Err(e) = delivery.reject(false).await {
+            tracing::warn!(service, error = %e, "could not reject a request");
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Consuming a queue for an entrypoint: the loop behind [`ServiceContext::consume`], which the
+//! RPC and event entrypoints use, and any entrypoint that listens on a queue can.
+//!
+//! The loop takes a delivery, waits for one of the service's worker slots and spawns the
+//! handler with both. A consumer the broker cancels (its queue deleted, a node lost, a
+//! `consumer_timeout`) is replaced: the queue is declared and consumed again, with a doubling
+//! delay, and the service fails only when that does not work. A message redelivered too many
+//! times is given up. At the stop, the consumer is cancelled and every message it received but
+//! did not start goes back to the queue at once; it is closed once the workers have finished
+//! (closing it earlier would lose their acknowledgements).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+
+use super::entrypoint::{ServiceContext, Started, WorkerSlot};
+use crate::error::Error;
+use crate::transport::{Consumer, Delivery, ExchangeSpec, QueueSpec, SharedTransport};
+
+/// A queue to consume and how it is bound: declared when the entrypoint starts, and again
+/// when the broker cancels its consumer.
+#[derive(Debug, Clone)]
+pub struct QueueDeclaration {
+    queue: QueueSpec,
+    bindings: Vec<(ExchangeSpec, String)>,
+}
+
+impl QueueDeclaration {
+    /// The queue `queue`, bound to nothing (messages reach it through the default exchange,
+    /// by its name).
+    pub fn new(queue: QueueSpec) -> Self {
+        QueueDeclaration {
+            queue,
+            bindings: Vec::new(),
+        }
+    }
+
+    /// Also binds the queue to `exchange` (declared too) with `routing_key`.
+    pub fn bind(mut self, exchange: ExchangeSpec, routing_key: impl Into<String>) -> Self {
+        self.bindings.push((exchange, routing_key.into()));
+        self
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.queue.name
+    }
+
+    /// Declares the exchanges, the queue, then the bindings.
+    pub async fn declare(&self, transport: &SharedTransport) -> Result<(), Error> {
+        for (exchange, _) in &self.bindings {
+            transport.declare_exchange(exchange).await?;
+        }
+        transport.declare_queue(&self.queue).await?;
+        for (exchange, routing_key) in &self.bindings {
+            transport
+                .bind_queue(&self.queue.name, &exchange.name, routing_key)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// What handles the deliveries of a queue consumed with [`ServiceContext::consume`].
+pub trait DeliveryHandler: Send + Sync + 'static {
+    /// Handles one delivery in `slot` (typically: run a worker with
+    /// [`EntrypointContext::run_worker`](super::EntrypointContext::run_worker), then settle
+    /// the delivery). It runs as a task of the service: a stop waits for it, a kill drops it
+    /// (the delivery is then neither settled nor answered, and the broker redelivers it).
+    fn handle(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> BoxFuture<'static, ()>;
+
+    /// Settles a message delivered more than `MAX_REDELIVERIES` times without being settled
+    /// for good (a poison message). The default rejects it without requeue (dead-lettered
+    /// where its queue has a dead-letter exchange).
+    fn give_up(self: Arc<Self>, delivery: Delivery, reason: String) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            tracing::error!(routing_key = %delivery.routing_key, %reason, "dropped a message");
+            if let Err(error) = delivery.reject(false).await {
+                tracing::warn!(%error, "could not reject a message");
+            }
+        })
+    }
+}
+
+/// The first wait before declaring a cancelled consumer's queue again; it doubles.
+const FIRST_RECONSUME_DELAY: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts.
+const MAX_RECONSUME_DELAY: Duration = Duration::from_secs(5);
+/// Attempts to consume a cancelled consumer's queue again before the service fails (about 30 s).
+const RECONSUME_ATTEMPTS: u32 = 10;
+/// How long a stop waits for a cancelled consumer to hand back the messages it prefetched.
+const RETURN_PREFETCHED_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Declares and consumes the queue; the loop is what keeps running.
+pub(crate) async fn start(
+    cx: ServiceContext,
+    declaration: Arc<QueueDeclaration>,
+    handler: Arc<dyn DeliveryHandler>,
+) -> Result<Started, Error> {
+    let transport = cx.transport();
+    declaration.declare(transport).await?;
+    let consumer = transport
+        .consume(declaration.queue(), cx.config().prefetch_count)
+        .await?;
+    tracing::debug!(service = cx.service_name(), queue = declaration.queue(), "consuming");
+    Ok(Started::running(async move {
+        let queue = declaration.queue().to_owned();
+        let (consumers, failure) = consume(&cx, &declaration, consumer, handler).await;
+        if failure.is_some() {
+            // The service stops with this loop's failure; its workers still finish first.
+            cx.stop_token().cancel();
+        }
+        cx.workers_finished().await;
+        for consumer in consumers {
+            consumer.close().await;
+        }
+        match failure {
+            Some(reason) => Err(Error::ConsumerFailed { queue, reason }),
+            None => Ok(()),
+        }
+    }))
+}
+
+/// One consumer's loop: returns its consumers (cancelled, to be closed once the workers are
+/// done: a consumer the broker cancelled was replaced by a new one) and why it failed, if it did.
+async fn consume(
+    cx: &ServiceContext,
+    declaration: &QueueDeclaration,
+    mut consumer: Consumer,
+    handler: Arc<dyn DeliveryHandler>,
+) -> (Vec<Consumer>, Option<String>) {
+    let queue = declaration.queue();
+    let (stop, transport) = (cx.stop_token(), cx.transport());
+    let mut retired = Vec::new();
+    let mut failure = None;
+    let max_redeliveries = cx.config().max_redeliveries;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(e)) => {
+                failure = Some(format!("it failed: {e}"));
+                break;
+            }
+            None if stop.is_cancelled() => break,
+            None if transport.is_closed() || transport.connection_lost() => {
+                failure = Some("it ended with the connection".to_owned());
+                break;
+            }
+            None => {
+                tracing::warn!(
+                    %queue,
+                    "the broker cancelled the consumer (its queue deleted, a node lost, or a consumer timeout); declaring the queue and consuming it again"
+                );
+                match reconsume(cx, declaration).await {
+                    Ok(Some(fresh)) => {
+                        tracing::info!(%queue, "consuming again");
+                        retired.push(std::mem::replace(&mut consumer, fresh));
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(reason) => {
+                        failure = Some(reason);
+                        break;
+                    }
+                }
+            }
+        };
+        if delivery.redelivered {
+            let count = super::redelivery::redeliveries(queue, &delivery);
+            if count > max_redeliveries {
+                let reason = format!(
+                    "delivered {} times without being settled (MAX_REDELIVERIES is {max_redeliveries})",
+                    count.saturating_add(1)
+                );
+                cx.spawn(handler.clone().give_up(delivery, reason));
+                continue;
+            }
+        }
+        let Some(slot) = cx.worker_slot().await else {
+            return_to_queue(delivery).await;
+            break;
+        };
+        cx.spawn(handler.clone().handle(delivery, slot));
+    }
+    consumer.cancel().await;
+    if failure.is_none() {
+        // What the consumer holds but no worker started goes back now, not after the drain.
+        let returned = async {
+            let mut returned = 0usize;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                return_to_queue(delivery).await;
+                returned += 1;
+            }
+            returned
+        };
+        match tokio::time::timeout(RETURN_PREFETCHED_TIMEOUT, returned).await {
+            Ok(0) => {}
+            Ok(returned) => {
+                tracing::info!(%queue, returned, "returned prefetched messages to the queue")
+            }
+            Err(_) => tracing::debug!(%queue, "the consumer did not end after its cancel"),
+        }
+    }
+    retired.push(consumer);
+    (retired, failure)
+}
+
+/// Puts a delivery no worker started back on its queue.
+async fn return_to_queue(delivery: Delivery) {
+    if let Err(error) = delivery.reject(true).await {
+        tracing::debug!(%error, "could not return a message to its queue");
+    }
+}
+
+/// Declares a cancelled consumer's queue again and consumes it: the new consumer, `None` if the
+/// service stopped meanwhile, or why it could not.
+async fn reconsume(
+    cx: &ServiceContext,
+    declaration: &QueueDeclaration,
+) -> Result<Option<Consumer>, String> {
+    let (stop, transport) = (cx.stop_token(), cx.transport());
+    let mut delay = FIRST_RECONSUME_DELAY;
+    let mut last_error = String::new();
+    for _ in 0..RECONSUME_ATTEMPTS {
+        let attempt = async {
+            declaration
+                .declare(transport)
+                .await
+                .map_err(|e| e.to_string())?;
+            transport
+                .consume(declaration.queue(), cx.config().prefetch_count)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            outcome = attempt => outcome,
+        };
+        match outcome {
+            Ok(consumer) => return Ok(Some(consumer)),
+            Err(error) => {
+                if transport.connection_lost() {
+                    return Err("it ended with the connection".to_owned());
+                }
+                let queue = declaration.queue();
+                tracing::warn!(%queue, %error, "could not consume the queue again; trying again in {delay:?}");
+                last_error = error;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_RECONSUME_DELAY);
+    }
+    Err(format!(
+        "the broker cancelled it, and it could not be consumed again: {last_error}"
+    ))
+}

@@ -1,0 +1,144 @@
+//! The one path of every worker: its context and span, the dependencies' worker hooks around
+//! the method, panics caught, entrypoint waiters told; and how a failure is logged.
+
+use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+
+use super::arguments::LoggedArguments;
+use super::container::Shared;
+use super::entrypoint::sealed::Output;
+use super::{Service, WorkerResult};
+use crate::context::WorkerContext;
+use crate::error::Error;
+use crate::protocol::RemoteError;
+
+/// The error object for a panic, with the panic's message.
+pub(crate) fn panic_error(payload: &(dyn std::any::Any + Send)) -> RemoteError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-string payload".to_owned());
+    RemoteError::new("WorkerPanic", message).with_path("nameko_rs.WorkerPanic")
+}
+
+/// The error object for a dependency's refusal of a worker.
+fn dependency_error(error: Error) -> RemoteError {
+    RemoteError::new("DependencyError", error.to_string()).with_path("nameko_rs.DependencyError")
+}
+
+/// Logs a failed worker: a warning when its error is one the entrypoint expects, an error
+/// otherwise; with its arguments when it has any, redacted, and the error's text scrubbed of
+/// the redacted values.
+pub(crate) fn log_failure(
+    context: &WorkerContext,
+    error: &RemoteError,
+    expected: &[&str],
+    arguments: impl FnOnce() -> Option<LoggedArguments>,
+) {
+    let (service, entrypoint, call_id) = (
+        context.service_name(),
+        context.entrypoint(),
+        context.call_id(),
+    );
+    let arguments = arguments();
+    let text = match &arguments {
+        Some(arguments) => arguments.scrub(&error.value),
+        None => error.value.clone(),
+    };
+    let error_type = error.exc_type.as_str();
+    let arguments = arguments.map(|a| a.shown.to_string()).unwrap_or_default();
+    if expected.contains(&error_type) {
+        tracing::warn!(service, entrypoint, call_id, error_type, error = %text, arguments, "worker failed (expected)");
+    } else if error_type == "WorkerPanic" {
+        tracing::error!(service, entrypoint, call_id, panic = %text, arguments, "worker panicked");
+    } else {
+        tracing::error!(service, entrypoint, call_id, error_type, error = %text, arguments, "worker failed");
+    }
+}
+
+/// Runs one worker: inside its context (and its `worker` span when `debug` is on), the
+/// dependencies' `worker_setup`, the method, their `worker_result` and `worker_teardown`; then
+/// tells the entrypoint waiters. A panic of the method or of `worker_setup` becomes the error
+/// object of the panic (the derived `Dependencies` also guards each dependency's other hooks);
+/// a refused `worker_setup` becomes the worker's error and the method does not run.
+pub(crate) fn run_worker<'a, S, T, F>(
+    service: Arc<S>,
+    shared: &'a Shared,
+    context: Arc<WorkerContext>,
+    payload: Option<&'a [u8]>,
+    call: impl FnOnce(Arc<S>) -> F + Send + 'a,
+) -> impl Future<Output = T> + Send + 'a
+where
+    S: Service,
+    T: Output,
+    F: Future<Output = T> + Send,
+{
+    use tracing::Instrument;
+    // At `debug`: a span per worker costs more than a simple worker; `nameko::main`'s log
+    // format shows the worker of each line from its context instead (`cli::WorkerFormat`).
+    let span = tracing::debug_span!(
+        "worker",
+        service = context.service_name(),
+        entrypoint = context.entrypoint(),
+        call_id = context.call_id()
+    );
+    let worker = context.clone();
+    let lifecycle = async move {
+        // Each step keeps only what the next needs across its `await`: this future is part of
+        // every worker's, so its size is paid at every message.
+        let refused = AssertUnwindSafe(service.worker_setup(&worker))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(Error::WorkerSetupPanicked(panic_error(panic.as_ref()).value))
+            })
+            .err()
+            .map(dependency_error);
+        if let Some(error) = refused {
+            // Rare, so boxed: its state does not enlarge every worker's future.
+            return Box::pin(refuse(&*service, &worker, shared, payload, error)).await;
+        }
+        let mut outcome = AssertUnwindSafe(call(service.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| T::from_error(panic_error(panic.as_ref())));
+        let refusal = service.worker_result(&worker, &outcome.result()).await.err();
+        if let Some(error) = refusal {
+            if outcome.result().is_ok() {
+                // A dependency could not stand by the worker's success (a commit failed): the
+                // caller hears of the failure instead.
+                outcome = outcome.fail(dependency_error(error));
+            } else {
+                tracing::warn!(%error, "a dependency's worker_result failed for a failed worker");
+            }
+        }
+        service.worker_teardown(&worker).await;
+        shared.worker_finished(&worker, payload, &outcome.result());
+        outcome
+    };
+    // One future whether or not the span is enabled (entering a disabled span is a check of
+    // an `Option`): two branches would each hold a copy of the lifecycle's state. And no
+    // `async fn` around it, which would keep a second copy of the arguments.
+    context.scope(lifecycle).instrument(span)
+}
+
+/// A worker refused by a dependency's `worker_setup`: the dependencies set up before the
+/// refusal see it and clean up, the waiters hear of it, the method does not run.
+async fn refuse<S: Service, T: Output>(
+    service: &S,
+    worker: &Arc<WorkerContext>,
+    shared: &Shared,
+    payload: Option<&[u8]>,
+    error: RemoteError,
+) -> T {
+    let refused = WorkerResult::Failed(Cow::Borrowed(&error));
+    let _ = service.worker_result(worker, &refused).await;
+    service.worker_teardown(worker).await;
+    shared.worker_finished(worker, payload, &refused);
+    drop(refused);
+    T::from_error(error)
+}
