@@ -294,6 +294,40 @@ fn the_ping_example_prints_a_word_each_second() {
 }
 
 #[test]
+fn the_cron_example_reports_on_its_schedule() {
+    let mut child = Command::new(example("cron"))
+        .arg("run")
+        .env_remove("AMQP_URI")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the cron example");
+    let mut lines = log_lines_of(child.stdout.take().expect("stdout"));
+    let running = Running(child);
+    let first_two: Vec<String> = lines.by_ref().take(2).collect();
+    assert_eq!(first_two.len(), 2, "two reports within 10 s each");
+    // Every two seconds, on even seconds.
+    let seconds: Vec<u32> = first_two
+        .iter()
+        .map(|line| {
+            let due = line.rsplit("due at ").next().expect("a due time");
+            due[17..19].parse().expect("seconds")
+        })
+        .collect();
+    assert!(
+        first_two[0].starts_with("report 1, due at "),
+        "{first_two:?}"
+    );
+    assert!(
+        first_two[1].starts_with("report 2, due at "),
+        "{first_two:?}"
+    );
+    assert!(seconds.iter().all(|s| s % 2 == 0), "{first_two:?}");
+    assert_eq!((seconds[0] + 2) % 60, seconds[1], "{first_two:?}");
+    assert!(running.terminate().success());
+}
+
+#[test]
 fn a_nameko_style_config_file_drives_show_config_and_run() {
     let dir = std::env::temp_dir().join(format!("nameko-config-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();

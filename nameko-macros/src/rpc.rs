@@ -53,7 +53,10 @@ fn split_entrypoint(attr: &Attribute, cx: &mut Ctxt) -> (Option<Expr>, TokenStre
     let exprs = match parsed {
         Ok(exprs) => exprs,
         Err(e) => {
-            cx.push(syn::Error::new(e.span(), format!("{e}; expected {ENTRYPOINT_USAGE}")));
+            cx.push(syn::Error::new(
+                e.span(),
+                format!("{e}; expected {ENTRYPOINT_USAGE}"),
+            ));
             return (None, TokenStream::new());
         }
     };
@@ -71,7 +74,10 @@ fn split_entrypoint(attr: &Attribute, cx: &mut Ctxt) -> (Option<Expr>, TokenStre
             (Some(expr), quote!(#(#rest),*))
         }
         None => {
-            cx.error(attr, format!("missing the entrypoint; expected {ENTRYPOINT_USAGE}"));
+            cx.error(
+                attr,
+                format!("missing the entrypoint; expected {ENTRYPOINT_USAGE}"),
+            );
             (None, TokenStream::new())
         }
     }

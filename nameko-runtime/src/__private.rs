@@ -8,20 +8,20 @@ use serde::de::DeserializeOwned;
 
 pub use crate::context::WorkerContext;
 pub use crate::error::select::{ViaDisplay, ViaToRemoteError, Wrap};
+pub use crate::events::EventHandler;
 pub use crate::events::{EventError, HandlerType};
+pub use crate::http::Http;
 pub use crate::protocol::{RemoteError, RequestBody};
 pub use crate::rpc::args::{BoundArgs, Param};
+pub use crate::rpc::{Dummy, Rpc};
 pub use crate::runner::ServiceRegistration;
 pub use crate::service::{
     BoundEntrypoint, Dependencies, Dependency, DependencyContext, MethodInfo, Service,
     ServiceClient, WorkerResult,
 };
+use crate::service::{Entrypoint, Handler};
 pub use crate::timer::{Once, Timer};
 pub use crate::{ClusterRpcClient, Error, RpcError, ServiceProxy};
-pub use crate::events::{EventHandler};
-pub use crate::http::Http;
-pub use crate::rpc::{Dummy, Rpc};
-use crate::service::{Entrypoint, Handler};
 pub use inventory;
 pub use std::sync::Arc;
 pub use std::time::Duration;
@@ -76,9 +76,7 @@ where
     });
     match task.await {
         Ok(value) => Ok(value),
-        Err(e) if e.is_panic() => Err(crate::service::worker::panic_error(
-            e.into_panic().as_ref(),
-        )),
+        Err(e) if e.is_panic() => Err(crate::service::worker::panic_error(e.into_panic().as_ref())),
         Err(e) => Err(RemoteError::new("WorkerCancelled", e.to_string())
             .with_path("nameko_rs.WorkerCancelled")),
     }

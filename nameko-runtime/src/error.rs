@@ -135,7 +135,9 @@ pub enum Error {
         entrypoints: String,
     },
     /// A test hooked an entrypoint that no running service has, or one that cannot be hooked.
-    #[error("no entrypoint `{entrypoint}` to hook on a running service `{service}` (HTTP entrypoints cannot be hooked)")]
+    #[error(
+        "no entrypoint `{entrypoint}` to hook on a running service `{service}` (HTTP entrypoints cannot be hooked)"
+    )]
     NoHook {
         /// The service named.
         service: String,
@@ -143,7 +145,9 @@ pub enum Error {
         entrypoint: String,
     },
     /// Dependencies or entrypoints were given for a service the runner does not run.
-    #[error("dependencies or entrypoints of `{0}` were given, but it is not one of the services to run")]
+    #[error(
+        "dependencies or entrypoints of `{0}` were given, but it is not one of the services to run"
+    )]
     NotRunning(String),
     /// The HTTP server could not listen on `WEB_SERVER_ADDRESS`.
     #[error("cannot listen on {address} (WEB_SERVER_ADDRESS): {source}")]
@@ -156,6 +160,10 @@ pub enum Error {
     /// Two routes claim the same path and method, or a route's method is not one HTTP has.
     #[error("HTTP routes: {0}")]
     Routes(String),
+    /// A worker failed outside its method: a dependency refused it (in `worker_setup`) or its
+    /// success (in `worker_result`), or it panicked ([`testing::run_as_worker`](crate::testing::run_as_worker)).
+    #[error("{}: {}", .0.exc_type, .0.value)]
+    Worker(RemoteError),
     /// A dependency's `worker_setup` panicked.
     #[error("worker_setup panicked: {0}")]
     WorkerSetupPanicked(String),

@@ -164,9 +164,9 @@ pub mod prelude {
     pub use crate::protocol::RequestBody;
     pub use crate::service::WorkerResult;
     pub use crate::{
-        ClusterRpcClient, Config, ContextData, Dependencies, Dependency, DependencyContext,
-        Error, RemoteError, RpcError, ServiceProxy, ServiceRunner, ToRemoteError, WorkerContext,
-        dummy, entrypoint, event_handler, http, once, rpc, service, timer,
+        ClusterRpcClient, Config, ContextData, Dependencies, Dependency, DependencyContext, Error,
+        RemoteError, RpcError, ServiceProxy, ServiceRunner, ToRemoteError, WorkerContext, dummy,
+        entrypoint, event_handler, http, once, rpc, service, timer,
     };
 }
 

@@ -14,10 +14,10 @@ use super::HandlerType;
 use crate::error::Error;
 use crate::protocol::{self, RemoteError};
 use crate::service::arguments::{LoggedArguments, event_arguments};
-use crate::service::entrypoint::sealed;
+use crate::service::io::sealed;
 use crate::service::{
-    DeliveryHandler, Entrypoint, EntrypointContext, MethodInfo, QueueDeclaration,
-    SharedExtension, Started, WorkerResult, WorkerSlot,
+    DeliveryHandler, Entrypoint, EntrypointContext, MethodInfo, QueueDeclaration, SharedExtension,
+    Started, WorkerResult, WorkerSlot,
 };
 use crate::transport::{Delivery, QueueSpec};
 
@@ -118,9 +118,8 @@ impl Entrypoint for EventHandler {
 
     async fn start(self, cx: EntrypointContext<Self>) -> Result<Started, Error> {
         let config = cx.config();
-        let random = cx.service_extension(|| {
-            InstanceIdentifier(uuid::Uuid::new_v4().simple().to_string())
-        });
+        let random =
+            cx.service_extension(|| InstanceIdentifier(uuid::Uuid::new_v4().simple().to_string()));
         let identifier = match (
             &config.broadcast_identifier,
             self.handler_type,
@@ -212,7 +211,13 @@ impl EventConsumer {
                 delivery.reject(false).await
             }
             Err(EventError::Handler(_)) if e.requeue_on_error => {
-                tracing::warn!(service, handler, source, event_type, "requeueing the failed event");
+                tracing::warn!(
+                    service,
+                    handler,
+                    source,
+                    event_type,
+                    "requeueing the failed event"
+                );
                 delivery.reject(true).await
             }
             Err(EventError::Handler(_)) => delivery.ack().await,

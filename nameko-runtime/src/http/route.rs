@@ -14,7 +14,7 @@ use crate::context::ContextData;
 use crate::error::Error;
 use crate::protocol::RemoteError;
 use crate::service::arguments::{LoggedArguments, named_arguments};
-use crate::service::entrypoint::sealed;
+use crate::service::io::sealed;
 use crate::service::{Entrypoint, EntrypointContext, MethodInfo, Started, WorkerResult};
 
 /// `#[http("GET", "/multiply/<int:first>/<int:second>")]`: one route of a method.

@@ -83,10 +83,9 @@ impl SharedExtension for RpcConsumer {
         let methods = std::mem::take(&mut *self.methods.lock().unwrap_or_else(|p| p.into_inner()));
         let service = cx.service_name();
         let exchange = ExchangeSpec::durable_topic(&cx.config().rpc_exchange);
-        let declaration = QueueDeclaration::new(QueueSpec::durable(protocol::rpc_queue_name(
-            service,
-        )))
-        .bind(exchange, protocol::rpc_binding_key(service));
+        let declaration =
+            QueueDeclaration::new(QueueSpec::durable(protocol::rpc_queue_name(service)))
+                .bind(exchange, protocol::rpc_binding_key(service));
         let handler = Arc::new(RpcHandler {
             service,
             methods,
@@ -148,7 +147,11 @@ impl RpcHandler {
         clippy::manual_async_fn,
         reason = "an `async fn` would copy the delivery"
     )]
-    fn reply(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> impl Future<Output = ()> + Send {
+    fn reply(
+        self: Arc<Self>,
+        delivery: Delivery,
+        slot: WorkerSlot,
+    ) -> impl Future<Output = ()> + Send {
         async move {
             let service = self.service;
             if delivery.properties.reply_to.is_none() {
@@ -201,7 +204,10 @@ impl RpcHandler {
             .unwrap_or(&delivery.routing_key);
         let Some(entrypoint) = self.methods.iter().find(|e| e.method().name() == method) else {
             tracing::warn!(service, %method, "MethodNotFound");
-            return Some(Err(RemoteError::nameko("MethodNotFound", method.to_owned())));
+            return Some(Err(RemoteError::nameko(
+                "MethodNotFound",
+                method.to_owned(),
+            )));
         };
         let content_type = delivery.properties.content_type.as_deref();
         let body = match content_type {

@@ -15,7 +15,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 
-use super::entrypoint::{ServiceContext, Started, WorkerSlot};
+use super::entrypoint::Started;
+use super::extension::{ServiceContext, WorkerSlot};
 use crate::error::Error;
 use crate::transport::{Consumer, Delivery, ExchangeSpec, QueueSpec, SharedTransport};
 
@@ -104,7 +105,11 @@ pub(crate) async fn start(
     let consumer = transport
         .consume(declaration.queue(), cx.config().prefetch_count)
         .await?;
-    tracing::debug!(service = cx.service_name(), queue = declaration.queue(), "consuming");
+    tracing::debug!(
+        service = cx.service_name(),
+        queue = declaration.queue(),
+        "consuming"
+    );
     Ok(Started::running(async move {
         let queue = declaration.queue().to_owned();
         let (consumers, failure) = consume(&cx, &declaration, consumer, handler).await;

@@ -17,7 +17,8 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::entrypoint::{ServiceContext, Started};
+use super::entrypoint::Started;
+use super::extension::ServiceContext;
 use super::hooks::{FinishedWorker, Hook};
 use super::{DependencyContext, Replacements, Service, WorkerResult};
 use crate::config::Config;
@@ -39,8 +40,11 @@ pub(crate) struct Shared {
     /// How many entrypoint waiters listen (the sender's own count takes a lock).
     pub(crate) waiters: Arc<AtomicUsize>,
     /// The process's shared values ([`ServiceContext::process_extension`]), by type.
-    extensions: Arc<Mutex<Vec<(TypeId, Arc<dyn Any + Send + Sync>)>>>,
+    extensions: Arc<Mutex<Vec<Extension>>>,
 }
+
+/// A process extension, by its type.
+type Extension = (TypeId, Arc<dyn Any + Send + Sync>);
 
 impl Shared {
     pub(crate) fn new(config: Config, transport: SharedTransport, stop: CancellationToken) -> Self {
@@ -100,7 +104,7 @@ impl Shared {
 
     fn find<T: Send + Sync + 'static>(
         &self,
-        extensions: &[(TypeId, Arc<dyn Any + Send + Sync>)],
+        extensions: &[Extension],
     ) -> Option<Arc<T>> {
         extensions
             .iter()
@@ -207,7 +211,11 @@ async fn listen<S: Service>(
         loops.extend(started.run);
     }
     let extensions = cx.start_extensions().await.map_err(|e| fail(e, &cx))?;
-    loops.extend(extensions.into_iter().filter_map(|started: Started| started.run));
+    loops.extend(
+        extensions
+            .into_iter()
+            .filter_map(|started: Started| started.run),
+    );
     tracing::info!(service = S::NAME, entrypoints = ?names, "service started");
     let lifecycle: Arc<dyn Lifecycle> = service;
     let task = tokio::spawn(run(cx, lifecycle, loops));

@@ -84,27 +84,21 @@
 //! # Ok(()) }
 //! ```
 
-use std::any::{Any, TypeId};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use self::sealed::{Input as _, Output as _};
-use super::{Service, WorkerResult};
-use super::arguments::LoggedArguments;
-use super::consume::{DeliveryHandler, QueueDeclaration};
-use super::hooks::Hook;
+use super::Service;
 use super::container::Shared;
+use super::extension::{ServiceContext, WorkerSlot};
+use super::hooks::Hook;
+use super::io::sealed::{Input as _, Output as _};
+use super::io::{WorkerInput, WorkerOutput};
 use super::worker;
-use crate::config::Config;
 use crate::context::{ContextData, WorkerContext};
 use crate::error::Error;
-use crate::protocol::{RemoteError, RequestBody};
-use crate::transport::SharedTransport;
+use crate::protocol::RemoteError;
 
 /// Something that fires a method of a service: a queue consumer, a route, a schedule.
 ///
@@ -222,242 +216,6 @@ impl MethodInfo {
     }
 }
 
-/// One of the service's `max_workers` worker slots, held by a worker from before it starts
-/// until its entrypoint has answered.
-#[derive(Debug)]
-pub struct WorkerSlot {
-    _permit: OwnedSemaphorePermit,
-}
-
-/// What a running service offers its extensions: its name, configuration and broker, its
-/// stop and kill, its worker slots, tasks that a stop waits for, shared extensions.
-///
-/// Cloning it is cheap.
-#[derive(Clone)]
-pub struct ServiceContext {
-    inner: Arc<ServiceInner>,
-}
-
-struct ServiceInner {
-    service: &'static str,
-    shared: Shared,
-    workers: Arc<Semaphore>,
-    tracker: TaskTracker,
-    /// The service's shared extensions, in the order they were made.
-    extensions: Mutex<Vec<SharedEntry>>,
-}
-
-struct SharedEntry {
-    type_id: TypeId,
-    value: Arc<dyn Any + Send + Sync>,
-    start: StartShared,
-}
-
-type StartShared =
-    fn(Arc<dyn Any + Send + Sync>, ServiceContext) -> BoxFuture<'static, Result<Started, Error>>;
-
-/// An extension several entrypoints share (Nameko's `SharedExtension`): one per service
-/// ([`ServiceContext::service_extension`]), started once every entrypoint of the service has
-/// started (so it knows them all), and stopped with the service.
-pub trait SharedExtension: Send + Sync + 'static {
-    /// Starts the extension (consume a queue the entrypoints registered with, say). The
-    /// default starts nothing.
-    fn start(
-        self: Arc<Self>,
-        cx: ServiceContext,
-    ) -> impl Future<Output = Result<Started, Error>> + Send {
-        let _ = cx;
-        async { Ok(Started::idle()) }
-    }
-}
-
-fn start_shared<T: SharedExtension>(
-    value: Arc<dyn Any + Send + Sync>,
-    cx: ServiceContext,
-) -> BoxFuture<'static, Result<Started, Error>> {
-    match value.downcast::<T>() {
-        Ok(value) => Box::pin(value.start(cx)),
-        Err(_) => Box::pin(async { Ok(Started::idle()) }),
-    }
-}
-
-impl ServiceContext {
-    pub(crate) fn new(service: &'static str, shared: Shared) -> Self {
-        let workers = Arc::new(Semaphore::new(shared.config.max_workers.max(1)));
-        ServiceContext {
-            inner: Arc::new(ServiceInner {
-                service,
-                shared,
-                workers,
-                tracker: TaskTracker::new(),
-                extensions: Mutex::new(Vec::new()),
-            }),
-        }
-    }
-
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.inner.shared
-    }
-
-    pub(crate) fn tracker(&self) -> &TaskTracker {
-        &self.inner.tracker
-    }
-
-    pub(crate) fn stop_token(&self) -> &CancellationToken {
-        &self.inner.shared.stop
-    }
-
-    pub(crate) fn kill_token(&self) -> &CancellationToken {
-        &self.inner.shared.kill
-    }
-
-    /// The service's name.
-    pub fn service_name(&self) -> &'static str {
-        self.inner.service
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.inner.shared.config
-    }
-
-    /// The broker.
-    pub fn transport(&self) -> &SharedTransport {
-        &self.inner.shared.transport
-    }
-
-    /// Resolves when the service is asked to stop: stop taking new work (workers running
-    /// finish, and the stop waits for them).
-    pub fn stopped(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
-        self.inner.shared.stop.clone().cancelled_owned()
-    }
-
-    /// Whether the service is stopping.
-    pub fn is_stopping(&self) -> bool {
-        self.inner.shared.stop.is_cancelled()
-    }
-
-    /// Resolves when the service is killed: running workers are abandoned (their messages are
-    /// neither answered nor acknowledged).
-    pub fn killed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
-        self.inner.shared.kill.clone().cancelled_owned()
-    }
-
-    /// Waits for one of the service's `max_workers` worker slots, shared by all its
-    /// entrypoints: `None` once the service stops.
-    pub async fn worker_slot(&self) -> Option<WorkerSlot> {
-        let stop = &self.inner.shared.stop;
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => None,
-            permit = self.inner.workers.clone().acquire_owned() => {
-                permit.ok().map(|permit| WorkerSlot { _permit: permit })
-            }
-        }
-    }
-
-    /// Runs `task` on tokio as part of the service: a stop waits for it (as for the
-    /// workers, up to `stop_timeout`), a kill drops it.
-    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let kill = self.inner.shared.kill.clone();
-        self.inner.tracker.spawn(async move {
-            tokio::select! {
-                biased;
-                _ = kill.cancelled() => {}
-                _ = task => {}
-            }
-        });
-    }
-
-    /// `future`, tracked as part of the service: a stop waits for it (as for the workers, up
-    /// to `stop_timeout`). For work the caller awaits itself, such as answering a request;
-    /// [`spawn`](Self::spawn) runs it as a task instead.
-    pub fn track<F: Future>(&self, future: F) -> impl Future<Output = F::Output> + use<F> {
-        self.inner.tracker.track_future(future)
-    }
-
-    /// Resolves once the service is stopping and every worker and spawned task has finished
-    /// (or was killed): when a consumer can be closed without losing an acknowledgement.
-    pub async fn workers_finished(&self) {
-        self.inner.shared.stop.cancelled().await;
-        self.inner.tracker.wait().await;
-    }
-
-    /// Consumes `queue` for as long as the service runs, handing each delivery, with a worker
-    /// slot, to `handler`: what the RPC and event entrypoints do. `declaration` declares the
-    /// queue and its bindings; it runs now, and again if the broker cancels the consumer (its
-    /// queue deleted, a node lost), after which the queue is consumed again. A message
-    /// redelivered more than `MAX_REDELIVERIES` times goes to
-    /// [`DeliveryHandler::give_up`]. At the stop, messages received but not started go back
-    /// to the queue at once, and the consumer is closed once the workers have finished.
-    pub async fn consume(
-        &self,
-        declaration: QueueDeclaration,
-        handler: Arc<dyn DeliveryHandler>,
-    ) -> Result<Started, Error> {
-        super::consume::start(self.clone(), Arc::new(declaration), handler).await
-    }
-
-    /// The service's shared extension of type `T`, made by `make` if no entrypoint of the
-    /// service asked for one yet. It is [started](SharedExtension::start) once every
-    /// entrypoint of the service has started.
-    pub fn service_extension<T: SharedExtension>(&self, make: impl FnOnce() -> T) -> Arc<T> {
-        let mut extensions = lock(&self.inner.extensions);
-        if let Some(found) = extensions
-            .iter()
-            .find(|e| e.type_id == TypeId::of::<T>())
-            .and_then(|e| e.value.clone().downcast::<T>().ok())
-        {
-            return found;
-        }
-        let value = Arc::new(make());
-        extensions.push(SharedEntry {
-            type_id: TypeId::of::<T>(),
-            value: value.clone(),
-            start: start_shared::<T>,
-        });
-        value
-    }
-
-    /// The process's shared value of type `T` (one for every service the runner runs), made
-    /// by `make` if none was yet: a connection, a registry, a server that several services
-    /// use. It has no lifecycle of its own; start what it holds on first use.
-    pub fn process_extension<T: Send + Sync + 'static>(&self, make: impl FnOnce() -> T) -> Arc<T> {
-        self.inner.shared.process_extension(make)
-    }
-
-    /// Starts the service's shared extensions not started yet, each once, in the order they
-    /// were made.
-    pub(crate) async fn start_extensions(&self) -> Result<Vec<Started>, Error> {
-        let mut started = Vec::new();
-        let mut next = 0;
-        loop {
-            let entry = {
-                let extensions = lock(&self.inner.extensions);
-                match extensions.get(next) {
-                    Some(entry) => (entry.value.clone(), entry.start),
-                    None => break,
-                }
-            };
-            next += 1;
-            started.push((entry.1)(entry.0, self.clone()).await?);
-        }
-        Ok(started)
-    }
-}
-
-impl std::fmt::Debug for ServiceContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceContext")
-            .field("service", &self.inner.service)
-            .finish_non_exhaustive()
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// What an entrypoint is given when its service starts: the [`ServiceContext`] (through
 /// `Deref`), the method it is bound to, and the way to run a worker of that method.
 pub struct EntrypointContext<E: Entrypoint> {
@@ -520,13 +278,13 @@ impl<E: Entrypoint> EntrypointContext<E> {
         context_data: ContextData,
         payload: Option<&'a [u8]>,
     ) -> impl Future<Output = Option<E::Output>> + Send + 'a {
-        let kill = &self.service.inner.shared.kill;
+        let kill = self.service.kill_token();
         let info = *self.method.info();
         let context = Arc::new(WorkerContext::for_entrypoint(
-            self.service.inner.service,
+            self.service.service_name(),
             info.name,
             context_data,
-            self.service.inner.shared.config.parent_calls_tracked,
+            self.service.config().parent_calls_tracked,
         ));
         let kept = input.keep();
         let worker = self.method.run(context.clone(), input, payload);
@@ -539,9 +297,11 @@ impl<E: Entrypoint> EntrypointContext<E> {
                 _ = kill.cancelled() => return None,
             };
             match outcome.failure() {
-                Some(error) => worker::log_failure(&context, error, info.expected_exceptions, || {
-                    E::Input::arguments(kept, payload, &info)
-                }),
+                Some(error) => {
+                    worker::log_failure(&context, error, info.expected_exceptions, || {
+                        E::Input::arguments(kept, payload, &info)
+                    })
+                }
                 None => tracing::debug!(
                     service = context.service_name(),
                     entrypoint = info.name,
@@ -562,7 +322,7 @@ impl<E: Entrypoint> EntrypointContext<E> {
         context_data: ContextData,
     ) -> impl Future<Output = Option<E::Output>> + Send + 'static {
         let cx = self.clone();
-        self.service.inner.tracker.track_future(async move {
+        self.service.tracker().track_future(async move {
             let slot = cx.worker_slot().await?;
             cx.run_worker(slot, input, context_data, None).await
         })
@@ -601,13 +361,13 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput> RunMethod<I, O> for MethodOf<S
         input: I,
         payload: Option<&'a [u8]>,
     ) -> BoxFuture<'a, O> {
-        let handler = self.handler;
+        let method = (self.handler)(self.service.clone(), input);
         Box::pin(worker::run_worker(
-            self.service.clone(),
-            &self.shared,
+            &*self.service,
+            Some(&self.shared),
             context,
             payload,
-            move |service| handler(service, input),
+            method,
         ))
     }
 }
@@ -726,7 +486,7 @@ fn hook<E: Entrypoint>(cx: &EntrypointContext<E>) -> Option<Hook> {
     let cx = cx.clone();
     Some(Arc::new(move |args: Value, data: ContextData| {
         let cx = cx.clone();
-        Box::pin(cx.service.inner.tracker.clone().track_future(async move {
+        Box::pin(cx.service.tracker().clone().track_future(async move {
             let service = cx.service_name();
             let stopped = || {
                 RemoteError::new("ServiceStopped", format!("{service} has stopped"))
@@ -744,103 +504,4 @@ fn hook<E: Entrypoint>(cx: &EntrypointContext<E>) -> Option<Hook> {
             outcome.into_hook()
         })) as BoxFuture<'static, _>
     }))
-}
-
-pub(crate) mod sealed {
-    use super::*;
-
-    /// What [`WorkerInput`](super::WorkerInput) needs of its types; not for other crates.
-    pub trait Input: Send + Sized + 'static {
-        /// Whether tests can fire an entrypoint with this input from JSON arguments.
-        const HOOKABLE: bool = true;
-        /// What is kept of the input, before the method takes it, to show its arguments
-        /// if the worker fails.
-        type Kept: Send + 'static;
-        fn keep(&self) -> Self::Kept;
-        /// The arguments a failure's log line shows, sensitive ones redacted.
-        fn arguments(
-            kept: Self::Kept,
-            payload: Option<&[u8]>,
-            method: &MethodInfo,
-        ) -> Option<LoggedArguments>;
-        /// The input from a hook's arguments, and its payload as JSON.
-        fn from_hook(args: Value) -> Result<(Self, Option<Vec<u8>>), RemoteError>;
-    }
-
-    /// What [`WorkerOutput`](super::WorkerOutput) needs of its types; not for other crates.
-    pub trait Output: Send + Sized + 'static {
-        /// What the worker came to, for the dependencies' `worker_result` and the waiters.
-        fn result(&self) -> WorkerResult<'_>;
-        /// The outcome of the same worker, failed with `error` (a dependency's
-        /// `worker_result` refused a success).
-        fn fail(self, error: RemoteError) -> Self;
-        /// The outcome of a worker that failed outside its method (a panic, a refusal).
-        fn from_error(error: RemoteError) -> Self;
-        /// The error to log, if the worker failed in a way the worker path logs (an event
-        /// that does not decode is logged by its entrypoint, which drops it).
-        fn failure(&self) -> Option<&RemoteError>;
-        /// The outcome as a hook returns it.
-        fn into_hook(self) -> Result<Value, RemoteError>;
-    }
-}
-
-/// A type a method can be given by its entrypoint: [`RequestBody`] (JSON arguments: every
-/// `#[entrypoint(...)]`, `#[rpc]`, `#[timer]`), `EventBody` (`#[event_handler]`), `HttpCall`
-/// (`#[http]`). Sealed: the macro generates the method's side of each.
-pub trait WorkerInput: sealed::Input {}
-impl<T: sealed::Input> WorkerInput for T {}
-
-/// A type a worker gives its entrypoint: `Result<Vec<u8>, RemoteError>` (the method's value
-/// as JSON, or its error), the event handler's outcome, the HTTP response. Sealed, as
-/// [`WorkerInput`].
-pub trait WorkerOutput: sealed::Output {}
-impl<T: sealed::Output> WorkerOutput for T {}
-
-impl sealed::Input for RequestBody {
-    type Kept = ();
-    fn keep(&self) {}
-    fn arguments(
-        _kept: (),
-        payload: Option<&[u8]>,
-        method: &MethodInfo,
-    ) -> Option<LoggedArguments> {
-        payload.map(|payload| {
-            super::arguments::rpc_arguments(payload, method.params, method.sensitive_arguments)
-        })
-    }
-    fn from_hook(args: Value) -> Result<(Self, Option<Vec<u8>>), RemoteError> {
-        let body = match args {
-            Value::Array(args) => serde_json::json!({"args": args, "kwargs": {}}),
-            Value::Object(kwargs) => serde_json::json!({"args": [], "kwargs": kwargs}),
-            Value::Null => serde_json::json!({"args": [], "kwargs": {}}),
-            one => serde_json::json!({"args": [one], "kwargs": {}}),
-        };
-        let payload = body.to_string().into_bytes();
-        let body = RequestBody::parse(&payload)
-            .map_err(|e| RemoteError::nameko("MalformedRequest", e.to_string()))?;
-        Ok((body, Some(payload)))
-    }
-}
-
-impl sealed::Output for Result<Vec<u8>, RemoteError> {
-    fn result(&self) -> WorkerResult<'_> {
-        match self {
-            Ok(json) => WorkerResult::Value(json),
-            Err(error) => WorkerResult::Failed(std::borrow::Cow::Borrowed(error)),
-        }
-    }
-    fn fail(self, error: RemoteError) -> Self {
-        Err(error)
-    }
-    fn from_error(error: RemoteError) -> Self {
-        Err(error)
-    }
-    fn failure(&self) -> Option<&RemoteError> {
-        self.as_ref().err()
-    }
-    fn into_hook(self) -> Result<Value, RemoteError> {
-        let json = self?;
-        serde_json::from_slice(&json)
-            .map_err(|e| RemoteError::nameko("UnserializableValueError", e.to_string()))
-    }
 }

@@ -15,9 +15,8 @@ use crate::context::{ContextData, WorkerContext};
 use crate::protocol::RemoteError;
 
 /// Fires an entrypoint directly: arguments as JSON, context data.
-pub(crate) type Hook = Arc<
-    dyn Fn(Value, ContextData) -> BoxFuture<'static, Result<Value, RemoteError>> + Send + Sync,
->;
+pub(crate) type Hook =
+    Arc<dyn Fn(Value, ContextData) -> BoxFuture<'static, Result<Value, RemoteError>> + Send + Sync>;
 
 /// How long hooks and waiters wait by default, as in Nameko.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -288,4 +287,3 @@ impl EntrypointWaiter {
         }
     }
 }
-

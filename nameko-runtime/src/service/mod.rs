@@ -19,15 +19,18 @@ pub mod arguments;
 mod consume;
 pub(crate) mod container;
 pub mod entrypoint;
+mod extension;
 pub(crate) mod hooks;
+pub(crate) mod io;
 pub(crate) mod redelivery;
 pub(crate) mod worker;
 
 pub use consume::{DeliveryHandler, QueueDeclaration};
 pub use entrypoint::{
-    BoundEntrypoint, Entrypoint, EntrypointContext, Handler, MethodInfo, ServiceContext,
-    SharedExtension, Started, WorkerInput, WorkerOutput, WorkerSlot,
+    BoundEntrypoint, Entrypoint, EntrypointContext, Handler, MethodInfo, Started,
 };
+pub use extension::{ServiceContext, SharedExtension, WorkerSlot};
+pub use io::{WorkerInput, WorkerOutput};
 
 /// A service: a name, entrypoints, and a struct of dependencies.
 ///

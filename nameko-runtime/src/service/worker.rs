@@ -9,8 +9,8 @@ use futures_util::FutureExt;
 
 use super::arguments::LoggedArguments;
 use super::container::Shared;
-use super::entrypoint::sealed::Output;
-use super::{Service, WorkerResult};
+use super::io::sealed::Output;
+use super::{Dependencies, WorkerResult};
 use crate::context::WorkerContext;
 use crate::error::Error;
 use crate::protocol::RemoteError;
@@ -65,17 +65,20 @@ pub(crate) fn log_failure(
 /// tells the entrypoint waiters. A panic of the method or of `worker_setup` becomes the error
 /// object of the panic (the derived `Dependencies` also guards each dependency's other hooks);
 /// a refused `worker_setup` becomes the worker's error and the method does not run.
+///
+/// `method` is the method's call, not started yet; `shared` is where the waiters listen (none
+/// outside a runner).
 pub(crate) fn run_worker<'a, S, T, F>(
-    service: Arc<S>,
-    shared: &'a Shared,
+    service: &'a S,
+    shared: Option<&'a Shared>,
     context: Arc<WorkerContext>,
     payload: Option<&'a [u8]>,
-    call: impl FnOnce(Arc<S>) -> F + Send + 'a,
+    method: F,
 ) -> impl Future<Output = T> + Send + 'a
 where
-    S: Service,
+    S: Dependencies,
     T: Output,
-    F: Future<Output = T> + Send,
+    F: Future<Output = T> + Send + 'a,
 {
     use tracing::Instrument;
     // At `debug`: a span per worker costs more than a simple worker; `nameko::main`'s log
@@ -94,19 +97,24 @@ where
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
-                Err(Error::WorkerSetupPanicked(panic_error(panic.as_ref()).value))
+                Err(Error::WorkerSetupPanicked(
+                    panic_error(panic.as_ref()).value,
+                ))
             })
             .err()
             .map(dependency_error);
         if let Some(error) = refused {
             // Rare, so boxed: its state does not enlarge every worker's future.
-            return Box::pin(refuse(&*service, &worker, shared, payload, error)).await;
+            return Box::pin(refuse(service, &worker, shared, payload, error)).await;
         }
-        let mut outcome = AssertUnwindSafe(call(service.clone()))
+        let mut outcome = AssertUnwindSafe(method)
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| T::from_error(panic_error(panic.as_ref())));
-        let refusal = service.worker_result(&worker, &outcome.result()).await.err();
+        let refusal = service
+            .worker_result(&worker, &outcome.result())
+            .await
+            .err();
         if let Some(error) = refusal {
             if outcome.result().is_ok() {
                 // A dependency could not stand by the worker's success (a commit failed): the
@@ -117,7 +125,9 @@ where
             }
         }
         service.worker_teardown(&worker).await;
-        shared.worker_finished(&worker, payload, &outcome.result());
+        if let Some(shared) = shared {
+            shared.worker_finished(&worker, payload, &outcome.result());
+        }
         outcome
     };
     // One future whether or not the span is enabled (entering a disabled span is a check of
@@ -128,17 +138,19 @@ where
 
 /// A worker refused by a dependency's `worker_setup`: the dependencies set up before the
 /// refusal see it and clean up, the waiters hear of it, the method does not run.
-async fn refuse<S: Service, T: Output>(
+async fn refuse<S: Dependencies, T: Output>(
     service: &S,
     worker: &Arc<WorkerContext>,
-    shared: &Shared,
+    shared: Option<&Shared>,
     payload: Option<&[u8]>,
     error: RemoteError,
 ) -> T {
     let refused = WorkerResult::Failed(Cow::Borrowed(&error));
     let _ = service.worker_result(worker, &refused).await;
     service.worker_teardown(worker).await;
-    shared.worker_finished(worker, payload, &refused);
+    if let Some(shared) = shared {
+        shared.worker_finished(worker, payload, &refused);
+    }
     drop(refused);
     T::from_error(error)
 }

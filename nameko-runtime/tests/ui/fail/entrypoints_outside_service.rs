@@ -17,6 +17,9 @@ impl NotAService {
 
     #[nameko::dummy]
     async fn by_hand(&self) {}
+
+    #[entrypoint(nameko::timer::Once)]
+    async fn of_my_own(&self) {}
 }
 
 fn main() {}

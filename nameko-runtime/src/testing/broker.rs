@@ -1,24 +1,12 @@
-#![doc = include_str!("../docs/testing.md")]
+//! Brokers for tests: an embedded one of their own, or a RabbitMQ virtual host of their own
+//! (made and deleted through the management API, which this module speaks).
 
-use std::future::Future;
-use std::marker::PhantomData;
-use std::ops::Deref;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::Config;
-use crate::context::{ContextData, WorkerContext};
 use crate::error::Error;
-use crate::events::StandaloneEventDispatcher;
-use crate::rpc::ClusterRpcClient;
-pub use crate::service::hooks::{
-    DEFAULT_TIMEOUT, EntrypointHook, EntrypointWaiter, FinishedWorker, WaitError,
-};
-use crate::service::{Dependencies, DependencyContext, Replacements, Service};
 use crate::transport::{self, SharedTransport, TransportError};
-use crate::{RunningServices, ServiceRunner};
 
 /// A broker for one test: an embedded broker of its own, or a RabbitMQ virtual host of its own
 /// (created through the management API, deleted when dropped), so tests never see each other's
@@ -135,7 +123,7 @@ impl TestBroker {
         for name in &names {
             api.request(
                 "DELETE",
-                &format!("/api/connections/{}", url_encode(name)),
+                &format!("/api/connections/{}", percent_encode(name)),
                 "",
             )?;
         }
@@ -165,7 +153,11 @@ impl TestBroker {
                 "an embedded broker has no management API".into(),
             ));
         };
-        api.request(method, &path.replace("{vhost}", &url_encode(vhost)), body)
+        api.request(
+            method,
+            &path.replace("{vhost}", &percent_encode(vhost)),
+            body,
+        )
     }
 
     /// How many consumers the queue `queue` of this test's virtual host has (e.g. instances of
@@ -178,26 +170,17 @@ impl TestBroker {
         };
         let info = api.request(
             "GET",
-            &format!("/api/queues/{}/{}", url_encode(vhost), url_encode(queue)),
+            &format!(
+                "/api/queues/{}/{}",
+                percent_encode(vhost),
+                percent_encode(queue)
+            ),
             "",
         )?;
         let info: Value = serde_json::from_str(&info)
             .map_err(|e| Error::ManagementApi(format!("the queue: {e}")))?;
         Ok(info.get("consumers").and_then(Value::as_u64).unwrap_or(0) as usize)
     }
-}
-
-/// Percent-encodes a path segment.
-fn url_encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 impl Drop for TestBroker {
@@ -245,8 +228,7 @@ impl ManagementApi {
     /// Sends one request (HTTP/1.0: the answer is never chunked) and returns the answer's body.
     fn request(&self, method: &str, path: &str, body: &str) -> Result<String, Error> {
         use std::io::{Read, Write};
-        let failed =
-            |e: String| Error::ManagementApi(format!("{method} {path}: {e}"));
+        let failed = |e: String| Error::ManagementApi(format!("{method} {path}: {e}"));
         let timeout = Duration::from_secs(10);
         let address = std::net::ToSocketAddrs::to_socket_addrs(&self.host)
             .map_err(|e| failed(e.to_string()))?
@@ -314,308 +296,6 @@ fn base64(input: &[u8]) -> String {
         }
     }
     out
-}
-
-/// A change a test makes to the configuration.
-type Configure = Box<dyn FnOnce(&mut Config) + Send>;
-
-/// A set of services to run for one test: on an embedded broker of their own by default, or on
-/// a [`TestBroker`] given with [`on`](Self::on); HTTP on a free local port.
-///
-/// ```
-/// # use nameko::prelude::*;
-/// # use nameko::testing::TestServices;
-/// # #[derive(Dependencies)] struct Greeter;
-/// # #[service(name = "greeter")] impl Greeter { #[rpc] fn hello(&self) -> String { "hi".into() } }
-/// # #[tokio::main] async fn main() -> Result<(), nameko::Error> {
-/// let services = TestServices::new().with_service::<Greeter>().start().await?;
-/// # services.stop().await }
-/// ```
-pub struct TestServices {
-    uri: String,
-    broker: Option<TestBroker>,
-    runner: ServiceRunner,
-    configure: Vec<Configure>,
-}
-
-impl Default for TestServices {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl std::fmt::Debug for TestServices {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestServices")
-            .field("broker", &self.uri)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TestServices {
-    /// No services yet, on a new embedded broker.
-    pub fn new() -> Self {
-        Self::on(TestBroker::embedded())
-    }
-
-    /// No services yet, on `broker` (e.g. [`TestBroker::rabbitmq`]), which lives as long as
-    /// the services.
-    pub fn on(broker: TestBroker) -> Self {
-        let mut services = Self::on_uri(&broker.uri);
-        services.broker = Some(broker);
-        services
-    }
-
-    /// No services yet, on the broker at `uri`, whose lifetime is the caller's (a
-    /// [`TestBroker`] shared by several runs, say).
-    pub fn on_uri(uri: &str) -> Self {
-        TestServices {
-            uri: uri.to_owned(),
-            broker: None,
-            runner: ServiceRunner::new(Config::default()),
-            configure: Vec::new(),
-        }
-    }
-
-    /// Adds service `S`.
-    pub fn with_service<S: Service>(mut self) -> Self {
-        self.runner = self.runner.with_service::<S>();
-        self
-    }
-
-    /// Changes the configuration (the broker and the HTTP address are set by the test).
-    pub fn with_config(mut self, configure: impl FnOnce(&mut Config) + Send + 'static) -> Self {
-        self.configure.push(Box::new(configure));
-        self
-    }
-
-    /// Gives service `S`'s field `field` this value instead of building it: see
-    /// [`ServiceRunner::replace_dependency`].
-    pub fn replace_dependency<S: Service, T: Send + 'static>(
-        mut self,
-        field: &str,
-        value: T,
-    ) -> Self {
-        self.runner = self.runner.replace_dependency::<S, T>(field, value);
-        self
-    }
-
-    /// Lets only these entrypoints of `S` fire: see [`ServiceRunner::restrict_entrypoints`].
-    pub fn restrict_entrypoints<S: Service>(mut self, entrypoints: &[&str]) -> Self {
-        self.runner = self.runner.restrict_entrypoints::<S>(entrypoints);
-        self
-    }
-
-    /// Starts the services; they are ready when this returns.
-    pub async fn start(self) -> Result<TestCluster, Error> {
-        let mut config = Config {
-            amqp_uri: Some(self.uri.clone()),
-            web_server_address: "127.0.0.1:0".to_owned(),
-            ..Config::default()
-        };
-        for configure in self.configure {
-            configure(&mut config);
-        }
-        let transport = config.connect().await?;
-        let services = self
-            .runner
-            .with_config(config)
-            .with_transport(transport)
-            .start()
-            .await?;
-        Ok(TestCluster {
-            services,
-            uri: self.uri,
-            _broker: self.broker,
-        })
-    }
-}
-
-/// Services running for a test ([`TestServices::start`]); everything of [`RunningServices`]
-/// (hooks, waiters, the HTTP router) plus clients on the same broker.
-pub struct TestCluster {
-    services: RunningServices,
-    uri: String,
-    _broker: Option<TestBroker>,
-}
-
-impl std::fmt::Debug for TestCluster {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestCluster")
-            .field("broker", &self.uri)
-            .field("services", &self.services.service_names())
-            .finish()
-    }
-}
-
-impl Deref for TestCluster {
-    type Target = RunningServices;
-    fn deref(&self) -> &RunningServices {
-        &self.services
-    }
-}
-
-impl TestCluster {
-    /// The URI of the broker the services run on.
-    pub fn broker_uri(&self) -> &str {
-        &self.uri
-    }
-
-    /// A standalone RPC client on the services' broker (Nameko's `ClusterRpcProxy`).
-    pub async fn rpc_client(&self) -> Result<ClusterRpcClient, Error> {
-        Ok(ClusterRpcClient::standalone(self.services.transport(), self.services.config()).await?)
-    }
-
-    /// A standalone event dispatcher on the services' broker (Nameko's `event_dispatcher`).
-    pub fn event_dispatcher(&self) -> StandaloneEventDispatcher {
-        StandaloneEventDispatcher::new(self.services.transport(), self.services.config())
-    }
-
-    /// Stops the services gracefully.
-    pub async fn stop(self) -> Result<(), Error> {
-        self.services.stop().await
-    }
-
-    /// Kills the services: running workers are abandoned.
-    pub async fn kill(self) {
-        self.services.kill().await
-    }
-
-    /// Waits until the services stop or one fails: see [`RunningServices::wait`].
-    pub async fn wait(self) -> Result<(), Error> {
-        self.services.wait().await
-    }
-}
-
-/// Builds an instance of service `S` outside any container (Nameko's `worker_factory`): each
-/// field is built by its [`Dependency`](crate::Dependency) implementation on an embedded broker
-/// of its own (or the one given with [`on_uri`](WorkerFactory::on_uri)), unless given a value
-/// with [`replace`](WorkerFactory::replace). Call its methods directly: no broker to run, no
-/// container, no worker (wrap a call in [`run_as_worker`] for the dependencies' worker hooks).
-///
-/// ```
-/// # use nameko::prelude::*;
-/// # use nameko::testing::worker_factory;
-/// # #[derive(Dependencies)] struct Greeter { greeting: Greeting }
-/// # #[derive(Clone)] struct Greeting(String);
-/// # impl nameko::Dependency for Greeting {
-/// #     async fn build(_: &nameko::DependencyContext, _: &'static str) -> Result<Self, nameko::Error> { Ok(Greeting("Hello".into())) }
-/// # }
-/// # #[service(name = "greeter")] impl Greeter {
-/// #     #[rpc] fn hello(&self, name: String) -> String { format!("{} {name}!", self.greeting.0) }
-/// # }
-/// # #[tokio::main] async fn main() -> Result<(), nameko::Error> {
-/// let greeter = worker_factory::<Greeter>()
-///     .replace("greeting", Greeting("Bonjour".into()))
-///     .build()
-///     .await?;
-/// assert_eq!(greeter.hello("Tim".into()), "Bonjour Tim!");
-/// # Ok(()) }
-/// ```
-pub fn worker_factory<S: Service>() -> WorkerFactory<S> {
-    WorkerFactory {
-        config: Config::default(),
-        broker_uri: None,
-        replacements: Vec::new(),
-        service: PhantomData,
-    }
-}
-
-/// A builder of a service instance for unit tests; see [`worker_factory`].
-pub struct WorkerFactory<S> {
-    config: Config,
-    broker_uri: Option<String>,
-    replacements: Replacements,
-    service: PhantomData<fn() -> S>,
-}
-
-impl<S> std::fmt::Debug for WorkerFactory<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerFactory").finish_non_exhaustive()
-    }
-}
-
-impl<S: Service> WorkerFactory<S> {
-    /// Uses `value` for the field `field` instead of building it.
-    pub fn replace<T: Send + 'static>(mut self, field: &str, value: T) -> Self {
-        self.replacements.push((field.to_owned(), Box::new(value)));
-        self
-    }
-
-    /// Builds the other fields with this configuration.
-    pub fn with_config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Builds the other fields on the broker at `uri` instead of an embedded broker of their
-    /// own: e.g. [`TestCluster::broker_uri`] of services standing in for the ones this service
-    /// calls, so its clients get their answers.
-    pub fn on_uri(mut self, uri: &str) -> Self {
-        self.broker_uri = Some(uri.to_owned());
-        self
-    }
-
-    /// Builds the instance and starts its dependencies ([`Dependencies::start`]). Fails if a
-    /// replaced field does not exist or has another type.
-    pub async fn build(self) -> Result<S, Error> {
-        let uri = self.broker_uri.unwrap_or_else(|| {
-            format!("memory://worker-factory-{}", uuid::Uuid::new_v4().simple())
-        });
-        let transport = transport::connect(&uri).await?;
-        let cx = DependencyContext::new(S::NAME, self.config, transport, self.replacements);
-        let service = S::build(&cx).await?;
-        cx.check_replacements_taken()?;
-        Dependencies::start(&service).await?;
-        Ok(service)
-    }
-}
-
-/// Runs `future` as a worker of `service` would run: in a worker context for `entrypoint`,
-/// between the dependencies' `worker_setup` and `worker_result`/`worker_teardown`. For unit
-/// tests of a [`worker_factory`] instance whose dependencies keep per-worker state (such as a
-/// transaction). Returns the future's output, or the error of a dependency that refused the
-/// worker (in `worker_setup`) or its success (in `worker_result`, e.g. a failed commit); an
-/// `Err` of the future is what `worker_result` sees as the worker's error.
-pub async fn run_as_worker<S, F, T, E>(
-    service: &S,
-    entrypoint: &str,
-    future: F,
-) -> Result<Result<T, E>, Error>
-where
-    S: Service,
-    F: Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    use crate::service::WorkerResult;
-    use std::borrow::Cow;
-    let context = Arc::new(WorkerContext::with_data(
-        S::NAME,
-        entrypoint,
-        ContextData::new(),
-        Config::default().parent_calls_tracked,
-    ));
-    context
-        .clone()
-        .scope(async move {
-            service.worker_setup(&context).await?;
-            let outcome = future.await;
-            let error = outcome
-                .as_ref()
-                .err()
-                .map(|e| crate::error::remote_error_from_display(e));
-            let result = match &error {
-                Some(error) => WorkerResult::Failed(Cow::Borrowed(error)),
-                None => WorkerResult::Done,
-            };
-            let refusal = service.worker_result(&context, &result).await;
-            service.worker_teardown(&context).await;
-            match refusal {
-                Err(error) if outcome.is_ok() => Err(error),
-                _ => Ok(outcome),
-            }
-        })
-        .await
 }
 
 #[cfg(test)]
