@@ -6,7 +6,7 @@
 //! binds routes, starts a schedule, spawns what it needs on tokio. When something arrives, it
 //! runs a worker of its method through the context ([`EntrypointContext::run_worker`] or
 //! [`spawn_worker`](EntrypointContext::spawn_worker)), which takes the service's path of every
-//! worker: one of the `max_workers` slots, a [`WorkerContext`](crate::WorkerContext), the
+//! worker: one of the `max_workers` slots, a [`WorkerContext`], the
 //! dependencies' worker hooks, a caught panic, the failure logged with its sensitive arguments
 //! redacted, entrypoint hooks and waiters in tests. It then answers with the worker's outcome
 //! (replies, acknowledges, requeues, answers HTTP). A stop ends the loops an entrypoint
@@ -18,7 +18,7 @@
 //! routes of the process one server.
 //!
 //! What a method receives and gives is the entrypoint's [`Input`](Entrypoint::Input) and
-//! [`Output`](Entrypoint::Output): [`RequestBody`] and `Result<Vec<u8>, RemoteError>` for
+//! [`Output`](Entrypoint::Output): [`RequestBody`](crate::protocol::RequestBody) and `Result<Vec<u8>, RemoteError>` for
 //! methods called with JSON arguments (`#[rpc]`, `#[timer]`, `#[once]`, `#[dummy]` and every
 //! `#[entrypoint(...)]`: the arguments bind to the parameters as an RPC call's do, and the
 //! result is the method's value as JSON), the event body for `#[event_handler]`, the request
@@ -111,7 +111,7 @@ use crate::protocol::RemoteError;
     note = "`#[entrypoint(...)]` takes an expression whose type implements `Entrypoint`"
 )]
 pub trait Entrypoint: Send + Sized + 'static {
-    /// What a worker of the method is given: [`RequestBody`] (JSON arguments, bound to the
+    /// What a worker of the method is given: [`RequestBody`](crate::protocol::RequestBody) (JSON arguments, bound to the
     /// method's parameters as an RPC call's are) for an `#[entrypoint(...)]`.
     type Input: WorkerInput;
     /// What a worker gives back: `Result<Vec<u8>, RemoteError>` (the method's value as JSON,
@@ -260,7 +260,7 @@ impl<E: Entrypoint> EntrypointContext<E> {
         &self.service
     }
 
-    /// Runs one worker of the method in `slot`: its [`WorkerContext`](crate::WorkerContext)
+    /// Runs one worker of the method in `slot`: its [`WorkerContext`]
     /// carries `context_data` (as from `nameko.*` headers); the dependencies' worker hooks run
     /// around the method; a panic becomes the worker's error; a failure is logged (a warning
     /// if its type is one of the method's `expected_exceptions`) with the arguments,

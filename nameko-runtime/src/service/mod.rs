@@ -2,7 +2,7 @@
 //! ([`Dependency`]), and entrypoints ([`Entrypoint`], the extension API every entrypoint kind
 //! is written on).
 //!
-//! Everything a running service does lives here too: [`container`] (one service's start and
+//! Everything a running service does lives here too: `container` (one service's start and
 //! stop), `worker` (the one path of every worker), `consume` (consuming a queue for an
 //! entrypoint), `hooks` (entrypoint hooks and waiters).
 

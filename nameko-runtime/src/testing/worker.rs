@@ -77,7 +77,7 @@ impl<S: Service> WorkerFactory<S> {
     }
 
     /// Builds the other fields on the broker at `uri` instead of an embedded broker of their
-    /// own: e.g. [`TestCluster::broker_uri`] of services standing in for the ones this service
+    /// own: e.g. [`TestCluster::broker_uri`](super::TestCluster::broker_uri) of services standing in for the ones this service
     /// calls, so its clients get their answers.
     pub fn on_uri(mut self, uri: &str) -> Self {
         self.broker_uri = Some(uri.to_owned());
