@@ -12,7 +12,7 @@ pub use crate::events::EventHandler;
 pub use crate::events::{EventError, HandlerType};
 pub use crate::http::Http;
 pub use crate::protocol::{RemoteError, RequestBody};
-pub use crate::rpc::args::{BoundArgs, Param};
+pub use crate::rpc::args::{BoundArgs, Param, RpcArgument};
 pub use crate::rpc::{Dummy, Rpc};
 pub use crate::runner::ServiceRegistration;
 pub use crate::service::{
@@ -77,20 +77,9 @@ where
     match task.await {
         Ok(value) => Ok(value),
         Err(e) if e.is_panic() => Err(crate::service::worker::panic_error(e.into_panic().as_ref())),
-        Err(e) => Err(RemoteError::new("WorkerCancelled", e.to_string())
-            .with_path("nameko_rs.WorkerCancelled")),
+        Err(e) => Err(RemoteError::nameko_rs("WorkerCancelled", e.to_string())),
     }
 }
-
-/// A type that can be an argument of an RPC method: it crosses the wire both ways (the server
-/// reads it, the generated client sends it).
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be an argument of an RPC method",
-    label = "this type must implement `serde::Serialize` and `serde::Deserialize` (owned)",
-    note = "RPC arguments arrive as JSON: derive `Serialize` and `Deserialize`, and use owned types (`String`, not `&str`)"
-)]
-pub trait RpcArgument: Serialize + DeserializeOwned {}
-impl<T: Serialize + DeserializeOwned> RpcArgument for T {}
 
 /// A type that can be the payload of an event handler.
 #[diagnostic::on_unimplemented(

@@ -46,13 +46,14 @@ pub enum RpcError {
 impl RpcError {
     /// Turns a received error object into the error Python Nameko would raise for it.
     pub fn from_remote(error: RemoteError) -> RpcError {
-        match error.exc_path.as_str() {
-            "nameko.exceptions.MethodNotFound" => RpcError::MethodNotFound(error.first_arg()),
-            "nameko.exceptions.MalformedRequest" => RpcError::MalformedRequest(error.first_arg()),
-            "nameko.exceptions.IncorrectSignature" => {
-                RpcError::IncorrectSignature(error.first_arg())
-            }
-            _ => RpcError::Remote(error),
+        if error.is_nameko("MethodNotFound") {
+            RpcError::MethodNotFound(error.first_arg())
+        } else if error.is_nameko("MalformedRequest") {
+            RpcError::MalformedRequest(error.first_arg())
+        } else if error.is_nameko("IncorrectSignature") {
+            RpcError::IncorrectSignature(error.first_arg())
+        } else {
+            RpcError::Remote(error)
         }
     }
 
@@ -234,9 +235,7 @@ impl ToRemoteError for RpcError {
                     Value::String(e.value.clone()),
                 ])
             }
-            other => {
-                RemoteError::new("RpcError", other.to_string()).with_path("nameko_rs.RpcError")
-            }
+            other => RemoteError::nameko_rs("RpcError", other.to_string()),
         }
     }
 }

@@ -291,6 +291,19 @@ impl RemoteError {
         }
     }
 
+    /// An error of nameko-rs's own (`WorkerPanic`, `DependencyError`, ...): its path is
+    /// `nameko_rs.<exc_type>`.
+    pub fn nameko_rs(exc_type: &str, value: impl Into<String>) -> Self {
+        RemoteError::new(exc_type, value).with_path(format!("nameko_rs.{exc_type}"))
+    }
+
+    /// Whether this is Nameko's own exception `exc_type` (`nameko.exceptions.<exc_type>`).
+    pub fn is_nameko(&self, exc_type: &str) -> bool {
+        self.exc_path
+            .strip_prefix("nameko.exceptions.")
+            .is_some_and(|rest| rest == exc_type)
+    }
+
     /// Sets the dotted path (Python's `module.Class`).
     pub fn with_path(mut self, exc_path: impl Into<String>) -> Self {
         self.exc_path = exc_path.into();

@@ -278,5 +278,5 @@ impl sealed::Output for Result<(), EventError> {
 }
 
 fn payload_error(reason: String) -> RemoteError {
-    RemoteError::new("EventPayloadError", reason).with_path("nameko_rs.EventPayloadError")
+    RemoteError::nameko_rs("EventPayloadError", reason)
 }

@@ -5,268 +5,23 @@
 //! sharing the container's reply queue; outside, [`ClusterRpcClient::connect`] makes a
 //! standalone one (Nameko's `ClusterRpcProxy`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::context::{ContextData, WorkerContext};
 use crate::error::RpcError;
 use crate::protocol::{self, ReplyBody};
 use crate::transport::{
-    self, Consumer, ExchangeSpec, OutgoingMessage, Properties, QueueSpec, SharedTransport,
-    TransportError, amqp::AmqpOptions,
+    OutgoingMessage, Properties, SharedTransport, TransportError, amqp::AmqpOptions,
 };
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The first wait before reconnecting; it doubles after each failed attempt.
-const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(250);
-/// The longest wait between two attempts to reconnect: well within a call's timeout, so that
-/// calls waiting for the connection get it soon after the broker is back.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
-/// How long one attempt to reconnect (connection, handshakes, declarations) may take.
-const RECONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The state of a client's connection, as calls see it.
-#[derive(Clone)]
-enum Link {
-    /// Connected: calls publish on this transport.
-    Up(SharedTransport),
-    /// The connection was lost and the client is reconnecting; the text says why.
-    Down(String),
-    /// The client cannot send any more: it was closed, or lost a connection it cannot renew.
-    Closed(String),
-}
-
-/// Where one reply queue lives: enough to declare it again on a new connection.
-struct ReplyQueue {
-    exchange: String,
-    queue: String,
-    routing_key: String,
-}
-
-impl ReplyQueue {
-    /// Declares the queue (idempotent: a reconnect finds the same queue, and any replies that
-    /// reached it meanwhile, thanks to its `x-expires`) and starts consuming it.
-    async fn consume(&self, transport: &SharedTransport) -> Result<Consumer, TransportError> {
-        transport
-            .declare_exchange(&ExchangeSpec::durable_topic(&self.exchange))
-            .await?;
-        transport
-            .declare_queue(&QueueSpec {
-                expires: Some(Duration::from_millis(u64::from(
-                    protocol::REPLY_QUEUE_EXPIRES_MS,
-                ))),
-                ..QueueSpec::durable(self.queue.clone())
-            })
-            .await?;
-        transport
-            .bind_queue(&self.queue, &self.exchange, &self.routing_key)
-            .await?;
-        transport.consume(&self.queue, 0).await
-    }
-}
-
-/// Consumes one reply queue and hands each reply to the call waiting for it; for a client that
-/// owns its connection, reconnects when the connection is lost.
-struct ReplyListener {
-    routing_key: String,
-    pending: Pending,
-    link: watch::Receiver<Link>,
-    _stop: DropGuard,
-}
-
-impl ReplyListener {
-    async fn start(
-        transport: SharedTransport,
-        exchange: &str,
-        owner: &str,
-        reconnect: Option<(String, AmqpOptions)>,
-    ) -> Result<ReplyListener, TransportError> {
-        let routing_key = uuid::Uuid::new_v4().to_string();
-        let queue = ReplyQueue {
-            exchange: exchange.to_owned(),
-            queue: protocol::reply_queue_name(owner, &routing_key),
-            routing_key: routing_key.clone(),
-        };
-        let consumer = queue.consume(&transport).await?;
-        let pending: Pending = Arc::default();
-        let (link_tx, link) = watch::channel(Link::Up(transport.clone()));
-        let stop = CancellationToken::new();
-        tokio::spawn(
-            Listening {
-                queue,
-                pending: pending.clone(),
-                link: link_tx,
-                stop: stop.clone(),
-                reconnect,
-            }
-            .run(transport, consumer),
-        );
-        Ok(ReplyListener {
-            routing_key,
-            pending,
-            link,
-            _stop: stop.drop_guard(),
-        })
-    }
-}
-
-/// The reply listener's task.
-struct Listening {
-    queue: ReplyQueue,
-    pending: Pending,
-    link: watch::Sender<Link>,
-    stop: CancellationToken,
-    /// Where to connect again when the connection is lost, if the client owns it.
-    reconnect: Option<(String, AmqpOptions)>,
-}
-
-impl Listening {
-    async fn run(self, mut transport: SharedTransport, mut consumer: Consumer) {
-        let reason = loop {
-            let reason = self.deliver(&mut consumer).await;
-            consumer.close().await;
-            let Some(reason) = reason else {
-                break "client closed".to_owned();
-            };
-            if transport.is_closed() {
-                tracing::debug!(%reason, "reply listener ended with its connection");
-                break reason;
-            }
-            let Some((uri, options)) = &self.reconnect else {
-                tracing::error!(%reason, "RPC replies can no longer be received");
-                break reason;
-            };
-            tracing::warn!(%reason, "lost the broker connection; reconnecting");
-            self.link.send_replace(Link::Down(reason));
-            match self.reconnect(uri, options).await {
-                Some((new_transport, new_consumer)) => {
-                    // Calls in flight keep waiting: their replies are in the queue, or will be.
-                    transport.close().await;
-                    transport = new_transport;
-                    consumer = new_consumer;
-                    self.link.send_replace(Link::Up(transport.clone()));
-                    tracing::info!(
-                        broker = %transport.describe(),
-                        "reconnected; calls in flight go on waiting for their replies"
-                    );
-                }
-                None => break "client closed".to_owned(),
-            }
-        };
-        self.link.send_replace(Link::Closed(reason.clone()));
-        for (_, waiter) in lock(&self.pending).drain() {
-            let _ = waiter.send(Err(RpcError::Transport(TransportError::Connection(
-                reason.clone(),
-            ))));
-        }
-        if self.reconnect.is_some() {
-            // The client owns this connection.
-            transport.close().await;
-        }
-    }
-
-    /// Hands replies to their calls until the consumer ends (`Some(reason)`) or the client
-    /// closes (`None`).
-    async fn deliver(&self, consumer: &mut Consumer) -> Option<String> {
-        loop {
-            let delivery = tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => return None,
-                next = consumer.next() => next,
-            };
-            match delivery {
-                Some(Ok(mut delivery)) => {
-                    let correlation_id = delivery.properties.correlation_id.as_deref();
-                    let waiter = correlation_id.and_then(|id| lock(&self.pending).remove(id));
-                    match waiter {
-                        Some(waiter) => {
-                            let _ = waiter.send(Ok(std::mem::take(&mut delivery.body)));
-                        }
-                        None => tracing::debug!(
-                            correlation_id = correlation_id.unwrap_or(""),
-                            "Unknown correlation id: dropping a late or foreign reply"
-                        ),
-                    }
-                    // The caller has its reply. The acknowledgement is done here when it can
-                    // be at once (the embedded broker), otherwise on a task of its own, so the
-                    // next reply does not wait for this one's to be written.
-                    let mut ack = Box::pin(delivery.ack());
-                    match futures_util::poll!(ack.as_mut()) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(e)) => {
-                            tracing::warn!(error = %e, "could not acknowledge a reply");
-                        }
-                        Poll::Pending => {
-                            tokio::spawn(async move {
-                                if let Err(e) = ack.await {
-                                    tracing::warn!(error = %e, "could not acknowledge a reply");
-                                }
-                            });
-                        }
-                    }
-                }
-                Some(Err(e)) => return Some(format!("reply consumer failed: {e}")),
-                None => return Some("reply consumer was cancelled by the broker".to_owned()),
-            }
-        }
-    }
-
-    /// Connects again, with a doubling delay between attempts, until it works or the client
-    /// closes (`None`).
-    async fn reconnect(
-        &self,
-        uri: &str,
-        options: &AmqpOptions,
-    ) -> Option<(SharedTransport, Consumer)> {
-        let mut delay = FIRST_RECONNECT_DELAY;
-        loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            let attempt = async {
-                let transport = transport::connect_with_options(uri, options).await?;
-                match self.queue.consume(&transport).await {
-                    Ok(consumer) => Ok((transport, consumer)),
-                    Err(e) => {
-                        transport.close().await;
-                        Err(e)
-                    }
-                }
-            };
-            let outcome = tokio::select! {
-                _ = self.stop.cancelled() => return None,
-                outcome = tokio::time::timeout(RECONNECT_ATTEMPT_TIMEOUT, attempt) => outcome
-                    .unwrap_or_else(|_| Err(TransportError::Connection(format!(
-                        "no connection within {RECONNECT_ATTEMPT_TIMEOUT:?}"
-                    )))),
-            };
-            match outcome {
-                Ok(connected) => return Some(connected),
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "could not reconnect");
-                    self.link.send_replace(Link::Down(e.to_string()));
-                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-                }
-            }
-        }
-    }
-}
+use super::reply::{Link, Pending, ReplyListener, lock};
 
 /// Removes a pending call's entry however the call ends (reply, timeout, cancellation).
 struct PendingGuard<'a> {
@@ -373,7 +128,7 @@ impl std::fmt::Debug for ClusterRpcClient {
 }
 
 impl ClusterRpcClient {
-    /// Connects a standalone client to the broker at `uri` (see [`transport::connect`]), with
+    /// Connects a standalone client to the broker at `uri` (see [`transport::connect`](crate::transport::connect)), with
     /// the default exchange and timeout.
     ///
     /// The client owns its connection: when the connection is lost it connects again (waiting

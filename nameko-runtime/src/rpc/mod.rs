@@ -2,6 +2,7 @@
 
 pub(crate) mod args;
 pub mod client;
+mod reply;
 mod server;
 
 pub use client::{ClusterRpcClient, ServiceProxy};

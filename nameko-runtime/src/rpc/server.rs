@@ -116,11 +116,10 @@ impl DeliveryHandler for RpcHandler {
                 "gave up an RPC request: its method does not run again"
             );
             if let Some(reply_to) = delivery.properties.reply_to.clone() {
-                let error = RemoteError::new(
+                let error = RemoteError::nameko_rs(
                     "RedeliveryLimitExceeded",
                     format!("the request to {} was {reason}", delivery.routing_key),
-                )
-                .with_path("nameko_rs.RedeliveryLimitExceeded");
+                );
                 let reply = Err(error);
                 let correlation_id = delivery.properties.correlation_id.as_deref();
                 if let Err(error) = self.publish_reply(&reply_to, correlation_id, &reply).await {
@@ -315,11 +314,10 @@ impl RpcHandler {
         }
         tracing::error!(service, %method, %error, "could not publish a reply; the method will not run again");
         if let Some(reply_to) = delivery.properties.reply_to.as_deref() {
-            let failure = RemoteError::new(
+            let failure = RemoteError::nameko_rs(
                 "ReplyPublishError",
                 format!("the reply of {method} could not be sent: {error}"),
-            )
-            .with_path("nameko_rs.ReplyPublishError");
+            );
             let correlation_id = delivery.properties.correlation_id.as_deref();
             if self
                 .publish_reply(reply_to, correlation_id, &Err(failure))

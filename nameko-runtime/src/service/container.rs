@@ -102,10 +102,7 @@ impl Shared {
         self.find::<T>(&lock(&self.extensions))
     }
 
-    fn find<T: Send + Sync + 'static>(
-        &self,
-        extensions: &[Extension],
-    ) -> Option<Arc<T>> {
+    fn find<T: Send + Sync + 'static>(&self, extensions: &[Extension]) -> Option<Arc<T>> {
         extensions
             .iter()
             .find(|(id, _)| *id == TypeId::of::<T>())

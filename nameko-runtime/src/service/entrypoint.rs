@@ -488,10 +488,8 @@ fn hook<E: Entrypoint>(cx: &EntrypointContext<E>) -> Option<Hook> {
         let cx = cx.clone();
         Box::pin(cx.service.tracker().clone().track_future(async move {
             let service = cx.service_name();
-            let stopped = || {
-                RemoteError::new("ServiceStopped", format!("{service} has stopped"))
-                    .with_path("nameko_rs.ServiceStopped")
-            };
+            let stopped =
+                || RemoteError::nameko_rs("ServiceStopped", format!("{service} has stopped"));
             if cx.is_stopping() {
                 return Err(stopped());
             }

@@ -119,9 +119,8 @@ impl EntrypointHook {
     /// `()` means none, any other value is the only argument. An event handler takes its
     /// payload; a timer takes none.
     pub async fn call<A: Serialize>(&self, args: A) -> Result<Value, RemoteError> {
-        let args = serde_json::to_value(args).map_err(|e| {
-            RemoteError::new("ArgumentError", e.to_string()).with_path("nameko_rs.ArgumentError")
-        })?;
+        let args = serde_json::to_value(args)
+            .map_err(|e| RemoteError::nameko_rs("ArgumentError", e.to_string()))?;
         let args = match args {
             Value::Array(items) if items.is_empty() => Value::Null,
             other => other,
@@ -129,14 +128,13 @@ impl EntrypointHook {
         let call = (self.hook)(args, self.context_data.clone());
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,
-            Err(_) => Err(RemoteError::new(
+            Err(_) => Err(RemoteError::nameko_rs(
                 "Timeout",
                 format!(
                     "Timeout on {}.{} after {:?}",
                     self.service, self.entrypoint, self.timeout
                 ),
-            )
-            .with_path("nameko_rs.Timeout")),
+            )),
         }
     }
 }

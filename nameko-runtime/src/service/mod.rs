@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::context::WorkerContext;
 use crate::error::Error;
 use crate::protocol::RemoteError;
-use crate::rpc::ClusterRpcClient;
+use crate::rpc::client::ClusterRpcClient;
 use crate::transport::SharedTransport;
 
 pub mod arguments;

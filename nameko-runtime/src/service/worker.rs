@@ -22,12 +22,12 @@ pub(crate) fn panic_error(payload: &(dyn std::any::Any + Send)) -> RemoteError {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic with a non-string payload".to_owned());
-    RemoteError::new("WorkerPanic", message).with_path("nameko_rs.WorkerPanic")
+    RemoteError::nameko_rs("WorkerPanic", message)
 }
 
 /// The error object for a dependency's refusal of a worker.
 fn dependency_error(error: Error) -> RemoteError {
-    RemoteError::new("DependencyError", error.to_string()).with_path("nameko_rs.DependencyError")
+    RemoteError::nameko_rs("DependencyError", error.to_string())
 }
 
 /// Logs a failed worker: a warning when its error is one the entrypoint expects, an error

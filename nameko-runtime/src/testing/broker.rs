@@ -35,17 +35,12 @@ impl TestBroker {
     /// dropped): fine in a test, even an async one.
     pub fn rabbitmq(amqp_uri: &str, management_uri: &str) -> Result<TestBroker, Error> {
         let api = ManagementApi::parse(management_uri)?;
-        let amqp_user = amqp_uri
-            .parse::<lapin::uri::AMQPUri>()
-            .map_err(|e| {
-                Error::Config(format!(
-                    "invalid AMQP URI `{}`: {e}",
-                    crate::transport::mask_password(amqp_uri)
-                ))
-            })?
-            .authority
-            .userinfo
-            .username;
+        let amqp_user = transport::amqp_user(amqp_uri).map_err(|e| {
+            Error::Config(format!(
+                "invalid AMQP URI `{}`: {e}",
+                transport::mask_password(amqp_uri)
+            ))
+        })?;
         let suffix: String = uuid::Uuid::new_v4()
             .simple()
             .to_string()

@@ -6,6 +6,9 @@
 //! did not settle when it goes away. Queues declared `auto_delete` or `exclusive` are deleted as
 //! soon as their last consumer leaves; queues declared with an expiry (`x-expires`), as on
 //! RabbitMQ, once unused for that long: no consumer, and not declared again.
+//!
+//! (Over 600 lines with its unit tests; the broker itself is about 590 lines, one state
+//! behind one lock, kept in one file.)
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

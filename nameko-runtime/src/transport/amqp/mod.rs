@@ -12,6 +12,10 @@
 //! [`AmqpOptions::publish_timeout`]; the headers of a message must fit in one frame, and a
 //! message whose headers do not is refused before it is sent
 //! ([`TransportError::HeadersTooLarge`]) rather than making the broker close the connection.
+//!
+//! (Over 600 lines with its unit tests; the code itself is about 620 lines: the connection,
+//! its watcher and the `Transport` operations, which share the connection state. Field
+//! tables, the consumer and URIs are in the submodules.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +41,14 @@ use super::{
     QueueSpec, TlsOptions, Transport, TransportError, mask_password,
 };
 use crate::protocol::Headers;
+
+mod consumer;
+mod fields;
+mod uri;
+
+use consumer::*;
+use fields::*;
+pub(crate) use uri::{amqp_user, parse_amqp_uri};
 
 /// A RabbitMQ connection (two AMQP connections: see the module's documentation).
 pub struct AmqpTransport {
@@ -197,7 +209,7 @@ impl AmqpTransport {
             Some(tls) => tls_config(tls).map_err(|e| cannot(&e))?,
             None => OwnedTLSConfig::default(),
         };
-        let parsed = super::parse_amqp_uri(&normalized).map_err(|e| cannot(&e))?;
+        let parsed = parse_amqp_uri(&normalized).map_err(|e| cannot(&e))?;
         let open = |role: &str| {
             let (uri, tls_config) = (parsed.clone(), tls_config.clone());
             let name = format!("nameko-rs {role} (pid {})", std::process::id());
@@ -367,284 +379,6 @@ fn watch_connection(
             }
         }
     });
-}
-
-/// The size of a field value as AMQP encodes it (its type octet included).
-fn encoded_value_size(value: &AMQPValue) -> usize {
-    1 + match value {
-        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
-        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
-        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
-        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
-        AMQPValue::DecimalValue(_) => 5,
-        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
-        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
-        AMQPValue::ByteArray(b) => 4 + b.as_slice().len(),
-        AMQPValue::FieldArray(a) => 4 + a.as_slice().iter().map(encoded_value_size).sum::<usize>(),
-        AMQPValue::FieldTable(t) => encoded_table_size(t),
-        AMQPValue::Void => 0,
-    }
-}
-
-/// The size of a field table as AMQP encodes it (its length prefix included).
-fn encoded_table_size(table: &FieldTable) -> usize {
-    4 + table
-        .inner()
-        .iter()
-        .map(|(k, v)| 1 + k.as_str().len() + encoded_value_size(v))
-        .sum::<usize>()
-}
-
-/// The size of the content header frame's payload that carries these properties.
-fn content_header_size(p: &BasicProperties) -> usize {
-    let short = |v: &Option<ShortString>| v.as_ref().map_or(0, |s| 1 + s.as_str().len());
-    // class id, weight, body size, property flags
-    let fixed = 2 + 2 + 8 + 2;
-    fixed
-        + short(p.content_type())
-        + short(p.content_encoding())
-        + p.headers().as_ref().map_or(0, encoded_table_size)
-        + p.delivery_mode().map_or(0, |_| 1)
-        + p.priority().map_or(0, |_| 1)
-        + short(p.correlation_id())
-        + short(p.reply_to())
-        + short(p.expiration())
-        + short(p.message_id())
-        + p.timestamp().map_or(0, |_| 8)
-        + short(p.kind())
-        + short(p.user_id())
-        + short(p.app_id())
-        + short(p.cluster_id())
-}
-
-/// Converts headers to an AMQP field table.
-pub(crate) fn to_field_table(headers: &Headers) -> FieldTable {
-    let map: BTreeMap<ShortString, AMQPValue> = headers
-        .iter()
-        .map(|(k, v)| (ShortString::from(k.as_str()), to_amqp(v)))
-        .collect();
-    FieldTable::from(map)
-}
-
-fn to_amqp(value: &Value) -> AMQPValue {
-    match value {
-        Value::Null => AMQPValue::Void,
-        Value::Bool(b) => AMQPValue::Boolean(*b),
-        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => AMQPValue::LongLongInt(i),
-            (None, Some(f)) => AMQPValue::Double(f),
-            (None, None) => AMQPValue::LongString(LongString::from(n.to_string())),
-        },
-        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
-        Value::Array(items) => {
-            let mut array = FieldArray::default();
-            for item in items {
-                array.push(to_amqp(item));
-            }
-            AMQPValue::FieldArray(array)
-        }
-        Value::Object(map) => {
-            let mut table = FieldTable::default();
-            for (k, v) in map {
-                table.insert(ShortString::from(k.as_str()), to_amqp(v));
-            }
-            AMQPValue::FieldTable(table)
-        }
-    }
-}
-
-/// Converts an AMQP field table to headers; `None` when it nests deeper than
-/// [`MAX_HEADER_DEPTH`].
-pub(crate) fn from_field_table(table: &FieldTable) -> Option<Headers> {
-    table
-        .inner()
-        .iter()
-        .map(|(k, v)| Some((k.as_str().to_owned(), from_amqp(v, MAX_HEADER_DEPTH)?)))
-        .collect()
-}
-
-fn from_amqp(value: &AMQPValue, depth: usize) -> Option<Value> {
-    let depth = depth.checked_sub(1)?;
-    Some(match value {
-        AMQPValue::Boolean(b) => Value::Bool(*b),
-        AMQPValue::ShortShortInt(i) => Value::from(*i),
-        AMQPValue::ShortShortUInt(i) => Value::from(*i),
-        AMQPValue::ShortInt(i) => Value::from(*i),
-        AMQPValue::ShortUInt(i) => Value::from(*i),
-        AMQPValue::LongInt(i) => Value::from(*i),
-        AMQPValue::LongUInt(i) => Value::from(*i),
-        AMQPValue::LongLongInt(i) => Value::from(*i),
-        AMQPValue::Float(f) => Value::from(f64::from(*f)),
-        AMQPValue::Double(f) => Value::from(*f),
-        AMQPValue::DecimalValue(d) => {
-            Value::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-        }
-        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => {
-            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
-        }
-        AMQPValue::FieldArray(a) => Value::Array(
-            a.as_slice()
-                .iter()
-                .map(|v| from_amqp(v, depth))
-                .collect::<Option<_>>()?,
-        ),
-        AMQPValue::Timestamp(t) => Value::from(*t),
-        AMQPValue::FieldTable(t) => Value::Object(
-            t.inner()
-                .iter()
-                .map(|(k, v)| Some((k.as_str().to_owned(), from_amqp(v, depth)?)))
-                .collect::<Option<_>>()?,
-        ),
-        AMQPValue::ByteArray(b) => {
-            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
-        }
-        AMQPValue::Void => Value::Null,
-    })
-}
-
-fn to_basic_properties(p: &Properties) -> BasicProperties {
-    let mut props = BasicProperties::default().with_headers(to_field_table(&p.headers));
-    if let Some(v) = &p.content_type {
-        props = props.with_content_type(v.as_str().into());
-    }
-    if let Some(v) = &p.content_encoding {
-        props = props.with_content_encoding(v.as_str().into());
-    }
-    if let Some(v) = &p.correlation_id {
-        props = props.with_correlation_id(v.as_str().into());
-    }
-    if let Some(v) = &p.reply_to {
-        props = props.with_reply_to(v.as_str().into());
-    }
-    if let Some(v) = p.delivery_mode {
-        props = props.with_delivery_mode(v);
-    }
-    if let Some(v) = p.priority {
-        props = props.with_priority(v);
-    }
-    props
-}
-
-/// A message's properties; `None` when its headers nest deeper than [`MAX_HEADER_DEPTH`].
-fn from_basic_properties(p: &BasicProperties) -> Option<Properties> {
-    let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
-    let headers = match p.headers() {
-        Some(table) => from_field_table(table)?,
-        None => Headers::default(),
-    };
-    Some(Properties {
-        content_type: text(p.content_type()),
-        content_encoding: text(p.content_encoding()),
-        correlation_id: text(p.correlation_id()),
-        reply_to: text(p.reply_to()),
-        delivery_mode: *p.delivery_mode(),
-        priority: *p.priority(),
-        headers,
-    })
-}
-
-struct AmqpAcker(lapin::Acker);
-
-/// lapin's answer to a settlement: `Ok(false)` means it was not sent (the delivery's channel
-/// is gone, so the broker redelivers the message), which is an error for the caller to log.
-fn settled(what: &str, result: lapin::Result<bool>) -> Result<(), TransportError> {
-    match result {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(TransportError::Connection(format!(
-            "could not {what} the message: its channel is closed (the broker will deliver it again)"
-        ))),
-        Err(e) => Err(connection_error(e)),
-    }
-}
-
-impl Acker for AmqpAcker {
-    fn ack(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
-        async move { settled("acknowledge", self.0.ack(BasicAckOptions::default()).await) }.boxed()
-    }
-
-    fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>> {
-        async move {
-            settled(
-                "reject",
-                self.0.reject(BasicRejectOptions { requeue }).await,
-            )
-        }
-        .boxed()
-    }
-}
-
-struct AmqpConsumer {
-    channel: Channel,
-    consumer: lapin::Consumer,
-    cancelled: bool,
-}
-
-impl ConsumerSource for AmqpConsumer {
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Delivery, TransportError>>> {
-        loop {
-            let d = match std::pin::Pin::new(&mut self.consumer).poll_next(cx) {
-                Poll::Ready(Some(Ok(d))) => d,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(connection_error(e)))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            };
-            let Some(properties) = from_basic_properties(&d.properties) else {
-                // Nothing a handler could read: dropped (dead-lettered where the queue has a
-                // dead-letter exchange), and the consumer goes on.
-                tracing::error!(
-                    exchange = %d.exchange,
-                    routing_key = %d.routing_key,
-                    max_depth = MAX_HEADER_DEPTH,
-                    "rejected a message whose headers nest too deeply"
-                );
-                let acker = d.acker;
-                tokio::spawn(async move {
-                    if let Err(e) = acker.reject(BasicRejectOptions { requeue: false }).await {
-                        tracing::warn!(error = %e, "could not reject a message");
-                    }
-                });
-                continue;
-            };
-            return Poll::Ready(Some(Ok(Delivery::new(
-                d.exchange.as_str().to_owned(),
-                d.routing_key.as_str().to_owned(),
-                d.redelivered,
-                properties,
-                d.data,
-                Box::new(AmqpAcker(d.acker)),
-            ))));
-        }
-    }
-
-    fn cancel(&mut self) -> BoxFuture<'_, ()> {
-        async move {
-            if !self.cancelled && self.channel.status().connected() {
-                self.cancelled = true;
-                let tag = self.consumer.tag();
-                if let Err(e) = self
-                    .channel
-                    .basic_cancel(tag, BasicCancelOptions::default())
-                    .await
-                {
-                    tracing::debug!(error = %e, "consumer cancel failed");
-                }
-            }
-        }
-        .boxed()
-    }
-
-    fn close(&mut self) -> BoxFuture<'_, ()> {
-        async move {
-            if self.channel.status().connected() {
-                let _ = self.channel.close(200, "OK".into()).await;
-            }
-        }
-        .boxed()
-    }
 }
 
 impl Transport for AmqpTransport {
@@ -889,6 +623,31 @@ async fn publish_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_broker_hosts_are_kept() {
+        let uri = parse_amqp_uri("amqp://guest:guest@[::1]:5672/").unwrap();
+        assert_eq!(uri.authority.host, "::1");
+        assert_eq!(uri.authority.port, 5672);
+        assert_eq!(uri.authority.userinfo.password, "guest");
+        assert_eq!(uri.vhost, "");
+        let uri = parse_amqp_uri("amqps://u:p@[2001:DB8::a]/%2f?heartbeat=5").unwrap();
+        assert_eq!(uri.authority.host, "2001:db8::a");
+        assert_eq!(uri.authority.port, 5671);
+        assert_eq!(uri.vhost, "/");
+        assert_eq!(uri.query.heartbeat, Some(5));
+        // Names and IPv4 addresses were already right.
+        let uri = parse_amqp_uri("amqp://u:p@rabbit:5673/vh").unwrap();
+        assert_eq!(uri.authority.host, "rabbit");
+        let uri = parse_amqp_uri("amqp://10.1.2.3/").unwrap();
+        assert_eq!(uri.authority.host, "10.1.2.3");
+        // A password may hold `@` and `[`, escaped.
+        let uri = parse_amqp_uri("amqp://u:p%40%5B@[::1]/").unwrap();
+        assert_eq!(uri.authority.userinfo.password, "p@[");
+        assert_eq!(uri.authority.host, "::1");
+        assert!(parse_amqp_uri("amqp://u:p@[::1/").is_err());
+    }
+
     use serde_json::json;
 
     #[test]

@@ -1,0 +1,106 @@
+//! A lapin consumer as a [`Consumer`]: its deliveries, their acknowledgements, its cancel.
+
+use super::*;
+
+pub(super) struct AmqpAcker(lapin::Acker);
+
+/// lapin's answer to a settlement: `Ok(false)` means it was not sent (the delivery's channel
+/// is gone, so the broker redelivers the message), which is an error for the caller to log.
+pub(super) fn settled(what: &str, result: lapin::Result<bool>) -> Result<(), TransportError> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(TransportError::Connection(format!(
+            "could not {what} the message: its channel is closed (the broker will deliver it again)"
+        ))),
+        Err(e) => Err(connection_error(e)),
+    }
+}
+
+impl Acker for AmqpAcker {
+    fn ack(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
+        async move { settled("acknowledge", self.0.ack(BasicAckOptions::default()).await) }.boxed()
+    }
+
+    fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>> {
+        async move {
+            settled(
+                "reject",
+                self.0.reject(BasicRejectOptions { requeue }).await,
+            )
+        }
+        .boxed()
+    }
+}
+
+pub(super) struct AmqpConsumer {
+    pub(super) channel: Channel,
+    pub(super) consumer: lapin::Consumer,
+    pub(super) cancelled: bool,
+}
+
+impl ConsumerSource for AmqpConsumer {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Delivery, TransportError>>> {
+        loop {
+            let d = match std::pin::Pin::new(&mut self.consumer).poll_next(cx) {
+                Poll::Ready(Some(Ok(d))) => d,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(connection_error(e)))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            let Some(properties) = from_basic_properties(&d.properties) else {
+                // Nothing a handler could read: dropped (dead-lettered where the queue has a
+                // dead-letter exchange), and the consumer goes on.
+                tracing::error!(
+                    exchange = %d.exchange,
+                    routing_key = %d.routing_key,
+                    max_depth = MAX_HEADER_DEPTH,
+                    "rejected a message whose headers nest too deeply"
+                );
+                let acker = d.acker;
+                tokio::spawn(async move {
+                    if let Err(e) = acker.reject(BasicRejectOptions { requeue: false }).await {
+                        tracing::warn!(error = %e, "could not reject a message");
+                    }
+                });
+                continue;
+            };
+            return Poll::Ready(Some(Ok(Delivery::new(
+                d.exchange.as_str().to_owned(),
+                d.routing_key.as_str().to_owned(),
+                d.redelivered,
+                properties,
+                d.data,
+                Box::new(AmqpAcker(d.acker)),
+            ))));
+        }
+    }
+
+    fn cancel(&mut self) -> BoxFuture<'_, ()> {
+        async move {
+            if !self.cancelled && self.channel.status().connected() {
+                self.cancelled = true;
+                let tag = self.consumer.tag();
+                if let Err(e) = self
+                    .channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await
+                {
+                    tracing::debug!(error = %e, "consumer cancel failed");
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        async move {
+            if self.channel.status().connected() {
+                let _ = self.channel.close(200, "OK".into()).await;
+            }
+        }
+        .boxed()
+    }
+}
