@@ -6,12 +6,12 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+// What expansions name (and `RpcArgument`, which their errors name).
+pub use crate::Error;
 pub use crate::context::WorkerContext;
 pub use crate::error::select::{ViaDisplay, ViaToRemoteError, Wrap};
-pub use crate::events::EventHandler;
-pub use crate::events::{EventError, HandlerType};
+pub use crate::events::{EventHandler, HandlerType};
 pub use crate::http::Http;
-pub use crate::protocol::{RemoteError, RequestBody};
 pub use crate::rpc::args::{BoundArgs, Param, RpcArgument};
 pub use crate::rpc::{Dummy, Rpc};
 pub use crate::runner::ServiceRegistration;
@@ -19,12 +19,14 @@ pub use crate::service::{
     BoundEntrypoint, Dependencies, Dependency, DependencyContext, MethodInfo, Service,
     ServiceClient, WorkerResult,
 };
-use crate::service::{Entrypoint, Handler};
 pub use crate::timer::{Once, Timer};
-pub use crate::{ClusterRpcClient, Error, RpcError, ServiceProxy};
 pub use inventory;
-pub use std::sync::Arc;
 pub use std::time::Duration;
+
+use crate::events::EventError;
+use crate::protocol::{RemoteError, RequestBody};
+use crate::service::{Entrypoint, Handler};
+use crate::{RpcError, ServiceProxy};
 
 /// An entrypoint of the user's own (`#[entrypoint(...)]`): one whose method is called with
 /// JSON arguments and gives its result as JSON.
@@ -197,8 +199,11 @@ pub async fn guard_result(
 // ---------------------------------------------------------------------------------------------
 // HTTP.
 
-pub use crate::http::{Converter, HttpCall, HttpFuture, Segment};
-pub use axum::response::{IntoResponse, Response};
+pub use crate::http::call::{Converter, HttpCall, Segment};
+// Named by the errors of an HTTP method whose result is not a response (rustc would name the
+// trait by axum-core's private path otherwise).
+pub use axum::response::IntoResponse;
+use axum::response::Response;
 
 /// The response for a panic in a synchronous handler (logged by the container, which finds
 /// the error object in the response).
@@ -209,7 +214,7 @@ pub fn panic_response(panic: RemoteError) -> Response {
 /// A route parameter as the handler's parameter type; a value that does not convert is a 404,
 /// as in Nameko.
 pub fn path_param<T: std::str::FromStr>(
-    path: &crate::http::PathValues,
+    path: &crate::http::call::PathValues,
     index: usize,
 ) -> Result<T, Response> {
     path.get(index)

@@ -251,13 +251,15 @@ pub(crate) fn remote_error_from_display<E: Display + ?Sized>(error: &E) -> Remot
 
 /// Chooses, at the user's call site, [`ToRemoteError`] when the error type implements it and
 /// `Display` otherwise (autoref specialisation; used by generated code only).
-#[doc(hidden)]
-pub mod select {
+pub(crate) mod select {
     use super::*;
 
+    /// An error, borrowed, to choose its conversion by method resolution.
     pub struct Wrap<'a, E: ?Sized>(pub &'a E);
 
+    /// The conversion of an error implementing [`ToRemoteError`].
     pub trait ViaToRemoteError {
+        /// The error object.
         fn __to_remote_error(&self) -> RemoteError;
     }
     impl<E: ToRemoteError + ?Sized> ViaToRemoteError for Wrap<'_, E> {
@@ -266,7 +268,9 @@ pub mod select {
         }
     }
 
+    /// The conversion of any other error, by its `Display`.
     pub trait ViaDisplay {
+        /// The error object.
         fn __to_remote_error(&self) -> RemoteError;
     }
     impl<E: Display + ?Sized> ViaDisplay for &Wrap<'_, E> {
