@@ -98,5 +98,6 @@ impl PathValues {
     }
 }
 
-/// The future an HTTP handler returns.
-pub type HttpFuture = futures_util::future::BoxFuture<'static, axum::response::Response>;
+/// The future of a route's worker: its response, or `None` when no worker ran (the service is
+/// stopping, or was killed).
+pub type HttpFuture = futures_util::future::BoxFuture<'static, Option<axum::response::Response>>;

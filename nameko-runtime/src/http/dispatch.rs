@@ -200,16 +200,19 @@ impl Dispatch {
                         // client must not be invited to send it again.
                         let (service, entrypoint) = (route.service, route.entrypoint);
                         tokio::spawn(async move {
-                            let response = call.await;
-                            tracing::warn!(service, entrypoint, status = %response.status(), "an HTTP worker finished after its request timed out");
+                            let status = call.await.map(|response| response.status());
+                            tracing::warn!(service, entrypoint, ?status, "an HTTP worker finished after its request timed out");
                         });
-                        plain(
+                        Some(plain(
                             StatusCode::GATEWAY_TIMEOUT,
                             "The request took too long; it may still take effect\n".into(),
-                        )
+                        ))
                     }
                 },
             };
+            // No worker: the service is stopping, or was killed.
+            let response =
+                response.unwrap_or_else(|| StatusCode::SERVICE_UNAVAILABLE.into_response());
             return if head {
                 without_body(response)
             } else {

@@ -5,8 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::Value;
 
 use super::{HttpCall, PathValues, Route, Segment, error_response};
@@ -71,22 +70,11 @@ impl Entrypoint for Http {
             methods: self.methods,
             route: self.route,
             segments: self.segments,
+            // One boxed future per request: the slot, the worker, tracked for the stop
+            // (`None`, a stopping or killed service, is answered 503 by the dispatcher).
             handler: Arc::new({
                 let cx = cx.clone();
-                move |call| {
-                    let cx = cx.clone();
-                    let service = cx.service().clone();
-                    // Tracked: a stop waits for the request's worker and its response.
-                    Box::pin(service.track(async move {
-                        let Some(slot) = cx.worker_slot().await else {
-                            return StatusCode::SERVICE_UNAVAILABLE.into_response();
-                        };
-                        match cx.run_worker(slot, call, ContextData::new(), None).await {
-                            Some(response) => response,
-                            None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-                        }
-                    }))
-                }
+                move |call| cx.spawn_worker(call, ContextData::new())
             }),
         };
         let routes = cx.process_extension(HttpRoutes::default);

@@ -277,67 +277,44 @@ impl<E: Entrypoint> EntrypointContext<E> {
         input: E::Input,
         context_data: ContextData,
         payload: Option<&'a [u8]>,
-    ) -> impl Future<Output = Option<E::Output>> + Send + 'a {
-        let kill = self.service.kill_token();
-        let info = *self.method.info();
-        let context = Arc::new(WorkerContext::for_entrypoint(
-            self.service.service_name(),
-            info.name,
-            context_data,
-            self.service.config().parent_calls_tracked,
-        ));
-        let kept = input.keep();
-        let worker = self.method.run(context.clone(), input, payload);
-        async move {
-            let _slot = slot;
-            // The worker first: the kill switch is only looked at while the worker waits.
-            let outcome = tokio::select! {
-                biased;
-                outcome = worker => outcome,
-                _ = kill.cancelled() => return None,
-            };
-            match outcome.failure() {
-                Some(error) => {
-                    worker::log_failure(&context, error, info.expected_exceptions, || {
-                        E::Input::arguments(kept, payload, &info)
-                    })
-                }
-                None => tracing::debug!(
-                    service = context.service_name(),
-                    entrypoint = info.name,
-                    call_id = context.call_id(),
-                    "worker finished"
-                ),
-            }
-            Some(outcome)
-        }
+    ) -> BoxFuture<'a, Option<E::Output>> {
+        self.method
+            .run(&self.service, slot, input, context_data, payload)
     }
 
     /// Waits for a worker slot, then runs one worker (as [`run_worker`](Self::run_worker),
-    /// without a payload) as a task of the service, so that a stop waits for it: `None` if
-    /// the service stopped before a slot was free, or was killed.
+    /// without a payload) as part of the service, so that a stop waits for it: `None` if the
+    /// service stopped before a slot was free, or was killed. (One allocation: the future is
+    /// boxed whole.)
     pub fn spawn_worker(
         &self,
         input: E::Input,
         context_data: ContextData,
-    ) -> impl Future<Output = Option<E::Output>> + Send + 'static {
-        let cx = self.clone();
-        self.service.tracker().track_future(async move {
-            let slot = cx.worker_slot().await?;
-            cx.run_worker(slot, input, context_data, None).await
-        })
+    ) -> BoxFuture<'static, Option<E::Output>> {
+        self.method
+            .clone()
+            .spawn(self.service.clone(), input, context_data)
     }
 }
 
-/// Runs workers of one method of one service (`S` erased).
+/// Runs workers of one method of one service (`S` erased). Each call is one boxed future,
+/// whatever it includes: the per-message path allocates once here.
 trait RunMethod<I, O>: Send + Sync + 'static {
     fn info(&self) -> &MethodInfo;
     fn run<'a>(
         &'a self,
-        context: Arc<WorkerContext>,
+        cx: &'a ServiceContext,
+        slot: WorkerSlot,
         input: I,
+        context_data: ContextData,
         payload: Option<&'a [u8]>,
-    ) -> BoxFuture<'a, O>;
+    ) -> BoxFuture<'a, Option<O>>;
+    fn spawn(
+        self: Arc<Self>,
+        cx: ServiceContext,
+        input: I,
+        context_data: ContextData,
+    ) -> BoxFuture<'static, Option<O>>;
 }
 
 /// Calls a method of service `S`: the function `#[service]` generated for it.
@@ -350,6 +327,59 @@ struct MethodOf<S, I, O> {
     shared: Shared,
 }
 
+impl<S: Service, I: WorkerInput, O: WorkerOutput> MethodOf<S, I, O> {
+    /// One worker in `slot`: its context, the worker path, the failure logged; `None` if the
+    /// service is killed first.
+    fn worker<'a>(
+        &'a self,
+        cx: &'a ServiceContext,
+        slot: WorkerSlot,
+        input: I,
+        context_data: ContextData,
+        payload: Option<&'a [u8]>,
+    ) -> impl Future<Output = Option<O>> + Send + 'a {
+        let info = &self.info;
+        let context = Arc::new(WorkerContext::for_entrypoint(
+            cx.service_name(),
+            info.name,
+            context_data,
+            cx.config().parent_calls_tracked,
+        ));
+        let kept = input.keep();
+        let method = (self.handler)(self.service.clone(), input);
+        let worker = worker::run_worker(
+            &*self.service,
+            Some(&self.shared),
+            context.clone(),
+            payload,
+            method,
+        );
+        async move {
+            let _slot = slot;
+            // The worker first: the kill switch is only looked at while the worker waits.
+            let outcome = tokio::select! {
+                biased;
+                outcome = worker => outcome,
+                _ = cx.kill_token().cancelled() => return None,
+            };
+            match outcome.failure() {
+                Some(error) => {
+                    worker::log_failure(&context, error, info.expected_exceptions, || {
+                        I::arguments(kept, payload, info)
+                    })
+                }
+                None => tracing::debug!(
+                    service = context.service_name(),
+                    entrypoint = info.name,
+                    call_id = context.call_id(),
+                    "worker finished"
+                ),
+            }
+            Some(outcome)
+        }
+    }
+}
+
 impl<S: Service, I: WorkerInput, O: WorkerOutput> RunMethod<I, O> for MethodOf<S, I, O> {
     fn info(&self) -> &MethodInfo {
         &self.info
@@ -357,18 +387,26 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput> RunMethod<I, O> for MethodOf<S
 
     fn run<'a>(
         &'a self,
-        context: Arc<WorkerContext>,
+        cx: &'a ServiceContext,
+        slot: WorkerSlot,
         input: I,
+        context_data: ContextData,
         payload: Option<&'a [u8]>,
-    ) -> BoxFuture<'a, O> {
-        let method = (self.handler)(self.service.clone(), input);
-        Box::pin(worker::run_worker(
-            &*self.service,
-            Some(&self.shared),
-            context,
-            payload,
-            method,
-        ))
+    ) -> BoxFuture<'a, Option<O>> {
+        Box::pin(self.worker(cx, slot, input, context_data, payload))
+    }
+
+    fn spawn(
+        self: Arc<Self>,
+        cx: ServiceContext,
+        input: I,
+        context_data: ContextData,
+    ) -> BoxFuture<'static, Option<O>> {
+        let tracker = cx.tracker().clone();
+        Box::pin(tracker.track_future(async move {
+            let slot = cx.worker_slot().await?;
+            self.worker(&cx, slot, input, context_data, None).await
+        }))
     }
 }
 
