@@ -255,7 +255,7 @@ async fn raw_request(
         body: body.to_vec(),
     };
     t.publish(message).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(2), replies.next())
+    let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
         .await
         .ok()??
         .ok()?;

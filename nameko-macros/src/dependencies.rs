@@ -26,58 +26,102 @@ fn crate_path(attrs: &[syn::Attribute], cx: &mut Ctxt) -> syn::Path {
     krate
 }
 
+/// A struct deriving `Dependencies`, as read: its name, the crate's path, its fields.
+struct DependenciesDef {
+    ident: syn::Ident,
+    krate: syn::Path,
+    /// The named fields (none for a unit struct).
+    fields: Vec<(syn::Ident, syn::Type)>,
+    /// Whether it is a unit struct (`struct S;`).
+    unit: bool,
+    /// Whether a stand-in implementation can be emitted for it (not generic).
+    plain: bool,
+}
+
 pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let input: DeriveInput = match syn::parse2(input) {
         Ok(input) => input,
         Err(e) => return e.to_compile_error(),
     };
     let mut cx = Ctxt::default();
-    if !input.generics.params.is_empty() {
+    let def = parse(&input, &mut cx);
+    match cx.check() {
+        Ok(()) => emit(&def),
+        Err(errors) => fallback(&def, errors),
+    }
+}
+
+/// Reads the struct, reporting every misuse.
+fn parse(input: &DeriveInput, cx: &mut Ctxt) -> DependenciesDef {
+    let plain = input.generics.params.is_empty();
+    if !plain {
         cx.error(&input.generics, "service structs cannot be generic");
     }
-    let krate = crate_path(&input.attrs, &mut cx);
-    let p = quote!(#krate::__private);
-    let ident = &input.ident;
+    let krate = crate_path(&input.attrs, cx);
     let mut fields = Vec::new();
-    let body = match &input.data {
+    let mut unit = false;
+    match &input.data {
         Data::Struct(data) => match &data.fields {
-            Fields::Unit => quote!(Self),
+            Fields::Unit => unit = true,
             Fields::Named(named) => {
-                let inits = named.named.iter().map(|field| {
-                    let name = field.ident.as_ref().expect("named field");
-                    let ty = &field.ty;
-                    let label = name.to_string();
-                    let build =
-                        quote_spanned!(crate::type_span(ty)=> #p::build_dependency::<#ty>(cx, #label).await?);
-                    quote!(#name: #build)
-                });
                 fields = named
                     .named
                     .iter()
                     .filter_map(|f| Some((f.ident.clone()?, f.ty.clone())))
                     .collect();
-                quote!(Self { #(#inits),* })
             }
-            Fields::Unnamed(fields) => {
-                cx.error(
-                    fields,
-                    "name the fields of a service struct: each is a named dependency",
-                );
-                quote!(unreachable!())
-            }
+            Fields::Unnamed(unnamed) => cx.error(
+                unnamed,
+                "name the fields of a service struct: each is a named dependency",
+            ),
         },
-        Data::Enum(e) => {
-            cx.error(e.enum_token, "`Dependencies` is derived for structs only");
-            quote!(unreachable!())
-        }
-        Data::Union(u) => {
-            cx.error(u.union_token, "`Dependencies` is derived for structs only");
-            quote!(unreachable!())
-        }
-    };
-    if let Err(e) = cx.check() {
-        return e.to_compile_error();
+        Data::Enum(e) => cx.error(e.enum_token, "`Dependencies` is derived for structs only"),
+        Data::Union(u) => cx.error(u.union_token, "`Dependencies` is derived for structs only"),
     }
+    DependenciesDef {
+        ident: input.ident.clone(),
+        krate,
+        fields,
+        unit,
+        plain,
+    }
+}
+
+/// The errors, and a stand-in implementation (building panics; the crate does not compile)
+/// so that a `#[service]` on the struct reports only its own mistakes.
+fn fallback(def: &DependenciesDef, errors: syn::Error) -> TokenStream {
+    let mut out = errors.to_compile_error();
+    if def.plain {
+        let (ident, krate) = (&def.ident, &def.krate);
+        let p = quote!(#krate::__private);
+        out.extend(quote! {
+            impl #p::Dependencies for #ident {
+                async fn build(
+                    _cx: &#p::DependencyContext,
+                ) -> ::std::result::Result<Self, #p::Error> {
+                    ::std::unimplemented!()
+                }
+            }
+        });
+    }
+    out
+}
+
+/// The implementation: each field built by its `Dependency`, each lifecycle hook the fields'.
+fn emit(def: &DependenciesDef) -> TokenStream {
+    let (ident, krate, fields) = (&def.ident, &def.krate, &def.fields);
+    let p = quote!(#krate::__private);
+    let inits = fields.iter().map(|(name, ty)| {
+        let label = name.to_string();
+        let build =
+            quote_spanned!(crate::type_span(ty)=> #p::build_dependency::<#ty>(cx, #label).await?);
+        quote!(#name: #build)
+    });
+    let body = if def.unit {
+        quote!(Self)
+    } else {
+        quote!(Self { #(#inits),* })
+    };
     let cx = if fields.is_empty() {
         quote!(_cx)
     } else {

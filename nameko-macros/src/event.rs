@@ -64,7 +64,7 @@ impl EventHandler {
                 "an event handler takes the event's payload as its only argument: `fn handle(&self, payload: T)`",
             );
         }
-        let params: Vec<String> = method.params.iter().map(|p| p.ident.to_string()).collect();
+        let params: Vec<String> = method.params.iter().map(|p| p.name.clone()).collect();
         let options = EntrypointOptions::parse(&args, &params, &method.ident, cx);
         let [source, event_type] = <[LitStr; 2]>::try_from(args.positional.clone()).ok()?;
         check_wire_name(&source, "source service name", cx);
@@ -85,7 +85,7 @@ impl EventHandler {
     /// maps its error.
     pub(crate) fn entrypoint(&self, method: &Method, krate: &syn::Path) -> TokenStream {
         let p = quote!(#krate::__private);
-        let name = method.ident.to_string();
+        let name = method.name.clone();
         let EventHandler {
             source,
             event_type,
@@ -97,7 +97,7 @@ impl EventHandler {
         let param = method
             .params
             .first()
-            .map(|p| p.ident.to_string())
+            .map(|p| p.name.clone())
             .unwrap_or_default();
         let decode = method.params.first().map(|param| {
             let (ident, ty) = (&param.ident, &param.ty);

@@ -15,9 +15,22 @@ use crate::method::{Method, Output, attr_tokens};
 
 const USAGE: &str = "`#[http(\"GET\", \"/path/<int:id>\")]`, optionally with \
     `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"route_param,...\"`";
-/// As `nameko::http::MAX_ROUTE_PARAMS`.
+/// The most parameters a route may have (the runtime's too: [`constants`]).
 const MAX_ROUTE_PARAMS: usize = 16;
+/// The HTTP methods a route may name (the runtime's too: [`constants`]).
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// The runtime's definitions of [`MAX_ROUTE_PARAMS`] and [`METHODS`]
+/// (`nameko_macros::__http_constants!()`), so that both are written once.
+pub(crate) fn constants() -> TokenStream {
+    let (max, methods) = (MAX_ROUTE_PARAMS, METHODS);
+    quote! {
+        /// The most parameters a route may have.
+        pub const MAX_ROUTE_PARAMS: usize = #max;
+        /// The HTTP methods a route may name.
+        pub const METHODS: &[&str] = &[#(#methods),*];
+    }
+}
 const INTEGERS: &[&str] = &[
     "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize",
 ];
@@ -35,6 +48,17 @@ enum Converter {
 enum Segment {
     Static(String),
     Param { converter: Converter, name: String },
+}
+
+impl Segment {
+    /// Whether two segments match the same paths (parameter names aside).
+    fn same_as(&self, other: &Segment) -> bool {
+        match (self, other) {
+            (Segment::Static(a), Segment::Static(b)) => a == b,
+            (Segment::Param { converter: a, .. }, Segment::Param { converter: b, .. }) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// One `#[http]` attribute on a method.
@@ -163,6 +187,33 @@ impl Converter {
 }
 
 impl Http {
+    /// Whether `other` claims a path and an HTTP method this route claims too.
+    pub(crate) fn overlaps(&self, other: &Http) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| a.same_as(b))
+            && self.methods.iter().any(|m| other.methods.contains(m))
+    }
+
+    /// The HTTP method and the route both `self` and `other` claim.
+    pub(crate) fn clash(&self, other: &Http) -> (String, String) {
+        let method = self
+            .methods
+            .iter()
+            .find(|m| other.methods.contains(m))
+            .cloned()
+            .unwrap_or_default();
+        (method, self.route.value())
+    }
+
+    /// Where errors about the route point.
+    pub(crate) fn route_span(&self) -> proc_macro2::Span {
+        self.route.span()
+    }
+
     pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Option<Http> {
         let tokens = attr_tokens(attr, USAGE, cx);
         let args = AttrArgs::parse(
@@ -196,7 +247,7 @@ impl Http {
             let Segment::Param { converter, name } = segment else {
                 continue;
             };
-            match method.params.iter().find(|p| p.ident == name) {
+            match method.params.iter().find(|p| p.name == *name) {
                 None => cx.error(
                     &route,
                     format!("the route parameter `{name}` is not a parameter of `{}`: add `{name}: ...`", method.ident),
@@ -234,7 +285,7 @@ impl Http {
     /// `Entrypoint::Http(HttpEntrypoint { ... })`.
     pub(crate) fn entrypoint(&self, method: &Method, krate: &syn::Path) -> TokenStream {
         let p = quote!(#krate::__private);
-        let name = method.ident.to_string();
+        let name = method.name.clone();
         let (methods, route, expected) = (&self.methods, &self.route, &self.options.expected);
         let sensitive = &self.options.sensitive;
         let segments = self.segments.iter().map(|segment| match segment {
@@ -260,7 +311,7 @@ impl Http {
             })
             .collect();
         let from_path = method.params.iter().filter_map(|param| {
-            let index = route_params.iter().position(|n| param.ident == n)?;
+            let index = route_params.iter().position(|n| param.name == *n)?;
             let (ident, ty) = (&param.ident, &param.ty);
             Some(quote_spanned! {crate::type_span(ty)=>
                 let #ident = match #p::path_param::<#ty>(&path, #index) {
@@ -272,7 +323,7 @@ impl Http {
         let extractors: Vec<_> = method
             .params
             .iter()
-            .filter(|param| !route_params.iter().any(|n| param.ident == n))
+            .filter(|param| !route_params.iter().any(|n| param.name == *n))
             .collect();
         let extract = extractors.iter().enumerate().map(|(i, param)| {
             let (ident, ty) = (&param.ident, &param.ty);

@@ -44,6 +44,15 @@ pub fn entrypoint(args: TokenStream, input: TokenStream) -> TokenStream {
     rpc::outside_service("entrypoint", input.into()).into()
 }
 
+/// The HTTP constants the runtime shares with the checks of `#[http]`, written once, here: the
+/// HTTP methods a route may name and the most parameters it may have. Not public API.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __http_constants(input: TokenStream) -> TokenStream {
+    let _ = input;
+    http::constants().into()
+}
+
 /// Builds a service struct from its fields. See the `nameko` crate's documentation.
 #[proc_macro_derive(Dependencies, attributes(nameko))]
 pub fn derive_dependencies(input: TokenStream) -> TokenStream {

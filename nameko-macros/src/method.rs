@@ -2,6 +2,7 @@
 
 use proc_macro2::TokenStream;
 use quote::quote;
+use syn::ext::IdentExt;
 use syn::{
     Attribute, FnArg, GenericArgument, Ident, ImplItemFn, Pat, PathArguments, ReturnType, Type,
 };
@@ -11,6 +12,8 @@ use crate::ctxt::Ctxt;
 /// A method of a service that carries at least one entrypoint attribute.
 pub(crate) struct Method {
     pub(crate) ident: Ident,
+    /// Its name, as callers and logs spell it (`r#match` is `match`).
+    pub(crate) name: String,
     pub(crate) is_async: bool,
     pub(crate) params: Vec<Param>,
     pub(crate) output: Output,
@@ -19,6 +22,8 @@ pub(crate) struct Method {
 
 pub(crate) struct Param {
     pub(crate) ident: Ident,
+    /// Its name, as callers spell it by keyword (`r#type` is `type`).
+    pub(crate) name: String,
     pub(crate) ty: Type,
     pub(crate) optional: bool,
 }
@@ -159,6 +164,7 @@ impl Method {
             }
             params.push(Param {
                 optional: option_inner(&ty).is_some(),
+                name: ident.unraw().to_string(),
                 ident,
                 ty,
             });
@@ -194,6 +200,7 @@ impl Method {
             .collect();
         Method {
             ident: sig.ident.clone(),
+            name: sig.ident.unraw().to_string(),
             is_async: sig.asyncness.is_some(),
             params,
             output,
@@ -232,7 +239,7 @@ impl Method {
                             use #p::{ViaDisplay as _, ViaToRemoteError as _};
                             #[allow(clippy::needless_borrow)] // The borrow selects the conversion.
                             let error = (&#p::Wrap(&error)).__to_remote_error();
-                            ::std::result::Result::Err(error.into())
+                            ::std::result::Result::Err(::std::convert::Into::into(error))
                         }
                     }
                 }

@@ -84,6 +84,11 @@ fn split_entrypoint(attr: &Attribute, cx: &mut Ctxt) -> (Option<Expr>, TokenStre
 }
 
 impl Rpc {
+    /// Whether this is an `#[rpc]` method (called over RPC, with a client method).
+    pub(crate) fn is_rpc(&self) -> bool {
+        matches!(self.kind, Kind::Rpc)
+    }
+
     pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Option<Rpc> {
         let is = |name| crate::method::is_attr(attr, name);
         let (kind, usage, tokens) = if is("entrypoint") {
@@ -99,14 +104,14 @@ impl Rpc {
             Kind::Dummy | Kind::Custom(_) => &OPTION_KEYS,
         };
         let args = AttrArgs::parse(tokens, &[], keys, usage, cx);
-        let params: Vec<String> = method.params.iter().map(|p| p.ident.to_string()).collect();
+        let params: Vec<String> = method.params.iter().map(|p| p.name.clone()).collect();
         let options = EntrypointOptions::parse(&args, &params, &method.ident, cx);
         let (wire_name, wire_name_span) = match args.string("name", cx) {
             Some(lit) => {
                 check_wire_name(&lit, "RPC method name", cx);
                 (lit.value(), lit.span())
             }
-            None => (method.ident.to_string(), method.ident.span()),
+            None => (method.name.clone(), method.ident.span()),
         };
         Some(Rpc {
             wire_name,
@@ -121,7 +126,7 @@ impl Rpc {
         let p = quote!(#krate::__private);
         let wire = LitStr::new(&self.wire_name, self.wire_name_span);
         let param_descs = method.params.iter().map(|param| {
-            let name = param.ident.to_string();
+            let name = param.name.clone();
             let optional = param.optional;
             quote!(#p::Param { name: #name, optional: #optional })
         });
@@ -134,7 +139,7 @@ impl Rpc {
             None => quote!(#p::encode_result::<()>(&#value)),
             Some(ty) => quote_spanned!(crate::type_span(ty)=> #p::encode_result::<#ty>(&#value)),
         });
-        let names = method.params.iter().map(|param| param.ident.to_string());
+        let names = method.params.iter().map(|param| param.name.clone());
         let (expected, sensitive) = (&self.options.expected, &self.options.sensitive);
         let info = quote! {
             #p::MethodInfo::new(#wire, &[#(#names),*], &[#(#expected),*], &[#(#sensitive),*])
@@ -163,33 +168,59 @@ impl Rpc {
     /// The typed client's method for this RPC method.
     pub(crate) fn client_method(&self, method: &Method, krate: &syn::Path) -> TokenStream {
         let p = quote!(#krate::__private);
-        let ident = &method.ident;
         let wire = &self.wire_name;
-        let docs = &method.docs;
-        let params = method.params.iter().map(|param| {
-            let (name, ty) = (&param.ident, &param.ty);
-            quote!(#name: #ty)
-        });
         let count = method.params.len();
         let args = method.params.iter().map(|param| {
             let (name, ty) = (&param.ident, &param.ty);
             quote_spanned!(crate::type_span(ty)=> #p::encode_argument::<#ty>(&#name)?)
         });
-        let (ok, call) = match &method.output {
-            Output::Unit => (
-                quote!(()),
-                quote!(#p::call::<()>(&self.proxy, #wire, &args).await),
-            ),
-            Output::Value(ty) | Output::Result { ok: ty } => (
-                quote!(#ty),
-                quote_spanned!(crate::type_span(ty)=> #p::call::<#ty>(&self.proxy, #wire, &args).await),
-            ),
+        let call = match &method.output {
+            Output::Unit => quote!(#p::call::<()>(&self.proxy, #wire, &args).await),
+            Output::Value(ty) | Output::Result { ok: ty } => {
+                quote_spanned!(crate::type_span(ty)=> #p::call::<#ty>(&self.proxy, #wire, &args).await)
+            }
+        };
+        self.client_signature(
+            method,
+            krate,
+            quote! {
+                let args: [#p::RawArgument; #count] = [#(#args),*];
+                #call
+            },
+        )
+    }
+
+    /// The client method's stand-in while the service has errors: the same signature, a body
+    /// that is never run (the crate does not compile).
+    pub(crate) fn client_stub(&self, method: &Method, krate: &syn::Path) -> TokenStream {
+        let names = method.params.iter().map(|param| &param.ident);
+        self.client_signature(
+            method,
+            krate,
+            quote!(let _ = (#(#names),*); ::std::unimplemented!()),
+        )
+    }
+
+    fn client_signature(
+        &self,
+        method: &Method,
+        krate: &syn::Path,
+        body: TokenStream,
+    ) -> TokenStream {
+        let ident = &method.ident;
+        let docs = &method.docs;
+        let params = method.params.iter().map(|param| {
+            let (name, ty) = (&param.ident, &param.ty);
+            quote!(#name: #ty)
+        });
+        let ok = match &method.output {
+            Output::Unit => quote!(()),
+            Output::Value(ty) | Output::Result { ok: ty } => quote!(#ty),
         };
         quote! {
             #(#docs)*
             pub async fn #ident(&self, #(#params),*) -> ::std::result::Result<#ok, #krate::RpcError> {
-                let args: [#p::RawArgument; #count] = [#(#args),*];
-                #call
+                #body
             }
         }
     }

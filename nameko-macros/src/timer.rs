@@ -68,7 +68,7 @@ impl Timer {
     /// `Entrypoint::Timer(TimerEntrypoint { ... })` (or `Entrypoint::Once`).
     pub(crate) fn entrypoint(&self, method: &Method, krate: &syn::Path) -> TokenStream {
         let p = quote!(#krate::__private);
-        let name = method.ident.to_string();
+        let name = method.name.clone();
         let (nanos, eager) = (self.interval_nanos, self.eager);
         let expected = &self.options.expected;
         let entrypoint = if self.once {

@@ -62,8 +62,8 @@ pub struct HttpCall {
     pub path: PathValues,
 }
 
-/// The most parameters a route may have.
-pub const MAX_ROUTE_PARAMS: usize = 16;
+// `MAX_ROUTE_PARAMS` and `METHODS`, as the macro checks routes against them.
+nameko_macros::__http_constants!();
 
 /// The values of a route's parameters in a request's path: where they are in the path, decoded
 /// when read. Cloning one shares the path's bytes.

@@ -151,9 +151,6 @@ pub(crate) fn router(mut routes: Vec<Route>, config: &Config) -> Result<Dispatch
     })))
 }
 
-/// The methods a route may name.
-const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
-
 impl Dispatch {
     /// An axum router around this dispatcher (for requests without a socket).
     pub(crate) fn into_router(self) -> axum::Router {

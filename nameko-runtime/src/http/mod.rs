@@ -31,7 +31,9 @@ pub use route::Http;
 pub(crate) use route::HttpRoutes;
 pub(crate) use server::{Limits, parse_address, serve};
 
-pub(crate) use call::{Converter, HttpCall, HttpFuture, MAX_ROUTE_PARAMS, PathValues, Segment};
+pub(crate) use call::{
+    Converter, HttpCall, HttpFuture, MAX_ROUTE_PARAMS, METHODS, PathValues, Segment,
+};
 
 pub(crate) mod call;
 mod dispatch;

@@ -15,7 +15,7 @@ impl Svc {
         String::new()
     }
 
-    #[http("GET", "/items/<int:id>")]
+    #[http("GET", "/things/<int:id>")]
     async fn wrong_type(&self, id: String) -> String {
         id
     }
@@ -33,6 +33,23 @@ impl Svc {
     #[http("GET", "/files/<path:p>/tail")]
     async fn path_not_last(&self, p: String) -> String {
         p
+    }
+
+    #[http("GET", "/items/<int:a>/<int:a>")]
+    async fn repeated_parameter(&self, a: i64) -> String {
+        a.to_string()
+    }
+
+    #[http("GET", "/many/<a>/<b>/<c>/<d>/<e>/<f>/<g>/<h>/<i>/<j>/<k>/<l>/<m>/<n>/<o>/<p>/<q>")]
+    #[allow(clippy::too_many_arguments)]
+    async fn too_many_parameters(
+        &self,
+        a: String, b: String, c: String, d: String, e: String, f: String, g: String, h: String,
+        i: String, j: String, k: String, l: String, m: String, n: String, o: String, p: String,
+        q: String,
+    ) -> String {
+        let _ = (b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q);
+        a
     }
 }
 
