@@ -267,3 +267,63 @@ impl EntrypointOptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(tokens: TokenStream, keys: &[&str]) -> (AttrArgs, Vec<String>) {
+        let mut cx = Ctxt::default();
+        let args = AttrArgs::parse(tokens, &["the thing"], keys, "`#[x(\"thing\")]`", &mut cx);
+        let errors = match cx.check() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
+        };
+        (args, errors)
+    }
+
+    #[test]
+    fn durations_read_seconds_and_units() {
+        assert_eq!(parse_duration("500ms"), Some(0.5));
+        assert_eq!(parse_duration("2s"), Some(2.0));
+        assert_eq!(parse_duration("1m"), Some(60.0));
+        assert_eq!(parse_duration("1.5h"), Some(5400.0));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("ms"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    #[test]
+    fn the_grammar_takes_positional_strings_then_known_keys_once() {
+        let (args, errors) = parse(quote::quote!("a", interval = 2), &["interval"]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(args.positional.len(), 1);
+        assert!(args.has("interval"));
+        let (_, errors) = parse(quote::quote!("a", "b"), &[]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("unexpected argument"), "{errors:?}");
+        let (_, errors) = parse(quote::quote!("a", every = 2), &["interval"]);
+        assert_eq!(errors, ["unknown key; expected one of `interval`"]);
+        let (_, errors) = parse(
+            quote::quote!("a", interval = 1, interval = 2),
+            &["interval"],
+        );
+        assert_eq!(errors, ["duplicate key `interval`"]);
+        let (_, errors) = parse(quote::quote!("a", x.y = 1), &["interval"]);
+        assert!(errors[0].starts_with("expected a key"), "{errors:?}");
+    }
+
+    #[test]
+    fn durations_of_keys_are_nanoseconds() {
+        let mut cx = Ctxt::default();
+        let (args, _) = parse(
+            quote::quote!("a", a = 1, b = 0.25, c = "500ms", d = true),
+            &["a", "b", "c", "d"],
+        );
+        assert_eq!(args.duration("a", &mut cx), Some(1_000_000_000));
+        assert_eq!(args.duration("b", &mut cx), Some(250_000_000));
+        assert_eq!(args.duration("c", &mut cx), Some(500_000_000));
+        assert_eq!(args.duration("d", &mut cx), None);
+        assert!(cx.check().is_err(), "`d = true` is not a duration");
+    }
+}

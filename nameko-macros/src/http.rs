@@ -45,6 +45,7 @@ enum Converter {
     Any(Vec<String>),
 }
 
+#[derive(Debug)]
 enum Segment {
     Static(String),
     Param { converter: Converter, name: String },
@@ -398,5 +399,67 @@ impl Http {
                 },
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(segments: &[Segment]) -> Vec<String> {
+        segments
+            .iter()
+            .map(|s| match s {
+                Segment::Static(text) => text.clone(),
+                Segment::Param { converter, name } => format!("<{converter:?}:{name}>"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn routes_parse_into_segments() {
+        let segments = parse_route("/multiply/<int:first>/<second>").unwrap();
+        assert_eq!(
+            names(&segments),
+            ["multiply", "<Int:first>", "<String:second>"]
+        );
+        let segments = parse_route("/files/<path:rest>").unwrap();
+        assert_eq!(names(&segments), ["files", "<Path:rest>"]);
+        let segments = parse_route("/pick/<any(red, 'green'):colour>").unwrap();
+        assert_eq!(
+            names(&segments),
+            ["pick", "<Any([\"red\", \"green\"]):colour>"]
+        );
+    }
+
+    #[test]
+    fn malformed_routes_say_why() {
+        assert_eq!(parse_route("items").unwrap_err(), "a route starts with `/`");
+        assert!(parse_route("/items/<id").is_err());
+        assert!(
+            parse_route("/items/<integer:id>")
+                .unwrap_err()
+                .contains("unknown converter")
+        );
+        assert!(
+            parse_route("/<a>/<a>")
+                .unwrap_err()
+                .contains("appears twice")
+        );
+        assert!(
+            parse_route("/<path:p>/tail")
+                .unwrap_err()
+                .contains("last segment")
+        );
+    }
+
+    #[test]
+    fn the_runtime_gets_the_same_constants() {
+        let constants = constants().to_string();
+        assert!(
+            constants.contains("MAX_ROUTE_PARAMS : usize = 16usize"),
+            "{constants}"
+        );
+        assert!(constants.contains("\"OPTIONS\""), "{constants}");
     }
 }

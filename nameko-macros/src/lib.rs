@@ -12,6 +12,8 @@ mod http;
 mod method;
 mod rpc;
 mod service;
+#[cfg(test)]
+mod snapshots;
 mod timer;
 
 use proc_macro::TokenStream;

@@ -257,7 +257,7 @@ pub(crate) fn emit(def: &ServiceDef, name: &LitStr, self_ident: &Ident) -> Token
             const NAME: &'static str = #name;
 
             fn entrypoints() -> ::std::vec::Vec<#p::BoundEntrypoint<Self>> {
-                ::std::vec![#(#entrypoints),*]
+                ::std::convert::From::from([#(#entrypoints),*])
             }
         }
 
