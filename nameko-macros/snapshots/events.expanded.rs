@@ -8,9 +8,14 @@ impl ::nameko::__private::Dependencies for MyEventPublisherService {
         cx: &::nameko::__private::DependencyContext,
     ) -> ::std::result::Result<Self, ::nameko::__private::Error> {
         ::std::result::Result::Ok(Self {
-            dispatch: ::nameko::__private::build_dependency::<
-                EventDispatcher,
-            >(cx, "dispatch")
+            dispatch: ::nameko::__private::build_dependency(
+                    cx,
+                    "dispatch",
+                    || <EventDispatcher as ::nameko::__private::Dependency>::build(
+                        cx,
+                        "dispatch",
+                    ),
+                )
                 .await?,
         })
     }
@@ -116,10 +121,14 @@ impl ::nameko::__private::Service for MyEventPublisherService {
                             PARAMS,
                             body,
                         )?;
-                        let payload = args.take::<String>(0usize)?;
+                        let payload = <String as ::nameko::__private::RpcArgument<
+                            _,
+                        >>::decode_argument(&mut args, 0usize)?;
                         match this.publish(payload).await {
                             ::std::result::Result::Ok(value) => {
-                                ::nameko::__private::encode_result::<()>(&value)
+                                <() as ::nameko::__private::RpcResult<
+                                    _,
+                                >>::encode_result(&value)
                             }
                             ::std::result::Result::Err(error) => {
                                 use ::nameko::__private::{
@@ -166,9 +175,15 @@ impl MyEventPublisherServiceClient {
         payload: String,
     ) -> ::std::result::Result<(), ::nameko::RpcError> {
         let args: [::nameko::__private::RawArgument; 1usize] = [
-            ::nameko::__private::encode_argument::<String>(&payload)?,
+            <String as ::nameko::__private::RpcArgument<_>>::encode_argument(&payload)?,
         ];
-        ::nameko::__private::call::<()>(&self.proxy, "publish", &args).await
+        ::nameko::__private::call(
+                &self.proxy,
+                "publish",
+                &args,
+                <() as ::nameko::__private::RpcResult<_>>::decode_result,
+            )
+            .await
     }
 }
 impl ::nameko::__private::ServiceClient for MyEventPublisherServiceClient {
@@ -221,9 +236,9 @@ impl ::nameko::__private::Service for MyEventHandlerService1 {
                 ),
                 |this, body| {
                     ::std::boxed::Box::pin(async move {
-                        let payload = ::nameko::__private::decode_payload::<
-                            String,
-                        >(&body.0)?;
+                        let payload = <String as ::nameko::__private::EventPayload<
+                            _,
+                        >>::decode_payload(&body.0)?;
                         {
                             let _ = this.handle_event(payload).await;
                             ::std::result::Result::Ok(())
@@ -306,9 +321,9 @@ impl ::nameko::__private::Service for MyEventHandlerService2 {
                 ),
                 |this, body| {
                     ::std::boxed::Box::pin(async move {
-                        let payload = ::nameko::__private::decode_payload::<
-                            String,
-                        >(&body.0)?;
+                        let payload = <String as ::nameko::__private::EventPayload<
+                            _,
+                        >>::decode_payload(&body.0)?;
                         {
                             let _ = this.handle_event(payload).await;
                             ::std::result::Result::Ok(())

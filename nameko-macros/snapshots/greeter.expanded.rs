@@ -36,10 +36,12 @@ impl ::nameko::__private::Service for GreeterService {
                             PARAMS,
                             body,
                         )?;
-                        let name = args.take::<String>(0usize)?;
-                        ::nameko::__private::encode_result::<
-                            String,
-                        >(&this.greet(name).await)
+                        let name = <String as ::nameko::__private::RpcArgument<
+                            _,
+                        >>::decode_argument(&mut args, 0usize)?;
+                        <String as ::nameko::__private::RpcResult<
+                            _,
+                        >>::encode_result(&this.greet(name).await)
                     })
                 },
             ),
@@ -73,9 +75,15 @@ impl GreeterServiceClient {
         name: String,
     ) -> ::std::result::Result<String, ::nameko::RpcError> {
         let args: [::nameko::__private::RawArgument; 1usize] = [
-            ::nameko::__private::encode_argument::<String>(&name)?,
+            <String as ::nameko::__private::RpcArgument<_>>::encode_argument(&name)?,
         ];
-        ::nameko::__private::call::<String>(&self.proxy, "greet", &args).await
+        ::nameko::__private::call(
+                &self.proxy,
+                "greet",
+                &args,
+                <String as ::nameko::__private::RpcResult<_>>::decode_result,
+            )
+            .await
     }
 }
 impl ::nameko::__private::ServiceClient for GreeterServiceClient {
@@ -101,9 +109,14 @@ impl ::nameko::__private::Dependencies for ExpandedGreeterService {
         cx: &::nameko::__private::DependencyContext,
     ) -> ::std::result::Result<Self, ::nameko::__private::Error> {
         ::std::result::Result::Ok(Self {
-            greeter_service: ::nameko::__private::build_dependency::<
-                GreeterServiceClient,
-            >(cx, "greeter_service")
+            greeter_service: ::nameko::__private::build_dependency(
+                    cx,
+                    "greeter_service",
+                    || <GreeterServiceClient as ::nameko::__private::Dependency>::build(
+                        cx,
+                        "greeter_service",
+                    ),
+                )
                 .await?,
         })
     }
@@ -212,10 +225,14 @@ impl ::nameko::__private::Service for ExpandedGreeterService {
                             PARAMS,
                             body,
                         )?;
-                        let name = args.take::<String>(0usize)?;
+                        let name = <String as ::nameko::__private::RpcArgument<
+                            _,
+                        >>::decode_argument(&mut args, 0usize)?;
                         match this.greet(name).await {
                             ::std::result::Result::Ok(value) => {
-                                ::nameko::__private::encode_result::<String>(&value)
+                                <String as ::nameko::__private::RpcResult<
+                                    _,
+                                >>::encode_result(&value)
                             }
                             ::std::result::Result::Err(error) => {
                                 use ::nameko::__private::{
@@ -262,9 +279,15 @@ impl ExpandedGreeterServiceClient {
         name: String,
     ) -> ::std::result::Result<String, ::nameko::RpcError> {
         let args: [::nameko::__private::RawArgument; 1usize] = [
-            ::nameko::__private::encode_argument::<String>(&name)?,
+            <String as ::nameko::__private::RpcArgument<_>>::encode_argument(&name)?,
         ];
-        ::nameko::__private::call::<String>(&self.proxy, "greet", &args).await
+        ::nameko::__private::call(
+                &self.proxy,
+                "greet",
+                &args,
+                <String as ::nameko::__private::RpcResult<_>>::decode_result,
+            )
+            .await
     }
 }
 impl ::nameko::__private::ServiceClient for ExpandedGreeterServiceClient {

@@ -31,7 +31,7 @@ impl ::nameko::__private::Service for PingService {
                 |this, _arguments| ::std::boxed::Box::pin(async move {
                     {
                         let _ = this.ping().await;
-                        ::nameko::__private::encode_result::<()>(&())
+                        <() as ::nameko::__private::RpcResult<_>>::encode_result(&())
                     }
                 }),
             ),

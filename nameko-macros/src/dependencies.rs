@@ -2,7 +2,7 @@
 //! lifecycle hooks.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::quote;
 use syn::{Data, DeriveInput, Fields};
 
 use crate::ctxt::Ctxt;
@@ -111,11 +111,24 @@ fn fallback(def: &DependenciesDef, errors: syn::Error) -> TokenStream {
 fn emit(def: &DependenciesDef) -> TokenStream {
     let (ident, krate, fields) = (&def.ident, &def.krate, &def.fields);
     let p = quote!(#krate::__private);
-    let inits = fields.iter().map(|(name, ty)| {
-        let label = name.to_string();
-        let build =
-            quote_spanned!(crate::type_span(ty)=> #p::build_dependency::<#ty>(cx, #label).await?);
-        quote!(#name: #build)
+    // Each use of a field's type (`<Type as Dependency>::hook(...)`, and the `.await` of the
+    // hook's future, which needs the same trait) is spanned at the type: a type that is not a
+    // dependency gets one error there, shown once.
+    let per_field =
+        |emit: &dyn Fn(&syn::Ident, String, &dyn Fn(&str) -> TokenStream) -> TokenStream| {
+            fields
+                .iter()
+                .map(|(name, ty)| {
+                    let hook = |hook: &str| crate::via_trait(ty, quote!(#p::Dependency), hook);
+                    let span = crate::type_span(ty);
+                    let tokens = emit(name, name.to_string(), &hook);
+                    crate::respan(tokens, span)
+                })
+                .collect::<Vec<TokenStream>>()
+        };
+    let inits = per_field(&|name, label, hook| {
+        let build = hook("build");
+        quote!(#name: #p::build_dependency(cx, #label, || #build(cx, #label)).await?)
     });
     let body = if def.unit {
         quote!(Self)
@@ -128,27 +141,48 @@ fn emit(def: &DependenciesDef) -> TokenStream {
         quote!(cx)
     };
     let lifecycle = (!fields.is_empty()).then(|| {
-        let names: Vec<_> = fields.iter().map(|(name, _)| name).collect();
-        // `<Type as Dependency>`, spanned at the field's type: a type that is not a dependency
-        // gets its error there, once.
-        let tys: Vec<_> = fields
-            .iter()
-            .map(|(_, ty)| quote_spanned!(crate::type_span(ty)=> <#ty as #p::Dependency>))
-            .collect();
-        let labels: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         // Field i starts once fields 0..i have; if it fails, they are stopped again, last first.
-        let starts = (0..fields.len()).map(|i| {
-            let (ty, name) = (&tys[i], names[i]);
-            let undo = (0..i).rev().map(|j| {
-                let (ty, name) = (&tys[j], names[j]);
-                quote!(#ty::stop(&self.#name).await;)
-            });
+        let start_calls = per_field(&|name, _, hook| {
+            let start = hook("start");
+            quote!(#start(&self.#name).await)
+        });
+        let stop_calls = per_field(&|name, _, hook| {
+            let stop = hook("stop");
+            quote!(#stop(&self.#name).await;)
+        });
+        let starts = start_calls.iter().enumerate().map(|(i, start)| {
+            let undo = stop_calls[..i].iter().rev();
             quote! {
-                if let ::std::result::Result::Err(error) = #ty::start(&self.#name).await {
+                if let ::std::result::Result::Err(error) = #start {
                     #(#undo)*
                     return ::std::result::Result::Err(error);
                 }
             }
+        });
+        let stops = per_field(&|name, label, hook| {
+            let stop = hook("stop");
+            quote!(#p::guard(#label, "stop", #stop(&self.#name)).await;)
+        });
+        let kills = per_field(&|name, label, hook| {
+            let kill = hook("kill");
+            quote!(#p::guard_kill(#label, || #kill(&self.#name));)
+        });
+        let setups = per_field(&|name, label, hook| {
+            let setup = hook("worker_setup");
+            quote!(#p::guard_result(#label, "worker_setup", #setup(&self.#name, worker)).await?;)
+        });
+        let results = per_field(&|name, label, hook| {
+            let result = hook("worker_result");
+            quote! {
+                let outcome = #p::guard_result(#label, "worker_result", #result(&self.#name, worker, result)).await;
+                if refusal.is_ok() {
+                    refusal = outcome;
+                }
+            }
+        });
+        let teardowns = per_field(&|name, label, hook| {
+            let teardown = hook("worker_teardown");
+            quote!(#p::guard(#label, "worker_teardown", #teardown(&self.#name, worker)).await;)
         });
         quote! {
             async fn start(&self) -> ::std::result::Result<(), #p::Error> {
@@ -157,18 +191,18 @@ fn emit(def: &DependenciesDef) -> TokenStream {
             }
 
             async fn stop(&self) {
-                #( #p::guard(#labels, "stop", #tys::stop(&self.#names)).await; )*
+                #(#stops)*
             }
 
             fn kill(&self) {
-                #( #p::guard_kill(#labels, || #tys::kill(&self.#names)); )*
+                #(#kills)*
             }
 
             async fn worker_setup(
                 &self,
                 worker: &#p::WorkerContext,
             ) -> ::std::result::Result<(), #p::Error> {
-                #( #p::guard_result(#labels, "worker_setup", #tys::worker_setup(&self.#names, worker)).await?; )*
+                #(#setups)*
                 ::std::result::Result::Ok(())
             }
 
@@ -179,17 +213,12 @@ fn emit(def: &DependenciesDef) -> TokenStream {
             ) -> ::std::result::Result<(), #p::Error> {
                 // Every dependency sees the result; the first refusal is the answer.
                 let mut refusal = ::std::result::Result::Ok(());
-                #(
-                    let outcome = #p::guard_result(#labels, "worker_result", #tys::worker_result(&self.#names, worker, result)).await;
-                    if refusal.is_ok() {
-                        refusal = outcome;
-                    }
-                )*
+                #(#results)*
                 refusal
             }
 
             async fn worker_teardown(&self, worker: &#p::WorkerContext) {
-                #( #p::guard(#labels, "worker_teardown", #tys::worker_teardown(&self.#names, worker)).await; )*
+                #(#teardowns)*
             }
         }
     });

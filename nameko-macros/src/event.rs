@@ -1,7 +1,7 @@
 //! `#[event_handler("source_service", "event_type", ...)]`: an event entrypoint.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::quote;
 use syn::{Attribute, LitBool, LitStr};
 
 use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS, check_wire_name};
@@ -101,7 +101,8 @@ impl EventHandler {
             .unwrap_or_default();
         let decode = method.params.first().map(|param| {
             let (ident, ty) = (&param.ident, &param.ty);
-            quote_spanned!(crate::type_span(ty)=> let #ident = #p::decode_payload::<#ty>(&body.0)?;)
+            let decode = crate::via_trait(ty, quote!(#p::EventPayload<_>), "decode_payload");
+            quote!(let #ident = #decode(&body.0)?;)
         });
         let outcome = method.map_outcome(
             &p,

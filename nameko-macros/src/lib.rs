@@ -93,6 +93,51 @@ pub fn dummy(args: TokenStream, input: TokenStream) -> TokenStream {
     rpc::outside_service("dummy", input.into()).into()
 }
 
+/// `<Type as Trait>::function`, every token shown at the type (see [`type_span`]). The
+/// generated code names a user's type through a trait this way at each of its uses, so that a
+/// type that does not implement the trait gets one error, at the type, shown once (the
+/// compiler shows an error once however many identical copies of it there are).
+pub(crate) fn via_trait(
+    ty: &syn::Type,
+    trait_path: proc_macro2::TokenStream,
+    function: &str,
+) -> proc_macro2::TokenStream {
+    let function = proc_macro2::Ident::new(function, proc_macro2::Span::call_site());
+    respan(
+        quote::quote!(<#ty as #trait_path>::#function),
+        type_span(ty),
+    )
+}
+
+/// The same tokens, all shown at `span`'s place in the source. A name that is not part of a
+/// path (a local variable, `self`) keeps its own resolution (`Span::located_at`), so that it
+/// resolves as it would have even when `span` comes from a `macro_rules!` expansion; every
+/// other token takes `span` itself, so that errors about the expression they make up carry no
+/// trace of this macro and are all alike.
+pub(crate) fn respan(
+    tokens: proc_macro2::TokenStream,
+    span: proc_macro2::Span,
+) -> proc_macro2::TokenStream {
+    use proc_macro2::TokenTree;
+    let is_path_sep = |token: Option<&TokenTree>| matches!(token, Some(TokenTree::Punct(p)) if p.as_char() == ':');
+    let mut tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    for i in 0..tokens.len() {
+        let in_path = is_path_sep(i.checked_sub(1).and_then(|j| tokens.get(j)))
+            || is_path_sep(tokens.get(i + 1));
+        match &mut tokens[i] {
+            TokenTree::Group(group) => {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                *group = inner;
+            }
+            TokenTree::Ident(ident) if !in_path => ident.set_span(ident.span().located_at(span)),
+            other => other.set_span(span),
+        }
+    }
+    tokens.into_iter().collect()
+}
+
 /// Where errors about a type point: its name (the last segment of a path, through references,
 /// groups and slices), else its first token. Never a span joined from several tokens: joining
 /// works only where the compiler offers unstable proc-macro features, so a joined span would

@@ -111,11 +111,11 @@ impl Method {
         if let Some(c) = &sig.constness {
             cx.error(c, format!("{what} methods cannot be `const`"));
         }
-        if let Some(u) = &sig.unsafety {
-            cx.error(u, format!("{what} methods cannot be `unsafe`"));
-        }
+        // A variadic method is `unsafe` too: its one mistake is reported once.
         if let Some(v) = &sig.variadic {
             cx.error(v, format!("{what} methods cannot be variadic"));
+        } else if let Some(u) = &sig.unsafety {
+            cx.error(u, format!("{what} methods cannot be `unsafe`"));
         }
         match sig.inputs.first() {
             Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {

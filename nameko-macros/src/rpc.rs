@@ -133,11 +133,15 @@ impl Rpc {
         let mutability = (!method.params.is_empty()).then(|| quote!(mut));
         let takes = method.params.iter().enumerate().map(|(i, param)| {
             let (name, ty) = (&param.ident, &param.ty);
-            quote_spanned!(crate::type_span(ty)=> let #name = args.take::<#ty>(#i)?;)
+            let decode = crate::via_trait(ty, quote!(#p::RpcArgument<_>), "decode_argument");
+            quote!(let #name = #decode(&mut args, #i)?;)
         });
         let encode = method.map_outcome(&p, method.call(&p), |ty, value| match ty {
-            None => quote!(#p::encode_result::<()>(&#value)),
-            Some(ty) => quote_spanned!(crate::type_span(ty)=> #p::encode_result::<#ty>(&#value)),
+            None => quote!(<() as #p::RpcResult<_>>::encode_result(&#value)),
+            Some(ty) => {
+                let encode = crate::via_trait(ty, quote!(#p::RpcResult<_>), "encode_result");
+                quote!(#encode(&#value))
+            }
         });
         let names = method.params.iter().map(|param| param.name.clone());
         let (expected, sensitive) = (&self.options.expected, &self.options.sensitive);
@@ -172,14 +176,16 @@ impl Rpc {
         let count = method.params.len();
         let args = method.params.iter().map(|param| {
             let (name, ty) = (&param.ident, &param.ty);
-            quote_spanned!(crate::type_span(ty)=> #p::encode_argument::<#ty>(&#name)?)
+            let encode = crate::via_trait(ty, quote!(#p::RpcArgument<_>), "encode_argument");
+            quote!(#encode(&#name)?)
         });
-        let call = match &method.output {
-            Output::Unit => quote!(#p::call::<()>(&self.proxy, #wire, &args).await),
+        let decode = match &method.output {
+            Output::Unit => quote!(<() as #p::RpcResult<_>>::decode_result),
             Output::Value(ty) | Output::Result { ok: ty } => {
-                quote_spanned!(crate::type_span(ty)=> #p::call::<#ty>(&self.proxy, #wire, &args).await)
+                crate::via_trait(ty, quote!(#p::RpcResult<_>), "decode_result")
             }
         };
+        let call = quote!(#p::call(&self.proxy, #wire, &args, #decode).await);
         self.client_signature(
             method,
             krate,

@@ -159,6 +159,12 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream, cx: &mut Ctxt) -> Opt
             "entrypoint"
         };
         let method = Method::parse(f, what, cx);
+        // Reported above; without it, the block that is emitted as written gets no second
+        // error from the compiler about the same `...`.
+        if f.sig.variadic.take().is_some() {
+            f.sig.unsafety = None;
+            f.sig.abi = None;
+        }
         let mut entrypoints = Vec::new();
         let mut seen_rpc = false;
         for attr in &attrs {

@@ -80,7 +80,7 @@ impl Timer {
         let outcome = method.map_outcome(
             &p,
             method.call(&p),
-            |_, value| quote!({ let _ = #value; #p::encode_result::<()>(&()) }),
+            |_, value| quote!({ let _ = #value; <() as #p::RpcResult<_>>::encode_result(&()) }),
         );
         quote! {
             #p::BoundEntrypoint::<Self>::new(

@@ -6,13 +6,13 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-// What expansions name (and `RpcArgument`, which their errors name).
+// What expansions name.
 pub use crate::Error;
 pub use crate::context::WorkerContext;
 pub use crate::error::select::{ViaDisplay, ViaToRemoteError, Wrap};
 pub use crate::events::{EventHandler, HandlerType};
 pub use crate::http::Http;
-pub use crate::rpc::args::{BoundArgs, Param, RpcArgument};
+pub use crate::rpc::args::{BoundArgs, Param};
 pub use crate::rpc::{Dummy, Rpc};
 pub use crate::runner::ServiceRegistration;
 pub use crate::service::{
@@ -53,18 +53,6 @@ pub fn bind_entrypoint<S: Service, E: ArgumentsEntrypoint>(
     BoundEntrypoint::new(entrypoint, method, handler)
 }
 
-/// Encodes a method's result; a value JSON cannot hold gives Nameko's
-/// `UnserializableValueError`.
-pub fn encode_result<T: RpcResult>(value: &T) -> Result<Vec<u8>, RemoteError> {
-    serde_json::to_vec(value).map_err(|e| {
-        RemoteError::nameko(
-            "UnserializableValueError",
-            format!("Unserializable value: `{e}`"),
-        )
-        .with_args(Vec::new())
-    })
-}
-
 /// Runs a synchronous method on the blocking pool, inside the current worker's context.
 pub async fn run_blocking<R, F>(f: F) -> Result<R, RemoteError>
 where
@@ -83,19 +71,59 @@ where
     }
 }
 
-/// A type that can be the payload of an event handler.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be the payload of an event handler",
-    label = "this type must implement `serde::Deserialize` (owned)",
-    note = "event payloads arrive as JSON: derive `Deserialize` for it, and use owned types"
-)]
-pub trait EventPayload: DeserializeOwned {}
-impl<T: DeserializeOwned> EventPayload for T {}
+// ---------------------------------------------------------------------------------------------
+// Types on the wire.
+//
+// Each trait below has two implementations: the one every serde type uses (`Json`), and one no
+// type can use (`Unreachable`, bounded by `Impossible`, which nothing implements). With two
+// candidates, the compiler reports a type that is not JSON as one error, the trait's own
+// message at the user's type, rather than one error for each serde trait it lacks. Expansions
+// name each type as `<Type as Trait<_>>`, spanned at the user's type at every use, so that one
+// error is shown once.
 
-/// Decodes an event's payload into the handler's parameter type.
-pub fn decode_payload<T: EventPayload>(body: &[u8]) -> Result<T, EventError> {
-    serde_json::from_slice(body)
-        .map_err(|e| EventError::Payload(crate::protocol::shorten(e.to_string())))
+/// The implementations for serde types.
+pub struct Json;
+
+/// The implementations no type can use (see above).
+pub struct Unreachable;
+
+/// Implemented by no type.
+pub trait Impossible {}
+
+/// A type that can be an argument of an RPC method: it crosses the wire both ways (the server
+/// reads it, the generated client sends it).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an argument of an RPC method",
+    label = "this type must implement `serde::Serialize` and `serde::Deserialize` (owned)",
+    note = "RPC arguments arrive as JSON: derive `Serialize` and `Deserialize`, and use owned types (`String`, not `&str`)"
+)]
+pub trait RpcArgument<Via>: Sized {
+    /// Reads parameter `index` of a bound call; a value of the wrong type is an
+    /// `IncorrectSignature`.
+    fn decode_argument(args: &mut BoundArgs, index: usize) -> Result<Self, RemoteError>;
+    /// Encodes one argument of a typed client's call.
+    fn encode_argument(&self) -> Result<RawArgument, RpcError>;
+}
+
+impl<T: Serialize + DeserializeOwned> RpcArgument<Json> for T {
+    fn decode_argument(args: &mut BoundArgs, index: usize) -> Result<Self, RemoteError> {
+        args.take(index)
+    }
+
+    fn encode_argument(&self) -> Result<RawArgument, RpcError> {
+        serde_json::value::to_raw_value(self)
+            .map_err(|e| RpcError::Serialization(format!("arguments: {e}")))
+    }
+}
+
+impl<T: Impossible> RpcArgument<Unreachable> for T {
+    fn decode_argument(_: &mut BoundArgs, _: usize) -> Result<Self, RemoteError> {
+        unreachable!("no type implements `Impossible`")
+    }
+
+    fn encode_argument(&self) -> Result<RawArgument, RpcError> {
+        unreachable!("no type implements `Impossible`")
+    }
 }
 
 /// A type that can be the result of an RPC method.
@@ -104,32 +132,87 @@ pub fn decode_payload<T: EventPayload>(body: &[u8]) -> Result<T, EventError> {
     label = "this type must implement `serde::Serialize` and `serde::Deserialize`",
     note = "RPC results travel as JSON: derive `Serialize` and `Deserialize` for it"
 )]
-pub trait RpcResult: Serialize + DeserializeOwned {}
-impl<T: Serialize + DeserializeOwned> RpcResult for T {}
+pub trait RpcResult<Via>: Sized {
+    /// Encodes a method's result; a value JSON cannot hold gives Nameko's
+    /// `UnserializableValueError`.
+    fn encode_result(&self) -> Result<Vec<u8>, RemoteError>;
+    /// Reads a reply as this result, or the error it carries.
+    fn decode_result(reply: &[u8]) -> Result<Self, RpcError>;
+}
+
+impl<T: Serialize + DeserializeOwned> RpcResult<Json> for T {
+    fn encode_result(&self) -> Result<Vec<u8>, RemoteError> {
+        serde_json::to_vec(self).map_err(|e| {
+            RemoteError::nameko(
+                "UnserializableValueError",
+                format!("Unserializable value: `{e}`"),
+            )
+            .with_args(Vec::new())
+        })
+    }
+
+    fn decode_result(reply: &[u8]) -> Result<Self, RpcError> {
+        crate::rpc::client::decode_reply(reply)
+    }
+}
+
+impl<T: Impossible> RpcResult<Unreachable> for T {
+    fn encode_result(&self) -> Result<Vec<u8>, RemoteError> {
+        unreachable!("no type implements `Impossible`")
+    }
+
+    fn decode_result(_: &[u8]) -> Result<Self, RpcError> {
+        unreachable!("no type implements `Impossible`")
+    }
+}
+
+/// A type that can be the payload of an event handler.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the payload of an event handler",
+    label = "this type must implement `serde::Deserialize` (owned)",
+    note = "event payloads arrive as JSON: derive `Deserialize` for it, and use owned types"
+)]
+pub trait EventPayload<Via>: Sized {
+    /// Decodes an event's payload into the handler's parameter type.
+    fn decode_payload(body: &[u8]) -> Result<Self, EventError>;
+}
+
+impl<T: DeserializeOwned> EventPayload<Json> for T {
+    fn decode_payload(body: &[u8]) -> Result<Self, EventError> {
+        serde_json::from_slice(body)
+            .map_err(|e| EventError::Payload(crate::protocol::shorten(e.to_string())))
+    }
+}
+
+impl<T: Impossible> EventPayload<Unreachable> for T {
+    fn decode_payload(_: &[u8]) -> Result<Self, EventError> {
+        unreachable!("no type implements `Impossible`")
+    }
+}
 
 /// One argument of a typed client's call, already encoded.
 pub type RawArgument = Box<serde_json::value::RawValue>;
 
-/// Encodes one argument of a typed client's call.
-pub fn encode_argument<T: RpcArgument>(value: &T) -> Result<RawArgument, RpcError> {
-    serde_json::value::to_raw_value(value)
-        .map_err(|e| RpcError::Serialization(format!("arguments: {e}")))
-}
-
-/// A typed client's call.
-pub fn call<'a, R: RpcResult>(
+/// A typed client's call; `decode` reads the reply (`<R as RpcResult<_>>::decode_result`).
+pub fn call<'a, R>(
     proxy: &'a ServiceProxy,
     method: &'a str,
     args: &'a [RawArgument],
+    decode: fn(&[u8]) -> Result<R, RpcError>,
 ) -> impl Future<Output = Result<R, RpcError>> + Send + use<'a, R> {
-    proxy.call(method, args)
+    proxy.call_decoded(method, args, decode)
 }
 
-/// Builds one field of a service struct.
-pub async fn build_dependency<T: Dependency>(
+/// Builds one field of a service struct: its replacement if a test gave one, else `build()`
+/// (`<Type as Dependency>::build`).
+pub async fn build_dependency<T: 'static, F>(
     cx: &DependencyContext,
     field: &'static str,
-) -> Result<T, Error> {
+    build: impl FnOnce() -> F,
+) -> Result<T, Error>
+where
+    F: Future<Output = Result<T, Error>>,
+{
     if let Some(value) = cx.take_replacement(field) {
         return value
             .downcast::<T>()
@@ -143,7 +226,7 @@ pub async fn build_dependency<T: Dependency>(
                 ),
             });
     }
-    T::build(cx, field).await.map_err(|e| match e {
+    build().await.map_err(|e| match e {
         Error::Dependency { .. } => e,
         other => Error::Dependency {
             service: cx.service_name().to_owned(),

@@ -1,21 +1,10 @@
 //! Binding a request's `args` and `kwargs` to a method's parameters, as Python does, with
 //! Python's messages for each way it can fail (`IncorrectSignature`).
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::protocol::{RemoteError, RequestBody};
-
-/// A type that can be an argument of an RPC method: it crosses the wire both ways (the server
-/// reads it, the generated client sends it).
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be an argument of an RPC method",
-    label = "this type must implement `serde::Serialize` and `serde::Deserialize` (owned)",
-    note = "RPC arguments arrive as JSON: derive `Serialize` and `Deserialize`, and use owned types (`String`, not `&str`)"
-)]
-pub trait RpcArgument: Serialize + DeserializeOwned {}
-impl<T: Serialize + DeserializeOwned> RpcArgument for T {}
 
 /// One parameter of an RPC method, as the macro describes it.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +92,7 @@ impl BoundArgs {
     }
 
     /// Reads parameter `index` as a `T`; a value of the wrong type is an `IncorrectSignature`.
-    pub fn take<T: RpcArgument>(&mut self, index: usize) -> Result<T, RemoteError> {
+    pub fn take<T: DeserializeOwned>(&mut self, index: usize) -> Result<T, RemoteError> {
         let raw = self.slots.get_mut(index).and_then(Option::take);
         let text = raw.as_ref().map_or("null", |r| r.get());
         serde_json::from_str(text).map_err(|e| {

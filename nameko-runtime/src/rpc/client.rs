@@ -376,12 +376,39 @@ impl ServiceProxy {
         K: Serialize,
         R: DeserializeOwned,
     {
+        self.call_decoded_with(method, args, kwargs, decode_reply::<R>)
+    }
+
+    /// Calls `method` and reads the reply with `decode` (the generated clients' path).
+    pub(crate) fn call_decoded<'a, A, R>(
+        &'a self,
+        method: &'a str,
+        args: A,
+        decode: fn(&[u8]) -> Result<R, RpcError>,
+    ) -> impl Future<Output = Result<R, RpcError>> + Send + use<'a, A, R>
+    where
+        A: Serialize,
+    {
+        self.call_decoded_with(method, args, (), decode)
+    }
+
+    fn call_decoded_with<'a, A, K, R>(
+        &'a self,
+        method: &'a str,
+        args: A,
+        kwargs: K,
+        decode: fn(&[u8]) -> Result<R, RpcError>,
+    ) -> impl Future<Output = Result<R, RpcError>> + Send + use<'a, A, K, R>
+    where
+        A: Serialize,
+        K: Serialize,
+    {
         // Serialised now: the arguments are not part of the future.
         let body = protocol::encode_request(&args, &kwargs)
             .map_err(|e| RpcError::Serialization(format!("arguments: {e}")));
         async move {
             let reply = self.client.request(&self.service, method, body?).await?;
-            decode_reply(&reply)
+            decode(&reply)
         }
     }
 }

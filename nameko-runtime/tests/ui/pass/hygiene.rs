@@ -4,7 +4,9 @@ mod no_prelude {
     #![no_implicit_prelude]
 
     #[derive(::nameko::Dependencies)]
-    pub struct Svc;
+    pub struct Svc {
+        config: ::nameko::Config,
+    }
 
     #[::nameko::service(name = "svc")]
     impl Svc {
@@ -18,12 +20,36 @@ mod no_prelude {
             &self,
             value: ::std::option::Option<u32>,
         ) -> ::std::result::Result<u32, ::std::string::String> {
+            let _ = &self.config;
             value.ok_or_else(|| ::std::string::ToString::to_string("none"))
         }
     }
 }
 
+// A service written by a `macro_rules!` macro: the generated code points its errors at the
+// types, whose spans come from the macro, and still resolves its own names.
+macro_rules! forwarding_service {
+    ($name:ident, $wire:literal, $client:ty, $value:ty) => {
+        #[derive(nameko::Dependencies)]
+        pub struct $name {
+            other: $client,
+        }
+
+        #[nameko::service(name = $wire)]
+        impl $name {
+            #[nameko::rpc]
+            async fn forward(&self, value: $value) -> Result<$value, nameko::RpcError> {
+                self.other.echo(Some(value)).await
+            }
+        }
+    };
+}
+
+forwarding_service!(Forwarder, "forwarder", no_prelude::SvcClient, u32);
+
 fn main() {
+    let names = nameko::ServiceRegistration::of::<Forwarder>().entrypoints();
+    assert_eq!(names, ["rpc forward"]);
     let names = nameko::ServiceRegistration::of::<no_prelude::Svc>().entrypoints();
     assert_eq!(names, ["rpc match", "rpc echo"]);
     let _ = no_prelude::SvcClient::r#match;
