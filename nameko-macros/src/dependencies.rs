@@ -107,6 +107,26 @@ fn fallback(def: &DependenciesDef, errors: syn::Error) -> TokenStream {
     out
 }
 
+/// One field, as the implementation's code names it.
+struct FieldUse<'a> {
+    name: &'a syn::Ident,
+    ty: &'a syn::Type,
+    p: &'a TokenStream,
+}
+
+impl FieldUse<'_> {
+    /// The field's name as logs and errors show it.
+    fn label(&self) -> String {
+        self.name.to_string()
+    }
+
+    /// `<Type as Dependency>::hook`.
+    fn hook(&self, hook: &str) -> TokenStream {
+        let p = self.p;
+        crate::via_trait(self.ty, quote!(#p::Dependency), hook)
+    }
+}
+
 /// The implementation: each field built by its `Dependency`, each lifecycle hook the fields'.
 fn emit(def: &DependenciesDef) -> TokenStream {
     let (ident, krate, fields) = (&def.ident, &def.krate, &def.fields);
@@ -114,20 +134,18 @@ fn emit(def: &DependenciesDef) -> TokenStream {
     // Each use of a field's type (`<Type as Dependency>::hook(...)`, and the `.await` of the
     // hook's future, which needs the same trait) is spanned at the type: a type that is not a
     // dependency gets one error there, shown once.
-    let per_field =
-        |emit: &dyn Fn(&syn::Ident, String, &dyn Fn(&str) -> TokenStream) -> TokenStream| {
-            fields
-                .iter()
-                .map(|(name, ty)| {
-                    let hook = |hook: &str| crate::via_trait(ty, quote!(#p::Dependency), hook);
-                    let span = crate::type_span(ty);
-                    let tokens = emit(name, name.to_string(), &hook);
-                    crate::respan(tokens, span)
-                })
-                .collect::<Vec<TokenStream>>()
-        };
-    let inits = per_field(&|name, label, hook| {
-        let build = hook("build");
+    let per_field = |emit: &dyn Fn(&FieldUse) -> TokenStream| -> Vec<TokenStream> {
+        fields
+            .iter()
+            .map(|(name, ty)| {
+                let field = FieldUse { name, ty, p: &p };
+                crate::respan(emit(&field), crate::type_span(ty))
+            })
+            .collect()
+    };
+    let inits = per_field(&|f| {
+        let (name, label) = (f.name, f.label());
+        let build = f.hook("build");
         quote!(#name: #p::build_dependency(cx, #label, || #build(cx, #label)).await?)
     });
     let body = if def.unit {
@@ -142,12 +160,14 @@ fn emit(def: &DependenciesDef) -> TokenStream {
     };
     let lifecycle = (!fields.is_empty()).then(|| {
         // Field i starts once fields 0..i have; if it fails, they are stopped again, last first.
-        let start_calls = per_field(&|name, _, hook| {
-            let start = hook("start");
+        let start_calls = per_field(&|f| {
+        let name = f.name;
+            let start = f.hook("start");
             quote!(#start(&self.#name).await)
         });
-        let stop_calls = per_field(&|name, _, hook| {
-            let stop = hook("stop");
+        let stop_calls = per_field(&|f| {
+        let name = f.name;
+            let stop = f.hook("stop");
             quote!(#stop(&self.#name).await;)
         });
         let starts = start_calls.iter().enumerate().map(|(i, start)| {
@@ -159,20 +179,24 @@ fn emit(def: &DependenciesDef) -> TokenStream {
                 }
             }
         });
-        let stops = per_field(&|name, label, hook| {
-            let stop = hook("stop");
+        let stops = per_field(&|f| {
+        let (name, label) = (f.name, f.label());
+            let stop = f.hook("stop");
             quote!(#p::guard(#label, "stop", #stop(&self.#name)).await;)
         });
-        let kills = per_field(&|name, label, hook| {
-            let kill = hook("kill");
+        let kills = per_field(&|f| {
+        let (name, label) = (f.name, f.label());
+            let kill = f.hook("kill");
             quote!(#p::guard_kill(#label, || #kill(&self.#name));)
         });
-        let setups = per_field(&|name, label, hook| {
-            let setup = hook("worker_setup");
+        let setups = per_field(&|f| {
+        let (name, label) = (f.name, f.label());
+            let setup = f.hook("worker_setup");
             quote!(#p::guard_result(#label, "worker_setup", #setup(&self.#name, worker)).await?;)
         });
-        let results = per_field(&|name, label, hook| {
-            let result = hook("worker_result");
+        let results = per_field(&|f| {
+        let (name, label) = (f.name, f.label());
+            let result = f.hook("worker_result");
             quote! {
                 let outcome = #p::guard_result(#label, "worker_result", #result(&self.#name, worker, result)).await;
                 if refusal.is_ok() {
@@ -180,8 +204,9 @@ fn emit(def: &DependenciesDef) -> TokenStream {
                 }
             }
         });
-        let teardowns = per_field(&|name, label, hook| {
-            let teardown = hook("worker_teardown");
+        let teardowns = per_field(&|f| {
+        let (name, label) = (f.name, f.label());
+            let teardown = f.hook("worker_teardown");
             quote!(#p::guard(#label, "worker_teardown", #teardown(&self.#name, worker)).await;)
         });
         quote! {
