@@ -13,6 +13,9 @@ use crate::ctxt::Ctxt;
 pub(crate) struct AttrArgs {
     pub(crate) positional: Vec<LitStr>,
     named: Vec<(syn::Ident, Expr)>,
+    /// Whether a key was not one of the allowed (reported): a key then missing may be that one
+    /// misspelt, and is not reported again.
+    misspelt: bool,
 }
 
 impl AttrArgs {
@@ -28,6 +31,7 @@ impl AttrArgs {
         let mut args = AttrArgs {
             positional: Vec::new(),
             named: Vec::new(),
+            misspelt: false,
         };
         let exprs = match Punctuated::<Expr, Token![,]>::parse_terminated.parse2(tokens.clone()) {
             Ok(exprs) => exprs,
@@ -59,19 +63,14 @@ impl AttrArgs {
                     if !allowed.contains(&key.to_string().as_str()) {
                         let expected: Vec<String> =
                             allowed.iter().map(|k| format!("`{k}`")).collect();
-                        if expected.is_empty() {
-                            cx.error(
-                                &key,
-                                format!(
-                                    "unknown key: this attribute takes no keys; expected {usage}"
-                                ),
-                            );
-                        } else {
-                            cx.error(
-                                &key,
-                                format!("unknown key; expected one of {}", expected.join(", ")),
-                            );
-                        }
+                        let hint = closest(&key.to_string(), allowed)
+                            .map(|k| format!(" (did you mean `{k}`?)"))
+                            .unwrap_or_default();
+                        cx.error(
+                            &key,
+                            format!("unknown key; expected one of {}{hint}", expected.join(", ")),
+                        );
+                        args.misspelt = true;
                         continue;
                     }
                     if args.named.iter().any(|(k, _)| *k == key) {
@@ -95,6 +94,12 @@ impl AttrArgs {
             });
         }
         args
+    }
+
+    /// Whether `key` is missing and should be reported: not when an unknown key was given,
+    /// which is likely `key` misspelt (and already reported).
+    pub(crate) fn report_missing(&self, key: &str) -> bool {
+        !self.has(key) && !self.misspelt
     }
 
     /// The string value of `key`, if given; another kind of value is an error.
@@ -186,6 +191,40 @@ fn parse_duration(text: &str) -> Option<f64> {
     Some(number * scale)
 }
 
+/// The allowed key `key` is likely a misspelling of: at most two edits away.
+fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, with a swap of two neighbours as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 /// Removes the invisible groups `macro_rules!` puts around fragments such as `$name:literal`.
 fn ungroup(expr: Expr) -> Expr {
     match expr {
@@ -213,7 +252,58 @@ pub(crate) fn check_wire_name(lit: &LitStr, what: &str, cx: &mut Ctxt) {
 }
 
 /// The keys every entrypoint takes, as in Nameko.
-pub(crate) const OPTION_KEYS: [&str; 2] = ["expected_exceptions", "sensitive_arguments"];
+const OPTION_KEYS: [&str; 2] = ["expected_exceptions", "sensitive_arguments"];
+
+/// The tokens inside `#[attr(...)]`, empty for `#[attr]`.
+pub(crate) fn attr_tokens(attr: &syn::Attribute, usage: &str, cx: &mut Ctxt) -> TokenStream {
+    match &attr.meta {
+        syn::Meta::Path(_) => TokenStream::new(),
+        syn::Meta::List(list) => list.tokens.clone(),
+        syn::Meta::NameValue(nv) => {
+            cx.error(nv, format!("expected {usage}"));
+            TokenStream::new()
+        }
+    }
+}
+
+/// The grammar of one entrypoint attribute: what it takes besides the options every entrypoint
+/// takes ([`OPTION_KEYS`]), and the usage its errors show. Every entrypoint attribute is read
+/// by [`Grammar::read`], then its options by [`AttrArgs::options`].
+pub(crate) struct Grammar {
+    /// Its positional string arguments, in order, as errors name them.
+    pub(crate) positional: &'static [&'static str],
+    /// Its own keys.
+    pub(crate) keys: &'static [&'static str],
+    /// How to write it.
+    pub(crate) usage: &'static str,
+}
+
+impl Grammar {
+    /// Reads `#[attr(...)]`.
+    pub(crate) fn read(&self, attr: &syn::Attribute, cx: &mut Ctxt) -> AttrArgs {
+        let tokens = attr_tokens(attr, self.usage, cx);
+        self.read_tokens(tokens, cx)
+    }
+
+    /// Reads the tokens of an attribute's arguments.
+    pub(crate) fn read_tokens(&self, tokens: TokenStream, cx: &mut Ctxt) -> AttrArgs {
+        let keys: Vec<&str> = self.keys.iter().chain(&OPTION_KEYS).copied().collect();
+        AttrArgs::parse(tokens, self.positional, &keys, self.usage, cx)
+    }
+}
+
+impl AttrArgs {
+    /// The options every entrypoint takes; `params` are the arguments the entrypoint logs
+    /// (which `sensitive_arguments` may name), of `method`.
+    pub(crate) fn options(
+        &self,
+        params: &[String],
+        method: &syn::Ident,
+        cx: &mut Ctxt,
+    ) -> EntrypointOptions {
+        EntrypointOptions::parse(self, params, method, cx)
+    }
+}
 
 /// `expected_exceptions = "A,B"` and `sensitive_arguments = "password,user.token"`.
 pub(crate) struct EntrypointOptions {
@@ -232,7 +322,7 @@ fn comma_list(lit: &LitStr) -> Vec<String> {
 impl EntrypointOptions {
     /// Reads both keys; each sensitive path must start at one of `params` (the arguments the
     /// entrypoint logs), named in `method`.
-    pub(crate) fn parse(
+    fn parse(
         args: &AttrArgs,
         params: &[String],
         method: &syn::Ident,
@@ -304,6 +394,15 @@ mod tests {
         assert!(errors[0].starts_with("unexpected argument"), "{errors:?}");
         let (_, errors) = parse(quote::quote!("a", every = 2), &["interval"]);
         assert_eq!(errors, ["unknown key; expected one of `interval`"]);
+        let (args, errors) = parse(quote::quote!("a", intervl = 2), &["interval", "eager"]);
+        assert_eq!(
+            errors,
+            ["unknown key; expected one of `interval`, `eager` (did you mean `interval`?)"]
+        );
+        assert!(
+            !args.report_missing("interval"),
+            "the misspelt key is not missing too"
+        );
         let (_, errors) = parse(
             quote::quote!("a", interval = 1, interval = 2),
             &["interval"],

@@ -14,7 +14,7 @@ const USAGE: &str = "`#[nameko(crate = \"path::to::nameko\")]`";
 fn crate_path(attrs: &[syn::Attribute], cx: &mut Ctxt) -> syn::Path {
     let mut krate = syn::parse_quote!(::nameko);
     for attr in attrs.iter().filter(|a| a.path().is_ident("nameko")) {
-        let tokens = crate::method::attr_tokens(attr, USAGE, cx);
+        let tokens = crate::attr::attr_tokens(attr, USAGE, cx);
         let args = crate::attr::AttrArgs::parse(tokens, &[], &["crate"], USAGE, cx);
         if let Some(lit) = args.string("crate", cx) {
             match lit.parse() {

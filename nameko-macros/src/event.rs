@@ -4,14 +4,18 @@ use proc_macro2::TokenStream;
 use quote::quote;
 use syn::{Attribute, LitBool, LitStr};
 
-use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS, check_wire_name};
+use crate::attr::{EntrypointOptions, Grammar, check_wire_name};
 use crate::ctxt::Ctxt;
-use crate::method::{Method, attr_tokens};
+use crate::method::Method;
 
-const USAGE: &str = "`#[event_handler(\"source_service\", \"event_type\")]`, optionally with \
-    `handler_type = \"service_pool\" | \"singleton\" | \"broadcast\"`, `reliable_delivery = bool`, \
-    `requeue_on_error = bool`, `expected_exceptions = \"ErrorType,...\"`, \
-    `sensitive_arguments = \"payload.password,...\"`";
+const GRAMMAR: Grammar = Grammar {
+    positional: &["the source service", "the event type"],
+    keys: &["handler_type", "reliable_delivery", "requeue_on_error"],
+    usage: "`#[event_handler(\"source_service\", \"event_type\")]`, optionally with \
+        `handler_type = \"service_pool\" | \"singleton\" | \"broadcast\"`, `reliable_delivery = bool`, \
+        `requeue_on_error = bool`, `expected_exceptions = \"ErrorType,...\"`, \
+        `sensitive_arguments = \"payload.password,...\"`",
+};
 
 /// One `#[event_handler]` attribute on a method.
 pub(crate) struct EventHandler {
@@ -25,20 +29,7 @@ pub(crate) struct EventHandler {
 
 impl EventHandler {
     pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Option<EventHandler> {
-        let tokens = attr_tokens(attr, USAGE, cx);
-        let args = AttrArgs::parse(
-            tokens,
-            &["the source service", "the event type"],
-            &[
-                "handler_type",
-                "reliable_delivery",
-                "requeue_on_error",
-                OPTION_KEYS[0],
-                OPTION_KEYS[1],
-            ],
-            USAGE,
-            cx,
-        );
+        let args = GRAMMAR.read(attr, cx);
         let handler_type = match args.string("handler_type", cx) {
             None => quote!(ServicePool),
             Some(lit) => match lit.value().as_str() {
@@ -65,7 +56,7 @@ impl EventHandler {
             );
         }
         let params: Vec<String> = method.params.iter().map(|p| p.name.clone()).collect();
-        let options = EntrypointOptions::parse(&args, &params, &method.ident, cx);
+        let options = args.options(&params, &method.ident, cx);
         let [source, event_type] = <[LitStr; 2]>::try_from(args.positional.clone()).ok()?;
         check_wire_name(&source, "source service name", cx);
         if event_type.value().is_empty() {

@@ -9,12 +9,16 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::{Attribute, LitStr, Type};
 
-use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS};
+use crate::attr::{EntrypointOptions, Grammar};
 use crate::ctxt::Ctxt;
-use crate::method::{Method, Output, attr_tokens};
+use crate::method::{Method, Output};
 
-const USAGE: &str = "`#[http(\"GET\", \"/path/<int:id>\")]`, optionally with \
-    `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"route_param,...\"`";
+const GRAMMAR: Grammar = Grammar {
+    positional: &["the HTTP method", "the route"],
+    keys: &[],
+    usage: "`#[http(\"GET\", \"/path/<int:id>\")]`, optionally with \
+        `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"route_param,...\"`",
+};
 /// The most parameters a route may have (the runtime's too: [`constants`]).
 const MAX_ROUTE_PARAMS: usize = 16;
 /// The HTTP methods a route may name (the runtime's too: [`constants`]).
@@ -216,14 +220,7 @@ impl Http {
     }
 
     pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Option<Http> {
-        let tokens = attr_tokens(attr, USAGE, cx);
-        let args = AttrArgs::parse(
-            tokens,
-            &["the HTTP method", "the route"],
-            &OPTION_KEYS,
-            USAGE,
-            cx,
-        );
+        let args = GRAMMAR.read(attr, cx);
         let [methods_lit, route] = <[LitStr; 2]>::try_from(args.positional.clone()).ok()?;
         let mut methods = Vec::new();
         for m in methods_lit.value().split(',') {
@@ -274,7 +271,7 @@ impl Http {
                 format!("a route has at most {MAX_ROUTE_PARAMS} parameters"),
             );
         }
-        let options = EntrypointOptions::parse(&args, &params, &method.ident, cx);
+        let options = args.options(&params, &method.ident, cx);
         Some(Http {
             methods,
             route,

@@ -42,16 +42,10 @@ pub(crate) fn is_attr(attr: &Attribute, name: &str) -> bool {
     attr.path().segments.last().is_some_and(|s| s.ident == name)
 }
 
-/// The tokens inside `#[attr(...)]`, empty for `#[attr]`.
-pub(crate) fn attr_tokens(attr: &Attribute, usage: &str, cx: &mut Ctxt) -> TokenStream {
-    match &attr.meta {
-        syn::Meta::Path(_) => TokenStream::new(),
-        syn::Meta::List(list) => list.tokens.clone(),
-        syn::Meta::NameValue(nv) => {
-            cx.error(nv, format!("expected {usage}"));
-            TokenStream::new()
-        }
-    }
+/// `&Self`.
+fn is_ref_self(ty: &Type) -> bool {
+    matches!(ty, Type::Reference(r) if r.mutability.is_none()
+        && matches!(&*r.elem, Type::Path(p) if p.qself.is_none() && p.path.is_ident("Self")))
 }
 
 /// The `T` of `Option<T>`, written as a path ending in `Option`.
@@ -118,11 +112,9 @@ impl Method {
             cx.error(u, format!("{what} methods cannot be `unsafe`"));
         }
         match sig.inputs.first() {
-            Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {
-                if r.colon_token.is_some() {
-                    cx.error(r, "write the receiver as `&self`");
-                }
-            }
+            // `&self`, or `self: &Self`, which means the same.
+            Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {}
+            Some(FnArg::Receiver(r)) if r.colon_token.is_some() && is_ref_self(&r.ty) => {}
             Some(FnArg::Receiver(r)) => cx.error(
                 r,
                 format!("{what} methods take `&self`: one service instance serves many concurrent workers"),

@@ -4,17 +4,30 @@ use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::{Attribute, Expr, LitStr};
 
-use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS, check_wire_name};
+use crate::attr::{EntrypointOptions, Grammar, attr_tokens, check_wire_name};
 use crate::ctxt::{Ctxt, with_item};
-use crate::method::{Method, Output, attr_tokens};
+use crate::method::{Method, Output};
 
-const USAGE: &str = "`#[rpc]`, optionally with `name = \"...\"`, \
-    `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"password,...\"`";
-const DUMMY_USAGE: &str = "`#[dummy]`, optionally with `expected_exceptions = \"ErrorType,...\"`, \
-    `sensitive_arguments = \"password,...\"`";
-const ENTRYPOINT_USAGE: &str = "`#[entrypoint(MyEntrypoint::new(...))]`: an expression whose \
-    type implements `nameko::service::Entrypoint`, optionally followed by \
-    `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"password,...\"`";
+const RPC: Grammar = Grammar {
+    positional: &[],
+    keys: &["name"],
+    usage: "`#[rpc]`, optionally with `name = \"...\"`, \
+        `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"password,...\"`",
+};
+const DUMMY: Grammar = Grammar {
+    positional: &[],
+    keys: &[],
+    usage: "`#[dummy]`, optionally with `expected_exceptions = \"ErrorType,...\"`, \
+        `sensitive_arguments = \"password,...\"`",
+};
+/// After the entrypoint expression (see [`split_entrypoint`]).
+const ENTRYPOINT: Grammar = Grammar {
+    positional: &[],
+    keys: &[],
+    usage: "`#[entrypoint(MyEntrypoint::new(...))]`: an expression whose \
+        type implements `nameko::service::Entrypoint`, optionally followed by \
+        `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"password,...\"`",
+};
 
 /// A method called with JSON arguments bound to its parameters: one `#[rpc]`, `#[dummy]` or
 /// `#[entrypoint(...)]` attribute.
@@ -47,7 +60,7 @@ fn expr_span(expr: &Expr) -> Span {
 /// Splits `#[entrypoint(expr, key = value, ...)]` into the expression and the keys' tokens.
 fn split_entrypoint(attr: &Attribute, cx: &mut Ctxt) -> (Option<Expr>, TokenStream) {
     use syn::parse::Parser;
-    let tokens = attr_tokens(attr, ENTRYPOINT_USAGE, cx);
+    let tokens = attr_tokens(attr, ENTRYPOINT.usage, cx);
     let parsed =
         syn::punctuated::Punctuated::<Expr, syn::Token![,]>::parse_terminated.parse2(tokens);
     let exprs = match parsed {
@@ -55,7 +68,7 @@ fn split_entrypoint(attr: &Attribute, cx: &mut Ctxt) -> (Option<Expr>, TokenStre
         Err(e) => {
             cx.push(syn::Error::new(
                 e.span(),
-                format!("{e}; expected {ENTRYPOINT_USAGE}"),
+                format!("{e}; expected {}", ENTRYPOINT.usage),
             ));
             return (None, TokenStream::new());
         }
@@ -65,7 +78,7 @@ fn split_entrypoint(attr: &Attribute, cx: &mut Ctxt) -> (Option<Expr>, TokenStre
         Some(Expr::Assign(assign)) => {
             cx.error(
                 &assign,
-                format!("the entrypoint comes first; expected {ENTRYPOINT_USAGE}"),
+                format!("the entrypoint comes first; expected {}", ENTRYPOINT.usage),
             );
             (None, TokenStream::new())
         }
@@ -76,7 +89,7 @@ fn split_entrypoint(attr: &Attribute, cx: &mut Ctxt) -> (Option<Expr>, TokenStre
         None => {
             cx.error(
                 attr,
-                format!("missing the entrypoint; expected {ENTRYPOINT_USAGE}"),
+                format!("missing the entrypoint; expected {}", ENTRYPOINT.usage),
             );
             (None, TokenStream::new())
         }
@@ -91,21 +104,19 @@ impl Rpc {
 
     pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Option<Rpc> {
         let is = |name| crate::method::is_attr(attr, name);
-        let (kind, usage, tokens) = if is("entrypoint") {
+        let (kind, args) = if is("entrypoint") {
             let (expr, rest) = split_entrypoint(attr, cx);
-            (Kind::Custom(Box::new(expr?)), ENTRYPOINT_USAGE, rest)
+            (
+                Kind::Custom(Box::new(expr?)),
+                ENTRYPOINT.read_tokens(rest, cx),
+            )
         } else if is("dummy") {
-            (Kind::Dummy, DUMMY_USAGE, attr_tokens(attr, DUMMY_USAGE, cx))
+            (Kind::Dummy, DUMMY.read(attr, cx))
         } else {
-            (Kind::Rpc, USAGE, attr_tokens(attr, USAGE, cx))
+            (Kind::Rpc, RPC.read(attr, cx))
         };
-        let keys: &[&str] = match kind {
-            Kind::Rpc => &["name", OPTION_KEYS[0], OPTION_KEYS[1]],
-            Kind::Dummy | Kind::Custom(_) => &OPTION_KEYS,
-        };
-        let args = AttrArgs::parse(tokens, &[], keys, usage, cx);
         let params: Vec<String> = method.params.iter().map(|p| p.name.clone()).collect();
-        let options = EntrypointOptions::parse(&args, &params, &method.ident, cx);
+        let options = args.options(&params, &method.ident, cx);
         let (wire_name, wire_name_span) = match args.string("name", cx) {
             Some(lit) => {
                 check_wire_name(&lit, "RPC method name", cx);
@@ -164,7 +175,7 @@ impl Rpc {
             // The user's expression, and the check that its type is an entrypoint taking
             // arguments, point at the expression.
             Kind::Custom(expr) => quote_spanned! {expr_span(expr)=>
-                #p::bind_entrypoint::<Self, _>(#expr, #info, #handler)
+                #p::bind_entrypoint::<Self, _, _>(#expr, #info, #handler)
             },
         }
     }

@@ -104,12 +104,13 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream, cx: &mut Ctxt) -> Opt
     };
     let keys = AttrArgs::parse(args, &[], &["name", "crate"], USAGE, cx);
     let name = keys.string("name", cx);
-    match &name {
-        Some(lit) => check_wire_name(lit, "service name", cx),
-        None => cx.error(
+    if let Some(lit) = &name {
+        check_wire_name(lit, "service name", cx);
+    } else if keys.report_missing("name") {
+        cx.error(
             item.impl_token,
             "missing the service's name: `#[service(name = \"my_service\")]`",
-        ),
+        );
     }
     let krate: syn::Path = match keys.string("crate", cx) {
         Some(lit) => lit.parse().unwrap_or_else(|e| {

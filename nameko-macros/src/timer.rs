@@ -5,13 +5,21 @@ use proc_macro2::TokenStream;
 use quote::quote;
 use syn::{Attribute, LitBool};
 
-use crate::attr::{AttrArgs, EntrypointOptions, OPTION_KEYS};
+use crate::attr::{EntrypointOptions, Grammar};
 use crate::ctxt::Ctxt;
-use crate::method::{Method, attr_tokens, is_attr};
+use crate::method::{Method, is_attr};
 
-const USAGE: &str = "`#[timer(interval = 1)]` (seconds, or a duration such as `\"500ms\"`), \
-    optionally with `eager = true`, `expected_exceptions = \"ErrorType,...\"`";
-const ONCE_USAGE: &str = "`#[once]`, optionally with `expected_exceptions = \"ErrorType,...\"`";
+const TIMER: Grammar = Grammar {
+    positional: &[],
+    keys: &["interval", "eager"],
+    usage: "`#[timer(interval = 1)]` (seconds, or a duration such as `\"500ms\"`), \
+        optionally with `eager = true`, `expected_exceptions = \"ErrorType,...\"`",
+};
+const ONCE: Grammar = Grammar {
+    positional: &[],
+    keys: &[],
+    usage: "`#[once]`, optionally with `expected_exceptions = \"ErrorType,...\"`",
+};
 
 /// One `#[timer]` or `#[once]` attribute on a method.
 pub(crate) struct Timer {
@@ -24,15 +32,9 @@ pub(crate) struct Timer {
 impl Timer {
     pub(crate) fn parse(method: &Method, attr: &Attribute, cx: &mut Ctxt) -> Option<Timer> {
         let once = is_attr(attr, "once");
-        let usage = if once { ONCE_USAGE } else { USAGE };
-        let tokens = attr_tokens(attr, usage, cx);
-        let keys: &[&str] = if once {
-            &OPTION_KEYS
-        } else {
-            &["interval", "eager", OPTION_KEYS[0], OPTION_KEYS[1]]
-        };
-        let args = AttrArgs::parse(tokens, &[], keys, usage, cx);
-        let options = EntrypointOptions::parse(&args, &[], &method.ident, cx);
+        let grammar = if once { &ONCE } else { &TIMER };
+        let args = grammar.read(attr, cx);
+        let options = args.options(&[], &method.ident, cx);
         if !method.params.is_empty() {
             let what = if once { "an `#[once]`" } else { "a timer" };
             cx.error(
@@ -54,8 +56,11 @@ impl Timer {
             .is_some_and(LitBool::value);
         let interval_nanos = args.duration("interval", cx);
         // Absent (a value that is not a duration was reported by `duration`).
-        if !args.has("interval") {
-            cx.error(attr, format!("missing the interval; expected {USAGE}"));
+        if args.report_missing("interval") {
+            cx.error(
+                attr,
+                format!("missing the interval; expected {}", TIMER.usage),
+            );
         }
         Some(Timer {
             interval_nanos: interval_nanos?,

@@ -28,31 +28,6 @@ use crate::protocol::{RemoteError, RequestBody};
 use crate::service::{Entrypoint, Handler};
 use crate::{RpcError, ServiceProxy};
 
-/// An entrypoint of the user's own (`#[entrypoint(...)]`): one whose method is called with
-/// JSON arguments and gives its result as JSON.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be used in `#[entrypoint(...)]`",
-    label = "this must be an entrypoint whose methods take JSON arguments",
-    note = "`#[entrypoint(...)]` takes a value whose type implements `nameko::service::Entrypoint` with `type Input = RequestBody` and `type Output = Result<Vec<u8>, RemoteError>`"
-)]
-pub trait ArgumentsEntrypoint:
-    Entrypoint<Input = RequestBody, Output = Result<Vec<u8>, RemoteError>>
-{
-}
-impl<E> ArgumentsEntrypoint for E where
-    E: Entrypoint<Input = RequestBody, Output = Result<Vec<u8>, RemoteError>>
-{
-}
-
-/// Binds an `#[entrypoint(...)]` to its method.
-pub fn bind_entrypoint<S: Service, E: ArgumentsEntrypoint>(
-    entrypoint: E,
-    method: MethodInfo,
-    handler: Handler<S, RequestBody, Result<Vec<u8>, RemoteError>>,
-) -> BoundEntrypoint<S> {
-    BoundEntrypoint::new(entrypoint, method, handler)
-}
-
 /// Runs a synchronous method on the blocking pool, inside the current worker's context.
 pub async fn run_blocking<R, F>(f: F) -> Result<R, RemoteError>
 where
@@ -188,6 +163,54 @@ impl<T: Impossible> EventPayload<Unreachable> for T {
     fn decode_payload(_: &[u8]) -> Result<Self, EventError> {
         unreachable!("no type implements `Impossible`")
     }
+}
+
+/// An entrypoint of the user's own (`#[entrypoint(...)]`): one whose method is called with
+/// JSON arguments and gives its result as JSON.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be used in `#[entrypoint(...)]`",
+    label = "this must be an entrypoint whose methods take JSON arguments",
+    note = "`#[entrypoint(...)]` takes a value whose type implements `nameko::service::Entrypoint` with `type Input = RequestBody` and `type Output = Result<Vec<u8>, RemoteError>`"
+)]
+pub trait ArgumentsEntrypoint<S, Via>: Sized {
+    /// Binds the entrypoint to its method.
+    fn bind(
+        self,
+        method: MethodInfo,
+        handler: Handler<S, RequestBody, Result<Vec<u8>, RemoteError>>,
+    ) -> BoundEntrypoint<S>;
+}
+
+impl<S: Service, E> ArgumentsEntrypoint<S, Json> for E
+where
+    E: Entrypoint<Input = RequestBody, Output = Result<Vec<u8>, RemoteError>>,
+{
+    fn bind(
+        self,
+        method: MethodInfo,
+        handler: Handler<S, RequestBody, Result<Vec<u8>, RemoteError>>,
+    ) -> BoundEntrypoint<S> {
+        BoundEntrypoint::new(self, method, handler)
+    }
+}
+
+impl<S: Service, E: Impossible> ArgumentsEntrypoint<S, Unreachable> for E {
+    fn bind(
+        self,
+        _: MethodInfo,
+        _: Handler<S, RequestBody, Result<Vec<u8>, RemoteError>>,
+    ) -> BoundEntrypoint<S> {
+        unreachable!("no type implements `Impossible`")
+    }
+}
+
+/// Binds an `#[entrypoint(...)]` to its method.
+pub fn bind_entrypoint<S: Service, Via, E: ArgumentsEntrypoint<S, Via>>(
+    entrypoint: E,
+    method: MethodInfo,
+    handler: Handler<S, RequestBody, Result<Vec<u8>, RemoteError>>,
+) -> BoundEntrypoint<S> {
+    entrypoint.bind(method, handler)
 }
 
 /// One argument of a typed client's call, already encoded.

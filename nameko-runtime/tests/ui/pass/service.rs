@@ -35,6 +35,12 @@ impl Shop {
     #[rpc]
     fn ping(&self) {}
 
+    /// The receiver written out in full.
+    #[rpc]
+    async fn version(self: &Self) -> u32 {
+        1
+    }
+
     /// Renamed on the wire.
     #[rpc(name = "list_orders")]
     async fn orders(&self, mut limit: u32) -> Vec<Order> {

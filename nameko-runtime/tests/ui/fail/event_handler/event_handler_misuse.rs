@@ -17,6 +17,9 @@ impl Svc {
     #[event_handler("source", "type")]
     async fn two_arguments(&self, _a: String, _b: String) {}
 
+    #[event_handler("orders.v2", "type")]
+    async fn source_not_a_wire_name(&self, _payload: String) {}
+
     #[event_handler("source", "type", retries = 3)]
     async fn unknown_key(&self, _payload: String) {}
 }

@@ -25,6 +25,36 @@ impl Svc {
         id
     }
 
+    #[http("GET", "/items/<id")]
+    async fn unclosed_parameter(&self, id: String) -> String {
+        id
+    }
+
+    #[http("GET", "/items/<int:1st>")]
+    async fn invalid_parameter_name(&self) -> String {
+        String::new()
+    }
+
+    #[http("GET", "/items/id-<id>")]
+    async fn parameter_inside_a_segment(&self, id: String) -> String {
+        id
+    }
+
+    #[http("GET", "/prices/<float:price>")]
+    async fn float_as_an_integer(&self, price: i64) -> String {
+        price.to_string()
+    }
+
+    #[http("GET", "/files/<path:rest>")]
+    async fn path_as_an_integer(&self, rest: u32) -> String {
+        rest.to_string()
+    }
+
+    #[http("GET", "/orders/<uuid:id>")]
+    async fn uuid_as_an_integer(&self, id: u64) -> String {
+        id.to_string()
+    }
+
     #[http("FETCH", "/fetch")]
     async fn unknown_method(&self) -> String {
         String::new()

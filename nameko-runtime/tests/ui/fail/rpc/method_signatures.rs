@@ -45,7 +45,7 @@ impl Svc {
     }
 
     #[rpc]
-    async fn typed_receiver(self: &Self) -> u32 {
+    async fn boxed_receiver(self: Box<Self>) -> u32 {
         1
     }
 }

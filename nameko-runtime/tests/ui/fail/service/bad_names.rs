@@ -13,6 +13,9 @@ impl Svc {
 
     #[rpc(name = 42)]
     async fn other(&self) {}
+
+    #[rpc(name = "")]
+    async fn nameless(&self) {}
 }
 
 fn main() {}
