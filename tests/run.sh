@@ -156,6 +156,32 @@ if [ "$status" -ne 0 ]; then
     show { if (n++ < 200) print }'
 
 fi
+# The README's `cargo expand --example greeter`, run as the README says (.ci/run installs
+# cargo-expand), after the tests (it needs cargo's build lock): the expansion must show the
+# generated service and client. Only for the whole suite.
+if [ "$#" -eq 0 ]; then
+  if command -v cargo-expand >/dev/null 2>&1; then
+    say "cargo expand --example greeter"
+    expanded=$(mktemp)
+    if cargo expand --example greeter >"$expanded" 2>"$expanded.err" \
+       && grep -qF 'impl ::nameko::__private::Service for GreeterService {' "$expanded" \
+       && grep -qF 'const NAME: &'"'"'static str = "greeter_service";' "$expanded" \
+       && grep -qF 'pub struct GreeterServiceClient {' "$expanded" \
+       && grep -qF 'pub async fn greet(' "$expanded"; then
+      echo "cargo expand: ok, $(wc -l <"$expanded") lines showing GreeterService's Service impl and GreeterServiceClient"
+    else
+      echo "cargo expand --example greeter did not show the generated code:" >&2
+      tail -n 20 "$expanded.err" "$expanded" >&2
+      status=1
+    fi
+    rm -f "$expanded" "$expanded.err"
+  elif [ "${CI:-}" = true ]; then
+    echo "cargo-expand is not installed (.ci/run installs it): the README's cargo expand command is unchecked" >&2
+    status=1
+  else
+    say "Not checking the README's cargo expand command: cargo-expand is not installed (cargo install cargo-expand)"
+  fi
+fi
 # One closing line for the whole run (cargo prints one per test binary).
 sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '/^test result:/ { p += $4; f += $6; i += $8 }
   END { printf "\nall test binaries: %d passed, %d failed, %d ignored\n%d passed, %d failed\n", p, f, i, p, f }'

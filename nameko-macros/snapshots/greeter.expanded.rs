@@ -238,7 +238,6 @@ impl ::nameko::__private::Service for ExpandedGreeterService {
                                 use ::nameko::__private::{
                                     ViaDisplay as _, ViaToRemoteError as _,
                                 };
-                                #[allow(clippy::needless_borrow)]
                                 let error = (&::nameko::__private::Wrap(&error))
                                     .__to_remote_error();
                                 ::std::result::Result::Err(

@@ -229,7 +229,6 @@ impl Method {
                         ::std::result::Result::Ok(value) => #ok,
                         ::std::result::Result::Err(error) => {
                             use #p::{ViaDisplay as _, ViaToRemoteError as _};
-                            #[allow(clippy::needless_borrow)] // The borrow selects the conversion.
                             let error = (&#p::Wrap(&error)).__to_remote_error();
                             ::std::result::Result::Err(::std::convert::Into::into(error))
                         }
