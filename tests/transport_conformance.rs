@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::TestBroker;
 use futures_util::StreamExt;
 use nameko::transport::{
-    Consumer, Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec, SharedTransport,
-    TransportError,
+    Consumer, Delivery, ExchangeSpec, ExchangeType, OutgoingMessage, Properties, QueueSpec,
+    SharedTransport, TransportError,
 };
 use serde_json::json;
 
@@ -315,5 +315,136 @@ on_both_transports! {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(matches!(outcome, Err(TransportError::Unroutable { .. })), "{outcome:?}");
+    }
+}
+
+on_both_transports! {
+    async fn direct_and_fanout_exchanges_route_as_their_type_says(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (direct, fanout) = (unique("direct"), unique("fanout"));
+        t.declare_exchange(&ExchangeSpec::durable(&direct, ExchangeType::Direct)).await.unwrap();
+        t.declare_exchange(&ExchangeSpec::durable(&fanout, ExchangeType::Fanout)).await.unwrap();
+        let queue = unique("q");
+        t.declare_queue(&QueueSpec::durable(&queue)).await.unwrap();
+        t.bind_queue(&queue, &direct, "orders.*").await.unwrap();
+        t.bind_queue(&queue, &fanout, "ignored").await.unwrap();
+        let mut consumer = t.consume(&queue, 10).await.unwrap();
+        // A direct exchange matches the key exactly: `*` is no wildcard there.
+        let mut wild = message(&direct, "orders.new", "1");
+        wild.mandatory = true;
+        assert!(matches!(t.publish(wild).await, Err(TransportError::Unroutable { .. })));
+        t.publish(message(&direct, "orders.*", "2")).await.unwrap();
+        // A fanout exchange ignores the key.
+        t.publish(message(&fanout, "anything.at.all", "3")).await.unwrap();
+        for body in ["2", "3"] {
+            let d = next(&mut consumer).await;
+            assert_eq!(d.body, body.as_bytes());
+            d.ack().await.unwrap();
+        }
+        assert_nothing(&mut consumer).await;
+    }
+}
+
+on_both_transports! {
+    async fn a_priority_queue_delivers_higher_priorities_first(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let queue = unique("q");
+        t.declare_queue(&QueueSpec::durable(&queue).max_priority(10)).await.unwrap();
+        // Published while nothing consumes, then read: highest first, FIFO within one, and
+        // priorities above the queue's maximum count as the maximum.
+        for (body, priority) in [("low-1", 1), ("high", 9), ("low-2", 1), ("none", 0), ("over", 200), ("mid", 5)] {
+            let mut m = message("", &queue, body);
+            m.properties.priority = Some(priority);
+            t.publish(m).await.unwrap();
+        }
+        let mut consumer = t.consume(&queue, 1).await.unwrap();
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            let d = next(&mut consumer).await;
+            order.push(String::from_utf8(d.body.clone()).unwrap());
+            d.ack().await.unwrap();
+        }
+        assert_eq!(order, ["over", "high", "mid", "low-1", "low-2", "none"]);
+    }
+}
+
+on_both_transports! {
+    async fn a_rejected_message_goes_to_the_dead_letter_exchange(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (dlx, dead) = topology(&t, &["dead.#"]).await;
+        let queue = unique("q");
+        t.declare_queue(
+            &QueueSpec::durable(&queue).dead_letter_exchange(&dlx).dead_letter_routing_key("dead.letters"),
+        )
+        .await
+        .unwrap();
+        let mut consumer = t.consume(&queue, 1).await.unwrap();
+        let mut m = message("", &queue, "poison");
+        m.properties.headers.insert("nameko.call_id_stack".into(), json!(["x.y.z"]));
+        t.publish(m).await.unwrap();
+        next(&mut consumer).await.reject(false).await.unwrap();
+        let mut dead_consumer = t.consume(&dead, 1).await.unwrap();
+        let d = next(&mut dead_consumer).await;
+        assert_eq!(d.body, b"poison");
+        assert_eq!(d.exchange, dlx);
+        assert_eq!(d.routing_key, "dead.letters");
+        assert_eq!(d.properties.headers["nameko.call_id_stack"], json!(["x.y.z"]));
+        let death = &d.properties.headers["x-death"][0];
+        assert_eq!(death["reason"], "rejected");
+        assert_eq!(death["queue"], queue.as_str());
+        assert_eq!(death["count"], 1);
+        d.ack().await.unwrap();
+        assert_nothing(&mut consumer).await;
+    }
+}
+
+on_both_transports! {
+    async fn expired_messages_are_dead_lettered_even_from_an_idle_queue(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (dlx, dead) = topology(&t, &["#"]).await;
+        let (ttl_queue, plain_queue) = (unique("ttl"), unique("plain"));
+        // The queue's TTL, and a message's own expiration on a queue without one.
+        t.declare_queue(&QueueSpec::durable(&ttl_queue).message_ttl(Duration::from_millis(100)).dead_letter_exchange(&dlx))
+            .await
+            .unwrap();
+        t.declare_queue(&QueueSpec::durable(&plain_queue).dead_letter_exchange(&dlx)).await.unwrap();
+        t.publish(message("", &ttl_queue, "by-queue")).await.unwrap();
+        let mut short = message("", &plain_queue, "by-message");
+        short.properties.expiration = Some(Duration::from_millis(100));
+        t.publish(short).await.unwrap();
+        let mut kept = message("", &plain_queue, "kept");
+        kept.properties.expiration = Some(Duration::from_secs(60));
+        t.publish(kept).await.unwrap();
+        let mut dead_consumer = t.consume(&dead, 10).await.unwrap();
+        let mut bodies = Vec::new();
+        for _ in 0..2 {
+            let d = next(&mut dead_consumer).await;
+            assert_eq!(d.properties.headers["x-death"][0]["reason"], "expired");
+            assert_eq!(d.properties.expiration, None, "the expiration is taken off");
+            bodies.push(String::from_utf8(d.body.clone()).unwrap());
+            d.ack().await.unwrap();
+        }
+        bodies.sort();
+        assert_eq!(bodies, ["by-message", "by-queue"]);
+        assert_nothing(&mut dead_consumer).await;
+        let mut consumer = t.consume(&plain_queue, 1).await.unwrap();
+        let d = next(&mut consumer).await;
+        assert_eq!(d.body, b"kept");
+        assert_eq!(d.properties.expiration, Some(Duration::from_secs(60)));
+        d.ack().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn redeclaring_a_queue_with_other_arguments_fails(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let queue = unique("q");
+        t.declare_queue(&QueueSpec::durable(&queue).max_priority(5)).await.unwrap();
+        t.declare_queue(&QueueSpec::durable(&queue).max_priority(5)).await.expect("the same arguments");
+        let other = t.declare_queue(&QueueSpec::durable(&queue).max_priority(9)).await;
+        assert!(matches!(other, Err(TransportError::PreconditionFailed(_))), "{other:?}");
+        let t = broker.connect().await;
+        let none = t.declare_queue(&QueueSpec::durable(&queue)).await;
+        assert!(matches!(none, Err(TransportError::PreconditionFailed(_))), "{none:?}");
     }
 }

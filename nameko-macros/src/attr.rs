@@ -135,13 +135,18 @@ impl AttrArgs {
 }
 
 impl AttrArgs {
-    /// The duration value of `key`, in nanoseconds: seconds as a number (`1`, `0.5`) or a string
-    /// with a unit (`"500ms"`, `"2s"`, `"1m"`, `"1h"`); it must be positive.
     /// Whether `key` was given (whatever its value).
     pub(crate) fn has(&self, key: &str) -> bool {
         self.named.iter().any(|(k, _)| k == key)
     }
 
+    /// The value of `key` as written, if given: an expression of the user's.
+    pub(crate) fn expr(&self, key: &str) -> Option<&Expr> {
+        self.named.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The duration value of `key`, in nanoseconds: seconds as a number (`1`, `0.5`) or a string
+    /// with a unit (`"500ms"`, `"2s"`, `"1m"`, `"1h"`); it must be positive.
     pub(crate) fn duration(&self, key: &str, cx: &mut Ctxt) -> Option<u64> {
         let (_, value) = self.named.iter().find(|(k, _)| k == key)?;
         let message = format!(

@@ -16,7 +16,7 @@ use syn::{Ident, ImplItem, ItemImpl, LitStr, Type};
 
 use crate::attr::{AttrArgs, check_wire_name};
 use crate::ctxt::Ctxt;
-use crate::event::EventHandler;
+use crate::event::{Consume, EventHandler};
 use crate::http::Http;
 use crate::method::{Method, is_attr};
 use crate::rpc::Rpc;
@@ -28,6 +28,7 @@ const USAGE: &str = "`#[service(name = \"...\")]`";
 const ENTRYPOINT_ATTRS: &[&str] = &[
     "rpc",
     "event_handler",
+    "consume",
     "http",
     "timer",
     "once",
@@ -60,6 +61,7 @@ enum EntrypointDef {
     /// `#[rpc]`, `#[dummy]` or `#[entrypoint(...)]`: called with JSON arguments.
     Called(Rpc),
     Event(EventHandler),
+    Consume(Consume),
     Http(Http),
     Timer(Timer),
 }
@@ -181,6 +183,8 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream, cx: &mut Ctxt) -> Opt
                 Timer::parse(&method, attr, cx).map(EntrypointDef::Timer)
             } else if is_attr(attr, "http") {
                 Http::parse(&method, attr, cx).map(EntrypointDef::Http)
+            } else if is_attr(attr, "consume") {
+                Consume::parse(&method, attr, cx).map(EntrypointDef::Consume)
             } else {
                 EventHandler::parse(&method, attr, cx).map(EntrypointDef::Event)
             };
@@ -243,6 +247,7 @@ pub(crate) fn emit(def: &ServiceDef, name: &LitStr, self_ident: &Ident) -> Token
         m.entrypoints.iter().map(|e| match e {
             EntrypointDef::Called(rpc) => rpc.entrypoint(&m.method, krate),
             EntrypointDef::Event(event) => event.entrypoint(&m.method, krate),
+            EntrypointDef::Consume(consume) => consume.entrypoint(&m.method, krate),
             EntrypointDef::Http(http) => http.entrypoint(&m.method, krate),
             EntrypointDef::Timer(timer) => timer.entrypoint(&m.method, krate),
         })

@@ -12,6 +12,7 @@ pub use crate::context::WorkerContext;
 pub use crate::error::select::{ViaDisplay, ViaToRemoteError, Wrap};
 pub use crate::events::{EventHandler, HandlerType};
 pub use crate::http::Http;
+pub use crate::messaging::Consume;
 pub use crate::rpc::args::{BoundArgs, Param};
 pub use crate::rpc::{Dummy, Rpc};
 pub use crate::runner::ServiceRegistration;
@@ -161,6 +162,29 @@ impl<T: DeserializeOwned> EventPayload<Json> for T {
 
 impl<T: Impossible> EventPayload<Unreachable> for T {
     fn decode_payload(_: &[u8]) -> Result<Self, EventError> {
+        unreachable!("no type implements `Impossible`")
+    }
+}
+
+/// A type that can be the body of a message a `#[consume]` method takes.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the body of a `#[consume]` method's message",
+    label = "this type must implement `serde::Deserialize` (owned)",
+    note = "messages are JSON: derive `Deserialize` for it, and use owned types"
+)]
+pub trait MessageBody<Via>: Sized {
+    /// Decodes a message's body into the method's parameter type.
+    fn decode_body(body: &[u8]) -> Result<Self, EventError>;
+}
+
+impl<T: DeserializeOwned> MessageBody<Json> for T {
+    fn decode_body(body: &[u8]) -> Result<Self, EventError> {
+        <T as EventPayload<Json>>::decode_payload(body)
+    }
+}
+
+impl<T: Impossible> MessageBody<Unreachable> for T {
+    fn decode_body(_: &[u8]) -> Result<Self, EventError> {
         unreachable!("no type implements `Impossible`")
     }
 }

@@ -58,6 +58,7 @@ pub mod context;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod messaging;
 pub mod protocol;
 pub mod rpc;
 pub mod runner;
@@ -101,6 +102,17 @@ pub use nameko_macros::rpc;
 /// method takes the payload, decoded from JSON, as its only argument; a payload that does not
 /// decode is logged and dropped, never retried.
 pub use nameko_macros::event_handler;
+
+/// Marks a method of a `#[service]` block as the consumer of a queue (Nameko's `consume`):
+/// `#[consume(queue = orders_queue())]`, where the expression is a [`messaging::Queue`] (with
+/// its exchange, routing key and arguments).
+///
+/// Keys: `requeue_on_error = bool` (default `false`: a failed message is logged and
+/// acknowledged). The method takes the message's body, decoded from JSON, as its only argument,
+/// and its context data from the message's `nameko.*` headers; a body that does not decode is
+/// logged and rejected (dead-lettered where the queue has a dead-letter exchange, else
+/// dropped), never retried. See [`messaging`].
+pub use nameko_macros::consume;
 
 /// Marks a method of a `#[service]` block as an HTTP endpoint:
 /// `#[http("GET", "/multiply/<int:first>/<int:second>")]`; several attributes may stand on one
@@ -165,8 +177,8 @@ pub mod prelude {
     pub use crate::service::WorkerResult;
     pub use crate::{
         ClusterRpcClient, Config, ContextData, Dependencies, Dependency, DependencyContext, Error,
-        RemoteError, RpcError, ServiceProxy, ServiceRunner, ToRemoteError, WorkerContext, dummy,
-        entrypoint, event_handler, http, once, rpc, service, timer,
+        RemoteError, RpcError, ServiceProxy, ServiceRunner, ToRemoteError, WorkerContext, consume,
+        dummy, entrypoint, event_handler, http, once, rpc, service, timer,
     };
 }
 

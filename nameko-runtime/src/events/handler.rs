@@ -70,15 +70,15 @@ impl EventHandler {
     }
 }
 
-/// The body of an event, as its handler's worker is given it (JSON, decoded by the method's
-/// generated code into its parameter's type).
+/// The body of an event, or of a message a `#[consume]` method takes, as its worker is given it
+/// (JSON, decoded by the method's generated code into its parameter's type).
 #[derive(Debug, Clone)]
 pub struct EventBody(pub Vec<u8>);
 
-/// Why an event handler did not finish.
+/// Why an event handler (or a `#[consume]` method) did not finish.
 #[derive(Debug)]
 pub enum EventError {
-    /// The payload does not decode into the handler's parameter type: never retried.
+    /// The body does not decode into the method's parameter type: never retried.
     Payload(String),
     /// The handler failed.
     Handler(RemoteError),
@@ -167,64 +167,95 @@ struct EventConsumer {
 
 impl DeliveryHandler for EventConsumer {
     fn handle(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> BoxFuture<'static, ()> {
-        Box::pin(self.handle_event(delivery, slot))
+        Box::pin(async move {
+            let e = &self.entrypoint;
+            let subject = Subject::Event {
+                source: e.source_service,
+                event_type: e.event_type,
+            };
+            handle_json_message(&self.cx, delivery, slot, e.requeue_on_error, subject).await;
+        })
     }
 }
 
-impl EventConsumer {
-    async fn handle_event(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) {
-        let e = &self.entrypoint;
-        let method = self.cx.method();
-        let content_type = delivery.properties.content_type.as_deref();
-        let outcome = match content_type {
-            _ if protocol::is_json(content_type) => {
-                let data = protocol::context_from_headers(&delivery.properties.headers);
-                let body = EventBody(delivery.body.clone());
-                let worker = self.cx.run_worker(slot, body, data, Some(&delivery.body));
-                match worker.await {
-                    Some(outcome) => outcome,
-                    // Killed: neither settled nor answered; the broker redelivers it.
-                    None => return,
-                }
-            }
-            other => Err(EventError::Payload(protocol::shorten(format!(
-                "unsupported content type `{}`",
-                other.unwrap_or_default()
-            )))),
-        };
-        let (service, handler) = (self.cx.service_name(), method.name());
-        let (source, event_type) = (e.source_service, e.event_type);
-        let settled = match outcome {
-            Ok(()) => delivery.ack().await,
-            Err(EventError::Payload(reason)) => {
-                let arguments = event_arguments(
-                    &delivery.body,
-                    method.params().first().copied().unwrap_or("payload"),
-                    method.sensitive_arguments(),
-                );
-                tracing::error!(
-                    service, handler, source, event_type,
-                    reason = %arguments.scrub(&reason),
-                    arguments = %arguments.shown,
-                    "dropped an event whose payload does not fit the handler"
-                );
-                delivery.reject(false).await
-            }
-            Err(EventError::Handler(_)) if e.requeue_on_error => {
-                tracing::warn!(
-                    service,
-                    handler,
-                    source,
-                    event_type,
-                    "requeueing the failed event"
-                );
-                delivery.reject(true).await
-            }
-            Err(EventError::Handler(_)) => delivery.ack().await,
-        };
-        if let Err(error) = settled {
-            tracing::warn!(service, handler, %error, "could not settle an event");
+/// What a message handler handles, as its log lines name it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Subject<'a> {
+    /// An event type of a source service.
+    Event {
+        source: &'a str,
+        event_type: &'a str,
+    },
+    /// A queue (`#[consume]`).
+    Queue(&'a str),
+}
+
+impl fmt::Display for Subject<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Event { source, event_type } => write!(f, "event {source}.{event_type}"),
+            Subject::Queue(queue) => write!(f, "queue {queue}"),
         }
+    }
+}
+
+/// Runs the worker for a JSON message (an event, or a consumed message), and settles it:
+/// acknowledged when done; requeued when the method failed, if `requeue_on_error`, else
+/// acknowledged (the failure is logged by the worker); rejected, never to be retried
+/// (dead-lettered where its queue has a dead-letter exchange, else dropped), when its body
+/// does not fit the method.
+pub(crate) async fn handle_json_message<E>(
+    cx: &EntrypointContext<E>,
+    delivery: Delivery,
+    slot: WorkerSlot,
+    requeue_on_error: bool,
+    subject: Subject<'_>,
+) where
+    E: Entrypoint<Input = EventBody, Output = Result<(), EventError>>,
+{
+    let method = cx.method();
+    let content_type = delivery.properties.content_type.as_deref();
+    let outcome = match content_type {
+        _ if protocol::is_json(content_type) => {
+            let data = protocol::context_from_headers(&delivery.properties.headers);
+            let body = EventBody(delivery.body.clone());
+            let worker = cx.run_worker(slot, body, data, Some(&delivery.body));
+            match worker.await {
+                Some(outcome) => outcome,
+                // Killed: neither settled nor answered; the broker redelivers it.
+                None => return,
+            }
+        }
+        other => Err(EventError::Payload(protocol::shorten(format!(
+            "unsupported content type `{}`",
+            other.unwrap_or_default()
+        )))),
+    };
+    let (service, handler) = (cx.service_name(), method.name());
+    let settled = match outcome {
+        Ok(()) => delivery.ack().await,
+        Err(EventError::Payload(reason)) => {
+            let arguments = event_arguments(
+                &delivery.body,
+                method.params().first().copied().unwrap_or("payload"),
+                method.sensitive_arguments(),
+            );
+            tracing::error!(
+                service, handler, %subject,
+                reason = %arguments.scrub(&reason),
+                arguments = %arguments.shown,
+                "rejected a message whose body does not fit its handler (dead-lettered where its queue has a dead-letter exchange, else dropped)"
+            );
+            delivery.reject(false).await
+        }
+        Err(EventError::Handler(_)) if requeue_on_error => {
+            tracing::warn!(service, handler, %subject, "requeueing the failed message");
+            delivery.reject(true).await
+        }
+        Err(EventError::Handler(_)) => delivery.ack().await,
+    };
+    if let Err(error) = settled {
+        tracing::warn!(service, handler, %subject, %error, "could not settle a message");
     }
 }
 

@@ -24,7 +24,7 @@ use crate::transport::{
 pub use crate::protocol::HandlerType;
 pub use handler::{EventBody, EventError, EventHandler};
 
-mod handler;
+pub(crate) mod handler;
 
 /// An event type known by its payload's type, for [`EventDispatcher::dispatch_event`].
 ///

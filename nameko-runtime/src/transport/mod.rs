@@ -68,11 +68,47 @@ pub enum TransportError {
     PublishTimeout(std::time::Duration),
 }
 
-/// A topic exchange to declare.
+/// How an exchange routes a message to the queues bound to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[non_exhaustive]
+pub enum ExchangeType {
+    /// To the queues bound with exactly the message's routing key.
+    Direct,
+    /// To every queue bound to it, whatever the routing key.
+    Fanout,
+    /// To the queues whose binding pattern (`*` one word, `#` any number) matches the
+    /// routing key: what Nameko declares for events and RPC.
+    #[default]
+    Topic,
+}
+
+impl ExchangeType {
+    /// Its AMQP name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeType::Direct => "direct",
+            ExchangeType::Fanout => "fanout",
+            ExchangeType::Topic => "topic",
+        }
+    }
+
+    /// Whether a binding with `binding_key` takes a message with `routing_key`.
+    pub(crate) fn routes(self, binding_key: &str, routing_key: &str) -> bool {
+        match self {
+            ExchangeType::Direct => binding_key == routing_key,
+            ExchangeType::Fanout => true,
+            ExchangeType::Topic => topic_matches(binding_key, routing_key),
+        }
+    }
+}
+
+/// An exchange to declare.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExchangeSpec {
     /// Its name.
     pub name: String,
+    /// How it routes.
+    pub kind: ExchangeType,
     /// Survives a broker restart.
     pub durable: bool,
     /// Deleted when its last binding goes.
@@ -80,14 +116,63 @@ pub struct ExchangeSpec {
 }
 
 impl ExchangeSpec {
-    /// A durable topic exchange, as Nameko declares every exchange.
-    pub fn durable_topic(name: impl Into<String>) -> Self {
+    /// A durable exchange of type `kind`.
+    pub fn durable(name: impl Into<String>, kind: ExchangeType) -> Self {
         ExchangeSpec {
             name: name.into(),
+            kind,
             durable: true,
             auto_delete: false,
         }
     }
+
+    /// A durable topic exchange, as Nameko declares every exchange.
+    pub fn durable_topic(name: impl Into<String>) -> Self {
+        ExchangeSpec {
+            name: name.into(),
+            kind: ExchangeType::Topic,
+            durable: true,
+            auto_delete: false,
+        }
+    }
+}
+
+/// A queue's type (`x-queue-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[non_exhaustive]
+pub enum QueueType {
+    /// RabbitMQ's classic queue, on one node.
+    #[default]
+    Classic,
+    /// A replicated queue (RabbitMQ's Raft-based quorum queue); always durable.
+    Quorum,
+}
+
+impl QueueType {
+    /// Its AMQP name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+/// A queue's optional arguments (`x-...`), as RabbitMQ takes them at declaration. A queue that
+/// exists must be declared again with the same ones.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct QueueArguments {
+    /// `x-max-priority`: messages of a higher priority (up to this) are delivered first.
+    pub max_priority: Option<u8>,
+    /// `x-dead-letter-exchange`: where rejected (not requeued) and expired messages go.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`: their routing key there (else their own).
+    pub dead_letter_routing_key: Option<String>,
+    /// `x-message-ttl`: how long a message may wait in the queue.
+    pub message_ttl: Option<Duration>,
+    /// `x-queue-type` (not sent when `None`: the broker's default, classic).
+    pub queue_type: Option<QueueType>,
 }
 
 /// A queue to declare; the flags must match any existing queue of the same name.
@@ -103,6 +188,8 @@ pub struct QueueSpec {
     pub auto_delete: bool,
     /// Deleted after being unused this long (`x-expires`).
     pub expires: Option<Duration>,
+    /// Its other arguments.
+    pub arguments: QueueArguments,
 }
 
 impl QueueSpec {
@@ -113,6 +200,36 @@ impl QueueSpec {
             durable: true,
             ..QueueSpec::default()
         }
+    }
+
+    /// With `x-max-priority`.
+    pub fn max_priority(mut self, max: u8) -> Self {
+        self.arguments.max_priority = Some(max);
+        self
+    }
+
+    /// With `x-dead-letter-exchange`.
+    pub fn dead_letter_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.arguments.dead_letter_exchange = Some(exchange.into());
+        self
+    }
+
+    /// With `x-dead-letter-routing-key`.
+    pub fn dead_letter_routing_key(mut self, routing_key: impl Into<String>) -> Self {
+        self.arguments.dead_letter_routing_key = Some(routing_key.into());
+        self
+    }
+
+    /// With `x-message-ttl`.
+    pub fn message_ttl(mut self, ttl: Duration) -> Self {
+        self.arguments.message_ttl = Some(ttl);
+        self
+    }
+
+    /// With `x-queue-type`.
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.arguments.queue_type = Some(queue_type);
+        self
     }
 }
 
@@ -131,6 +248,8 @@ pub struct Properties {
     pub delivery_mode: Option<u8>,
     /// `priority`.
     pub priority: Option<u8>,
+    /// `expiration`: the message is dropped (or dead-lettered) if still queued after this.
+    pub expiration: Option<Duration>,
     /// Headers (always sent, possibly empty).
     pub headers: Headers,
 }

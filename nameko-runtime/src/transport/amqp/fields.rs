@@ -137,6 +137,34 @@ pub(super) fn from_amqp(value: &AMQPValue, depth: usize) -> Option<Value> {
     })
 }
 
+/// A queue's `x-...` arguments. Integers go as signed 32-bit values, as Python's py-amqp sends
+/// them (RabbitMQ compares a redeclaration's arguments by type too).
+pub(super) fn queue_arguments(spec: &QueueSpec) -> FieldTable {
+    let ms = |d: Duration| AMQPValue::LongInt(i32::try_from(d.as_millis()).unwrap_or(i32::MAX));
+    let text = |s: &str| AMQPValue::LongString(s.into());
+    let mut arguments = FieldTable::default();
+    let a = &spec.arguments;
+    if let Some(expires) = spec.expires {
+        arguments.insert("x-expires".into(), ms(expires));
+    }
+    if let Some(max) = a.max_priority {
+        arguments.insert("x-max-priority".into(), AMQPValue::LongInt(i32::from(max)));
+    }
+    if let Some(exchange) = &a.dead_letter_exchange {
+        arguments.insert("x-dead-letter-exchange".into(), text(exchange));
+    }
+    if let Some(key) = &a.dead_letter_routing_key {
+        arguments.insert("x-dead-letter-routing-key".into(), text(key));
+    }
+    if let Some(ttl) = a.message_ttl {
+        arguments.insert("x-message-ttl".into(), ms(ttl));
+    }
+    if let Some(kind) = a.queue_type {
+        arguments.insert("x-queue-type".into(), text(kind.as_str()));
+    }
+    arguments
+}
+
 pub(super) fn to_basic_properties(p: &Properties) -> BasicProperties {
     let mut props = BasicProperties::default().with_headers(to_field_table(&p.headers));
     if let Some(v) = &p.content_type {
@@ -157,6 +185,9 @@ pub(super) fn to_basic_properties(p: &Properties) -> BasicProperties {
     if let Some(v) = p.priority {
         props = props.with_priority(v);
     }
+    if let Some(v) = p.expiration {
+        props = props.with_expiration(v.as_millis().to_string().into());
+    }
     props
 }
 
@@ -174,6 +205,12 @@ pub(super) fn from_basic_properties(p: &BasicProperties) -> Option<Properties> {
         reply_to: text(p.reply_to()),
         delivery_mode: *p.delivery_mode(),
         priority: *p.priority(),
+        // Milliseconds, as a string; one that does not parse is left out.
+        expiration: p
+            .expiration()
+            .as_ref()
+            .and_then(|ms| ms.as_str().parse().ok())
+            .map(Duration::from_millis),
         headers,
     })
 }

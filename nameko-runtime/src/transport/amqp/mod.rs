@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Stream};
@@ -37,8 +38,8 @@ use serde_json::Value;
 use tokio::sync::{Mutex, watch};
 
 use super::{
-    Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, OutgoingMessage, Properties,
-    QueueSpec, TlsOptions, Transport, TransportError, mask_password,
+    Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, ExchangeType, OutgoingMessage,
+    Properties, QueueSpec, TlsOptions, Transport, TransportError, mask_password,
 };
 use crate::protocol::Headers;
 
@@ -386,9 +387,14 @@ impl Transport for AmqpTransport {
         let spec = spec.clone();
         async move {
             self.with_channel(|ch| async move {
+                let kind = match spec.kind {
+                    ExchangeType::Direct => ExchangeKind::Direct,
+                    ExchangeType::Fanout => ExchangeKind::Fanout,
+                    ExchangeType::Topic => ExchangeKind::Topic,
+                };
                 ch.exchange_declare(
                     spec.name.as_str().into(),
-                    ExchangeKind::Topic,
+                    kind,
                     ExchangeDeclareOptions {
                         durable: spec.durable,
                         auto_delete: spec.auto_delete,
@@ -406,12 +412,7 @@ impl Transport for AmqpTransport {
     fn declare_queue(&self, spec: &QueueSpec) -> BoxFuture<'_, Result<(), TransportError>> {
         let spec = spec.clone();
         async move {
-            let mut arguments = FieldTable::default();
-            if let Some(expires) = spec.expires {
-                // Python's py-amqp sends this int as a signed 32-bit value; so do we.
-                let ms = i32::try_from(expires.as_millis()).unwrap_or(i32::MAX);
-                arguments.insert("x-expires".into(), AMQPValue::LongInt(ms));
-            }
+            let arguments = fields::queue_arguments(&spec);
             self.with_channel(|ch| async move {
                 ch.queue_declare(
                     spec.name.as_str().into(),

@@ -1,0 +1,80 @@
+//! The `#[consume]` entrypoint, on the public entrypoint API: the queue (with its exchange and
+//! binding) declared at start and consumed for as long as the service runs; each message runs
+//! one worker and is then settled as [`handle_json_message`] says.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::Queue;
+use crate::error::Error;
+use crate::events::handler::{Subject, handle_json_message};
+use crate::events::{EventBody, EventError};
+use crate::service::{
+    DeliveryHandler, Entrypoint, EntrypointContext, QueueDeclaration, Started, WorkerSlot,
+};
+use crate::transport::Delivery;
+
+/// `#[consume(queue = ...)]`: the method takes every message of a queue (Nameko's `consume`).
+#[derive(Debug, Clone)]
+pub struct Consume {
+    queue: Queue,
+    requeue_on_error: bool,
+}
+
+impl Consume {
+    /// Consumes `queue`; a failed message is acknowledged (and logged), not requeued.
+    pub fn new(queue: Queue) -> Self {
+        Consume {
+            queue,
+            requeue_on_error: false,
+        }
+    }
+
+    /// Whether a message whose method failed goes back to the queue.
+    pub fn requeue_on_error(mut self, requeue_on_error: bool) -> Self {
+        self.requeue_on_error = requeue_on_error;
+        self
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+}
+
+impl Entrypoint for Consume {
+    type Input = EventBody;
+    type Output = Result<(), EventError>;
+
+    fn describe(&self, method: &str) -> String {
+        format!("consume {method} <- {}", self.queue.name())
+    }
+
+    async fn start(self, cx: EntrypointContext<Self>) -> Result<Started, Error> {
+        let mut declaration = QueueDeclaration::new(self.queue.spec().clone());
+        if let Some((exchange, routing_key)) = self.queue.binding() {
+            declaration = declaration.bind(exchange.spec().clone(), routing_key);
+        }
+        let handler = Arc::new(MessageConsumer {
+            entrypoint: self,
+            cx: cx.clone(),
+        });
+        cx.consume(declaration, handler).await
+    }
+}
+
+struct MessageConsumer {
+    entrypoint: Consume,
+    cx: EntrypointContext<Consume>,
+}
+
+impl DeliveryHandler for MessageConsumer {
+    fn handle(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let e = &self.entrypoint;
+            let subject = Subject::Queue(e.queue.name());
+            handle_json_message(&self.cx, delivery, slot, e.requeue_on_error, subject).await;
+        })
+    }
+}
