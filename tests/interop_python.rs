@@ -400,3 +400,141 @@ async fn python_and_rust_handlers_of_one_service_share_one_event_queue() {
     assert!(by.iter().any(|b| b == "rust"), "{by:?}");
     rust.stop().await.unwrap();
 }
+
+/// Where Python's `PythonMessenger.send` publishes: the `interop` direct exchange, routing key
+/// `to_rust`, a priority queue.
+fn rust_inbox() -> nameko::messaging::Queue {
+    nameko::messaging::Queue::new("rust_inbox")
+        .exchange(nameko::messaging::Exchange::direct("interop"))
+        .routing_key("to_rust")
+        .max_priority(10)
+}
+
+fn inbox() -> &'static std::sync::Mutex<Vec<(Value, Option<String>)>> {
+    static INBOX: std::sync::OnceLock<std::sync::Mutex<Vec<(Value, Option<String>)>>> =
+        std::sync::OnceLock::new();
+    INBOX.get_or_init(Default::default)
+}
+
+#[derive(Dependencies)]
+pub struct RustInbox;
+
+#[service(name = "rust_inbox")]
+impl RustInbox {
+    #[consume(queue = rust_inbox())]
+    async fn take(&self, body: Value) {
+        let user = WorkerContext::current()
+            .and_then(|w| w.data().get("user_id").cloned())
+            .and_then(|v| v.as_str().map(str::to_owned));
+        inbox().lock().unwrap().push((body, user));
+    }
+}
+
+#[tokio::test]
+async fn a_python_publisher_reaches_a_rust_consumer_highest_priority_first() {
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else {
+        return;
+    };
+    // The consumer declares its priority queue, and stops: messages wait for it.
+    let config = Config::default()
+        .with_broker(&broker.uri)
+        .with_max_workers(1);
+    let first = ServiceRunner::new(config.clone())
+        .with_service::<RustInbox>()
+        .start()
+        .await
+        .unwrap();
+    first.stop().await.unwrap();
+    let _python = PythonServices::start(&python, &broker, &["PythonMessenger"]);
+    let client = ClusterRpcClient::connect(&broker.uri)
+        .await
+        .unwrap()
+        .with_context_data([("user_id".to_owned(), json!("py-user"))].into());
+    wait_for_service(&client, "python_messenger", "send", json!([[]])).await;
+    let messages = json!([[{"n": "low"}, 1], [{"n": "high"}, 9], [{"n": "middle"}, 5]]);
+    client
+        .service("python_messenger")
+        .call::<_, ()>("send", [&messages])
+        .await
+        .unwrap();
+    // One worker at a time: the order they ran in is the order they came in.
+    let rust = ServiceRunner::new(config)
+        .with_service::<RustInbox>()
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if inbox().lock().unwrap().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let got = inbox().lock().unwrap().clone();
+    let order: Vec<&Value> = got.iter().map(|(body, _)| &body["n"]).collect();
+    assert_eq!(order, ["high", "middle", "low"]);
+    // Python's publisher sent the context data it was called with as `nameko.*` headers.
+    assert!(
+        got.iter()
+            .all(|(_, user)| user.as_deref() == Some("py-user")),
+        "{got:?}"
+    );
+    rust.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rust_publisher_reaches_a_python_consumer_with_its_context() {
+    let (Some(broker), Some(python)) = (TestBroker::amqp(), python()) else {
+        return;
+    };
+    let rust = ServiceRunner::new(Config::default().with_broker(&broker.uri))
+        .with_service::<RustRecorder>()
+        .start()
+        .await
+        .unwrap();
+    let _python = PythonServices::start(&python, &broker, &["PythonMessenger"]);
+    let publisher = nameko::messaging::Publisher::connect(&broker.uri)
+        .await
+        .unwrap()
+        .with_context_data([("user_id".to_owned(), json!("rust-user"))].into());
+    let token = uuid::Uuid::new_v4().to_string();
+    let interop = nameko::messaging::Exchange::direct("interop");
+    // The Python consumer's queue exists once it runs: mandatory says when it does.
+    for _ in 0..150 {
+        let sent = publisher
+            .publish(&json!({"token": token}))
+            .to_exchange(&interop)
+            .routing_key("to_python")
+            .mandatory(true)
+            .await;
+        if sent.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for _ in 0..500 {
+        if recorded()
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(p, _)| p["body"]["token"] == token)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (received, stack) = recorded()
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| p["body"]["token"] == token)
+        .cloned()
+        .expect("the Python consumer got the Rust message");
+    assert_eq!(received["user_id"], "rust-user");
+    assert!(
+        stack
+            .iter()
+            .any(|id| id.starts_with("python_messenger.take.")),
+        "{stack:?}"
+    );
+    rust.stop().await.unwrap();
+}

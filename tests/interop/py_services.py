@@ -1,7 +1,12 @@
 """Python nameko 2.14.1 services the interop tests run with `nameko run`."""
 
+from kombu import Exchange, Queue
+from nameko.contextdata import UserId
 from nameko.events import EventDispatcher, event_handler
+from nameko.messaging import Publisher, consume
 from nameko.rpc import RpcProxy, rpc
+
+INTEROP = Exchange("interop", type="direct")
 
 
 class PythonService:
@@ -62,3 +67,22 @@ class SharedListener:
     def on_event(self, payload):
         payload["by"] = "python"
         self.recorder.record(payload)
+
+
+class PythonMessenger:
+    """Consumes what a Rust `Publisher` sends and reports it to a Rust service; publishes to a
+    Rust `#[consume]` method's queue when asked."""
+
+    name = "python_messenger"
+    publish = Publisher(exchange=INTEROP)
+    recorder = RpcProxy("rust_recorder")
+    user_id = UserId()
+
+    @consume(Queue("python_inbox", exchange=INTEROP, routing_key="to_python"))
+    def take(self, body):
+        self.recorder.record({"body": body, "user_id": self.user_id})
+
+    @rpc
+    def send(self, messages):
+        for body, priority in messages:
+            self.publish(body, routing_key="to_rust", priority=priority)
