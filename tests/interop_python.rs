@@ -410,9 +410,11 @@ fn rust_inbox() -> nameko::messaging::Queue {
         .max_priority(10)
 }
 
-fn inbox() -> &'static std::sync::Mutex<Vec<(Value, Option<String>)>> {
-    static INBOX: std::sync::OnceLock<std::sync::Mutex<Vec<(Value, Option<String>)>>> =
-        std::sync::OnceLock::new();
+/// A message the Rust consumer took, and its context data's `user_id`.
+type Taken = (Value, Option<String>);
+
+fn inbox() -> &'static std::sync::Mutex<Vec<Taken>> {
+    static INBOX: std::sync::OnceLock<std::sync::Mutex<Vec<Taken>>> = std::sync::OnceLock::new();
     INBOX.get_or_init(Default::default)
 }
 
