@@ -208,3 +208,107 @@ on_both_transports! {
         publisher.publish(&1).to_exchange(&nowhere).routing_key("no.one").await.unwrap();
     }
 }
+
+/// Served one request at a time, each taking a moment: requests queue up behind the first.
+#[derive(Dependencies)]
+struct Slow;
+
+fn served() -> &'static Mutex<Vec<String>> {
+    static SERVED: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    SERVED.get_or_init(Default::default)
+}
+
+#[service(name = "slow")]
+impl Slow {
+    #[rpc]
+    async fn work(&self, name: String) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        served().lock().unwrap().push(name);
+    }
+}
+
+on_both_transports! {
+    async fn a_high_priority_request_jumps_a_queue_declared_with_max_priority(broker: &TestBroker) {
+        let _alone = one_at_a_time().await;
+        served().lock().unwrap().clear();
+        let services = TestServices::on_uri(&broker.uri)
+            .with_config(|config| {
+                config.max_workers = 1;
+                config.prefetch_count = 1;
+                config.define("QUEUE_ARGUMENTS", "{rpc-slow: {x-max-priority: 10}}").unwrap();
+            })
+            .with_service::<Slow>()
+            .start()
+            .await
+            .unwrap();
+        let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
+        let slow = client.service("slow");
+        let first = tokio::spawn({
+            let slow = slow.clone();
+            async move { slow.call::<_, ()>("work", ["first"]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let mut calls = Vec::new();
+        for name in ["low-1", "low-2"] {
+            let slow = slow.clone();
+            calls.push(tokio::spawn(async move { slow.call::<_, ()>("work", [name]).await }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let urgent = slow.with_priority(9);
+        calls.push(tokio::spawn(async move { urgent.call::<_, ()>("work", ["urgent"]).await }));
+        first.await.unwrap().unwrap();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        assert_eq!(*served().lock().unwrap(), ["first", "urgent", "low-1", "low-2"]);
+        services.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
+    async fn a_queue_that_exists_with_other_arguments_stops_the_start_with_a_clear_error(broker: &TestBroker) {
+        let t = broker.connect().await;
+        t.declare_queue(&QueueSpec::durable("rpc-slow").max_priority(5)).await.unwrap();
+        let error = TestServices::on_uri(&broker.uri)
+            .with_config(|config| {
+                config.define("QUEUE_ARGUMENTS", "{rpc-slow: {x-max-priority: 10}}").unwrap();
+            })
+            .with_service::<Slow>()
+            .start()
+            .await
+            .err()
+            .expect("the start fails");
+        let message = error.to_string();
+        assert!(message.contains("rpc-slow"), "{message}");
+        assert!(message.contains("x-max-priority"), "{message}");
+    }
+}
+
+#[test]
+fn queue_arguments_in_the_config_are_checked() {
+    let mut config = Config::default();
+    config
+        .define(
+            "QUEUE_ARGUMENTS",
+            "{rpc-a: {x-max-priority: 10, x-dead-letter-exchange: dlx, x-dead-letter-routing-key: dead, x-message-ttl: 500, x-queue-type: quorum}}",
+        )
+        .unwrap();
+    let arguments = &config.queue_arguments["rpc-a"];
+    assert_eq!(arguments.max_priority, Some(10));
+    assert_eq!(arguments.dead_letter_exchange.as_deref(), Some("dlx"));
+    assert_eq!(arguments.dead_letter_routing_key.as_deref(), Some("dead"));
+    assert_eq!(arguments.message_ttl, Some(Duration::from_millis(500)));
+    let error = config
+        .define("QUEUE_ARGUMENTS", "{rpc-a: {x-max-priority: 1000}}")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("`x-max-priority` must be a whole number from 0 to 255"),
+        "{error}"
+    );
+    let error = config
+        .define("QUEUE_ARGUMENTS", "{rpc-a: {x-overflow: drop-head}}")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("unknown argument `x-overflow`"), "{error}");
+}

@@ -168,6 +168,13 @@ impl MyEventPublisherServiceClient {
             proxy: self.proxy.with_timeout(timeout),
         }
     }
+    /// The same client, its requests of this priority (on a queue declared with
+    /// `x-max-priority`, taken before those of a lower one).
+    pub fn with_priority(&self, priority: u8) -> Self {
+        Self {
+            proxy: self.proxy.with_priority(priority),
+        }
+    }
     /// Dispatches `payload` as `my_event`.
     pub async fn publish(
         &self,
@@ -269,6 +276,13 @@ impl MyEventHandlerService1Client {
             proxy: self.proxy.with_timeout(timeout),
         }
     }
+    /// The same client, its requests of this priority (on a queue declared with
+    /// `x-max-priority`, taken before those of a lower one).
+    pub fn with_priority(&self, priority: u8) -> Self {
+        Self {
+            proxy: self.proxy.with_priority(priority),
+        }
+    }
 }
 impl ::nameko::__private::ServiceClient for MyEventHandlerService1Client {
     const SERVICE_NAME: &'static str = "my_event_handler_service_1";
@@ -352,6 +366,13 @@ impl MyEventHandlerService2Client {
     pub fn with_timeout(&self, timeout: ::nameko::__private::Duration) -> Self {
         Self {
             proxy: self.proxy.with_timeout(timeout),
+        }
+    }
+    /// The same client, its requests of this priority (on a queue declared with
+    /// `x-max-priority`, taken before those of a lower one).
+    pub fn with_priority(&self, priority: u8) -> Self {
+        Self {
+            proxy: self.proxy.with_priority(priority),
         }
     }
 }

@@ -69,6 +69,13 @@ impl GreeterServiceClient {
             proxy: self.proxy.with_timeout(timeout),
         }
     }
+    /// The same client, its requests of this priority (on a queue declared with
+    /// `x-max-priority`, taken before those of a lower one).
+    pub fn with_priority(&self, priority: u8) -> Self {
+        Self {
+            proxy: self.proxy.with_priority(priority),
+        }
+    }
     /// Greets `name`.
     pub async fn greet(
         &self,
@@ -270,6 +277,13 @@ impl ExpandedGreeterServiceClient {
     pub fn with_timeout(&self, timeout: ::nameko::__private::Duration) -> Self {
         Self {
             proxy: self.proxy.with_timeout(timeout),
+        }
+    }
+    /// The same client, its requests of this priority (on a queue declared with
+    /// `x-max-priority`, taken before those of a lower one).
+    pub fn with_priority(&self, priority: u8) -> Self {
+        Self {
+            proxy: self.proxy.with_priority(priority),
         }
     }
     /// Greets `name` and welcomes them.

@@ -105,6 +105,13 @@ impl HttpServiceClient {
             proxy: self.proxy.with_timeout(timeout),
         }
     }
+    /// The same client, its requests of this priority (on a queue declared with
+    /// `x-max-priority`, taken before those of a lower one).
+    pub fn with_priority(&self, priority: u8) -> Self {
+        Self {
+            proxy: self.proxy.with_priority(priority),
+        }
+    }
 }
 impl ::nameko::__private::ServiceClient for HttpServiceClient {
     const SERVICE_NAME: &'static str = "multiply_service";

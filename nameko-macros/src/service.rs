@@ -313,6 +313,12 @@ fn client(
                 Self { proxy: self.proxy.with_timeout(timeout) }
             }
 
+            /// The same client, its requests of this priority (on a queue declared with
+            /// `x-max-priority`, taken before those of a lower one).
+            pub fn with_priority(&self, priority: u8) -> Self {
+                Self { proxy: self.proxy.with_priority(priority) }
+            }
+
             #(#methods)*
         }
 

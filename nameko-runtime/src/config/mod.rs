@@ -65,6 +65,19 @@ pub struct Config {
     /// (dead-lettered where its queue has a dead-letter exchange), with an error reply to an
     /// RPC caller.
     pub max_redeliveries: u32,
+    /// `QUEUE_ARGUMENTS`: the arguments of queues the services declare, by queue name:
+    /// `x-max-priority`, `x-dead-letter-exchange`, `x-dead-letter-routing-key`,
+    /// `x-message-ttl` (milliseconds), `x-queue-type`. For a service's RPC queue
+    /// (`rpc-<service>`) and its event handlers' queues (`evt-<source>-<event_type>--<service>.<method>`
+    /// for a service pool); a queue that already exists with other arguments stops the start
+    /// with an error naming both.
+    ///
+    /// ```yaml
+    /// QUEUE_ARGUMENTS:
+    ///   rpc-orders: {x-max-priority: 10}
+    ///   evt-shop-order_placed--fulfilment.take: {x-dead-letter-exchange: dead-letters}
+    /// ```
+    pub queue_arguments: std::collections::BTreeMap<String, crate::transport::QueueArguments>,
     /// Every key of the configuration file the runtime does not use itself, for services to read
     /// ([`Config::get`]).
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -97,6 +110,7 @@ impl std::fmt::Debug for Config {
             http_max_connections,
             publish_timeout,
             max_redeliveries,
+            queue_arguments,
             extra,
             broadcast_identifier,
         } = self;
@@ -122,6 +136,7 @@ impl std::fmt::Debug for Config {
             .field("http_max_connections", http_max_connections)
             .field("publish_timeout", publish_timeout)
             .field("max_redeliveries", max_redeliveries)
+            .field("queue_arguments", queue_arguments)
             .field("extra", extra)
             .field("broadcast_identifier", broadcast_identifier)
             .finish()
@@ -150,6 +165,7 @@ impl Default for Config {
             http_max_connections: 512,
             publish_timeout: crate::transport::amqp::DEFAULT_PUBLISH_TIMEOUT,
             max_redeliveries: 10,
+            queue_arguments: std::collections::BTreeMap::new(),
             broadcast_identifier: None,
         }
     }
@@ -284,6 +300,58 @@ pub use yaml::substitute_env;
 use yaml::*;
 
 /// `AMQP_SSL` as Nameko reads it: `true`/`false`, or kombu's mapping of `ssl` options.
+/// One queue's `QUEUE_ARGUMENTS` entry.
+fn queue_arguments(queue: &str, value: Value) -> Result<crate::transport::QueueArguments, Error> {
+    use crate::transport::{QueueArguments, QueueType};
+    let bad = |key: &str, what: &str| {
+        Error::Config(format!(
+            "`QUEUE_ARGUMENTS` of `{queue}`: `{key}` must be {what}"
+        ))
+    };
+    let Value::Object(map) = value else {
+        return Err(Error::Config(format!(
+            "`QUEUE_ARGUMENTS` of `{queue}` must be a mapping of `x-...` arguments"
+        )));
+    };
+    let mut arguments = QueueArguments::default();
+    for (key, value) in map {
+        match key.as_str() {
+            "x-max-priority" => {
+                let max = value.as_u64().and_then(|v| u8::try_from(v).ok());
+                arguments.max_priority =
+                    Some(max.ok_or_else(|| bad(&key, "a whole number from 0 to 255"))?);
+            }
+            "x-dead-letter-exchange" => {
+                let name = value.as_str().ok_or_else(|| bad(&key, "a string"))?;
+                arguments.dead_letter_exchange = Some(name.to_owned());
+            }
+            "x-dead-letter-routing-key" => {
+                let key_value = value.as_str().ok_or_else(|| bad(&key, "a string"))?;
+                arguments.dead_letter_routing_key = Some(key_value.to_owned());
+            }
+            "x-message-ttl" => {
+                let ms = value
+                    .as_u64()
+                    .ok_or_else(|| bad(&key, "a whole number of milliseconds"))?;
+                arguments.message_ttl = Some(Duration::from_millis(ms));
+            }
+            "x-queue-type" => {
+                arguments.queue_type = Some(match value.as_str() {
+                    Some("classic") => QueueType::Classic,
+                    Some("quorum") => QueueType::Quorum,
+                    _ => return Err(bad(&key, "`classic` or `quorum`")),
+                });
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "`QUEUE_ARGUMENTS` of `{queue}`: unknown argument `{other}`; expected x-max-priority, x-dead-letter-exchange, x-dead-letter-routing-key, x-message-ttl or x-queue-type"
+                )));
+            }
+        }
+    }
+    Ok(arguments)
+}
+
 fn tls_options(value: Value) -> Result<Option<crate::transport::TlsOptions>, Error> {
     use crate::transport::TlsOptions;
     let map = match value {
@@ -465,6 +533,16 @@ impl Config {
         }
         if let Some(v) = take(&mut map, "AUTO_DELETE_EVENT_EXCHANGES", "true or false")? {
             self.auto_delete_event_exchanges = v;
+        }
+        if let Some(v) = take::<serde_json::Map<String, Value>>(
+            &mut map,
+            "QUEUE_ARGUMENTS",
+            "a mapping of queue names to their arguments",
+        )? {
+            for (queue, arguments) in v {
+                let arguments = queue_arguments(&queue, arguments)?;
+                self.queue_arguments.insert(queue, arguments);
+            }
         }
         if let Some(v) = take::<String>(&mut map, "serializer", "a string")?
             && v != "json"

@@ -147,6 +147,11 @@ impl Entrypoint for EventHandler {
         );
         let exchange = super::event_exchange(config, self.source_service);
         let spec = QueueSpec {
+            arguments: config
+                .queue_arguments
+                .get(&queue)
+                .cloned()
+                .unwrap_or_default(),
             auto_delete: !self.reliable_delivery,
             exclusive: self.handler_type == HandlerType::Broadcast && !self.reliable_delivery,
             ..QueueSpec::durable(&queue)

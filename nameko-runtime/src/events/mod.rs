@@ -55,11 +55,19 @@ pub enum DispatchError {
     Transport(#[from] TransportError),
 }
 
+/// The publish options of an event (Nameko's dispatcher takes them at construction).
+#[derive(Debug, Clone, Copy, Default)]
+struct EventOptions {
+    priority: u8,
+    expiration: Option<std::time::Duration>,
+}
+
 fn event_message(
     source: &str,
     event_type: &str,
     body: Vec<u8>,
     headers: protocol::Headers,
+    options: EventOptions,
 ) -> OutgoingMessage {
     OutgoingMessage {
         exchange: protocol::event_exchange_name(source),
@@ -67,6 +75,8 @@ fn event_message(
         mandatory: false,
         properties: Properties {
             headers,
+            priority: Some(options.priority),
+            expiration: options.expiration,
             ..Properties::nameko_json()
         },
         body,
@@ -81,6 +91,7 @@ fn event_message(
 pub struct EventDispatcher {
     transport: SharedTransport,
     source: Arc<str>,
+    options: EventOptions,
 }
 
 impl fmt::Debug for EventDispatcher {
@@ -104,7 +115,24 @@ impl EventDispatcher {
         Ok(EventDispatcher {
             transport,
             source: Arc::from(source),
+            options: EventOptions::default(),
         })
+    }
+
+    /// The same dispatcher, its events of this priority (for handlers' queues declared with
+    /// `x-max-priority`). 0 unless set.
+    pub fn with_priority(&self, priority: u8) -> Self {
+        let mut dispatcher = self.clone();
+        dispatcher.options.priority = priority;
+        dispatcher
+    }
+
+    /// The same dispatcher, its events dropped (or dead-lettered) if still queued after
+    /// `expiration`.
+    pub fn with_expiration(&self, expiration: std::time::Duration) -> Self {
+        let mut dispatcher = self.clone();
+        dispatcher.options.expiration = Some(expiration);
+        dispatcher
     }
 
     /// The service whose events these are.
@@ -123,7 +151,13 @@ impl EventDispatcher {
             .map(|w| w.outgoing_headers())
             .unwrap_or_default();
         self.transport
-            .publish(event_message(&self.source, event_type, body, headers))
+            .publish(event_message(
+                &self.source,
+                event_type,
+                body,
+                headers,
+                self.options,
+            ))
             .await?;
         Ok(())
     }
@@ -167,6 +201,7 @@ pub struct StandaloneEventDispatcher {
     config: Config,
     declared: Arc<Mutex<HashSet<String>>>,
     headers: Arc<protocol::Headers>,
+    options: EventOptions,
 }
 
 struct Reconnect {
@@ -210,6 +245,7 @@ impl StandaloneEventDispatcher {
             config: config.clone(),
             declared: Arc::default(),
             headers: Arc::default(),
+            options: EventOptions::default(),
         }
     }
 
@@ -220,6 +256,21 @@ impl StandaloneEventDispatcher {
             headers: Arc::new(protocol::headers_from_context(data.iter())),
             ..self.clone()
         }
+    }
+
+    /// The same dispatcher, its events of this priority. 0 unless set.
+    pub fn with_priority(&self, priority: u8) -> Self {
+        let mut dispatcher = self.clone();
+        dispatcher.options.priority = priority;
+        dispatcher
+    }
+
+    /// The same dispatcher, its events dropped (or dead-lettered) if still queued after
+    /// `expiration`.
+    pub fn with_expiration(&self, expiration: std::time::Duration) -> Self {
+        let mut dispatcher = self.clone();
+        dispatcher.options.expiration = Some(expiration);
+        dispatcher
     }
 
     /// The transport to publish on: a new connection if the dispatcher owns its connection and
@@ -284,7 +335,13 @@ impl StandaloneEventDispatcher {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(source.to_owned());
         }
-        let message = event_message(source, event_type, body, (*self.headers).clone());
+        let message = event_message(
+            source,
+            event_type,
+            body,
+            (*self.headers).clone(),
+            self.options,
+        );
         transport.publish(message).await?;
         Ok(())
     }

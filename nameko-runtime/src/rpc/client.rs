@@ -110,6 +110,10 @@ pub struct ClusterRpcClient {
     core: Arc<Core>,
     timeout: Duration,
     context_data: Arc<ContextData>,
+    /// The priority of its requests (for a queue declared with `x-max-priority`).
+    priority: u8,
+    /// How long its requests may wait in the service's queue.
+    expiration: Option<Duration>,
 }
 
 impl std::fmt::Debug for ClusterRpcClient {
@@ -203,6 +207,8 @@ impl ClusterRpcClient {
             }),
             timeout: config.rpc_timeout,
             context_data: Arc::default(),
+            priority: 0,
+            expiration: None,
         })
     }
 
@@ -219,6 +225,25 @@ impl ClusterRpcClient {
     pub fn with_context_data(&self, data: ContextData) -> ClusterRpcClient {
         ClusterRpcClient {
             context_data: Arc::new(data),
+            ..self.clone()
+        }
+    }
+
+    /// A client whose requests have this priority: on a service queue declared with
+    /// `x-max-priority` (see [`Config::queue_arguments`]), they are taken before those of a
+    /// lower one. 0 unless set, as in Nameko.
+    pub fn with_priority(&self, priority: u8) -> ClusterRpcClient {
+        ClusterRpcClient {
+            priority,
+            ..self.clone()
+        }
+    }
+
+    /// A client whose requests are dropped (or dead-lettered) if still queued after
+    /// `expiration`: a request no service took by then is not run late (its call times out).
+    pub fn with_expiration(&self, expiration: Duration) -> ClusterRpcClient {
+        ClusterRpcClient {
+            expiration: Some(expiration),
             ..self.clone()
         }
     }
@@ -297,6 +322,8 @@ impl ClusterRpcClient {
                         correlation_id: Some(correlation_id.clone()),
                         reply_to: Some(self.core.listener.routing_key.clone()),
                         headers: self.headers(),
+                        priority: Some(self.priority),
+                        expiration: self.expiration,
                         ..Properties::nameko_json()
                     },
                     body,
@@ -345,6 +372,23 @@ impl ServiceProxy {
     pub fn with_timeout(&self, timeout: Duration) -> ServiceProxy {
         ServiceProxy {
             client: self.client.with_timeout(timeout),
+            service: self.service.clone(),
+        }
+    }
+
+    /// A proxy whose requests have this priority ([`ClusterRpcClient::with_priority`]).
+    pub fn with_priority(&self, priority: u8) -> ServiceProxy {
+        ServiceProxy {
+            client: self.client.with_priority(priority),
+            service: self.service.clone(),
+        }
+    }
+
+    /// A proxy whose requests expire if still queued after `expiration`
+    /// ([`ClusterRpcClient::with_expiration`]).
+    pub fn with_expiration(&self, expiration: Duration) -> ServiceProxy {
+        ServiceProxy {
+            client: self.client.with_expiration(expiration),
             service: self.service.clone(),
         }
     }

@@ -83,9 +83,18 @@ impl SharedExtension for RpcConsumer {
         let methods = std::mem::take(&mut *self.methods.lock().unwrap_or_else(|p| p.into_inner()));
         let service = cx.service_name();
         let exchange = ExchangeSpec::durable_topic(&cx.config().rpc_exchange);
+        let queue = protocol::rpc_queue_name(service);
+        let spec = QueueSpec {
+            arguments: cx
+                .config()
+                .queue_arguments
+                .get(&queue)
+                .cloned()
+                .unwrap_or_default(),
+            ..QueueSpec::durable(queue)
+        };
         let declaration =
-            QueueDeclaration::new(QueueSpec::durable(protocol::rpc_queue_name(service)))
-                .bind(exchange, protocol::rpc_binding_key(service));
+            QueueDeclaration::new(spec).bind(exchange, protocol::rpc_binding_key(service));
         let handler = Arc::new(RpcHandler {
             service,
             methods,

@@ -698,8 +698,8 @@ impl Transport for MemoryBroker {
             let result = match state.queues.get(&spec.name) {
                 Some(existing) if existing.spec != *spec => {
                     Err(TransportError::PreconditionFailed(format!(
-                        "queue '{}' exists with other flags or arguments",
-                        spec.name
+                        "queue '{}' exists as ({}), not as declared now ({})",
+                        spec.name, existing.spec, spec
                     )))
                 }
                 Some(_) => Ok(()),

@@ -8,6 +8,7 @@
 //! (Over 600 lines with its unit tests, which stay next to the topic matching and URI
 //! handling they cover; the code itself is about 530 lines.)
 
+use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -190,6 +191,40 @@ pub struct QueueSpec {
     pub expires: Option<Duration>,
     /// Its other arguments.
     pub arguments: QueueArguments,
+}
+
+impl fmt::Display for QueueSpec {
+    /// Its flags and arguments, as an error about a declaration shows them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        parts.push(if self.durable { "durable" } else { "transient" }.to_owned());
+        if self.exclusive {
+            parts.push("exclusive".into());
+        }
+        if self.auto_delete {
+            parts.push("auto-delete".into());
+        }
+        if let Some(expires) = self.expires {
+            parts.push(format!("x-expires={}", expires.as_millis()));
+        }
+        let a = &self.arguments;
+        if let Some(max) = a.max_priority {
+            parts.push(format!("x-max-priority={max}"));
+        }
+        if let Some(exchange) = &a.dead_letter_exchange {
+            parts.push(format!("x-dead-letter-exchange={exchange}"));
+        }
+        if let Some(key) = &a.dead_letter_routing_key {
+            parts.push(format!("x-dead-letter-routing-key={key}"));
+        }
+        if let Some(ttl) = a.message_ttl {
+            parts.push(format!("x-message-ttl={}", ttl.as_millis()));
+        }
+        if let Some(kind) = a.queue_type {
+            parts.push(format!("x-queue-type={}", kind.as_str()));
+        }
+        f.write_str(&parts.join(", "))
+    }
 }
 
 impl QueueSpec {
