@@ -269,15 +269,14 @@ on_both_transports! {
     async fn a_queue_that_exists_with_other_arguments_stops_the_start_with_a_clear_error(broker: &TestBroker) {
         let t = broker.connect().await;
         t.declare_queue(&QueueSpec::durable("rpc-slow").max_priority(5)).await.unwrap();
-        let error = TestServices::on_uri(&broker.uri)
+        let started = TestServices::on_uri(&broker.uri)
             .with_config(|config| {
                 config.define("QUEUE_ARGUMENTS", "{rpc-slow: {x-max-priority: 10}}").unwrap();
             })
             .with_service::<Slow>()
             .start()
-            .await
-            .err()
-            .expect("the start fails");
+            .await;
+        let Err(error) = started else { panic!("the start fails") };
         let message = error.to_string();
         assert!(message.contains("rpc-slow"), "{message}");
         assert!(message.contains("x-max-priority"), "{message}");
