@@ -38,6 +38,14 @@ pub fn event_handler(args: TokenStream, input: TokenStream) -> TokenStream {
     rpc::outside_service("event_handler", input.into()).into()
 }
 
+/// Marks a websocket method inside a `#[service]` block. See the `nameko` crate's
+/// documentation.
+#[proc_macro_attribute]
+pub fn ws_rpc(args: TokenStream, input: TokenStream) -> TokenStream {
+    let _ = args;
+    rpc::outside_service("ws_rpc", input.into()).into()
+}
+
 /// Marks a queue's consumer inside a `#[service]` block. See the `nameko` crate's
 /// documentation.
 #[proc_macro_attribute]

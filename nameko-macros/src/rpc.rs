@@ -14,6 +14,12 @@ const RPC: Grammar = Grammar {
     usage: "`#[rpc]`, optionally with `name = \"...\"`, \
         `expected_exceptions = \"ErrorType,...\"`, `sensitive_arguments = \"password,...\"`",
 };
+const WS_RPC: Grammar = Grammar {
+    positional: &[],
+    keys: &[],
+    usage: "`#[ws_rpc]`, optionally with `expected_exceptions = \"ErrorType,...\"`, \
+        `sensitive_arguments = \"password,...\"`",
+};
 const DUMMY: Grammar = Grammar {
     positional: &[],
     keys: &[],
@@ -41,6 +47,8 @@ pub(crate) struct Rpc {
 
 enum Kind {
     Rpc,
+    /// `#[ws_rpc]`: called over a websocket, the socket's id first.
+    WsRpc,
     /// `#[dummy]`: an entrypoint that never fires by itself.
     Dummy,
     /// `#[entrypoint(expr)]`: the user's entrypoint.
@@ -112,6 +120,14 @@ impl Rpc {
             )
         } else if is("dummy") {
             (Kind::Dummy, DUMMY.read(attr, cx))
+        } else if is("ws_rpc") {
+            if method.params.is_empty() {
+                cx.error(
+                    &method.ident,
+                    "a `#[ws_rpc]` method takes the socket's id as its first argument: `fn greet(&self, socket_id: String, ...)`",
+                );
+            }
+            (Kind::WsRpc, WS_RPC.read(attr, cx))
         } else {
             (Kind::Rpc, RPC.read(attr, cx))
         };
@@ -172,6 +188,7 @@ impl Rpc {
         match &self.kind {
             Kind::Rpc => quote!(#p::BoundEntrypoint::<Self>::new(#p::Rpc, #info, #handler)),
             Kind::Dummy => quote!(#p::BoundEntrypoint::<Self>::new(#p::Dummy, #info, #handler)),
+            Kind::WsRpc => quote!(#p::BoundEntrypoint::<Self>::new(#p::WsRpc, #info, #handler)),
             // The user's expression, and the check that its type is an entrypoint taking
             // arguments, point at the expression.
             Kind::Custom(expr) => quote_spanned! {expr_span(expr)=>

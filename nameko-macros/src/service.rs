@@ -29,6 +29,7 @@ const ENTRYPOINT_ATTRS: &[&str] = &[
     "rpc",
     "event_handler",
     "consume",
+    "ws_rpc",
     "http",
     "timer",
     "once",
@@ -177,7 +178,10 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream, cx: &mut Ctxt) -> Opt
                     continue;
                 }
                 Rpc::parse(&method, attr, cx).map(EntrypointDef::Called)
-            } else if is_attr(attr, "dummy") || is_attr(attr, "entrypoint") {
+            } else if is_attr(attr, "dummy")
+                || is_attr(attr, "entrypoint")
+                || is_attr(attr, "ws_rpc")
+            {
                 Rpc::parse(&method, attr, cx).map(EntrypointDef::Called)
             } else if is_attr(attr, "timer") || is_attr(attr, "once") {
                 Timer::parse(&method, attr, cx).map(EntrypointDef::Timer)

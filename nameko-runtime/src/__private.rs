@@ -21,6 +21,7 @@ pub use crate::service::{
     ServiceClient, WorkerResult,
 };
 pub use crate::timer::{Once, Timer};
+pub use crate::websocket::WsRpc;
 pub use inventory;
 pub use std::time::Duration;
 

@@ -67,6 +67,7 @@ pub mod shell;
 pub mod testing;
 pub mod timer;
 pub mod transport;
+pub mod websocket;
 
 pub use cli::main;
 pub use config::Config;
@@ -113,6 +114,15 @@ pub use nameko_macros::event_handler;
 /// logged and rejected (dead-lettered where the queue has a dead-letter exchange, else
 /// dropped), never retried. See [`messaging`].
 pub use nameko_macros::consume;
+
+/// Marks a method of a `#[service]` block as callable over the websocket at `/ws` (Nameko's
+/// `nameko.web.websocket.rpc`): `#[ws_rpc]`.
+///
+/// The method takes the socket's id (a `String`) as its first argument; the request's `data`
+/// binds to the others by name, as an RPC call's keyword arguments do. Keys:
+/// `expected_exceptions = "A,B"`, `sensitive_arguments = "password,..."`. See [`websocket`]
+/// for the protocol and the [`websocket::WebSocketHub`].
+pub use nameko_macros::ws_rpc;
 
 /// Marks a method of a `#[service]` block as an HTTP endpoint:
 /// `#[http("GET", "/multiply/<int:first>/<int:second>")]`; several attributes may stand on one
@@ -178,7 +188,7 @@ pub mod prelude {
     pub use crate::{
         ClusterRpcClient, Config, ContextData, Dependencies, Dependency, DependencyContext, Error,
         RemoteError, RpcError, ServiceProxy, ServiceRunner, ToRemoteError, WorkerContext, consume,
-        dummy, entrypoint, event_handler, http, once, rpc, service, timer,
+        dummy, entrypoint, event_handler, http, once, rpc, service, timer, ws_rpc,
     };
 }
 

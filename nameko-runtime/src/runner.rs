@@ -284,14 +284,18 @@ impl ServiceRunner {
 /// Binds `WEB_SERVER_ADDRESS` and serves the collected routes, if there are any, until the
 /// runner stops (in-flight requests finish; a kill aborts them).
 async fn serve_http(shared: &Shared) -> Result<Option<HttpServer>, Error> {
-    let Some(routes) = shared.existing_extension::<HttpRoutes>() else {
-        return Ok(None);
-    };
-    let routes = routes.take();
-    if routes.is_empty() {
+    let routes = shared
+        .existing_extension::<HttpRoutes>()
+        .map(|routes| routes.take())
+        .unwrap_or_default();
+    let websocket = shared
+        .existing_extension::<crate::websocket::WsServer>()
+        .filter(|server| server.has_methods())
+        .map(|server| server as std::sync::Arc<dyn http::Upgrade>);
+    if routes.is_empty() && websocket.is_none() {
         return Ok(None);
     }
-    let dispatch = http::router(routes, &shared.config)?;
+    let dispatch = http::router(routes, websocket, &shared.config)?;
     let address = http::parse_address(&shared.config.web_server_address)?;
     let listen_error = |source| Error::Listen { address, source };
     let listener = tokio::net::TcpListener::bind(address)

@@ -112,6 +112,15 @@ fn without_body(response: Response) -> Response {
     Response::from_parts(parts, Body::empty())
 }
 
+/// What answers a request for `/ws` (the websocket server): given the request's head, the
+/// response that upgrades it, or refuses to.
+pub(crate) trait Upgrade: Send + Sync {
+    fn upgrade(self: Arc<Self>, parts: axum::http::request::Parts) -> BoxFuture<'static, Response>;
+}
+
+/// Where websockets connect, as in Nameko.
+pub(crate) const WEBSOCKET_PATH: &str = "/ws";
+
 /// The HTTP server's service: every service's routes, matched by their own segments.
 #[derive(Clone)]
 pub(crate) struct Dispatch(Arc<Table>);
@@ -119,13 +128,19 @@ pub(crate) struct Dispatch(Arc<Table>);
 struct Table {
     /// Most specific first.
     routes: Vec<Route>,
+    /// What serves `/ws`, if a service has websocket methods.
+    websocket: Option<Arc<dyn Upgrade>>,
     max_body: usize,
     request_timeout: std::time::Duration,
 }
 
 /// Builds the dispatcher of the routes of every service; two entrypoints claiming the same route
 /// and method is an error.
-pub(crate) fn router(mut routes: Vec<Route>, config: &Config) -> Result<Dispatch, Error> {
+pub(crate) fn router(
+    mut routes: Vec<Route>,
+    websocket: Option<Arc<dyn Upgrade>>,
+    config: &Config,
+) -> Result<Dispatch, Error> {
     for (i, route) in routes.iter().enumerate() {
         for other in &routes[..i] {
             if other.segments != route.segments {
@@ -146,6 +161,7 @@ pub(crate) fn router(mut routes: Vec<Route>, config: &Config) -> Result<Dispatch
     routes.sort_by_cached_key(|route| specificity(route.segments));
     Ok(Dispatch(Arc::new(Table {
         routes,
+        websocket,
         max_body: config.http_max_body_bytes,
         request_timeout: config.http_request_timeout,
     })))
@@ -160,6 +176,11 @@ impl Dispatch {
     pub(super) async fn handle(self, request: axum::extract::Request) -> Response {
         let started = tokio::time::Instant::now();
         let (parts, body) = request.into_parts();
+        if let Some(websocket) = &self.0.websocket
+            && parts.uri.path() == WEBSOCKET_PATH
+        {
+            return websocket.clone().upgrade(parts).await;
+        }
         let head = parts.method == Method::HEAD;
         let method = parts.method.as_str();
         let mut allowed: Vec<&'static str> = Vec::new();

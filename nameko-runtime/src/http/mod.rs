@@ -24,7 +24,7 @@ use crate::protocol::RemoteError;
 
 pub use axum::Json;
 pub use axum::http::StatusCode;
-pub(crate) use dispatch::{Dispatch, Route, router};
+pub(crate) use dispatch::{Dispatch, Route, Upgrade, router};
 pub(crate) use request::percent_decode;
 pub use request::{Args, Request};
 pub use route::Http;

@@ -166,7 +166,8 @@ pub(crate) async fn serve(
         let idle_timeout = limits.idle_timeout;
         connections.spawn(async move {
             let _slot = slot;
-            let connection = builder.serve_connection(io, service);
+            // With upgrades: a websocket takes the connection over from HTTP.
+            let connection = builder.serve_connection(io, service).with_upgrades();
             tokio::pin!(connection);
             let mut closing = false;
             // Idle when neither a byte nor a request moved between two looks, half the idle

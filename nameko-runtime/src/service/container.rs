@@ -40,11 +40,41 @@ pub(crate) struct Shared {
     /// How many entrypoint waiters listen (the sender's own count takes a lock).
     pub(crate) waiters: Arc<AtomicUsize>,
     /// The process's shared values ([`ServiceContext::process_extension`]), by type.
-    extensions: Arc<Mutex<Vec<Extension>>>,
+    pub(crate) extensions: ProcessExtensions,
 }
 
 /// A process extension, by its type.
 type Extension = (TypeId, Arc<dyn Any + Send + Sync>);
+
+/// The values the services of one process share, one of each type (clone it freely: clones
+/// share them).
+#[derive(Clone, Default)]
+pub(crate) struct ProcessExtensions(Arc<Mutex<Vec<Extension>>>);
+
+impl ProcessExtensions {
+    /// The value of type `T`, made by `make` if there is none yet.
+    pub(crate) fn get_or_make<T: Send + Sync + 'static>(&self, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut extensions = lock(&self.0);
+        if let Some(found) = Self::find::<T>(&extensions) {
+            return found;
+        }
+        let value = Arc::new(make());
+        extensions.push((TypeId::of::<T>(), value.clone()));
+        value
+    }
+
+    /// The value of type `T`, if one was made.
+    pub(crate) fn existing<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        Self::find::<T>(&lock(&self.0))
+    }
+
+    fn find<T: Send + Sync + 'static>(extensions: &[Extension]) -> Option<Arc<T>> {
+        extensions
+            .iter()
+            .find(|(id, _)| *id == TypeId::of::<T>())
+            .and_then(|(_, value)| value.clone().downcast::<T>().ok())
+    }
+}
 
 impl Shared {
     pub(crate) fn new(config: Config, transport: SharedTransport, stop: CancellationToken) -> Self {
@@ -56,7 +86,7 @@ impl Shared {
             hooks: Arc::default(),
             finished: broadcast::channel(1024).0,
             waiters: Arc::default(),
-            extensions: Arc::default(),
+            extensions: ProcessExtensions::default(),
         }
     }
 
@@ -88,25 +118,12 @@ impl Shared {
         &self,
         make: impl FnOnce() -> T,
     ) -> Arc<T> {
-        let mut extensions = lock(&self.extensions);
-        if let Some(found) = self.find::<T>(&extensions) {
-            return found;
-        }
-        let value = Arc::new(make());
-        extensions.push((TypeId::of::<T>(), value.clone()));
-        value
+        self.extensions.get_or_make(make)
     }
 
     /// The process's shared value of type `T`, if one was made.
     pub(crate) fn existing_extension<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
-        self.find::<T>(&lock(&self.extensions))
-    }
-
-    fn find<T: Send + Sync + 'static>(&self, extensions: &[Extension]) -> Option<Arc<T>> {
-        extensions
-            .iter()
-            .find(|(id, _)| *id == TypeId::of::<T>())
-            .and_then(|(_, value)| value.clone().downcast::<T>().ok())
+        self.extensions.existing()
     }
 }
 
@@ -143,6 +160,7 @@ pub(crate) fn start<S: Service>(
             shared.config.clone(),
             shared.transport.clone(),
             options.replacements,
+            shared.extensions.clone(),
         );
         let service = Arc::new(S::build(&cx).await?);
         cx.check_replacements_taken()?;

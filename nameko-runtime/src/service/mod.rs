@@ -254,6 +254,7 @@ pub struct DependencyContext {
     transport: SharedTransport,
     rpc_client: OnceCell<ClusterRpcClient>,
     replacements: std::sync::Mutex<Replacements>,
+    extensions: container::ProcessExtensions,
 }
 
 /// Values given for fields in place of building them (tests' `replace_dependency`).
@@ -265,6 +266,7 @@ impl DependencyContext {
         config: Config,
         transport: SharedTransport,
         replacements: Replacements,
+        extensions: container::ProcessExtensions,
     ) -> Self {
         DependencyContext {
             service_name,
@@ -272,7 +274,18 @@ impl DependencyContext {
             transport,
             rpc_client: OnceCell::new(),
             replacements: std::sync::Mutex::new(replacements),
+            extensions,
         }
+    }
+
+    /// The value of type `T` the services of this process share (as
+    /// [`ServiceContext::process_extension`] gives entrypoints), made by `make` if there is none
+    /// yet: how a dependency reaches what an entrypoint runs (the websocket hub, for one).
+    pub fn process_extension<T: Send + Sync + 'static>(
+        &self,
+        make: impl FnOnce() -> T,
+    ) -> std::sync::Arc<T> {
+        self.extensions.get_or_make(make)
     }
 
     /// The value given for `field` in place of building it, if any.

@@ -91,7 +91,13 @@ impl<S: Service> WorkerFactory<S> {
             format!("memory://worker-factory-{}", uuid::Uuid::new_v4().simple())
         });
         let transport = transport::connect(&uri).await?;
-        let cx = DependencyContext::new(S::NAME, self.config, transport, self.replacements);
+        let cx = DependencyContext::new(
+            S::NAME,
+            self.config,
+            transport,
+            self.replacements,
+            Default::default(),
+        );
         let service = S::build(&cx).await?;
         cx.check_replacements_taken()?;
         Dependencies::start(&service).await?;
