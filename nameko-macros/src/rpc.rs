@@ -163,10 +163,16 @@ impl Rpc {
             let decode = crate::via_trait(ty, quote!(#p::RpcArgument<_>), "decode_argument");
             quote!(let #name = #decode(&mut args, #i)?;)
         });
+        // A result a generated client reads must deserialise too; the others only go out.
+        let result_trait = if self.is_rpc() {
+            quote!(#p::RpcResult<_>)
+        } else {
+            quote!(#p::JsonResult<_>)
+        };
         let encode = method.map_outcome(&p, method.call(&p), |ty, value| match ty {
-            None => quote!(<() as #p::RpcResult<_>>::encode_result(&#value)),
+            None => quote!(<() as #result_trait>::encode_result(&#value)),
             Some(ty) => {
-                let encode = crate::via_trait(ty, quote!(#p::RpcResult<_>), "encode_result");
+                let encode = crate::via_trait(ty, result_trait.clone(), "encode_result");
                 quote!(#encode(&#value))
             }
         });

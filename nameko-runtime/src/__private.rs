@@ -119,13 +119,7 @@ pub trait RpcResult<Via>: Sized {
 
 impl<T: Serialize + DeserializeOwned> RpcResult<Json> for T {
     fn encode_result(&self) -> Result<Vec<u8>, RemoteError> {
-        serde_json::to_vec(self).map_err(|e| {
-            RemoteError::nameko(
-                "UnserializableValueError",
-                format!("Unserializable value: `{e}`"),
-            )
-            .with_args(Vec::new())
-        })
+        <T as JsonResult<Json>>::encode_result(self)
     }
 
     fn decode_result(reply: &[u8]) -> Result<Self, RpcError> {
@@ -139,6 +133,37 @@ impl<T: Impossible> RpcResult<Unreachable> for T {
     }
 
     fn decode_result(_: &[u8]) -> Result<Self, RpcError> {
+        unreachable!("no type implements `Impossible`")
+    }
+}
+
+/// A type that can be the result of a method no generated client calls (`#[ws_rpc]`,
+/// `#[dummy]`, `#[entrypoint(...)]`): it only goes out, so it need not deserialise.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the result of this method",
+    label = "this type must implement `serde::Serialize`",
+    note = "the result is sent as JSON: derive `Serialize` for it"
+)]
+pub trait JsonResult<Via>: Sized {
+    /// Encodes the method's result; a value JSON cannot hold gives Nameko's
+    /// `UnserializableValueError`.
+    fn encode_result(&self) -> Result<Vec<u8>, RemoteError>;
+}
+
+impl<T: Serialize> JsonResult<Json> for T {
+    fn encode_result(&self) -> Result<Vec<u8>, RemoteError> {
+        serde_json::to_vec(self).map_err(|e| {
+            RemoteError::nameko(
+                "UnserializableValueError",
+                format!("Unserializable value: `{e}`"),
+            )
+            .with_args(Vec::new())
+        })
+    }
+}
+
+impl<T: Impossible> JsonResult<Unreachable> for T {
+    fn encode_result(&self) -> Result<Vec<u8>, RemoteError> {
         unreachable!("no type implements `Impossible`")
     }
 }

@@ -144,8 +144,20 @@ pub struct PythonServices {
 impl PythonServices {
     /// Runs `nameko run py_services:<classes>` against `broker`.
     pub fn start(python: &str, broker: &TestBroker, classes: &[&str]) -> PythonServices {
-        let config =
-            tempfile_path::TempPath::new("yaml", &format!("AMQP_URI: '{}'\n", broker.python_uri()));
+        Self::start_with(python, broker, classes, "")
+    }
+
+    /// Like [`start`](Self::start), with more of the configuration file (YAML lines).
+    pub fn start_with(
+        python: &str,
+        broker: &TestBroker,
+        classes: &[&str],
+        more_config: &str,
+    ) -> PythonServices {
+        let config = tempfile_path::TempPath::new(
+            "yaml",
+            &format!("AMQP_URI: '{}'\n{more_config}", broker.python_uri()),
+        );
         let nameko = std::path::Path::new(python).with_file_name("nameko");
         let mut command = std::process::Command::new(nameko);
         command.arg("run");

@@ -6,6 +6,18 @@ from nameko.events import EventDispatcher, event_handler
 from nameko.messaging import Publisher, consume
 from nameko.rpc import RpcProxy, rpc
 
+# nameko 2.14.1's websocket module reads `werkzeug.__version__`, which Werkzeug 3 (pinned in
+# requirements.txt) no longer has: give it the installed version before the import.
+import werkzeug  # noqa: E402
+
+if not hasattr(werkzeug, "__version__"):
+    from importlib.metadata import version as _installed_version
+
+    werkzeug.__version__ = _installed_version("werkzeug")
+
+from nameko.web.websocket import WebSocketHubProvider  # noqa: E402
+from nameko.web.websocket import rpc as wsrpc  # noqa: E402
+
 INTEROP = Exchange("interop", type="direct")
 
 
@@ -86,3 +98,49 @@ class PythonMessenger:
     def send(self, messages):
         for body, priority in messages:
             self.publish(body, routing_key="to_rust", priority=priority)
+
+
+class NoSuchRoom(Exception):
+    pass
+
+
+class PythonChat:
+    """Websocket methods and a hub; `tests/websocket_python.rs` sends the same frames to it and
+    to a Rust service written the same way, and compares the answers."""
+
+    name = "python_chat"
+    hub = WebSocketHubProvider()
+
+    @wsrpc
+    def greet(self, socket_id, name):
+        return u"Hello, {}! Gr\u00fc\u00dfe \U0001f389".format(name)
+
+    @wsrpc
+    def join(self, socket_id, room):
+        self.hub.subscribe(socket_id, room)
+        return self.hub.get_subscriptions(socket_id)
+
+    @wsrpc
+    def leave(self, socket_id, room):
+        self.hub.unsubscribe(socket_id, room)
+        return self.hub.get_subscriptions(socket_id)
+
+    @wsrpc
+    def say(self, socket_id, room, text):
+        self.hub.broadcast(room, "said", {"text": text, "n": [1, 2.5, None, True]})
+
+    @wsrpc
+    def whisper(self, socket_id, to, text):
+        return self.hub.unicast(to, "whispered", {"text": text})
+
+    @wsrpc
+    def subscribe_other(self, socket_id, other, room):
+        self.hub.subscribe(other, room)
+
+    @wsrpc
+    def enter(self, socket_id, room):
+        raise NoSuchRoom(room)
+
+    @wsrpc
+    def add(self, socket_id, a, b=10):
+        return {"sum": a + b, "args": [a, b]}

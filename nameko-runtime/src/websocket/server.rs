@@ -192,7 +192,7 @@ impl WsServer {
             let error = RemoteError::nameko("MethodNotFound", String::new()).with_args(Vec::new());
             return error_frame(&error, &correlation_id);
         };
-        let kwargs = match keyword_arguments(&request.method, request.data) {
+        let kwargs = match keyword_arguments(request.data) {
             Ok(kwargs) => kwargs,
             Err(error) => return error_frame(&error, &correlation_id),
         };
@@ -352,7 +352,6 @@ fn context_from_upgrade(headers: &axum::http::HeaderMap) -> ContextData {
 /// The keyword arguments of a request's `data`: a missing or empty one (anything Python finds
 /// false) is none; one that is not an object is Python's `IncorrectSignature`.
 fn keyword_arguments(
-    method: &str,
     data: Option<serde_json::Value>,
 ) -> Result<HashMap<String, Box<RawValue>>, RemoteError> {
     use serde_json::Value;
@@ -372,7 +371,8 @@ fn keyword_arguments(
             };
             return Err(RemoteError::nameko(
                 "IncorrectSignature",
-                format!("{method}() argument after ** must be a mapping, not {kind}"),
+                // Python's own words: nameko checks the call with `inspect.getcallargs`.
+                format!("inspect.getcallargs() argument after ** must be a mapping, not {kind}"),
             ));
         }
     };
