@@ -1,5 +1,5 @@
 //! The talk's timer example: `ping_service` prints one of SPAM, EGG, BACON or SPAMMY SPAM every
-//! second.
+//! second (and dispatches it as a `ping` event, which the webapp example shows live).
 //!
 //! ```text
 //! cargo run --example ping -- run
@@ -9,16 +9,19 @@ use nameko::prelude::*;
 
 /// Pings.
 #[derive(Dependencies)]
-pub struct PingService;
+pub struct PingService {
+    dispatch: EventDispatcher,
+}
 
 #[service(name = "ping_service")]
 impl PingService {
-    /// Prints a word, every second.
+    /// Prints a word, and dispatches it as a `ping` event, every second.
     #[timer(interval = 1)]
-    async fn ping(&self) {
+    async fn ping(&self) -> Result<(), DispatchError> {
         const WORDS: [&str; 4] = ["SPAM", "EGG", "BACON", "SPAMMY SPAM"];
         let pick = usize::from(uuid::Uuid::new_v4().as_bytes()[0]) % WORDS.len();
         println!("{}", WORDS[pick]);
+        self.dispatch.dispatch("ping", WORDS[pick]).await
     }
 }
 

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("events", 5),
     ("http::route", 5),
     ("timer", 5),
+    ("websocket", 5),
     ("messaging", 6),
     ("runner", 6),
     ("testing", 7),

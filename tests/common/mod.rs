@@ -98,6 +98,24 @@ pub fn rabbitmq() -> Option<(String, String)> {
     }
 }
 
+/// Headless Chromium (`NAMEKO_TEST_CHROMIUM`, else `chromium` on the path), or `None` (skip)
+/// when there is none.
+pub fn chromium() -> Option<String> {
+    if let Ok(path) = std::env::var("NAMEKO_TEST_CHROMIUM") {
+        return Some(path);
+    }
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v chromium"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match found {
+        Some(path) if !path.is_empty() => Some(path),
+        _ => missing("Chromium (NAMEKO_TEST_CHROMIUM, or `chromium` on the path)"),
+    }
+}
+
 /// The Python interpreter with nameko 2.14.1, or `None` (skip) when not configured.
 pub fn python() -> Option<String> {
     match std::env::var("NAMEKO_TEST_PYTHON") {
