@@ -6,7 +6,8 @@
 #     isolated virtual host per test), adds a TLS listener on 5671 with a test certificate
 #     authority it makes (restarting the broker once for it); the fault suite restarts this
 #     broker (tests/faults.rs);
-#   - Python nameko 2.14.1 in a virtualenv under target/, from tests/interop/requirements.txt.
+#   - Python nameko 2.14.1 in a virtualenv under target/, from tests/interop/requirements.txt;
+#   - Debian's chromium, for the webapp's test in a headless browser.
 # To use a RabbitMQ elsewhere, set NAMEKO_TEST_AMQP_URI and NAMEKO_TEST_RABBIT_API yourself.
 # Extra arguments go to `cargo test` (e.g. tests/run.sh --test rpc).
 set -euo pipefail
@@ -116,6 +117,15 @@ if [ -z "${NAMEKO_TEST_AMQP_URI:-}" ]; then
   export NAMEKO_TEST_RABBITMQCTL
   export NAMEKO_TEST_AMQP_URI="amqp://guest:guest@127.0.0.1:5672"
   export NAMEKO_TEST_RABBIT_API="http://guest:guest@127.0.0.1:15672"
+fi
+
+# Headless Chromium for the webapp's browser test (tests/webapp.rs).
+if [ -z "${NAMEKO_TEST_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  say "Installing Chromium (Debian's chromium) for the browser test"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || {
+    echo "Chromium is not installed and cannot be installed without root: run 'sudo apt-get install chromium'" >&2
+    exit 1
+  }
 fi
 
 venv=target/interop-venv
