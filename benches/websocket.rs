@@ -102,14 +102,19 @@ async fn bare_socket(bare: Bare, socket: WebSocket) {
         let request: serde_json::Value = serde_json::from_str(text.as_str()).unwrap_or_default();
         let cid = request["correlation_id"].to_string();
         if request["method"] == "shout" {
-            let frame = format!(r#"{{"type": "event", "event": "shout", "data": {}}}"#, request["data"]["n"]);
+            let frame = format!(
+                r#"{{"type": "event", "event": "shout", "data": {}}}"#,
+                request["data"]["n"]
+            );
             let sockets = bare.sockets.lock().unwrap().clone();
             for socket in &sockets {
                 let _ = socket.try_send(frame.clone());
             }
         }
         let data = &request["data"]["value"];
-        let reply = format!(r#"{{"type": "result", "success": true, "data": {data}, "correlation_id": {cid}}}"#);
+        let reply = format!(
+            r#"{{"type": "result", "success": true, "data": {data}, "correlation_id": {cid}}}"#
+        );
         if tx.send(reply).await.is_err() {
             break;
         }
@@ -137,7 +142,10 @@ async fn next_text(socket: &mut Socket) -> String {
 }
 
 async fn call(socket: &mut Socket, frame: String) -> String {
-    socket.send(Message::Text(frame.into())).await.expect("send");
+    socket
+        .send(Message::Text(frame.into()))
+        .await
+        .expect("send");
     loop {
         let text = next_text(socket).await;
         if text.starts_with(r#"{"type": "result""#) {
@@ -159,7 +167,9 @@ async fn round_trips(address: &str, args: &Args) -> f64 {
         .map(|mut socket| {
             tokio::spawn(async move {
                 for n in 0..per_client {
-                    let frame = format!(r#"{{"method": "echo", "data": {{"value": {n}}}, "correlation_id": "{n}"}}"#);
+                    let frame = format!(
+                        r#"{{"method": "echo", "data": {{"value": {n}}}, "correlation_id": "{n}"}}"#
+                    );
                     call(&mut socket, frame).await;
                 }
             })
@@ -185,7 +195,9 @@ async fn fan_out(address: &str, args: &Args) -> Duration {
         tokio::spawn(async move {
             while let Some(Ok(message)) = socket.next().await {
                 if let Message::Text(text) = message
-                    && text.as_str().starts_with(r#"{"type": "event", "event": "shout""#)
+                    && text
+                        .as_str()
+                        .starts_with(r#"{"type": "event", "event": "shout""#)
                 {
                     let _ = arrived_tx.send(());
                 }
@@ -196,7 +208,11 @@ async fn fan_out(address: &str, args: &Args) -> Duration {
     let mut times = Vec::new();
     for n in 0..args.broadcasts {
         let started = Instant::now();
-        call(&mut sender, format!(r#"{{"method": "shout", "data": {{"n": {n}}}}}"#)).await;
+        call(
+            &mut sender,
+            format!(r#"{{"method": "shout", "data": {{"n": {n}}}}}"#),
+        )
+        .await;
         for _ in 0..args.sockets {
             arrived.recv().await.expect("a frame");
         }

@@ -219,3 +219,59 @@ async fn rust_and_python_websocket_servers_answer_the_same_frames_alike() {
     assert_eq!(from_rust.len(), from_python.len());
     rust.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_rust_hub_broadcast_reaches_a_python_websocket_client() {
+    let Some(python) = python() else { return };
+    let rust = TestServices::new()
+        .with_config(|config| config.web_server_address = "127.0.0.1:0".into())
+        .with_service::<RustChat>()
+        .start()
+        .await
+        .unwrap();
+    let address = rust.http_address().unwrap().to_string();
+    // The Python client joins `lobby`, then waits for one event.
+    let client = tokio::process::Command::new(&python)
+        .arg(common::interop_dir().join("py_ws_client.py"))
+        .args([address.as_str(), "join", r#"{"room": "lobby"}"#, "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run py_ws_client.py");
+    let waiting = tokio::spawn(client.wait_with_output());
+    // A Rust client says something in the lobby until the Python client, once in it, has
+    // heard it and ended.
+    let (mut rust_client, _, _) = connect(&address).await;
+    for _ in 0..300 {
+        let frame = r#"{"method": "say", "data": {"room": "lobby", "text": "to python"}}"#;
+        rust_client.send(Message::Text(frame.into())).await.unwrap();
+        next_text(&mut rust_client).await;
+        if waiting.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the Python client ends")
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "py_ws_client.py: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            r#"{"type": "result", "success": true, "data": ["lobby"], "correlation_id": "py"}"#,
+            r#"{"type": "event", "event": "said", "data": {"text": "to python", "n": [1, 2.5, null, true]}}"#,
+        ]
+    );
+    rust.stop().await.unwrap();
+}
