@@ -311,3 +311,42 @@ fn queue_arguments_in_the_config_are_checked() {
         .to_string();
     assert!(error.contains("unknown argument `x-overflow`"), "{error}");
 }
+
+fn pdfs() -> Queue {
+    Queue::new("pdfs")
+        .exchange(Exchange::headers("documents"))
+        .binding_argument("format", "pdf")
+}
+
+fn filed() -> &'static Mutex<Vec<String>> {
+    static FILED: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    FILED.get_or_init(Default::default)
+}
+
+#[derive(Dependencies)]
+struct Filing;
+
+#[service(name = "filing")]
+impl Filing {
+    #[consume(queue = pdfs())]
+    fn file(&self, name: String) {
+        filed().lock().unwrap().push(name);
+    }
+}
+
+on_both_transports! {
+    async fn a_consume_method_on_a_headers_exchange_takes_the_messages_whose_headers_match(broker: &TestBroker) {
+        let _alone = one_at_a_time().await;
+        filed().lock().unwrap().clear();
+        let services = TestServices::on_uri(&broker.uri).with_service::<Filing>().start().await.unwrap();
+        let publisher = Publisher::connect(&broker.uri).await.unwrap();
+        let documents = Exchange::headers("documents");
+        for (name, format) in [("a.txt", "txt"), ("b.pdf", "pdf")] {
+            publisher.publish(name).to_exchange(&documents).header("format", format).await.unwrap();
+        }
+        wait_until("the pdf is filed", || !filed().lock().unwrap().is_empty()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(*filed().lock().unwrap(), ["b.pdf"]);
+        services.stop().await.unwrap();
+    }
+}

@@ -448,3 +448,44 @@ on_both_transports! {
         assert!(matches!(none, Err(TransportError::PreconditionFailed(_))), "{none:?}");
     }
 }
+
+on_both_transports! {
+    async fn a_headers_exchange_routes_by_the_message_s_headers(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let exchange = unique("headers");
+        t.declare_exchange(&ExchangeSpec::durable(&exchange, ExchangeType::Headers)).await.unwrap();
+        let (all, any) = (unique("all"), unique("any"));
+        for queue in [&all, &any] {
+            t.declare_queue(&QueueSpec::durable(queue)).await.unwrap();
+        }
+        let arguments = |pairs: serde_json::Value| -> nameko::protocol::Headers {
+            serde_json::from_value(pairs).unwrap()
+        };
+        t.bind_queue_with(&all, &exchange, "", &arguments(json!({"format": "pdf", "type": "report"})))
+            .await
+            .unwrap();
+        t.bind_queue_with(&any, &exchange, "", &arguments(json!({"x-match": "any", "format": "pdf", "type": "log"})))
+            .await
+            .unwrap();
+        let with_headers = |body: &str, headers: serde_json::Value| {
+            let mut m = message(&exchange, "ignored", body);
+            m.properties.headers = arguments(headers);
+            m
+        };
+        t.publish(with_headers("both", json!({"format": "pdf", "type": "report"}))).await.unwrap();
+        t.publish(with_headers("pdf-only", json!({"format": "pdf"}))).await.unwrap();
+        t.publish(with_headers("log", json!({"type": "log", "format": "txt"}))).await.unwrap();
+        t.publish(with_headers("none", json!({"format": "txt"}))).await.unwrap();
+        let mut got = Vec::new();
+        for (queue, count) in [(&all, 1), (&any, 3)] {
+            let mut consumer = t.consume(queue, 10).await.unwrap();
+            for _ in 0..count {
+                let d = next(&mut consumer).await;
+                got.push(format!("{}:{}", if queue == &all { "all" } else { "any" }, String::from_utf8(d.body.clone()).unwrap()));
+                d.ack().await.unwrap();
+            }
+            assert_nothing(&mut consumer).await;
+        }
+        assert_eq!(got, ["all:both", "any:both", "any:pdf-only", "any:log"]);
+    }
+}

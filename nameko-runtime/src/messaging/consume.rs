@@ -54,7 +54,8 @@ impl Entrypoint for Consume {
     async fn start(self, cx: EntrypointContext<Self>) -> Result<Started, Error> {
         let mut declaration = QueueDeclaration::new(self.queue.spec().clone());
         if let Some((exchange, routing_key)) = self.queue.binding() {
-            declaration = declaration.bind(exchange.spec().clone(), routing_key);
+            let arguments = self.queue.binding_arguments().clone();
+            declaration = declaration.bind_with(exchange.spec().clone(), routing_key, arguments);
         }
         let handler = Arc::new(MessageConsumer {
             entrypoint: self,

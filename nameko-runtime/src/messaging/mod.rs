@@ -2,8 +2,8 @@
 //! `#[consume(queue = ...)]`, publish to any exchange or queue with a [`Publisher`]. The bridge
 //! to producers and consumers that are not Nameko services.
 //!
-//! Queues and exchanges are described as kombu describes them ([`Queue`], [`Exchange`]), with
-//! RabbitMQ's queue arguments (priorities, dead-lettering, message TTL, the queue type). A
+//! Queues and exchanges are described as kombu describes them ([`Queue`], [`Exchange`]: direct,
+//! fanout, topic or headers), with RabbitMQ's queue arguments (priorities, dead-lettering, message TTL, the queue type). A
 //! `#[consume]` method takes the message's JSON body decoded into its parameter's type, and its
 //! context data from the message's `nameko.*` headers; the message is acknowledged after the
 //! method returns, requeued on a failure if `requeue_on_error`, and rejected (so dead-lettered
@@ -87,6 +87,12 @@ impl Exchange {
         Exchange::new(name, ExchangeType::Fanout)
     }
 
+    /// A durable headers exchange (bindings match messages' headers; see
+    /// [`Queue::binding_arguments`]).
+    pub fn headers(name: impl Into<String>) -> Self {
+        Exchange::new(name, ExchangeType::Headers)
+    }
+
     /// Whether it survives a broker restart.
     pub fn durable(mut self, durable: bool) -> Self {
         self.0.durable = durable;
@@ -118,6 +124,7 @@ pub struct Queue {
     spec: QueueSpec,
     exchange: Option<Exchange>,
     routing_key: String,
+    binding_arguments: protocol::Headers,
 }
 
 impl Queue {
@@ -128,6 +135,7 @@ impl Queue {
             spec: QueueSpec::durable(name),
             exchange: None,
             routing_key: String::new(),
+            binding_arguments: protocol::Headers::new(),
         }
     }
 
@@ -140,6 +148,13 @@ impl Queue {
     /// The binding's routing key (a pattern, on a topic exchange).
     pub fn routing_key(mut self, routing_key: impl Into<String>) -> Self {
         self.routing_key = routing_key.into();
+        self
+    }
+
+    /// A binding argument: on a headers exchange, a header the messages must have with this
+    /// value, or `x-match` (`"all"` of them, the default, or `"any"`).
+    pub fn binding_argument(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.binding_arguments.insert(name.into(), value.into());
         self
     }
 
@@ -208,6 +223,11 @@ impl Queue {
             .map(|e| (e, self.routing_key.as_str()))
     }
 
+    /// The binding's arguments ([`binding_argument`](Self::binding_argument)).
+    pub fn binding_arguments(&self) -> &protocol::Headers {
+        &self.binding_arguments
+    }
+
     /// Declares its exchange, itself and the binding.
     async fn declare(&self, transport: &SharedTransport) -> Result<(), TransportError> {
         if let Some(exchange) = &self.exchange {
@@ -216,7 +236,12 @@ impl Queue {
         transport.declare_queue(&self.spec).await?;
         if let Some(exchange) = &self.exchange {
             transport
-                .bind_queue(&self.spec.name, exchange.name(), &self.routing_key)
+                .bind_queue_with(
+                    &self.spec.name,
+                    exchange.name(),
+                    &self.routing_key,
+                    &self.binding_arguments,
+                )
                 .await?;
         }
         Ok(())

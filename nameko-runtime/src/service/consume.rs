@@ -18,6 +18,7 @@ use futures_util::future::BoxFuture;
 use super::entrypoint::Started;
 use super::extension::{ServiceContext, WorkerSlot};
 use crate::error::Error;
+use crate::protocol::Headers;
 use crate::transport::{Consumer, Delivery, ExchangeSpec, QueueSpec, SharedTransport};
 
 /// A queue to consume and how it is bound: declared when the entrypoint starts, and again
@@ -25,7 +26,7 @@ use crate::transport::{Consumer, Delivery, ExchangeSpec, QueueSpec, SharedTransp
 #[derive(Debug, Clone)]
 pub struct QueueDeclaration {
     queue: QueueSpec,
-    bindings: Vec<(ExchangeSpec, String)>,
+    bindings: Vec<(ExchangeSpec, String, Headers)>,
 }
 
 impl QueueDeclaration {
@@ -39,8 +40,20 @@ impl QueueDeclaration {
     }
 
     /// Also binds the queue to `exchange` (declared too) with `routing_key`.
-    pub fn bind(mut self, exchange: ExchangeSpec, routing_key: impl Into<String>) -> Self {
-        self.bindings.push((exchange, routing_key.into()));
+    pub fn bind(self, exchange: ExchangeSpec, routing_key: impl Into<String>) -> Self {
+        self.bind_with(exchange, routing_key, Headers::new())
+    }
+
+    /// Also binds the queue to `exchange` (declared too) with `routing_key` and binding
+    /// `arguments` (what a headers exchange matches).
+    pub fn bind_with(
+        mut self,
+        exchange: ExchangeSpec,
+        routing_key: impl Into<String>,
+        arguments: Headers,
+    ) -> Self {
+        self.bindings
+            .push((exchange, routing_key.into(), arguments));
         self
     }
 
@@ -51,13 +64,13 @@ impl QueueDeclaration {
 
     /// Declares the exchanges, the queue, then the bindings.
     pub async fn declare(&self, transport: &SharedTransport) -> Result<(), Error> {
-        for (exchange, _) in &self.bindings {
+        for (exchange, _, _) in &self.bindings {
             transport.declare_exchange(exchange).await?;
         }
         transport.declare_queue(&self.queue).await?;
-        for (exchange, routing_key) in &self.bindings {
+        for (exchange, routing_key, arguments) in &self.bindings {
             transport
-                .bind_queue(&self.queue.name, &exchange.name, routing_key)
+                .bind_queue_with(&self.queue.name, &exchange.name, routing_key, arguments)
                 .await?;
         }
         Ok(())

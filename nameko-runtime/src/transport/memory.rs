@@ -1,6 +1,6 @@
 //! The embedded broker: RabbitMQ's semantics, in process, with no server.
 //!
-//! Direct, fanout and topic exchanges, named queues with the same declare checks as RabbitMQ,
+//! Direct, fanout, topic and headers exchanges, named queues with the same declare checks as RabbitMQ,
 //! competing consumers served round-robin, prefetch limits, manual acks, mandatory publishes,
 //! and redelivery (with `redelivered = true`) of everything a consumer received but did not
 //! settle when it goes away. Queues declared `auto_delete` or `exclusive` are deleted as soon as
@@ -23,6 +23,8 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+use crate::protocol::Headers;
 
 use super::{
     Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, OutgoingMessage, Properties,
@@ -61,7 +63,14 @@ struct State {
 
 struct Exchange {
     spec: ExchangeSpec,
-    bindings: Vec<(String, String)>,
+    bindings: Vec<Binding>,
+}
+
+#[derive(PartialEq)]
+struct Binding {
+    key: String,
+    queue: String,
+    arguments: Headers,
 }
 
 struct Queue {
@@ -249,9 +258,15 @@ impl State {
         // The queues bound for the key; several get their copies in name order.
         let kind = exchange.spec.kind;
         let mut targets: Vec<String> = Vec::new();
-        for (key, queue) in &exchange.bindings {
-            if kind.routes(key, &message.routing_key) && !targets.contains(queue) {
-                targets.push(queue.clone());
+        for binding in &exchange.bindings {
+            let routed = kind.routes(
+                &binding.key,
+                &binding.arguments,
+                &message.routing_key,
+                &message.properties.headers,
+            );
+            if routed && !targets.contains(&binding.queue) {
+                targets.push(binding.queue.clone());
             }
         }
         targets.sort_unstable();
@@ -376,7 +391,7 @@ impl State {
     fn delete_queue(&mut self, name: &str) {
         self.queues.remove(name);
         for exchange in self.exchanges.values_mut() {
-            exchange.bindings.retain(|(_, q)| q != name);
+            exchange.bindings.retain(|b| b.queue != name);
         }
     }
 
@@ -731,11 +746,12 @@ impl Transport for MemoryBroker {
         async move { result }.boxed()
     }
 
-    fn bind_queue<'a>(
+    fn bind_queue_with<'a>(
         &'a self,
         queue: &'a str,
         exchange: &'a str,
         binding_key: &'a str,
+        arguments: &'a Headers,
     ) -> BoxFuture<'a, Result<(), TransportError>> {
         let result = {
             let mut state = lock(&self.state);
@@ -748,7 +764,11 @@ impl Transport for MemoryBroker {
                         "no exchange '{exchange}'"
                     ))),
                     Some(ex) => {
-                        let binding = (binding_key.to_owned(), queue.to_owned());
+                        let binding = Binding {
+                            key: binding_key.to_owned(),
+                            queue: queue.to_owned(),
+                            arguments: arguments.clone(),
+                        };
                         if !ex.bindings.contains(&binding) {
                             ex.bindings.push(binding);
                         }

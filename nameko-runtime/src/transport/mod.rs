@@ -81,6 +81,9 @@ pub enum ExchangeType {
     /// routing key: what Nameko declares for events and RPC.
     #[default]
     Topic,
+    /// To the queues whose binding arguments match the message's headers (`x-match`: `all`,
+    /// the default, or `any` of the others); the routing key is not looked at.
+    Headers,
 }
 
 impl ExchangeType {
@@ -90,16 +93,40 @@ impl ExchangeType {
             ExchangeType::Direct => "direct",
             ExchangeType::Fanout => "fanout",
             ExchangeType::Topic => "topic",
+            ExchangeType::Headers => "headers",
         }
     }
 
-    /// Whether a binding with `binding_key` takes a message with `routing_key`.
-    pub(crate) fn routes(self, binding_key: &str, routing_key: &str) -> bool {
+    /// Whether a binding with `binding_key` and `arguments` takes a message with
+    /// `routing_key` and `headers`.
+    pub(crate) fn routes(
+        self,
+        binding_key: &str,
+        arguments: &Headers,
+        routing_key: &str,
+        headers: &Headers,
+    ) -> bool {
         match self {
             ExchangeType::Direct => binding_key == routing_key,
             ExchangeType::Fanout => true,
             ExchangeType::Topic => topic_matches(binding_key, routing_key),
+            ExchangeType::Headers => headers_match(arguments, headers),
         }
+    }
+}
+
+/// RabbitMQ's headers exchange rule: every (`x-match: all`, the default) or any (`any`) of the
+/// binding's arguments not starting with `x-` is a header of the message with the same value.
+fn headers_match(arguments: &Headers, headers: &Headers) -> bool {
+    let any = arguments
+        .get("x-match")
+        .is_some_and(|v| v.as_str() == Some("any"));
+    let mut wanted = arguments.iter().filter(|(k, _)| !k.starts_with("x-"));
+    let matches = |(key, value): (&String, &serde_json::Value)| headers.get(key) == Some(value);
+    if any {
+        wanted.any(matches)
+    } else {
+        wanted.all(matches)
     }
 }
 
@@ -506,6 +533,17 @@ pub trait Transport: Send + Sync + 'static {
         queue: &'a str,
         exchange: &'a str,
         binding_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
+        self.bind_queue_with(queue, exchange, binding_key, &NO_ARGUMENTS)
+    }
+    /// Binds a queue to an exchange with a routing-key pattern and binding arguments (what a
+    /// headers exchange matches messages' headers against).
+    fn bind_queue_with<'a>(
+        &'a self,
+        queue: &'a str,
+        exchange: &'a str,
+        binding_key: &'a str,
+        arguments: &'a Headers,
     ) -> BoxFuture<'a, Result<(), TransportError>>;
     /// Publishes a message and waits for the broker to confirm it.
     fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), TransportError>>;
@@ -534,6 +572,9 @@ pub trait Transport: Send + Sync + 'static {
         Box::pin(std::future::pending())
     }
 }
+
+/// No binding arguments.
+static NO_ARGUMENTS: Headers = Headers::new();
 
 /// A shared handle to a transport.
 pub type SharedTransport = Arc<dyn Transport>;

@@ -391,6 +391,7 @@ impl Transport for AmqpTransport {
                     ExchangeType::Direct => ExchangeKind::Direct,
                     ExchangeType::Fanout => ExchangeKind::Fanout,
                     ExchangeType::Topic => ExchangeKind::Topic,
+                    ExchangeType::Headers => ExchangeKind::Headers,
                 };
                 ch.exchange_declare(
                     spec.name.as_str().into(),
@@ -432,11 +433,12 @@ impl Transport for AmqpTransport {
         .boxed()
     }
 
-    fn bind_queue<'a>(
+    fn bind_queue_with<'a>(
         &'a self,
         queue: &'a str,
         exchange: &'a str,
         binding_key: &'a str,
+        arguments: &'a Headers,
     ) -> BoxFuture<'a, Result<(), TransportError>> {
         async move {
             self.with_channel(|ch| async move {
@@ -445,7 +447,7 @@ impl Transport for AmqpTransport {
                     exchange.into(),
                     binding_key.into(),
                     QueueBindOptions::default(),
-                    FieldTable::default(),
+                    to_field_table(arguments),
                 )
                 .await
             })
