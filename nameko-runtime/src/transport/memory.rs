@@ -12,7 +12,7 @@
 //! (`x-dead-letter-exchange`/`-routing-key`: rejected and expired messages are published there
 //! with an `x-death` header).
 //!
-//! (Over 900 lines with its unit tests; one state behind one lock, kept in one file.)
+//! (Over 900 lines with its unit tests; one state behind one lock, kept in one file for now.)
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
