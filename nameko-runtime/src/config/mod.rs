@@ -78,6 +78,15 @@ pub struct Config {
     ///   evt-shop-order_placed--fulfilment.take: {x-dead-letter-exchange: dead-letters}
     /// ```
     pub queue_arguments: std::collections::BTreeMap<String, crate::transport::QueueArguments>,
+    /// `QUEUE_TYPE`: the type of the durable queues a service owns (`rpc-<service>`, its
+    /// service-pool and singleton event handlers' queues, its `#[consume]` queues that name no
+    /// type): `classic` (the default, as Nameko declares them) or `quorum` (replicated across a
+    /// cluster's nodes). Reply queues and other transient queues stay as they are.
+    pub queue_type: crate::transport::QueueType,
+    /// `DELIVERY_LIMIT`: with `QUEUE_TYPE: quorum`, the `x-delivery-limit` of those queues: a
+    /// message returned unsettled more times than this is dead-lettered (or dropped) rather than
+    /// looping.
+    pub delivery_limit: u32,
     /// Every key of the configuration file the runtime does not use itself, for services to read
     /// ([`Config::get`]).
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -111,6 +120,8 @@ impl std::fmt::Debug for Config {
             publish_timeout,
             max_redeliveries,
             queue_arguments,
+            queue_type,
+            delivery_limit,
             extra,
             broadcast_identifier,
         } = self;
@@ -137,6 +148,8 @@ impl std::fmt::Debug for Config {
             .field("publish_timeout", publish_timeout)
             .field("max_redeliveries", max_redeliveries)
             .field("queue_arguments", queue_arguments)
+            .field("queue_type", queue_type)
+            .field("delivery_limit", delivery_limit)
             .field("extra", extra)
             .field("broadcast_identifier", broadcast_identifier)
             .finish()
@@ -166,6 +179,8 @@ impl Default for Config {
             publish_timeout: crate::transport::amqp::DEFAULT_PUBLISH_TIMEOUT,
             max_redeliveries: 10,
             queue_arguments: std::collections::BTreeMap::new(),
+            queue_type: crate::transport::QueueType::Classic,
+            delivery_limit: 10,
             broadcast_identifier: None,
         }
     }
@@ -300,6 +315,32 @@ pub use yaml::substitute_env;
 use yaml::*;
 
 /// `AMQP_SSL` as Nameko reads it: `true`/`false`, or kombu's mapping of `ssl` options.
+impl Config {
+    /// The arguments of `queue`, a durable queue a service owns: its `QUEUE_TYPE` (with the
+    /// `DELIVERY_LIMIT` of a quorum queue), then its own `QUEUE_ARGUMENTS` over them.
+    pub fn owned_queue_arguments(&self, queue: &str) -> crate::transport::QueueArguments {
+        use crate::transport::{QueueArguments, QueueType};
+        let mut arguments = QueueArguments::default();
+        if self.queue_type == QueueType::Quorum {
+            arguments.queue_type = Some(QueueType::Quorum);
+            arguments.delivery_limit = Some(self.delivery_limit);
+        }
+        if let Some(own) = self.queue_arguments.get(queue) {
+            let own = own.clone();
+            arguments.max_priority = own.max_priority.or(arguments.max_priority);
+            arguments.dead_letter_exchange =
+                own.dead_letter_exchange.or(arguments.dead_letter_exchange);
+            arguments.dead_letter_routing_key = own
+                .dead_letter_routing_key
+                .or(arguments.dead_letter_routing_key);
+            arguments.message_ttl = own.message_ttl.or(arguments.message_ttl);
+            arguments.queue_type = own.queue_type.or(arguments.queue_type);
+            arguments.delivery_limit = own.delivery_limit.or(arguments.delivery_limit);
+        }
+        arguments
+    }
+}
+
 /// One queue's `QUEUE_ARGUMENTS` entry.
 fn queue_arguments(queue: &str, value: Value) -> Result<crate::transport::QueueArguments, Error> {
     use crate::transport::{QueueArguments, QueueType};
@@ -335,6 +376,10 @@ fn queue_arguments(queue: &str, value: Value) -> Result<crate::transport::QueueA
                     .ok_or_else(|| bad(&key, "a whole number of milliseconds"))?;
                 arguments.message_ttl = Some(Duration::from_millis(ms));
             }
+            "x-delivery-limit" => {
+                let limit = value.as_u64().and_then(|v| u32::try_from(v).ok());
+                arguments.delivery_limit = Some(limit.ok_or_else(|| bad(&key, "a whole number"))?);
+            }
             "x-queue-type" => {
                 arguments.queue_type = Some(match value.as_str() {
                     Some("classic") => QueueType::Classic,
@@ -344,7 +389,7 @@ fn queue_arguments(queue: &str, value: Value) -> Result<crate::transport::QueueA
             }
             other => {
                 return Err(Error::Config(format!(
-                    "`QUEUE_ARGUMENTS` of `{queue}`: unknown argument `{other}`; expected x-max-priority, x-dead-letter-exchange, x-dead-letter-routing-key, x-message-ttl or x-queue-type"
+                    "`QUEUE_ARGUMENTS` of `{queue}`: unknown argument `{other}`; expected x-max-priority, x-dead-letter-exchange, x-dead-letter-routing-key, x-message-ttl, x-queue-type or x-delivery-limit"
                 )));
             }
         }
@@ -533,6 +578,20 @@ impl Config {
         }
         if let Some(v) = take(&mut map, "AUTO_DELETE_EVENT_EXCHANGES", "true or false")? {
             self.auto_delete_event_exchanges = v;
+        }
+        if let Some(v) = take::<String>(&mut map, "QUEUE_TYPE", "`classic` or `quorum`")? {
+            self.queue_type = match v.as_str() {
+                "classic" => crate::transport::QueueType::Classic,
+                "quorum" => crate::transport::QueueType::Quorum,
+                other => {
+                    return Err(Error::Config(format!(
+                        "`QUEUE_TYPE` must be `classic` or `quorum`, not `{other}`"
+                    )));
+                }
+            };
+        }
+        if let Some(v) = take(&mut map, "DELIVERY_LIMIT", "a whole number")? {
+            self.delivery_limit = v;
         }
         if let Some(v) = take::<serde_json::Map<String, Value>>(
             &mut map,

@@ -146,12 +146,20 @@ impl Entrypoint for EventHandler {
             identifier,
         );
         let exchange = super::event_exchange(config, self.source_service);
-        let spec = QueueSpec {
-            arguments: config
+        // A service pool's or singleton's reliable queue is the service's own: it takes
+        // `QUEUE_TYPE`; broadcast and unreliable queues stay as Nameko declares them.
+        let owned = self.reliable_delivery && self.handler_type != HandlerType::Broadcast;
+        let arguments = if owned {
+            config.owned_queue_arguments(&queue)
+        } else {
+            config
                 .queue_arguments
                 .get(&queue)
                 .cloned()
-                .unwrap_or_default(),
+                .unwrap_or_default()
+        };
+        let spec = QueueSpec {
+            arguments,
             auto_delete: !self.reliable_delivery,
             exclusive: self.handler_type == HandlerType::Broadcast && !self.reliable_delivery,
             ..QueueSpec::durable(&queue)

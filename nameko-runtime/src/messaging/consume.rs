@@ -52,7 +52,18 @@ impl Entrypoint for Consume {
     }
 
     async fn start(self, cx: EntrypointContext<Self>) -> Result<Started, Error> {
-        let mut declaration = QueueDeclaration::new(self.queue.spec().clone());
+        // A durable queue that names no type takes the service's `QUEUE_TYPE`.
+        let mut spec = self.queue.spec().clone();
+        if spec.durable
+            && !spec.exclusive
+            && !spec.auto_delete
+            && spec.arguments.queue_type.is_none()
+        {
+            let owned = cx.config().owned_queue_arguments(&spec.name);
+            spec.arguments.queue_type = owned.queue_type;
+            spec.arguments.delivery_limit = spec.arguments.delivery_limit.or(owned.delivery_limit);
+        }
+        let mut declaration = QueueDeclaration::new(spec);
         if let Some((exchange, routing_key)) = self.queue.binding() {
             let arguments = self.queue.binding_arguments().clone();
             declaration = declaration.bind_with(exchange.spec().clone(), routing_key, arguments);

@@ -85,12 +85,7 @@ impl SharedExtension for RpcConsumer {
         let exchange = ExchangeSpec::durable_topic(&cx.config().rpc_exchange);
         let queue = protocol::rpc_queue_name(service);
         let spec = QueueSpec {
-            arguments: cx
-                .config()
-                .queue_arguments
-                .get(&queue)
-                .cloned()
-                .unwrap_or_default(),
+            arguments: cx.config().owned_queue_arguments(&queue),
             ..QueueSpec::durable(queue)
         };
         let declaration =

@@ -95,6 +95,8 @@ struct Stored {
     priority: u8,
     /// When it expires, if it does.
     expires_at: Option<Instant>,
+    /// How many times it came back unsettled (a quorum queue's delivery count).
+    delivery_count: u32,
 }
 
 impl Stored {
@@ -107,6 +109,7 @@ impl Stored {
             body: message.body,
             priority: 0,
             expires_at: None,
+            delivery_count: 0,
         }
     }
 
@@ -194,9 +197,10 @@ impl MemoryBroker {
         }
         match settlement {
             Settlement::Ack | Settlement::Reject(None) => {}
-            Settlement::Requeue(mut message) => {
-                message.redelivered = true;
-                q.requeue(message);
+            Settlement::Requeue(message) => {
+                if let Some(over) = q.return_message(message) {
+                    state.dead_letter(queue, over, "delivery_limit");
+                }
             }
             Settlement::Reject(Some(message)) => state.dead_letter(queue, message, "rejected"),
         }
@@ -215,10 +219,16 @@ impl MemoryBroker {
             return;
         };
         q.consumers.retain(|s| s.id != consumer);
-        for mut message in returned.into_iter().rev() {
-            message.redelivered = true;
-            q.requeue(message);
+        let mut over_limit = Vec::new();
+        for message in returned.into_iter().rev() {
+            over_limit.extend(q.return_message(message));
         }
+        for message in over_limit {
+            state.dead_letter(queue, message, "delivery_limit");
+        }
+        let Some(q) = state.queues.get_mut(queue) else {
+            return;
+        };
         if !q.consumers.is_empty() {
             state.dispatch(queue);
         } else if q.spec.auto_delete || q.spec.exclusive {
@@ -466,6 +476,23 @@ impl Queue {
         }
     }
 
+    /// Takes back a message delivered and not settled: requeued, or, past a quorum queue's
+    /// delivery limit, handed back to be dead-lettered.
+    fn return_message(&mut self, mut message: Stored) -> Option<Stored> {
+        message.redelivered = true;
+        message.delivery_count += 1;
+        let arguments = &self.spec.arguments;
+        if arguments.queue_type == Some(super::QueueType::Quorum)
+            && arguments
+                .delivery_limit
+                .is_some_and(|limit| message.delivery_count > limit)
+        {
+            return Some(message);
+        }
+        self.requeue(message);
+        None
+    }
+
     /// Puts a message back at the head of its priority.
     fn requeue(&mut self, message: Stored) {
         let index = self
@@ -544,9 +571,10 @@ struct MemoryAcker {
     consumer: u64,
     settled: bool,
     returned: Option<Stored>,
-    /// The message's priority and expiry, which a requeue keeps.
+    /// The message's priority, expiry and delivery count, which a requeue keeps.
     priority: u8,
     expires_at: Option<Instant>,
+    delivery_count: u32,
 }
 
 /// The future of a settlement, which the embedded broker does at once: zero-sized, so boxing
@@ -597,6 +625,7 @@ impl Acker for MemoryAcker {
             body: message.body,
             priority: self.priority,
             expires_at: self.expires_at,
+            delivery_count: self.delivery_count,
         });
     }
 }
@@ -649,6 +678,7 @@ impl ConsumerSource for MemoryConsumer {
                     returned: None,
                     priority: m.priority,
                     expires_at: m.expires_at,
+                    delivery_count: m.delivery_count,
                 };
                 Ok(Delivery::new(
                     m.exchange,

@@ -202,6 +202,9 @@ pub struct QueueArguments {
     pub message_ttl: Option<Duration>,
     /// `x-queue-type` (not sent when `None`: the broker's default, classic).
     pub queue_type: Option<QueueType>,
+    /// `x-delivery-limit` (quorum queues): a message returned unsettled more than this many
+    /// times is dead-lettered (or dropped) instead of delivered again.
+    pub delivery_limit: Option<u32>,
 }
 
 /// A queue to declare; the flags must match any existing queue of the same name.
@@ -251,6 +254,9 @@ impl fmt::Display for QueueSpec {
         if let Some(kind) = a.queue_type {
             parts.push(format!("x-queue-type={}", kind.as_str()));
         }
+        if let Some(limit) = a.delivery_limit {
+            parts.push(format!("x-delivery-limit={limit}"));
+        }
         f.write_str(&parts.join(", "))
     }
 }
@@ -292,6 +298,12 @@ impl QueueSpec {
     /// With `x-queue-type`.
     pub fn queue_type(mut self, queue_type: QueueType) -> Self {
         self.arguments.queue_type = Some(queue_type);
+        self
+    }
+
+    /// With `x-delivery-limit` (a quorum queue's).
+    pub fn delivery_limit(mut self, limit: u32) -> Self {
+        self.arguments.delivery_limit = Some(limit);
         self
     }
 }

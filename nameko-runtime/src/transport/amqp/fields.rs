@@ -162,6 +162,10 @@ pub(super) fn queue_arguments(spec: &QueueSpec) -> FieldTable {
     if let Some(kind) = a.queue_type {
         arguments.insert("x-queue-type".into(), text(kind.as_str()));
     }
+    if let Some(limit) = a.delivery_limit {
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(limit));
+    }
     arguments
 }
 
