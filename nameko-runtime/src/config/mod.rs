@@ -17,7 +17,9 @@ pub const EMBEDDED_BROKER_URI: &str = "memory://";
 #[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
-    /// `AMQP_URI`: the broker. `None` runs on the embedded broker.
+    /// `AMQP_URI`: the broker, or several (a cluster's nodes, separated by `;`; a list in the
+    /// file): the first that answers is used, and after a lost connection the next one. `None`
+    /// runs on the embedded broker.
     pub amqp_uri: Option<String>,
     /// `rpc_exchange`: the exchange for RPC requests and replies.
     pub rpc_exchange: String,
@@ -523,8 +525,25 @@ impl Config {
     }
 
     fn merge(&mut self, mut map: serde_json::Map<String, Value>) -> Result<(), Error> {
-        if let Some(uri) = take::<String>(&mut map, "AMQP_URI", "a URI string")? {
-            self.amqp_uri = Some(uri);
+        if let Some(uri) = take::<Value>(
+            &mut map,
+            "AMQP_URI",
+            "a URI string (several separated by `;`), or a list of URIs",
+        )? {
+            // Several brokers (a cluster's nodes): a list, or `;` between them as kombu takes them.
+            self.amqp_uri = Some(match uri {
+                Value::String(uri) => uri,
+                Value::Array(uris) if !uris.is_empty() && uris.iter().all(Value::is_string) => uris
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                other => {
+                    return Err(Error::Config(format!(
+                        "`AMQP_URI` must be a URI string or a list of URIs, not `{other}`"
+                    )));
+                }
+            });
         }
         if let Some(address) = take::<Value>(&mut map, "WEB_SERVER_ADDRESS", "`[host:]port`")? {
             self.web_server_address = match address {

@@ -629,12 +629,74 @@ pub async fn connect_with_options(
     if let Some(name) = uri.strip_prefix("memory://") {
         return Ok(memory::MemoryBroker::named(name));
     }
+    let brokers = broker_list(uri);
+    if brokers.len() > 1 {
+        return connect_to_one_of(uri, &brokers, options).await;
+    }
     if uri.starts_with("amqp://") || uri.starts_with("amqps://") || uri.starts_with("pyamqp://") {
         return Ok(Arc::new(
             amqp::AmqpTransport::connect_with_options(uri, options).await?,
         ));
     }
     Err(TransportError::UnsupportedUri(mask_password(uri)))
+}
+
+/// The brokers of an `AMQP_URI` that lists several, separated by `;` as kombu (and so
+/// Nameko) takes them: the nodes of one cluster.
+pub(crate) fn broker_list(uri: &str) -> Vec<&str> {
+    uri.split(';')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Connects to the first broker of `brokers` that answers, starting after the one connected
+/// to last time for this list (so that a lost connection moves on to the next node, round
+/// robin).
+async fn connect_to_one_of(
+    uri: &str,
+    brokers: &[&str],
+    options: &amqp::AmqpOptions,
+) -> Result<SharedTransport, TransportError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    /// The index of the broker each list last connected to.
+    static LAST: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+    let last = LAST.get_or_init(Default::default);
+    let start = last
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(uri)
+        .map_or(0, |i| i + 1);
+    let mut errors = Vec::new();
+    for offset in 0..brokers.len() {
+        let index = (start + offset) % brokers.len();
+        let broker = brokers[index];
+        if broker.contains(';') || broker.starts_with("memory://") {
+            return Err(TransportError::UnsupportedUri(mask_password(broker)));
+        }
+        match Box::pin(connect_with_options(broker, options)).await {
+            Ok(transport) => {
+                tracing::info!(broker = %transport.describe(), node = index + 1, of = brokers.len(), "connected to one of several brokers");
+                last.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(uri.to_owned(), index);
+                return Ok(transport);
+            }
+            Err(error) => {
+                tracing::warn!(broker = %mask_password(broker), %error, "broker did not answer; trying the next");
+                // The error names the broker already.
+                errors.push(match error {
+                    TransportError::Connection(message) => message,
+                    other => format!("{}: {other}", mask_password(broker)),
+                });
+            }
+        }
+    }
+    Err(TransportError::Connection(format!(
+        "no broker answered: {}",
+        errors.join("; ")
+    )))
 }
 
 /// TLS settings for RabbitMQ connections: Nameko's `AMQP_SSL` (`ca_certs`, `certfile`,
@@ -690,6 +752,14 @@ impl TlsOptions {
 /// A URI with its password replaced by `********`, for logs. The user information ends at the
 /// last `@`, so a password holding `/` or `@` (unescaped) is masked whole.
 pub fn mask_password(uri: &str) -> String {
+    if uri.contains(';') {
+        // Several brokers: each masked.
+        return uri
+            .split(';')
+            .map(mask_password)
+            .collect::<Vec<_>>()
+            .join(";");
+    }
     let Some((scheme, rest)) = uri.split_once("://") else {
         return uri.to_owned();
     };
@@ -832,5 +902,13 @@ mod tests {
             "amqp://guest:********@host/vh"
         );
         assert_eq!(mask_password("memory://"), "memory://");
+        assert_eq!(
+            mask_password("amqp://a:x@h1:5672;amqp://b:y@h2:5672"),
+            "amqp://a:********@h1:5672;amqp://b:********@h2:5672"
+        );
+        assert_eq!(
+            broker_list(" amqp://h1 ; amqp://h2;"),
+            ["amqp://h1", "amqp://h2"]
+        );
     }
 }
