@@ -7,6 +7,8 @@
 #     authority it makes (restarting the broker once for it); the fault suite restarts this
 #     broker (tests/faults.rs);
 #   - Python nameko 2.14.1 in a virtualenv under target/, from tests/interop/requirements.txt;
+#   - a three-node RabbitMQ cluster on this machine (tests/cluster.sh), for tests/cluster.rs,
+#     taken down at the end;
 #   - Debian's chromium, for the webapp's test in a headless browser.
 # To use a RabbitMQ elsewhere, set NAMEKO_TEST_AMQP_URI and NAMEKO_TEST_RABBIT_API yourself.
 # Extra arguments go to `cargo test` (e.g. tests/run.sh --test rpc).
@@ -119,6 +121,29 @@ if [ -z "${NAMEKO_TEST_AMQP_URI:-}" ]; then
   export NAMEKO_TEST_RABBIT_API="http://guest:guest@127.0.0.1:15672"
 fi
 
+# A three-node RabbitMQ cluster on this machine (tests/cluster.sh) for tests/cluster.rs, for the
+# whole suite or a run that names the cluster test; taken down again at the end. To use a
+# cluster elsewhere, set NAMEKO_TEST_CLUSTER_AMQP, NAMEKO_TEST_CLUSTER_API and
+# NAMEKO_TEST_CLUSTER_CTL yourself (tests/cluster.sh env shows them).
+cluster_started=
+take_down_cluster() {
+  if [ -n "$cluster_started" ]; then
+    say "Taking the test cluster down (tests/cluster.sh down)"
+    timeout 300 tests/cluster.sh down || true
+  fi
+}
+if [ -z "${NAMEKO_TEST_CLUSTER_AMQP:-}" ] && { [ "$#" -eq 0 ] || [[ " $* " == *cluster* ]]; }; then
+  if command -v rabbitmq-server >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
+    say "Starting a three-node RabbitMQ cluster (tests/cluster.sh up)"
+    cluster_started=1
+    trap 'take_down_cluster' EXIT
+    timeout 900 tests/cluster.sh up
+    eval "$(tests/cluster.sh env)"
+  else
+    say "Not starting the test cluster: it needs rabbitmq-server and root (tests/cluster.rs will say so)"
+  fi
+fi
+
 # Headless Chromium for the webapp's browser test (tests/webapp.rs).
 if [ -z "${NAMEKO_TEST_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   say "Installing Chromium (Debian's chromium) for the browser test"
@@ -148,7 +173,7 @@ fi
 export NAMEKO_TEST_REQUIRE_BROKER=1
 say "cargo test --workspace $*"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; take_down_cluster' EXIT
 status=0
 cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
 if [ "$status" -ne 0 ]; then

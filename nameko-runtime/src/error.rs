@@ -41,6 +41,13 @@ pub enum RpcError {
     /// The broker connection failed or the client is closed.
     #[error("transport error: {0}")]
     Transport(#[from] TransportError),
+    /// The reply queue (named here) was lost with the broker node that held it, while the call
+    /// was in flight: the client reconnected to another node of the cluster, on a new reply
+    /// queue. The request may have run; its reply cannot arrive.
+    #[error(
+        "ReplyLost: the reply queue `{0}` was lost with the broker node that held it; the call may have run"
+    )]
+    ReplyLost(String),
 }
 
 impl RpcError {

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod fuzz;
+pub mod load;
 
 use nameko::transport::SharedTransport;
 

@@ -43,17 +43,21 @@ struct Core {
 }
 
 impl Core {
-    /// The transport to publish on, waiting while the client reconnects.
-    async fn transport(&self) -> Result<SharedTransport, RpcError> {
+    /// The transport to publish on and the `reply_to` of requests, waiting while the client
+    /// reconnects.
+    async fn transport(&self) -> Result<(SharedTransport, Arc<str>), RpcError> {
         let mut link = self.listener.link.clone();
         loop {
             match &*link.borrow_and_update() {
                 // A connection that is gone but not yet noticed by the listener: wait for it
                 // to notice (and reconnect, or give up) rather than publish into the void.
-                Link::Up(transport) if !transport.connection_lost() => {
-                    return Ok(transport.clone());
+                Link::Up {
+                    transport,
+                    reply_to,
+                } if !transport.connection_lost() => {
+                    return Ok((transport.clone(), reply_to.clone()));
                 }
-                Link::Up(_) => {}
+                Link::Up { .. } => {}
                 Link::Closed(reason) => {
                     return Err(RpcError::Transport(TransportError::Connection(
                         reason.clone(),
@@ -80,7 +84,7 @@ impl Core {
     /// Why the client is not connected, if it is not.
     fn disconnected(&self) -> Option<String> {
         match &*self.listener.link.borrow() {
-            Link::Up(_) => None,
+            Link::Up { .. } => None,
             Link::Down(reason) | Link::Closed(reason) => Some(reason.clone()),
         }
     }
@@ -118,14 +122,17 @@ pub struct ClusterRpcClient {
 
 impl std::fmt::Debug for ClusterRpcClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let link = match &*self.core.listener.link.borrow() {
-            Link::Up(transport) => transport.describe(),
-            Link::Down(reason) => format!("reconnecting ({reason})"),
-            Link::Closed(reason) => format!("closed ({reason})"),
+        let (link, reply_to) = match &*self.core.listener.link.borrow() {
+            Link::Up {
+                transport,
+                reply_to,
+            } => (transport.describe(), reply_to.to_string()),
+            Link::Down(reason) => (format!("reconnecting ({reason})"), String::new()),
+            Link::Closed(reason) => (format!("closed ({reason})"), String::new()),
         };
         f.debug_struct("ClusterRpcClient")
             .field("transport", &link)
-            .field("reply_to", &self.core.listener.routing_key)
+            .field("reply_to", &reply_to)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -307,7 +314,7 @@ impl ClusterRpcClient {
                 correlation_id: &correlation_id,
             };
             let call = async {
-                let transport = self.core.transport().await?;
+                let (transport, reply_to) = self.core.transport().await?;
                 lock(pending).insert(correlation_id.clone(), tx);
                 // The listener marks the client closed before it fails the pending calls: a call
                 // that got in after that would wait for nothing.
@@ -320,7 +327,7 @@ impl ClusterRpcClient {
                     mandatory: true,
                     properties: Properties {
                         correlation_id: Some(correlation_id.clone()),
-                        reply_to: Some(self.core.listener.routing_key.clone()),
+                        reply_to: Some(reply_to.to_string()),
                         headers: self.headers(),
                         priority: Some(self.priority),
                         expiration: self.expiration,

@@ -34,8 +34,12 @@ const RECONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The state of a client's connection, as calls see it.
 #[derive(Clone)]
 pub(super) enum Link {
-    /// Connected: calls publish on this transport.
-    Up(SharedTransport),
+    /// Connected: calls publish on this transport, with this reply queue's routing key as
+    /// their `reply_to`.
+    Up {
+        transport: SharedTransport,
+        reply_to: Arc<str>,
+    },
     /// The connection was lost and the client is reconnecting; the text says why.
     Down(String),
     /// The client cannot send any more: it was closed, or lost a connection it cannot renew.
@@ -45,11 +49,23 @@ pub(super) enum Link {
 /// Where one reply queue lives: enough to declare it again on a new connection.
 struct ReplyQueue {
     exchange: String,
+    owner: String,
     queue: String,
     routing_key: String,
 }
 
 impl ReplyQueue {
+    /// A new queue (`rpc.reply-<owner>-<uuid>`) on `exchange`.
+    fn new(exchange: &str, owner: &str) -> ReplyQueue {
+        let routing_key = uuid::Uuid::new_v4().to_string();
+        ReplyQueue {
+            exchange: exchange.to_owned(),
+            owner: owner.to_owned(),
+            queue: protocol::reply_queue_name(owner, &routing_key),
+            routing_key,
+        }
+    }
+
     /// Declares the queue (idempotent: a reconnect finds the same queue, and any replies that
     /// reached it meanwhile, thanks to its `x-expires`) and starts consuming it.
     async fn consume(&self, transport: &SharedTransport) -> Result<Consumer, TransportError> {
@@ -74,7 +90,6 @@ impl ReplyQueue {
 /// Consumes one reply queue and hands each reply to the call waiting for it; for a client that
 /// owns its connection, reconnects when the connection is lost.
 pub(super) struct ReplyListener {
-    pub(super) routing_key: String,
     pub(super) pending: Pending,
     pub(super) link: watch::Receiver<Link>,
     _stop: DropGuard,
@@ -87,15 +102,13 @@ impl ReplyListener {
         owner: &str,
         reconnect: Option<(String, AmqpOptions)>,
     ) -> Result<ReplyListener, TransportError> {
-        let routing_key = uuid::Uuid::new_v4().to_string();
-        let queue = ReplyQueue {
-            exchange: exchange.to_owned(),
-            queue: protocol::reply_queue_name(owner, &routing_key),
-            routing_key: routing_key.clone(),
-        };
+        let queue = ReplyQueue::new(exchange, owner);
         let consumer = queue.consume(&transport).await?;
         let pending: Pending = Arc::default();
-        let (link_tx, link) = watch::channel(Link::Up(transport.clone()));
+        let (link_tx, link) = watch::channel(Link::Up {
+            transport: transport.clone(),
+            reply_to: queue.routing_key.as_str().into(),
+        });
         let stop = CancellationToken::new();
         tokio::spawn(
             Listening {
@@ -108,7 +121,6 @@ impl ReplyListener {
             .run(transport, consumer),
         );
         Ok(ReplyListener {
-            routing_key,
             pending,
             link,
             _stop: stop.drop_guard(),
@@ -127,7 +139,7 @@ struct Listening {
 }
 
 impl Listening {
-    async fn run(self, mut transport: SharedTransport, mut consumer: Consumer) {
+    async fn run(mut self, mut transport: SharedTransport, mut consumer: Consumer) {
         let reason = loop {
             let reason = self.deliver(&mut consumer).await;
             consumer.close().await;
@@ -145,16 +157,24 @@ impl Listening {
             tracing::warn!(%reason, "lost the broker connection; reconnecting");
             self.link.send_replace(Link::Down(reason));
             match self.reconnect(uri, options).await {
-                Some((new_transport, new_consumer)) => {
-                    // Calls in flight keep waiting: their replies are in the queue, or will be.
+                Some((new_transport, new_consumer, new_queue)) => {
                     transport.close().await;
                     transport = new_transport;
                     consumer = new_consumer;
-                    self.link.send_replace(Link::Up(transport.clone()));
-                    tracing::info!(
-                        broker = %transport.describe(),
-                        "reconnected; calls in flight go on waiting for their replies"
-                    );
+                    if let Some(new_queue) = new_queue {
+                        self.replace_queue(new_queue, &transport);
+                    } else {
+                        // Calls in flight keep waiting: their replies are in the queue, or
+                        // will be.
+                        tracing::info!(
+                            broker = %transport.describe(),
+                            "reconnected; calls in flight go on waiting for their replies"
+                        );
+                    }
+                    self.link.send_replace(Link::Up {
+                        transport: transport.clone(),
+                        reply_to: self.queue.routing_key.as_str().into(),
+                    });
                 }
                 None => break "client closed".to_owned(),
             }
@@ -168,6 +188,24 @@ impl Listening {
         if self.reconnect.is_some() {
             // The client owns this connection.
             transport.close().await;
+        }
+    }
+
+    /// Replaces a reply queue the broker lost (with the cluster node that held it): the calls
+    /// waiting on it will never have their replies, so they end at once with
+    /// [`RpcError::ReplyLost`].
+    fn replace_queue(&mut self, queue: ReplyQueue, transport: &SharedTransport) {
+        let lost = std::mem::replace(&mut self.queue, queue);
+        let waiting: Vec<_> = lock(&self.pending).drain().collect();
+        tracing::warn!(
+            broker = %transport.describe(),
+            lost = %lost.queue,
+            new = %self.queue.queue,
+            calls_in_flight = waiting.len(),
+            "reconnected, but the reply queue was lost with the node that held it: consuming a new one; calls in flight end with ReplyLost"
+        );
+        for (_, waiter) in waiting {
+            let _ = waiter.send(Err(RpcError::ReplyLost(lost.queue.clone())));
         }
     }
 
@@ -218,12 +256,14 @@ impl Listening {
     }
 
     /// Connects again, with a doubling delay between attempts, until it works or the client
-    /// closes (`None`).
+    /// closes (`None`). The reply queue is consumed again where the broker still has it; where
+    /// it refuses it (the queue's node is down: RabbitMQ answers `NOT_FOUND`, "home node ... is
+    /// down or inaccessible"), a new queue is declared and returned with the connection.
     async fn reconnect(
         &self,
         uri: &str,
         options: &AmqpOptions,
-    ) -> Option<(SharedTransport, Consumer)> {
+    ) -> Option<(SharedTransport, Consumer, Option<ReplyQueue>)> {
         let mut delay = FIRST_RECONNECT_DELAY;
         loop {
             tokio::select! {
@@ -232,8 +272,24 @@ impl Listening {
             }
             let attempt = async {
                 let transport = transport::connect_with_options(uri, options).await?;
-                match self.queue.consume(&transport).await {
-                    Ok(consumer) => Ok((transport, consumer)),
+                let consumed = match self.queue.consume(&transport).await {
+                    Ok(consumer) => Ok((consumer, None)),
+                    Err(TransportError::NotFound(reason)) if !transport.connection_lost() => {
+                        tracing::warn!(
+                            queue = %self.queue.queue,
+                            %reason,
+                            "the broker no longer has the reply queue"
+                        );
+                        let queue = ReplyQueue::new(&self.queue.exchange, &self.queue.owner);
+                        match queue.consume(&transport).await {
+                            Ok(consumer) => Ok((consumer, Some(queue))),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                match consumed {
+                    Ok((consumer, queue)) => Ok((transport, consumer, queue)),
                     Err(e) => {
                         transport.close().await;
                         Err(e)

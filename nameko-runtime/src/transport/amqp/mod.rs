@@ -96,6 +96,9 @@ impl Default for AmqpOptions {
 /// How long a publish waits for its confirm unless told otherwise.
 pub const DEFAULT_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long closing a connection waits for the broker's answer.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Messages with a body larger than this are published on a channel of their own.
 pub const DEDICATED_CHANNEL_BODY_BYTES: usize = 64 * 1024;
 
@@ -584,7 +587,12 @@ impl Transport for AmqpTransport {
                 .flatten()
             {
                 if connection.status().connected() {
-                    let _ = connection.close(200, "OK".into()).await;
+                    // A connection whose socket just died may not have noticed yet: its close
+                    // would wait for an answer that never comes.
+                    let closing = connection.close(200, "OK".into());
+                    if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+                        tracing::debug!("the broker did not answer the connection's close");
+                    }
                 }
             }
         }
