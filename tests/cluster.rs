@@ -27,10 +27,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cluster::{Cluster, NODES};
 use common::load::{self, Failure, Instance, Load, Report, Scenario, duplicated_executions};
 use nameko::ClusterRpcClient;
 use nameko::events::StandaloneEventDispatcher;
@@ -64,197 +64,18 @@ impl ClusterListener {
     }
 }
 
-/// The three nodes.
-const NODES: [&str; 3] = ["c1", "c2", "c3"];
-
-/// The cluster of `tests/cluster.sh`, with a virtual host of this scenario's own.
-struct Cluster {
-    /// Each node's AMQP URI, with the virtual host.
-    amqp: Vec<String>,
-    /// Each node's management API (`http://user:password@host:port`).
-    api: Vec<String>,
-    /// `tests/cluster.sh`.
-    ctl: String,
-    vhost: String,
-}
-
-impl Cluster {
-    /// A new virtual host on the cluster, or `None` (skip) when there is none.
-    fn new() -> Option<Cluster> {
-        let vars = (
-            std::env::var("NAMEKO_TEST_CLUSTER_AMQP"),
-            std::env::var("NAMEKO_TEST_CLUSTER_API"),
-            std::env::var("NAMEKO_TEST_CLUSTER_CTL"),
-        );
-        let (Ok(amqp), Ok(api), Ok(ctl)) = vars else {
-            if common::broker_required() {
-                panic!(
-                    "the test cluster is not configured (NAMEKO_TEST_CLUSTER_AMQP, NAMEKO_TEST_CLUSTER_API, NAMEKO_TEST_CLUSTER_CTL), and CI=true / NAMEKO_TEST_REQUIRE_BROKER=1 forbids skipping: run tests/run.sh"
-                );
-            }
+/// A virtual host of its own on the cluster, or `None` (skip) when there is none.
+fn cluster() -> Option<Cluster> {
+    match Cluster::from_env() {
+        Some(cluster) => Some(cluster),
+        None if common::broker_required() => panic!(
+            "the test cluster is not configured (NAMEKO_TEST_CLUSTER_AMQP, NAMEKO_TEST_CLUSTER_API, NAMEKO_TEST_CLUSTER_CTL), and CI=true / NAMEKO_TEST_REQUIRE_BROKER=1 forbids skipping: run tests/run.sh"
+        ),
+        None => {
             eprintln!("SKIPPED: the test cluster is not configured (run tests/run.sh)");
-            return None;
-        };
-        let api: Vec<String> = api.split(';').map(str::to_owned).collect();
-        let vhost = format!(
-            "nameko_cluster_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..10]
-        );
-        let cluster = Cluster {
-            amqp: amqp
-                .split(';')
-                .map(|uri| format!("{}/{vhost}", uri.trim_end_matches('/')))
-                .collect(),
-            api,
-            ctl,
-            vhost,
-        };
-        cluster
-            .request("PUT", &format!("/api/vhosts/{}", cluster.vhost), "")
-            .expect("create a virtual host on the cluster");
-        cluster
-            .request(
-                "PUT",
-                &format!("/api/permissions/{}/guest", cluster.vhost),
-                r#"{"configure":".*","write":".*","read":".*"}"#,
-            )
-            .expect("permissions on the virtual host");
-        Some(cluster)
-    }
-
-    /// The addresses of all three nodes, `first` first: an instance or client given them
-    /// connects to `first`, and to the others when it is lost.
-    fn uri_from(&self, first: usize) -> String {
-        (0..3)
-            .map(|i| self.amqp[(first + i) % 3].as_str())
-            .collect::<Vec<_>>()
-            .join(";")
-    }
-
-    /// `tests/cluster.sh <action> <node>`, off the runtime's threads.
-    async fn ctl(&self, action: &'static str, node: usize) -> Duration {
-        let (ctl, name) = (self.ctl.clone(), NODES[node]);
-        tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let status = Command::new(&ctl)
-                .args([action, name])
-                .stdout(Stdio::null())
-                .status()
-                .expect("run tests/cluster.sh");
-            assert!(status.success(), "tests/cluster.sh {action} {name} failed");
-            started.elapsed()
-        })
-        .await
-        .expect("tests/cluster.sh")
-    }
-
-    /// A request to the management API of the first node that answers.
-    fn request(&self, method: &str, path: &str, body: &str) -> Result<String, String> {
-        let mut last = String::new();
-        for api in &self.api {
-            match http(api, method, path, body) {
-                Ok(text) => return Ok(text),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    /// The index of the node holding `queue`'s leader (quorum) or its only copy (classic).
-    fn leader(&self, queue: &str) -> Option<usize> {
-        let info = self
-            .request("GET", &format!("/api/queues/{}/{queue}", self.vhost), "")
-            .ok()?;
-        let info: serde_json::Value = serde_json::from_str(&info).ok()?;
-        let node = info
-            .get("leader")
-            .or_else(|| info.get("node"))?
-            .as_str()?
-            .to_owned();
-        NODES
-            .iter()
-            .position(|n| node.starts_with(&format!("{n}@")))
-    }
-
-    /// How many consumers `queue` has.
-    fn consumers(&self, queue: &str) -> usize {
-        self.request("GET", &format!("/api/queues/{}/{queue}", self.vhost), "")
-            .ok()
-            .and_then(|info| serde_json::from_str::<serde_json::Value>(&info).ok())
-            .and_then(|info| info.get("consumers")?.as_u64())
-            .unwrap_or(0) as usize
-    }
-
-    /// Waits (up to 60 s) until `queue` has `count` consumers.
-    async fn wait_for_consumers(&self, queue: &str, count: usize) {
-        for _ in 0..600 {
-            if self.consumers(queue) >= count {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("{queue} did not get {count} consumers within 60 s");
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Err(e) = self.request("DELETE", &format!("/api/vhosts/{}", self.vhost), "") {
-            eprintln!("could not delete the virtual host {}: {e}", self.vhost);
+            None
         }
     }
-}
-
-/// One request to a management API, in HTTP/1.0: the body on success.
-fn http(api: &str, method: &str, path: &str, body: &str) -> Result<String, String> {
-    let rest = api
-        .strip_prefix("http://")
-        .ok_or("the API is not http://")?;
-    let (credentials, host) = rest.split_once('@').ok_or("no user in the API's URI")?;
-    let auth = base64(credentials.as_bytes());
-    let mut stream = std::net::TcpStream::connect(host).map_err(|e| format!("{host}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Basic {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status.starts_with('2') {
-        Ok(body.to_owned())
-    } else {
-        Err(format!("{method} {path}: {status} {body}"))
-    }
-}
-
-fn base64(input: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// How many calls a scenario makes, and how many are in flight at once.
@@ -319,7 +140,7 @@ fn duplicates(log: &str) -> usize {
 /// Kills a node under the load of 3,000 calls: the queue's leader, or the node the client is
 /// connected to (c2).
 async fn kill_under_load(queue_type: &'static str, victim: Victim) -> Option<Report> {
-    let cluster = Cluster::new()?;
+    let cluster = cluster()?;
     let log = format!("{queue_type}-{}", victim.name());
     let _instances = instances(&cluster, queue_type, &log).await;
     let leader = cluster
@@ -384,7 +205,7 @@ impl Victim {
 
 /// c1, c2 and c3 are stopped and started again in turn under load.
 async fn rolling_restart() -> Option<Report> {
-    let cluster = Cluster::new()?;
+    let cluster = cluster()?;
     let log = "quorum-rolling";
     let _instances = instances(&cluster, "quorum", log).await;
     let client = client(&cluster, 1, Duration::from_secs(30)).await;
@@ -435,7 +256,7 @@ async fn rolling_restart() -> Option<Report> {
 /// A service_pool handler on a quorum queue, connected to c1 (the queue's leader), while a
 /// dispatcher on c2 dispatches and c1 is killed: every event dispatched is handled.
 async fn events() -> Option<Report> {
-    let cluster = Cluster::new()?;
+    let cluster = cluster()?;
     let log = "quorum-events";
     let _listener = Instance::start_with(
         &cluster.uri_from(0),
@@ -535,7 +356,7 @@ async fn events() -> Option<Report> {
 /// The README's greeter example with the three addresses and `QUEUE_TYPE=quorum`: its node is
 /// killed while a client calls it.
 async fn greeter_example() -> Option<Report> {
-    let cluster = Cluster::new()?;
+    let cluster = cluster()?;
     let example = common::example("greeter");
     assert!(example.exists(), "{} is not built", example.display());
     let log = load::log_path("greeter-example");

@@ -591,7 +591,7 @@ impl Transport for AmqpTransport {
                     // would wait for an answer that never comes.
                     let closing = connection.close(200, "OK".into());
                     if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
-                        tracing::debug!("the broker did not answer the connection's close");
+                        tracing::warn!(timeout = ?CLOSE_TIMEOUT, "the broker did not answer the connection's close; dropping it");
                     }
                 }
             }
