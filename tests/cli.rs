@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use common::{
     PythonServices, Running, TestBroker, example, log_lines, python, target_dir, wait_for_service,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Runs `nameko` with these arguments (and `stdin`, if given).
 fn nameko(args: &[&str], stdin: Option<&str>) -> Output {
@@ -37,6 +37,15 @@ fn stderr(output: &Output) -> String {
 
 /// An example binary running on `broker`, and its log.
 fn start_example(name: &str, broker: &TestBroker) -> (Running, impl Iterator<Item = String>) {
+    start_example_with(name, broker, &[])
+}
+
+/// Like [`start_example`], with more arguments for `run`.
+fn start_example_with(
+    name: &str,
+    broker: &TestBroker,
+    args: &[&str],
+) -> (Running, impl Iterator<Item = String>) {
     let mut child = Command::new(example(name))
         .args([
             "run",
@@ -45,6 +54,7 @@ fn start_example(name: &str, broker: &TestBroker) -> (Running, impl Iterator<Ite
             "--web-server-address",
             "127.0.0.1:0",
         ])
+        .args(args)
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the example");
@@ -165,6 +175,68 @@ async fn dispatch_reaches_event_handlers() {
         .take(2)
         .count();
     assert_eq!(received, 2, "both handler services log the event");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_name_the_worker_and_the_trace() {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let (_events, log) = start_example_with("events", &broker, &["--define", "LOG_FORMAT=json"]);
+    let client = nameko::ClusterRpcClient::connect(&broker.uri)
+        .await
+        .unwrap();
+    wait_for_service(
+        &client,
+        "my_event_publisher_service",
+        "publish",
+        json!(["warm-up"]),
+    )
+    .await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let () = client
+        .with_context_data([("traceparent".to_owned(), json!(traceparent))].into())
+        .service("my_event_publisher_service")
+        .call("publish", json!(["traced"]))
+        .await
+        .unwrap();
+    let line = log
+        .map(|line| {
+            serde_json::from_str::<Value>(&line)
+                .unwrap_or_else(|e| panic!("not one JSON object a line ({e}): {line}"))
+        })
+        .find(|line| line["message"] == "my_event_handler_service_1 received: traced")
+        .expect("the handler's line in the log");
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["target"], "events");
+    assert_eq!(line["service"], "my_event_handler_service_1");
+    assert_eq!(line["entrypoint"], "handle_event");
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let call_id = line["call_id"].as_str().unwrap();
+    assert!(
+        call_id.starts_with("my_event_handler_service_1.handle_event."),
+        "{call_id}"
+    );
+    let stack: Vec<&str> = line["call_id_stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let callers = [
+        "standalone_rpc_proxy.call.",
+        "my_event_publisher_service.publish.",
+    ];
+    assert_eq!(
+        stack.len(),
+        3,
+        "the client's call, the publisher's, the handler's: {stack:?}"
+    );
+    for (id, caller) in stack.iter().zip(callers) {
+        assert!(id.starts_with(caller), "{stack:?}");
+    }
+    assert_eq!(stack[2], call_id);
+    assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -72,94 +72,9 @@ pub enum Command {
     ShowConfig,
 }
 
-/// The log filter used when `RUST_LOG` is not set. lapin reports every returned (unroutable)
-/// message as a warning; the runtime turns those into `UnknownService` errors itself.
-pub const DEFAULT_LOG_FILTER: &str = "info,lapin=warn,lapin::returned_messages=error";
-
-/// Installs a `tracing` subscriber printing to stderr, filtered by `RUST_LOG` (default
-/// [`DEFAULT_LOG_FILTER`]). Does nothing if one is installed already.
-pub fn init_logging() {
-    init_logging_with(None);
-}
-
-/// Like [`init_logging`], with `filter` (e.g. the configuration's `LOGGING`) used when `RUST_LOG`
-/// is not set.
-pub fn init_logging_with(filter: Option<String>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        let fallback = || tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER);
-        match filter {
-            Some(filter) => {
-                tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| fallback())
-            }
-            None => fallback(),
-        }
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .event_format(WorkerFormat::default())
-        .try_init();
-}
-
-/// The default log format, plus the worker an event comes from: a line logged inside a worker
-/// reads `... INFO worker{service="s" entrypoint="e" call_id="s.e.<uuid>"}: target: message`.
-///
-/// The runtime's `worker` span carries the same fields, but it is a `debug` span: creating a
-/// span for every worker costs more than a worker of a simple HTTP endpoint. This format reads
-/// the worker from its context instead, which costs nothing until a line is logged. With the
-/// span enabled (`RUST_LOG=nameko=debug`), the span is shown as usual.
-#[derive(Default)]
-struct WorkerFormat {
-    inner: tracing_subscriber::fmt::format::Format,
-}
-
-impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for WorkerFormat
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
-        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        use tracing_subscriber::fmt::time::FormatTime;
-        use tracing_subscriber::fmt::{FormatFields, FormattedFields};
-        let in_worker_span = ctx
-            .event_scope()
-            .is_some_and(|mut scope| scope.any(|span| span.name() == "worker"));
-        let worker = match crate::WorkerContext::current() {
-            Some(worker) if !in_worker_span => worker,
-            _ => return self.inner.format_event(ctx, writer, event),
-        };
-        tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
-        write!(
-            writer,
-            " {:>5} worker{{service={:?} entrypoint={:?} call_id={:?}}}:",
-            event.metadata().level(),
-            worker.service_name(),
-            worker.entrypoint(),
-            worker.call_id()
-        )?;
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                write!(writer, "{}", span.name())?;
-                let extensions = span.extensions();
-                if let Some(fields) = extensions.get::<FormattedFields<N>>()
-                    && !fields.is_empty()
-                {
-                    write!(writer, "{{{fields}}}")?;
-                }
-                write!(writer, ":")?;
-            }
-        }
-        write!(writer, " {}: ", event.metadata().target())?;
-        ctx.format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
-    }
-}
+pub use crate::log::{
+    DEFAULT_LOG_FILTER, LogFormat, init_logging, init_logging_as, init_logging_with,
+};
 
 /// Runs the services until a signal; when the connection to the broker is lost, starts them
 /// again on a new connection, waiting a capped, growing delay between attempts (a request in
@@ -176,6 +91,13 @@ async fn supervise(
     const MAX_DELAY: Duration = Duration::from_secs(5);
     let current: Arc<Mutex<Option<crate::StopHandle>>> = Arc::default();
     let stopping = tokio_util::sync::CancellationToken::new();
+    let health = crate::health::Health::new();
+    // The operations endpoints on a port of their own outlive the restarts below, so that they
+    // can say the services are reconnecting.
+    let operations = match config.metrics_address()? {
+        Some(address) => Some(serve_operations(address, health.clone(), stopping.clone()).await?),
+        None => None,
+    };
     let listener = tokio::spawn({
         let (current, stopping) = (current.clone(), stopping.clone());
         async move {
@@ -196,7 +118,7 @@ async fn supervise(
     let mut delay = FIRST_DELAY;
     let mut has_run = false;
     let result = loop {
-        let runner = ServiceRunner::new(config.clone());
+        let runner = ServiceRunner::new(config.clone()).with_health(health.clone());
         let runner = if services.is_empty() {
             Ok(runner.with_all_registered())
         } else {
@@ -206,6 +128,7 @@ async fn supervise(
             Ok(runner) => match runner.start().await {
                 Ok(running) => {
                     if has_run {
+                        crate::metrics::reconnected();
                         tracing::info!("reconnected to the broker; services running again");
                     }
                     has_run = true;
@@ -233,8 +156,12 @@ async fn supervise(
                 ))) if has_run => Some(reason.clone()),
                 _ => None,
             };
+        if lost.is_some() && matches!(outcome, Err(crate::Error::ConnectionLost(_))) {
+            crate::metrics::connection_lost();
+        }
         match lost {
             Some(reason) if !stopping.is_cancelled() => {
+                health.set(crate::health::Readiness::Reconnecting);
                 tracing::warn!(%reason, retry_in = ?delay, "lost the connection to the broker; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -246,7 +173,35 @@ async fn supervise(
         }
     };
     listener.abort();
+    health.set(crate::health::Readiness::Stopping);
+    stopping.cancel();
+    if let Some(operations) = operations {
+        let _ = operations.await;
+    }
     result
+}
+
+/// Serves `/metrics`, `/health/live` and `/health/ready` on `address` until `stop`.
+async fn serve_operations(
+    address: std::net::SocketAddr,
+    health: crate::health::Health,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, crate::Error> {
+    let listen_error = |source| crate::Error::Listen { address, source };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(listen_error)?;
+    let address = listener.local_addr().map_err(listen_error)?;
+    tracing::info!(%address, "serving /metrics, /health/live and /health/ready");
+    let router = crate::health::operations_router(health);
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the metrics server failed");
+        }
+    }))
 }
 
 /// Parses the command line and runs it on a new multi-threaded tokio runtime.
@@ -258,10 +213,14 @@ async fn supervise(
 /// ```
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging_with(
-        cli.load_config()
-            .ok()
-            .and_then(|config| config.log_filter()),
+    // A configuration that does not load is reported by `execute`, in the default format.
+    let config = cli.load_config().ok();
+    init_logging_as(
+        config.as_ref().and_then(Config::log_filter),
+        config
+            .as_ref()
+            .and_then(|config| config.log_format().ok())
+            .unwrap_or_default(),
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -278,7 +237,10 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command line.
 pub async fn execute(cli: Cli) -> ExitCode {
-    let config = match cli.load_config() {
+    let config = match cli
+        .load_config()
+        .and_then(|config| config.log_format().map(|_| config))
+    {
         Ok(config) => config,
         Err(e) => {
             tracing::error!(error = %e, "invalid configuration");

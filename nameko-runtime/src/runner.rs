@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::health::{Health, Readiness};
 use crate::http::{self, HttpRoutes};
 use crate::service::container::{self, ServiceContainer, ServiceOptions, Shared};
 use crate::service::hooks::{EntrypointHook, EntrypointWaiter};
@@ -119,6 +120,7 @@ pub struct ServiceRunner {
     transport: Option<SharedTransport>,
     services: Vec<ServiceRegistration>,
     options: HashMap<&'static str, ServiceOptions>,
+    health: Health,
 }
 
 impl ServiceRunner {
@@ -128,6 +130,7 @@ impl ServiceRunner {
             config,
             transport: None,
             services: Vec::new(),
+            health: Health::new(),
             options: HashMap::new(),
         }
     }
@@ -194,6 +197,14 @@ impl ServiceRunner {
         self
     }
 
+    /// Reports the services' readiness to `health` (instead of a health of their own), so
+    /// that it can be shared with what serves it, and outlive this runner (as
+    /// `nameko::main` does across reconnections).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
+    }
+
     /// Lets only these entrypoints of service `S` fire (Nameko's `restrict_entrypoints`, for
     /// tests); the others stay reachable through [`RunningServices::entrypoint_hook`].
     /// Starting fails if a name is not an entrypoint of `S`.
@@ -226,18 +237,27 @@ impl ServiceRunner {
         // routes or timers consumes nothing that would notice), so that `wait` ends with
         // `Error::ConnectionLost` and `run` starts them again on a new connection.
         tokio::spawn({
-            let (transport, stop) = (transport.clone(), stop.clone());
+            let (transport, stop, health) = (transport.clone(), stop.clone(), self.health.clone());
             async move {
                 tokio::select! {
                     reason = transport.lost() => {
+                        health.set(Readiness::Reconnecting);
                         tracing::error!(%reason, broker = %transport.describe(), "lost the broker connection; stopping the services");
                         stop.cancel();
                     }
-                    _ = stop.cancelled() => {}
+                    _ = stop.cancelled() => {
+                        let readiness = if transport.connection_lost() {
+                            Readiness::Reconnecting
+                        } else {
+                            Readiness::Stopping
+                        };
+                        health.set(readiness);
+                    }
                 }
             }
         });
         let shared = Shared::new(self.config, transport, stop);
+        let health = self.health;
         let mut containers = Vec::new();
         let mut started = Ok(());
         if let Some(name) = self
@@ -261,15 +281,21 @@ impl ServiceRunner {
             }
         }
         let http = match started {
-            Ok(()) => serve_http(&shared).await,
+            Ok(()) => serve_http(&shared, &health).await,
             Err(e) => Err(e),
         };
         match http {
-            Ok(http) => Ok(RunningServices {
-                shared,
-                containers,
-                http,
-            }),
+            Ok(http) => {
+                if !shared.stop.is_cancelled() {
+                    health.set(Readiness::Ready);
+                }
+                Ok(RunningServices {
+                    shared,
+                    containers,
+                    http,
+                    health,
+                })
+            }
             Err(e) => {
                 shared.stop.cancel();
                 for c in containers {
@@ -283,7 +309,7 @@ impl ServiceRunner {
 
 /// Binds `WEB_SERVER_ADDRESS` and serves the collected routes, if there are any, until the
 /// runner stops (in-flight requests finish; a kill aborts them).
-async fn serve_http(shared: &Shared) -> Result<Option<HttpServer>, Error> {
+async fn serve_http(shared: &Shared, health: &Health) -> Result<Option<HttpServer>, Error> {
     let routes = shared
         .existing_extension::<HttpRoutes>()
         .map(|routes| routes.take())
@@ -295,7 +321,7 @@ async fn serve_http(shared: &Shared) -> Result<Option<HttpServer>, Error> {
     if routes.is_empty() && websocket.is_none() {
         return Ok(None);
     }
-    let dispatch = http::router(routes, websocket, &shared.config)?;
+    let dispatch = http::router(routes, websocket, &shared.config, health.clone())?;
     let address = http::parse_address(&shared.config.web_server_address)?;
     let listen_error = |source| Error::Listen { address, source };
     let listener = tokio::net::TcpListener::bind(address)
@@ -347,9 +373,15 @@ pub struct RunningServices {
     shared: Shared,
     containers: Vec<ServiceContainer>,
     http: Option<HttpServer>,
+    health: Health,
 }
 
 impl RunningServices {
+    /// The services' readiness (what `/health/ready` answers).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// A handle that stops these services.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
@@ -444,6 +476,7 @@ impl RunningServices {
             shared,
             containers,
             http,
+            health: _,
         } = self;
         let mut tasks: futures_util::stream::FuturesUnordered<_> =
             containers.into_iter().map(|c| c.task).collect();

@@ -189,14 +189,20 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The defaults, with `AMQP_URI` and `WEB_SERVER_ADDRESS` taken from the environment when set.
+    /// The defaults, with `AMQP_URI`, `WEB_SERVER_ADDRESS` and `METRICS_ADDRESS` taken from
+    /// the environment when set.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|s| !s.is_empty());
         let defaults = Config::default();
+        let mut extra = serde_json::Map::new();
+        if let Some(address) = var("METRICS_ADDRESS") {
+            extra.insert("METRICS_ADDRESS".into(), Value::String(address));
+        }
         Config {
             amqp_uri: var("AMQP_URI"),
             web_server_address: var("WEB_SERVER_ADDRESS")
                 .unwrap_or(defaults.web_server_address.clone()),
+            extra,
             ..defaults
         }
     }
@@ -663,6 +669,44 @@ impl Config {
         }
     }
 
+    /// Where `nameko::main` serves `/metrics`, `/health/live` and `/health/ready` on a port of
+    /// their own (`METRICS_ADDRESS`, `[host:]port`), for services without HTTP routes (the HTTP
+    /// server serves them too); `None` when the key is absent.
+    pub fn metrics_address(&self) -> Result<Option<std::net::SocketAddr>, Error> {
+        let address = match self.extra.get("METRICS_ADDRESS") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(address)) => address.clone(),
+            Some(Value::Number(port)) => port.to_string(),
+            Some(other) => other.to_string(),
+        };
+        let full = if address.contains(':') {
+            address.clone()
+        } else {
+            format!("0.0.0.0:{address}")
+        };
+        full.parse().map(Some).map_err(|_| {
+            Error::Config(format!(
+                "`METRICS_ADDRESS`: `{address}` is not of the form [host:]port"
+            ))
+        })
+    }
+
+    /// The log format the `LOG_FORMAT` key asks for (`text`, the default, or `json`); an error
+    /// naming the key for anything else.
+    pub fn log_format(&self) -> Result<crate::log::LogFormat, Error> {
+        match self.extra.get("LOG_FORMAT") {
+            None | Some(Value::Null) => Ok(crate::log::LogFormat::default()),
+            Some(Value::String(name)) => crate::log::LogFormat::parse(name).ok_or_else(|| {
+                Error::Config(format!(
+                    "`LOG_FORMAT`: `{name}` is neither `text` nor `json`"
+                ))
+            }),
+            Some(other) => Err(Error::Config(format!(
+                "`LOG_FORMAT`: {other} is neither `text` nor `json`"
+            ))),
+        }
+    }
+
     /// The configuration as YAML, passwords masked (what `show-config` prints).
     pub fn to_yaml(&self) -> String {
         let mut map = serde_json::Map::new();
@@ -879,6 +923,30 @@ LIST:
         let config = Config::from_yaml_with("LOGGING: warn,nameko=debug\n", &env).unwrap();
         assert_eq!(config.log_filter().as_deref(), Some("warn,nameko=debug"));
         assert_eq!(Config::default().log_filter(), None);
+        let config = Config::from_yaml_with("LOG_FORMAT: json\n", &env).unwrap();
+        assert_eq!(config.log_format().unwrap(), crate::log::LogFormat::Json);
+        assert_eq!(
+            Config::default().log_format().unwrap(),
+            crate::log::LogFormat::Text
+        );
+        let config = Config::from_yaml_with("METRICS_ADDRESS: 9100\n", &env).unwrap();
+        assert_eq!(
+            config.metrics_address().unwrap(),
+            Some("0.0.0.0:9100".parse().unwrap())
+        );
+        let config = Config::from_yaml_with("METRICS_ADDRESS: 127.0.0.1:0\n", &env).unwrap();
+        assert_eq!(
+            config.metrics_address().unwrap(),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        let config = Config::from_yaml_with("METRICS_ADDRESS: here\n", &env).unwrap();
+        assert!(config.metrics_address().is_err());
+        assert_eq!(Config::default().metrics_address().unwrap(), None);
+        let config = Config::from_yaml_with("LOG_FORMAT: xml\n", &env).unwrap();
+        assert_eq!(
+            config.log_format().unwrap_err().to_string(),
+            "configuration error: `LOG_FORMAT`: `xml` is neither `text` nor `json`"
+        );
     }
 
     #[test]

@@ -159,6 +159,7 @@ impl EventDispatcher {
                 self.options,
             ))
             .await?;
+        crate::metrics::event_dispatched(&self.source, event_type);
         Ok(())
     }
 
@@ -343,6 +344,7 @@ impl StandaloneEventDispatcher {
             self.options,
         );
         transport.publish(message).await?;
+        crate::metrics::event_dispatched(source, event_type);
         Ok(())
     }
 }

@@ -132,6 +132,8 @@ struct Table {
     websocket: Option<Arc<dyn Upgrade>>,
     max_body: usize,
     request_timeout: std::time::Duration,
+    /// What `/health/ready` reports (`/metrics` and `/health/*` answer where no route does).
+    health: crate::health::Health,
 }
 
 /// Builds the dispatcher of the routes of every service; two entrypoints claiming the same route
@@ -140,6 +142,7 @@ pub(crate) fn router(
     mut routes: Vec<Route>,
     websocket: Option<Arc<dyn Upgrade>>,
     config: &Config,
+    health: crate::health::Health,
 ) -> Result<Dispatch, Error> {
     for (i, route) in routes.iter().enumerate() {
         for other in &routes[..i] {
@@ -164,6 +167,7 @@ pub(crate) fn router(
         websocket,
         max_body: config.http_max_body_bytes,
         request_timeout: config.http_request_timeout,
+        health,
     })))
 }
 
@@ -173,13 +177,26 @@ impl Dispatch {
         axum::Router::new().fallback_service(self)
     }
 
+    /// Answers a request, and counts it (`nameko_http_requests_total`).
     pub(super) async fn handle(self, request: axum::extract::Request) -> Response {
+        let method = METHODS
+            .iter()
+            .copied()
+            .find(|m| *m == request.method().as_str())
+            .unwrap_or("OTHER");
+        let (response, route) = self.answer(request).await;
+        crate::metrics::http_request(method, route, response.status().as_u16());
+        response
+    }
+
+    /// The response, and the route that gave it (empty if none did).
+    async fn answer(self, request: axum::extract::Request) -> (Response, &'static str) {
         let started = tokio::time::Instant::now();
         let (parts, body) = request.into_parts();
         if let Some(websocket) = &self.0.websocket
             && parts.uri.path() == WEBSOCKET_PATH
         {
-            return websocket.clone().upgrade(parts).await;
+            return (websocket.clone().upgrade(parts).await, WEBSOCKET_PATH);
         }
         let head = parts.method == Method::HEAD;
         let method = parts.method.as_str();
@@ -199,10 +216,11 @@ impl Dispatch {
         }
         if let Some((route, path)) = chosen {
             let Some(body) = limit_body(body, self.0.max_body) else {
-                return plain(
+                let response = plain(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "The request body is too large\n".into(),
                 );
+                return (response, route.route);
             };
             let mut call = (route.handler)(HttpCall { parts, body, path });
             // A handler done at its first poll needs no timer.
@@ -231,14 +249,18 @@ impl Dispatch {
             // No worker: the service is stopping, or was killed.
             let response =
                 response.unwrap_or_else(|| StatusCode::SERVICE_UNAVAILABLE.into_response());
-            return if head {
+            let response = if head {
                 without_body(response)
             } else {
                 response
             };
+            return (response, route.route);
         }
         if allowed.is_empty() {
-            return not_found();
+            let response =
+                crate::health::operations_response(&self.0.health, &parts.method, parts.uri.path())
+                    .unwrap_or_else(not_found);
+            return (response, "");
         }
         if allowed.contains(&"GET") {
             allowed.push("HEAD");
@@ -251,7 +273,7 @@ impl Dispatch {
                 .headers_mut()
                 .insert(axum::http::header::ALLOW, value);
         }
-        response
+        (response, "")
     }
 }
 

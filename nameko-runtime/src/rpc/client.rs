@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::context::{ContextData, WorkerContext};
 use crate::error::RpcError;
+use crate::metrics::CallOutcome;
 use crate::protocol::{self, ReplyBody};
 use crate::transport::{
     OutgoingMessage, Properties, SharedTransport, TransportError, amqp::AmqpOptions,
@@ -458,9 +459,33 @@ impl ServiceProxy {
         let body = protocol::encode_request(&args, &kwargs)
             .map_err(|e| RpcError::Serialization(format!("arguments: {e}")));
         async move {
-            let reply = self.client.request(&self.service, method, body?).await?;
-            decode(&reply)
+            let result = match body {
+                Ok(body) => match self.client.request(&self.service, method, body).await {
+                    Ok(reply) => decode(&reply),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            crate::metrics::rpc_call(&self.service, method, outcome(&result));
+            result
         }
+    }
+}
+
+/// A call's outcome, as `nameko_rpc_client_calls_total` counts it.
+fn outcome<R>(result: &Result<R, RpcError>) -> CallOutcome {
+    match result {
+        Ok(_) => CallOutcome::Ok,
+        Err(
+            RpcError::Remote(_)
+            | RpcError::MethodNotFound(_)
+            | RpcError::IncorrectSignature(_)
+            | RpcError::MalformedRequest(_),
+        ) => CallOutcome::RemoteError,
+        Err(RpcError::Timeout(_)) => CallOutcome::Timeout,
+        Err(RpcError::UnknownService(_)) => CallOutcome::UnknownService,
+        Err(RpcError::ReplyLost(_)) => CallOutcome::ReplyLost,
+        Err(_) => CallOutcome::Failed,
     }
 }
 

@@ -325,6 +325,7 @@ struct MethodOf<S, I, O> {
     info: MethodInfo,
     handler: Handler<S, I, O>,
     shared: Shared,
+    metrics: crate::metrics::EntrypointMetrics,
 }
 
 impl<S: Service, I: WorkerInput, O: WorkerOutput> MethodOf<S, I, O> {
@@ -346,6 +347,8 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput> MethodOf<S, I, O> {
             cx.config().parent_calls_tracked,
         ));
         let kept = input.keep();
+        let started = std::time::Instant::now();
+        self.metrics.started();
         let method = (self.handler)(self.service.clone(), input);
         let worker = worker::run_worker(
             &*self.service,
@@ -364,16 +367,23 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput> MethodOf<S, I, O> {
             };
             match outcome.failure() {
                 Some(error) => {
+                    let error_type = error.exc_type.as_str();
+                    let expected = info.expected_exceptions.contains(&error_type);
+                    self.metrics
+                        .finished(started.elapsed(), Some((error_type, expected)));
                     worker::log_failure(&context, error, info.expected_exceptions, || {
                         I::arguments(kept, payload, info)
                     })
                 }
-                None => tracing::debug!(
-                    service = context.service_name(),
-                    entrypoint = info.name,
-                    call_id = context.call_id(),
-                    "worker finished"
-                ),
+                None => {
+                    self.metrics.finished(started.elapsed(), None);
+                    tracing::debug!(
+                        service = context.service_name(),
+                        entrypoint = info.name,
+                        call_id = context.call_id(),
+                        "worker finished"
+                    )
+                }
             }
             Some(outcome)
         }
@@ -501,6 +511,7 @@ impl<S: Service, E: Entrypoint> ErasedEntrypoint<S> for Bound<S, E> {
             service: cx.clone(),
             method: Arc::new(MethodOf {
                 service,
+                metrics: crate::metrics::EntrypointMetrics::new(cx.service_name(), method.name),
                 info: method,
                 handler,
                 shared: cx.shared().clone(),

@@ -78,7 +78,9 @@ fn start_shared<T: SharedExtension>(
 
 impl ServiceContext {
     pub(crate) fn new(service: &'static str, shared: Shared) -> Self {
-        let workers = Arc::new(Semaphore::new(shared.config.max_workers.max(1)));
+        let max_workers = shared.config.max_workers.max(1);
+        let workers = Arc::new(Semaphore::new(max_workers));
+        crate::metrics::watch_worker_slots(service, &workers, max_workers);
         ServiceContext {
             inner: Arc::new(ServiceInner {
                 service,

@@ -82,7 +82,7 @@ where
 {
     use tracing::Instrument;
     // At `debug`: a span per worker costs more than a simple worker; `nameko::main`'s log
-    // format shows the worker of each line from its context instead (`cli::WorkerFormat`).
+    // format shows the worker of each line from its context instead (`log::WorkerFormat`).
     let span = tracing::debug_span!(
         "worker",
         service = context.service_name(),
