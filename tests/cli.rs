@@ -282,3 +282,135 @@ fn show_config_prints_the_file_with_passwords_masked() {
     assert!(shown.contains("rpc_exchange: my-rpc\n"), "{shown}");
     assert!(!shown.contains("secret"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_lists_python_and_rust_services_with_their_instances() {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let Some(python) = python() else {
+        return;
+    };
+    let Some((_, management)) = common::rabbitmq() else {
+        return;
+    };
+    let (_greeter_1, _log_1) = start_example("greeter", &broker);
+    let (_greeter_2, _log_2) = start_example("greeter", &broker);
+    let (_events, _log_3) = start_example("events", &broker);
+    let _python = PythonServices::start(&python, &broker, &["PythonService"]);
+    let client = nameko::ClusterRpcClient::connect(&broker.uri)
+        .await
+        .unwrap();
+    wait_for_service(&client, "python_service", "echo", json!([1])).await;
+    wait_for_service(&client, "greeter_service", "greet", json!(["ready?"])).await;
+    wait_for_service(
+        &client,
+        "my_event_publisher_service",
+        "publish",
+        json!(["warm-up"]),
+    )
+    .await;
+    for queue in ["rpc-greeter_service", "rpc-expanded_greeter_service"] {
+        for _ in 0..100 {
+            if broker.inner().consumers(queue).unwrap() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let uri = broker.uri.as_str();
+
+    let out = nameko(
+        &["services", "--broker", uri, "--management", &management],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "expanded_greeter_service    2 instances  nameko-rs {version}: greet\n\
+             greeter_service             2 instances  nameko-rs {version}: greet\n\
+             my_event_handler_service_1  1 instance   event handlers only\n\
+             my_event_handler_service_2  1 instance   event handlers only\n\
+             my_event_publisher_service  1 instance   nameko-rs {version}: publish\n\
+             python_service              1 instance   does not describe itself (Python nameko)\n"
+        )
+    );
+
+    let out = nameko(
+        &[
+            "describe",
+            "greeter_service",
+            "--broker",
+            uri,
+            "--management",
+            &management,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "greeter_service: 2 instances, nameko-rs {version}\n  rpc greet(name: String) -> String\n"
+        )
+    );
+
+    let out = nameko(
+        &[
+            "describe",
+            "my_event_publisher_service",
+            "--json",
+            "--broker",
+            uri,
+            "--management",
+            &management,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let described: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(described["instances"], 1);
+    assert_eq!(
+        described["description"]["rpc"],
+        json!([{"name": "publish", "params": ["payload"], "signature": "(payload: String) -> ()"}])
+    );
+    assert_eq!(
+        described["description"]["events_dispatched"],
+        json!(["my_event"]),
+        "the warm-up call dispatched one"
+    );
+
+    let out = nameko(
+        &[
+            "describe",
+            "python_service",
+            "--broker",
+            uri,
+            "--management",
+            &management,
+        ],
+        None,
+    );
+    assert_eq!(
+        stdout(&out),
+        "python_service: 1 instance, does not describe itself (Python nameko)\n"
+    );
+    let out = nameko(
+        &[
+            "describe",
+            "nowhere",
+            "--broker",
+            uri,
+            "--management",
+            &management,
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out),
+        "error: no service `nowhere` runs on the broker (`nameko services` lists them)\n"
+    );
+}

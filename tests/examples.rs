@@ -73,7 +73,7 @@ fn a_service_binary_lists_its_services() {
     assert!(output.status.success());
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
-        "expanded_greeter_service\n  rpc greet\ngreeter_service\n  rpc greet\n"
+        "expanded_greeter_service\n  rpc greet(name: String) -> String\ngreeter_service\n  rpc greet(name: String) -> String\n"
     );
     let output = Command::new(example("events"))
         .arg("list")
@@ -83,7 +83,7 @@ fn a_service_binary_lists_its_services() {
         String::from_utf8_lossy(&output.stdout),
         "my_event_handler_service_1\n  event handle_event <- my_event_publisher_service.my_event (service_pool)\n\
          my_event_handler_service_2\n  event handle_event <- my_event_publisher_service.my_event (service_pool)\n\
-         my_event_publisher_service\n  rpc publish\n"
+         my_event_publisher_service\n  rpc publish(payload: String) -> ()\n"
     );
 }
 

@@ -107,7 +107,8 @@ impl ::nameko::__private::Service for MyEventPublisherService {
                 Self,
             >::new(
                 ::nameko::__private::Rpc,
-                ::nameko::__private::MethodInfo::new("publish", &["payload"], &[], &[]),
+                ::nameko::__private::MethodInfo::new("publish", &["payload"], &[], &[])
+                    .with_signature("(payload: String) -> ()"),
                 |this, body| {
                     ::std::boxed::Box::pin(async move {
                         const PARAMS: &[::nameko::__private::Param] = &[

@@ -22,7 +22,8 @@ impl ::nameko::__private::Service for GreeterService {
                 Self,
             >::new(
                 ::nameko::__private::Rpc,
-                ::nameko::__private::MethodInfo::new("greet", &["name"], &[], &[]),
+                ::nameko::__private::MethodInfo::new("greet", &["name"], &[], &[])
+                    .with_signature("(name: String) -> String"),
                 |this, body| {
                     ::std::boxed::Box::pin(async move {
                         const PARAMS: &[::nameko::__private::Param] = &[
@@ -218,7 +219,8 @@ impl ::nameko::__private::Service for ExpandedGreeterService {
                 Self,
             >::new(
                 ::nameko::__private::Rpc,
-                ::nameko::__private::MethodInfo::new("greet", &["name"], &[], &[]),
+                ::nameko::__private::MethodInfo::new("greet", &["name"], &[], &[])
+                    .with_signature("(name: String) -> String"),
                 |this, body| {
                     ::std::boxed::Box::pin(async move {
                         const PARAMS: &[::nameko::__private::Param] = &[

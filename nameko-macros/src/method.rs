@@ -37,6 +37,45 @@ pub(crate) enum Output {
     Result { ok: Type },
 }
 
+impl Method {
+    /// The parameters and result as written, for people: `(name: String) -> String`.
+    pub(crate) fn signature(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|param| format!("{}: {}", param.name, type_text(&param.ty)))
+            .collect();
+        let result = match &self.output {
+            Output::Unit => "()".to_owned(),
+            Output::Value(ty) | Output::Result { ok: ty } => type_text(ty),
+        };
+        format!("({}) -> {result}", params.join(", "))
+    }
+}
+
+/// A type as it is usually written (`Vec<String>`, not `Vec < String >`).
+fn type_text(ty: &syn::Type) -> String {
+    let mut text = quote::ToTokens::to_token_stream(ty).to_string();
+    for (spaced, tight) in [
+        (" < ", "<"),
+        ("< ", "<"),
+        (" <", "<"),
+        (" >", ">"),
+        (" ::", "::"),
+        (":: ", "::"),
+        (" ,", ","),
+        ("& ", "&"),
+        ("( ", "("),
+        (" )", ")"),
+        ("[ ", "["),
+        (" ]", "]"),
+        (" ;", ";"),
+    ] {
+        text = text.replace(spaced, tight);
+    }
+    text
+}
+
 /// Whether `attr`'s last path segment is `name` (`#[rpc]`, `#[nameko::rpc]`).
 pub(crate) fn is_attr(attr: &Attribute, name: &str) -> bool {
     attr.path().segments.last().is_some_and(|s| s.ident == name)

@@ -5,6 +5,10 @@ use quote::{quote, quote_spanned};
 use syn::{Attribute, Expr, LitStr};
 
 use crate::attr::{EntrypointOptions, Grammar, attr_tokens, check_wire_name};
+
+/// The RPC method the runtime answers with the service's description
+/// (`nameko::protocol::DESCRIBE_METHOD`).
+const DESCRIBE_METHOD: &str = "__nameko_describe__";
 use crate::ctxt::{Ctxt, with_item};
 use crate::method::{Method, Output};
 
@@ -140,6 +144,14 @@ impl Rpc {
             }
             None => (method.name.clone(), method.ident.span()),
         };
+        if wire_name == DESCRIBE_METHOD {
+            cx.error(
+                syn::LitStr::new(&wire_name, wire_name_span),
+                format!(
+                    "`{DESCRIBE_METHOD}` is the method nameko-rs services answer service discovery with; name this method otherwise"
+                ),
+            );
+        }
         Some(Rpc {
             wire_name,
             wire_name_span,
@@ -178,8 +190,10 @@ impl Rpc {
         });
         let names = method.params.iter().map(|param| param.name.clone());
         let (expected, sensitive) = (&self.options.expected, &self.options.sensitive);
+        let signature = method.signature();
         let info = quote! {
             #p::MethodInfo::new(#wire, &[#(#names),*], &[#(#expected),*], &[#(#sensitive),*])
+                .with_signature(#signature)
         };
         let handler = quote! {
             |this, body| {

@@ -353,6 +353,21 @@ pub(crate) fn event_dispatched(source_service: &str, event_type: &str) {
     );
 }
 
+/// The event types `source_service` dispatched in this process so far, sorted.
+pub(crate) fn events_dispatched_by(source_service: &str) -> Vec<String> {
+    let map = metrics()
+        .event_counters
+        .0
+        .read()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut types: Vec<String> = map
+        .get(source_service)
+        .map(|types| types.keys().map(|t| t.to_string()).collect())
+        .unwrap_or_default();
+    types.sort();
+    types
+}
+
 /// Counts an HTTP request answered.
 pub(crate) fn http_request(method: &'static str, route: &'static str, status: u16) {
     metrics()

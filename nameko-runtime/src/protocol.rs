@@ -17,6 +17,10 @@ pub const DEFAULT_RPC_EXCHANGE: &str = "nameko-rpc";
 pub const HEADER_PREFIX: &str = "nameko.";
 /// Context key of the call id stack.
 pub const CALL_ID_STACK_KEY: &str = "call_id_stack";
+/// The RPC method every nameko-rs service answers with its description (service discovery,
+/// `nameko describe`): not Nameko's, and a Python service answers `MethodNotFound`, so that
+/// asking costs it nothing. A method of a service cannot take the name.
+pub const DESCRIBE_METHOD: &str = "__nameko_describe__";
 /// Content type of every message Nameko's default serializer produces.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 

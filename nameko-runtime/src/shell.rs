@@ -269,6 +269,49 @@ pub fn parse_line(text: &str) -> Result<Line, ParseError> {
     }
 }
 
+/// What the shell completes: services and their methods (from service discovery).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completions {
+    /// Method names by service (none for a service that does not describe itself).
+    pub services: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Completions {
+    /// The completions of the word that ends at `pos` in `line`: where the word starts, and
+    /// what may replace it (`greeter_service.` for `gre`, `greeter_service.greet(` for
+    /// `greeter_service.g`, `dispatch(` for `dis`).
+    pub fn complete(&self, line: &str, pos: usize) -> (usize, Vec<String>) {
+        let before = line.get(..pos).unwrap_or(line);
+        let start = before
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+            .map_or(0, |at| at + 1);
+        let word = &before[start..];
+        let candidates = match word.split_once('.') {
+            Some((service, method)) => self
+                .services
+                .get(service)
+                .into_iter()
+                .flatten()
+                .filter(|name| name.starts_with(method))
+                .map(|name| format!("{service}.{name}("))
+                .collect(),
+            None => {
+                let mut names: Vec<String> = self
+                    .services
+                    .keys()
+                    .filter(|name| name.starts_with(word))
+                    .map(|name| format!("{name}."))
+                    .collect();
+                if "dispatch".starts_with(word) {
+                    names.push("dispatch(".to_owned());
+                }
+                names
+            }
+        };
+        (start, candidates)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +395,41 @@ mod tests {
         assert_eq!(
             message("svc.m(1) extra"),
             "unexpected text after `)` (at column 10)"
+        );
+    }
+
+    #[test]
+    fn completions_follow_the_word_before_the_cursor() {
+        let completions = Completions {
+            services: [
+                (
+                    "greeter_service".to_owned(),
+                    vec!["greet".to_owned(), "shout".to_owned()],
+                ),
+                ("python_service".to_owned(), vec![]),
+            ]
+            .into(),
+        };
+        assert_eq!(
+            completions.complete("gre", 3),
+            (0, vec!["greeter_service.".to_owned()])
+        );
+        assert_eq!(
+            completions.complete("x = greeter_service.g", 21),
+            (4, vec!["greeter_service.greet(".to_owned()])
+        );
+        assert_eq!(
+            completions.complete("greeter_service.", 16).1,
+            ["greeter_service.greet(", "greeter_service.shout("]
+        );
+        assert_eq!(
+            completions.complete("dis", 3),
+            (0, vec!["dispatch(".to_owned()])
+        );
+        assert_eq!(completions.complete("nowhere.x", 9).1, Vec::<String>::new());
+        assert_eq!(
+            completions.complete("", 0).1,
+            ["greeter_service.", "python_service.", "dispatch("]
         );
     }
 }

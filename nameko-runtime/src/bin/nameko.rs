@@ -4,6 +4,8 @@
 //! nameko call greeter_service.greet '["Tim"]' [--kwargs '{}'] [--timeout 5] [--broker URI | --config FILE]
 //! nameko dispatch my_event_publisher_service my_event '"hi"'
 //! nameko shell                      # greeter_service.greet("Tim"), dispatch("svc", "type", {"a": 1})
+//! nameko services [--json]           # the services live on the broker, with their instances
+//! nameko describe greeter_service    # one service: instances, RPC signatures, entrypoints
 //! nameko show-config [--config FILE]
 //! ```
 
@@ -12,8 +14,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nameko::discovery::{Discovery, LiveService, ServiceDescription};
 use nameko::events::StandaloneEventDispatcher;
-use nameko::shell::{Line, parse_line};
+use nameko::shell::{Completions, Line, parse_line};
 use nameko::{ClusterRpcClient, Config, RpcError};
 use serde_json::Value;
 
@@ -30,6 +33,10 @@ struct Cli {
     /// Sets a configuration key: `--define rpc_exchange=my-rpc`.
     #[arg(long = "define", short = 'd', global = true, value_name = "KEY=VALUE")]
     defines: Vec<String>,
+    /// RabbitMQ's management API, for service discovery (`services`, `describe`, the shell's
+    /// completion); default: the broker's host on port 15672, with the broker's credentials.
+    #[arg(long, global = true, value_name = "http://USER:PASSWORD@HOST:PORT")]
+    management: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,8 +68,216 @@ enum Command {
     },
     /// An interactive shell: `service.method(args, key=value)` and `dispatch(service, type, payload)`.
     Shell,
+    /// List the services live on the broker (Python and Rust), with their instance counts.
+    Services {
+        /// Print JSON (a list), for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe one service: its instances and, for a nameko-rs service, its RPC methods'
+    /// signatures, its entrypoints and the events it dispatched.
+    Describe {
+        /// The service.
+        service: String,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the configuration in effect, passwords masked.
     ShowConfig,
+}
+
+/// How long discovery waits for a service to describe itself.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The services live on the broker, each with its description (`None`: it does not describe
+/// itself, or has no RPC queue to be asked on).
+async fn discover(
+    cli: &Cli,
+    config: &Config,
+    session: &Session,
+) -> Result<Vec<(LiveService, Option<ServiceDescription>)>, String> {
+    let services = Discovery::new(config, cli.management.as_deref())
+        .map_err(|e| e.to_string())?
+        .services()
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = session.client.with_timeout(DESCRIBE_TIMEOUT);
+    let asked = services.iter().map(|service| {
+        let client = &client;
+        async move {
+            if !service.rpc {
+                return None;
+            }
+            nameko::discovery::describe(client, &service.name)
+                .await
+                .unwrap_or_else(|e| {
+                    eprintln!(
+                        "warning: {} did not describe itself: {}",
+                        service.name,
+                        describe(&e)
+                    );
+                    None
+                })
+        }
+    });
+    let descriptions = futures_util::future::join_all(asked).await;
+    Ok(services.into_iter().zip(descriptions).collect())
+}
+
+fn instances(count: usize) -> String {
+    match count {
+        1 => "1 instance".to_owned(),
+        n => format!("{n} instances"),
+    }
+}
+
+/// What `services` says of a service after its name and instances.
+fn summary(service: &LiveService, description: Option<&ServiceDescription>) -> String {
+    match description {
+        Some(description) => {
+            let methods: Vec<&str> = description.rpc.iter().map(|m| m.name.as_str()).collect();
+            format!("{}: {}", description.framework, methods.join(", "))
+        }
+        None if service.rpc => "does not describe itself (Python nameko)".to_owned(),
+        None => "event handlers only".to_owned(),
+    }
+}
+
+async fn services(cli: &Cli, config: &Config, json: bool) -> ExitCode {
+    let Ok(session) = Session::open(config).await else {
+        return ExitCode::FAILURE;
+    };
+    let found = match discover(cli, config, &session).await {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        let list: Vec<Value> = found
+            .iter()
+            .map(|(service, description)| {
+                serde_json::json!({
+                    "name": service.name,
+                    "instances": service.instances,
+                    "rpc": service.rpc,
+                    "description": description,
+                })
+            })
+            .collect();
+        println!("{}", pretty(&Value::Array(list)));
+        return ExitCode::SUCCESS;
+    }
+    let width = found
+        .iter()
+        .map(|(service, _)| service.name.len())
+        .max()
+        .unwrap_or(0);
+    for (service, description) in &found {
+        println!(
+            "{:<width$}  {:<11}  {}",
+            service.name,
+            instances(service.instances),
+            summary(service, description.as_ref())
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+async fn describe_service(cli: &Cli, config: &Config, name: &str, json: bool) -> ExitCode {
+    let Ok(session) = Session::open(config).await else {
+        return ExitCode::FAILURE;
+    };
+    let found = match discover(cli, config, &session).await {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some((service, description)) = found.into_iter().find(|(s, _)| s.name == name) else {
+        eprintln!("error: no service `{name}` runs on the broker (`nameko services` lists them)");
+        return ExitCode::FAILURE;
+    };
+    if json {
+        let value = serde_json::json!({
+            "name": service.name,
+            "instances": service.instances,
+            "rpc": service.rpc,
+            "description": description,
+        });
+        println!("{}", pretty(&value));
+        return ExitCode::SUCCESS;
+    }
+    match description {
+        Some(description) => {
+            println!(
+                "{}: {}, {}",
+                service.name,
+                instances(service.instances),
+                description.framework
+            );
+            for line in &description.entrypoints {
+                println!("  {line}");
+            }
+            if !description.events_dispatched.is_empty() {
+                println!(
+                    "  dispatched so far: {}",
+                    description.events_dispatched.join(", ")
+                );
+            }
+        }
+        None => println!(
+            "{}: {}, {}",
+            service.name,
+            instances(service.instances),
+            summary(&service, None)
+        ),
+    }
+    ExitCode::SUCCESS
+}
+
+/// The shell's line editor helper: completes service and method names.
+struct ShellHelper(Completions);
+
+impl rustyline::completion::Completer for ShellHelper {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        Ok(self.0.complete(line, pos))
+    }
+}
+
+impl rustyline::hint::Hinter for ShellHelper {
+    type Hint = String;
+}
+
+impl rustyline::highlight::Highlighter for ShellHelper {}
+
+impl rustyline::validate::Validator for ShellHelper {}
+
+impl rustyline::Helper for ShellHelper {}
+
+/// What the shell completes: the services discovery finds and their methods; nothing when
+/// discovery cannot run (no management API).
+async fn completions(cli: &Cli, config: &Config, session: &Session) -> Completions {
+    let mut completions = Completions::default();
+    if let Ok(found) = discover(cli, config, session).await {
+        for (service, description) in found {
+            let methods = description
+                .map(|d| d.rpc.into_iter().map(|m| m.name).collect())
+                .unwrap_or_default();
+            completions.services.insert(service.name, methods);
+        }
+    }
+    completions
 }
 
 fn config(cli: &Cli) -> Result<Config, String> {
@@ -154,12 +369,13 @@ impl Session {
     }
 }
 
-async fn shell(config: &Config) -> ExitCode {
+async fn shell(cli: &Cli, config: &Config) -> ExitCode {
     let Ok(session) = Session::open(config).await else {
         return ExitCode::FAILURE;
     };
     if std::io::stdin().is_terminal() {
-        interactive(&session, config).await
+        let completions = completions(cli, config, &session).await;
+        interactive(&session, config, completions).await
     } else {
         // Piped: line by line, stopping at the first error.
         for line in std::io::stdin().lock().lines() {
@@ -189,21 +405,23 @@ async fn shell(config: &Config) -> ExitCode {
     }
 }
 
-async fn interactive(session: &Session, config: &Config) -> ExitCode {
-    let mut editor = match rustyline::DefaultEditor::new() {
-        Ok(editor) => editor,
-        Err(e) => {
-            eprintln!("error: cannot start the line editor: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+async fn interactive(session: &Session, config: &Config, completions: Completions) -> ExitCode {
+    let mut editor =
+        match rustyline::Editor::<ShellHelper, rustyline::history::DefaultHistory>::new() {
+            Ok(editor) => editor,
+            Err(e) => {
+                eprintln!("error: cannot start the line editor: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    editor.set_helper(Some(ShellHelper(completions)));
     let history =
         std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".nameko_history"));
     if let Some(history) = &history {
         let _ = editor.load_history(history);
     }
     println!(
-        "nameko shell on {}\n  service.method(arg, key=value)   call a method (Rust or Python)\n  dispatch(\"service\", \"event_type\", payload)\n  Ctrl-D to leave",
+        "nameko shell on {}\n  service.method(arg, key=value)   call a method (Rust or Python)\n  dispatch(\"service\", \"event_type\", payload)\n  Tab completes service and method names; Ctrl-D to leave",
         nameko::transport::mask_password(config.broker_uri())
     );
     loop {
@@ -245,7 +463,11 @@ async fn execute(cli: Cli) -> ExitCode {
             print!("{}", config.to_yaml());
             ExitCode::SUCCESS
         }
-        Command::Shell => shell(&config).await,
+        Command::Shell => shell(&cli, &config).await,
+        Command::Services { json } => services(&cli, &config, json).await,
+        Command::Describe { ref service, json } => {
+            describe_service(&cli, &config, service, json).await
+        }
         Command::Call {
             target,
             args,

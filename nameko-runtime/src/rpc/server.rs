@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use crate::discovery::{RpcMethod, ServiceDescription};
 use crate::error::Error;
 use crate::protocol::{self, MalformedRequest, RemoteError, RequestBody};
 use crate::service::{
@@ -206,6 +207,9 @@ impl RpcHandler {
             .and_then(|rest| rest.strip_prefix('.'))
             .unwrap_or(&delivery.routing_key);
         let Some(entrypoint) = self.methods.iter().find(|e| e.method().name() == method) else {
+            if method == protocol::DESCRIBE_METHOD {
+                return Some(self.describe());
+            }
             tracing::warn!(service, %method, "MethodNotFound");
             return Some(Err(RemoteError::nameko(
                 "MethodNotFound",
@@ -232,6 +236,22 @@ impl RpcHandler {
         entrypoint
             .run_worker(slot, body, data, Some(&delivery.body))
             .await
+    }
+
+    /// The service's description, the answer to [`protocol::DESCRIBE_METHOD`] (no worker runs).
+    fn describe(&self) -> Result<Vec<u8>, RemoteError> {
+        let rpc = self
+            .methods
+            .iter()
+            .map(|e| {
+                let info = e.method();
+                RpcMethod::new(info.name(), info.params(), info.signature())
+            })
+            .collect();
+        let description =
+            ServiceDescription::new(self.service, rpc, self.cx.entrypoint_lines().to_vec());
+        serde_json::to_vec(&description)
+            .map_err(|e| RemoteError::nameko_rs("SerializationError", e.to_string()))
     }
 
     /// Publishes a reply (Nameko's `{"result", "error"}`), again on a failure that may pass (a

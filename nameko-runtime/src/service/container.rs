@@ -209,9 +209,11 @@ async fn listen<S: Service>(
         cx.kill_token().cancel();
         error
     };
+    let mut lines = Vec::new();
     for entrypoint in S::entrypoints() {
         let name = entrypoint.name();
         names.push(name);
+        lines.push(entrypoint.describe());
         let binding = entrypoint.bind(service.clone(), &cx);
         if let Some(hook) = binding.hook {
             lock(&shared.hooks).insert((S::NAME, name), hook);
@@ -225,6 +227,7 @@ async fn listen<S: Service>(
         let started = binding.start.await.map_err(|e| fail(e, &cx))?;
         loops.extend(started.run);
     }
+    cx.set_entrypoint_lines(lines);
     let extensions = cx.start_extensions().await.map_err(|e| fail(e, &cx))?;
     loops.extend(
         extensions

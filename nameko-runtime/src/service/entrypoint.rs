@@ -177,6 +177,7 @@ pub struct MethodInfo {
     params: &'static [&'static str],
     expected_exceptions: &'static [&'static str],
     sensitive_arguments: &'static [&'static str],
+    signature: Option<&'static str>,
 }
 
 impl MethodInfo {
@@ -192,12 +193,26 @@ impl MethodInfo {
             params,
             expected_exceptions,
             sensitive_arguments,
+            signature: None,
         }
     }
 
     /// The entrypoint's name: the method's, or its name on the wire (`#[rpc(name = "...")]`).
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// The same, with the method's signature as written (`(name: String) -> String`).
+    #[doc(hidden)]
+    pub const fn with_signature(mut self, signature: &'static str) -> Self {
+        self.signature = Some(signature);
+        self
+    }
+
+    /// The method's parameters and result as written (`(name: String) -> String`), for the
+    /// methods whose callers need them (RPC): what `list` and service discovery show.
+    pub fn signature(&self) -> Option<&'static str> {
+        self.signature
     }
 
     /// The method's parameters, in order (`&self` left out).
@@ -498,7 +513,12 @@ impl<S: Service, E: Entrypoint> ErasedEntrypoint<S> for Bound<S, E> {
     }
 
     fn describe(&self) -> String {
-        self.entrypoint.describe(self.method.name)
+        let line = self.entrypoint.describe(self.method.name);
+        // `rpc greet(name: String) -> String`, when the line ends with the method's name.
+        match self.method.signature {
+            Some(signature) if line.ends_with(self.method.name) => line + signature,
+            _ => line,
+        }
     }
 
     fn bind(self: Box<Self>, service: Arc<S>, cx: &ServiceContext) -> Binding<S> {

@@ -40,6 +40,8 @@ struct ServiceInner {
     tracker: TaskTracker,
     /// The service's shared extensions, in the order they were made.
     extensions: Mutex<Vec<SharedEntry>>,
+    /// Every entrypoint of the service, as `list` shows it (set once they are all bound).
+    entrypoint_lines: std::sync::OnceLock<Vec<String>>,
 }
 
 struct SharedEntry {
@@ -88,8 +90,18 @@ impl ServiceContext {
                 workers,
                 tracker: TaskTracker::new(),
                 extensions: Mutex::new(Vec::new()),
+                entrypoint_lines: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Every entrypoint of the service, as `list` shows it (empty until they are all bound).
+    pub(crate) fn entrypoint_lines(&self) -> &[String] {
+        self.inner.entrypoint_lines.get().map_or(&[], Vec::as_slice)
+    }
+
+    pub(crate) fn set_entrypoint_lines(&self, lines: Vec<String>) {
+        let _ = self.inner.entrypoint_lines.set(lines);
     }
 
     pub(crate) fn shared(&self) -> &Shared {

@@ -35,6 +35,10 @@ impl Accounts {
 fn main() {
     assert_eq!(
         nameko::ServiceRegistration::of::<Accounts>().entrypoints(),
-        ["rpc login", "manual login", "manual sync_method"]
+        [
+            "rpc login(user: String, password: String, remember: Option<bool>) -> String",
+            "manual login(user: String, password: String, remember: Option<bool>) -> String",
+            "manual sync_method() -> u32",
+        ]
     );
 }

@@ -49,8 +49,14 @@ forwarding_service!(Forwarder, "forwarder", no_prelude::SvcClient, u32);
 
 fn main() {
     let names = nameko::ServiceRegistration::of::<Forwarder>().entrypoints();
-    assert_eq!(names, ["rpc forward"]);
+    assert_eq!(names, ["rpc forward(value: u32) -> u32"]);
     let names = nameko::ServiceRegistration::of::<no_prelude::Svc>().entrypoints();
-    assert_eq!(names, ["rpc match", "rpc echo"]);
+    assert_eq!(
+        names,
+        [
+            "rpc match(type: ::std::string::String) -> ::std::string::String",
+            "rpc echo(value: ::std::option::Option<u32>) -> u32",
+        ]
+    );
     let _ = no_prelude::SvcClient::r#match;
 }
