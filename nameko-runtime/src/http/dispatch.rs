@@ -259,7 +259,13 @@ impl Dispatch {
         if allowed.is_empty() {
             let response =
                 crate::health::operations_response(&self.0.health, &parts.method, parts.uri.path())
-                    .unwrap_or_else(not_found);
+                    .map_or_else(not_found, |response| {
+                        if head {
+                            without_body(response)
+                        } else {
+                            response
+                        }
+                    });
             return (response, "");
         }
         if allowed.contains(&"GET") {
