@@ -122,7 +122,7 @@ fn list_shows_an_entrypoint_of_the_applications_own() {
     let registration = nameko::ServiceRegistration::of::<ReportService>();
     assert_eq!(
         registration.entrypoints(),
-        ["cron report \"*/2 * * * * *\"", "rpc reports"]
+        ["cron report \"*/2 * * * * *\"", "rpc reports() -> u64"]
     );
 }
 
