@@ -144,28 +144,35 @@ fn summary(service: &LiveService, description: Option<&ServiceDescription>) -> S
     }
 }
 
+/// Connects and discovers the services, or says why not on stderr.
+async fn connect_and_discover(
+    cli: &Cli,
+    config: &Config,
+) -> Result<Vec<(LiveService, Option<ServiceDescription>)>, ()> {
+    let session = Session::open(config).await?;
+    discover(cli, config, &session)
+        .await
+        .map_err(|e| eprintln!("error: {e}"))
+}
+
+/// A service as `--json` prints it.
+fn as_json(service: &LiveService, description: Option<&ServiceDescription>) -> Value {
+    serde_json::json!({
+        "name": service.name,
+        "instances": service.instances,
+        "rpc": service.rpc,
+        "description": description,
+    })
+}
+
 async fn services(cli: &Cli, config: &Config, json: bool) -> ExitCode {
-    let Ok(session) = Session::open(config).await else {
+    let Ok(found) = connect_and_discover(cli, config).await else {
         return ExitCode::FAILURE;
-    };
-    let found = match discover(cli, config, &session).await {
-        Ok(found) => found,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
     };
     if json {
         let list: Vec<Value> = found
             .iter()
-            .map(|(service, description)| {
-                serde_json::json!({
-                    "name": service.name,
-                    "instances": service.instances,
-                    "rpc": service.rpc,
-                    "description": description,
-                })
-            })
+            .map(|(service, description)| as_json(service, description.as_ref()))
             .collect();
         println!("{}", pretty(&Value::Array(list)));
         return ExitCode::SUCCESS;
@@ -187,28 +194,15 @@ async fn services(cli: &Cli, config: &Config, json: bool) -> ExitCode {
 }
 
 async fn describe_service(cli: &Cli, config: &Config, name: &str, json: bool) -> ExitCode {
-    let Ok(session) = Session::open(config).await else {
+    let Ok(found) = connect_and_discover(cli, config).await else {
         return ExitCode::FAILURE;
-    };
-    let found = match discover(cli, config, &session).await {
-        Ok(found) => found,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
     };
     let Some((service, description)) = found.into_iter().find(|(s, _)| s.name == name) else {
         eprintln!("error: no service `{name}` runs on the broker (`nameko services` lists them)");
         return ExitCode::FAILURE;
     };
     if json {
-        let value = serde_json::json!({
-            "name": service.name,
-            "instances": service.instances,
-            "rpc": service.rpc,
-            "description": description,
-        });
-        println!("{}", pretty(&value));
+        println!("{}", pretty(&as_json(&service, description.as_ref())));
         return ExitCode::SUCCESS;
     }
     match description {
