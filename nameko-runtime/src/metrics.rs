@@ -168,11 +168,12 @@ fn metrics() -> &'static Metrics {
 }
 
 /// The metrics of the process (the runtime's and those added with [`register`]) in the
-/// Prometheus text format (OpenMetrics, [`CONTENT_TYPE`]).
+/// Prometheus text format (OpenMetrics, [`CONTENT_TYPE`]). A labelled family (workers by
+/// service, say) appears once it has a sample.
 ///
 /// ```
 /// let text = nameko::metrics::render();
-/// assert!(text.contains("# TYPE nameko_workers_started counter"));
+/// assert!(text.contains("nameko_broker_connections_lost_total 0"));
 /// assert!(text.ends_with("# EOF\n"));
 /// ```
 pub fn render() -> String {
