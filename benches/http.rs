@@ -15,6 +15,8 @@ use clap::Parser;
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "common/traces.rs"]
+mod traces;
 use nameko::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -131,7 +133,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    nameko::cli::init_logging();
+    traces::init_logging(nameko::log::DEFAULT_LOG_FILTER);
+    eprintln!("traces: {}", traces::mode());
     let args = Args::parse();
     let _ = args.bench;
 

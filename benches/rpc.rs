@@ -22,6 +22,8 @@ use clap::Parser;
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "common/traces.rs"]
+mod traces;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -709,7 +711,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn bench(args: &Args) -> anyhow::Result<()> {
-    nameko::cli::init_logging_with(Some("warn,lapin::returned_messages=error".into()));
+    traces::init_logging("warn,lapin::returned_messages=error");
+    eprintln!("traces: {}", traces::mode());
     if args.embedded_only {
         let embedded = embedded(args).await?;
         println!(

@@ -176,6 +176,15 @@ log=$(mktemp)
 trap 'rm -f "$log"; take_down_cluster' EXIT
 status=0
 cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+# The `opentelemetry` feature, on for a build of its own: the library's unit and doc tests
+# with it, and the trace across Rust, Python and Rust services. Only for the whole suite.
+if [ "$#" -eq 0 ]; then
+  say "The opentelemetry feature: its unit and doc tests, and tests/traces.rs (with examples/gateway built with it)"
+  cargo test -p nameko --features opentelemetry --lib 2>&1 | tee -a "$log" || status=$?
+  cargo test -p nameko --features opentelemetry --doc 2>&1 | tee -a "$log" || status=$?
+  cargo build --features opentelemetry --example gateway 2>&1 | tee -a "$log" || status=$?
+  cargo test --features opentelemetry --test traces 2>&1 | tee -a "$log" || status=$?
+fi
 if [ "$status" -ne 0 ]; then
   # What failed, again at the end where a truncated log still shows it: each failed test's
   # panic, and each trybuild case that did not match with its expected and actual output.

@@ -43,6 +43,25 @@ impl Cli {
         }
         Ok(config)
     }
+
+    /// The `service.name` of a process's spans: the services it runs, by name.
+    #[cfg(feature = "opentelemetry")]
+    fn traced_service_name(&self) -> String {
+        match &self.command {
+            Command::Run { services, .. } if !services.is_empty() => services.join(","),
+            _ => {
+                let all: Vec<_> = ServiceRegistration::all()
+                    .iter()
+                    .map(|s| s.name())
+                    .collect();
+                if all.is_empty() {
+                    "nameko".to_owned()
+                } else {
+                    all.join(",")
+                }
+            }
+        }
+    }
 }
 
 /// The commands of a service binary.
@@ -215,13 +234,33 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // A configuration that does not load is reported by `execute`, in the default format.
     let config = cli.load_config().ok();
-    init_logging_as(
-        config.as_ref().and_then(Config::log_filter),
-        config
+    let filter = config.as_ref().and_then(Config::log_filter);
+    let format = config
+        .as_ref()
+        .and_then(|config| config.log_format().ok())
+        .unwrap_or_default();
+    #[cfg(feature = "opentelemetry")]
+    let traces = {
+        let provider = config
             .as_ref()
-            .and_then(|config| config.log_format().ok())
-            .unwrap_or_default(),
-    );
+            .map(|config| crate::trace::provider(config, &cli.traced_service_name()))
+            .transpose();
+        match provider {
+            Ok(provider) => provider.flatten(),
+            Err(e) => {
+                init_logging_as(filter, format);
+                tracing::error!(error = %e, "invalid configuration");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    #[cfg(feature = "opentelemetry")]
+    match &traces {
+        Some(provider) => crate::log::init_logging_traced(filter, format, provider),
+        None => init_logging_as(filter, format),
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    init_logging_as(filter, format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -232,7 +271,15 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(execute(cli))
+    let code = runtime.block_on(execute(cli));
+    // The spans still in the batch, sent before the process ends.
+    #[cfg(feature = "opentelemetry")]
+    if let Some(provider) = traces
+        && let Err(e) = provider.shutdown()
+    {
+        tracing::warn!(error = %e, "could not send the last spans");
+    }
+    code
 }
 
 /// Runs a parsed command line.

@@ -50,6 +50,8 @@
 //! A service binary's `main` is one line, [`main()`], which gives it a command line
 //! (`run [SERVICE...] [--broker URI]`). See `ARCHITECTURE.md` for how the pieces fit.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 extern crate self as nameko;
 
 pub mod cli;
@@ -71,6 +73,11 @@ pub mod service;
 pub mod shell;
 pub mod testing;
 pub mod timer;
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub mod trace;
+#[cfg(not(feature = "opentelemetry"))]
+mod trace;
 pub mod transport;
 pub mod websocket;
 

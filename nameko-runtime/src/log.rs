@@ -53,15 +53,7 @@ pub fn init_logging_with(filter: Option<String>) {
 
 /// Like [`init_logging_with`], writing lines in `format`.
 pub fn init_logging_as(filter: Option<String>, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        let fallback = || tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER);
-        match filter {
-            Some(filter) => {
-                tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| fallback())
-            }
-            None => fallback(),
-        }
-    });
+    let filter = env_filter(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -72,6 +64,46 @@ pub fn init_logging_as(filter: Option<String>, format: LogFormat) {
             .try_init(),
         LogFormat::Json => builder.with_ansi(false).event_format(JsonFormat).try_init(),
     };
+}
+
+/// `RUST_LOG`, else `filter`, else [`DEFAULT_LOG_FILTER`].
+fn env_filter(filter: Option<String>) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let fallback = || tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER);
+        match filter {
+            Some(filter) => {
+                tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| fallback())
+            }
+            None => fallback(),
+        }
+    })
+}
+
+/// Like [`init_logging_as`], with spans also exported as OpenTelemetry traces by `provider`
+/// ([`trace::layer`](crate::trace::layer)): the log lines are filtered as they would be
+/// without, the spans traced are the layer's.
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub fn init_logging_traced(
+    filter: Option<String>,
+    format: LogFormat,
+    provider: &opentelemetry_sdk::trace::SdkTracerProvider,
+) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Text => lines
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .event_format(WorkerFormat::default())
+            .boxed(),
+        LogFormat::Json => lines.with_ansi(false).event_format(JsonFormat).boxed(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(lines.with_filter(env_filter(filter)))
+        .with(crate::trace::layer(provider))
+        .try_init();
 }
 
 /// The default log format, plus the worker an event comes from: a line logged inside a worker

@@ -273,6 +273,7 @@ pub(crate) async fn handle_json_message<E>(
 }
 
 impl sealed::Input for EventBody {
+    const KIND: sealed::WorkerKind = sealed::WorkerKind::Message;
     type Kept = ();
     fn keep(&self) {}
     fn arguments(

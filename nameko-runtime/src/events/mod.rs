@@ -147,18 +147,22 @@ impl EventDispatcher {
         payload: &T,
     ) -> Result<(), DispatchError> {
         let body = serde_json::to_vec(payload)?;
-        let headers = WorkerContext::current()
-            .map(|w| w.outgoing_headers())
-            .unwrap_or_default();
-        self.transport
-            .publish(event_message(
-                &self.source,
-                event_type,
-                body,
-                headers,
-                self.options,
-            ))
-            .await?;
+        let publish = async {
+            let mut headers = WorkerContext::current()
+                .map(|w| w.outgoing_headers())
+                .unwrap_or_default();
+            crate::trace::inject(&mut headers);
+            self.transport
+                .publish(event_message(
+                    &self.source,
+                    event_type,
+                    body,
+                    headers,
+                    self.options,
+                ))
+                .await
+        };
+        crate::trace::event_dispatch(&self.source, event_type, publish).await?;
         crate::metrics::event_dispatched(&self.source, event_type);
         Ok(())
     }
@@ -336,14 +340,13 @@ impl StandaloneEventDispatcher {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(source.to_owned());
         }
-        let message = event_message(
-            source,
-            event_type,
-            body,
-            (*self.headers).clone(),
-            self.options,
-        );
-        transport.publish(message).await?;
+        let publish = async {
+            let mut headers = (*self.headers).clone();
+            crate::trace::inject(&mut headers);
+            let message = event_message(source, event_type, body, headers, self.options);
+            transport.publish(message).await
+        };
+        crate::trace::event_dispatch(source, event_type, publish).await?;
         crate::metrics::event_dispatched(source, event_type);
         Ok(())
     }

@@ -9,7 +9,6 @@ use axum::response::Response;
 use serde_json::Value;
 
 use super::{HttpCall, PathValues, Route, Segment, error_response};
-use crate::context::ContextData;
 use crate::error::Error;
 use crate::protocol::RemoteError;
 use crate::service::arguments::{LoggedArguments, named_arguments};
@@ -74,7 +73,12 @@ impl Entrypoint for Http {
             // (`None`, a stopping or killed service, is answered 503 by the dispatcher).
             handler: Arc::new({
                 let cx = cx.clone();
-                move |call| cx.spawn_worker(call, ContextData::new())
+                move |call: HttpCall| {
+                    // An incoming `traceparent` header: the worker's parent span, forwarded
+                    // on its calls.
+                    let data = crate::trace::context_from_http(&call.parts.headers);
+                    cx.spawn_worker(call, data)
+                }
             }),
         };
         let routes = cx.process_extension(HttpRoutes::default);
@@ -89,6 +93,7 @@ impl Entrypoint for Http {
 
 impl sealed::Input for HttpCall {
     const HOOKABLE: bool = false;
+    const KIND: sealed::WorkerKind = sealed::WorkerKind::Request;
     type Kept = PathValues;
     fn keep(&self) -> PathValues {
         self.path.clone()

@@ -438,7 +438,7 @@ impl<'a, T: Serialize + ?Sized> Publish<'a, T> {
             queue,
             routing_key,
             mandatory,
-            mut properties,
+            properties,
             ..
         } = self;
         let transport = &publisher.transport;
@@ -461,20 +461,25 @@ impl<'a, T: Serialize + ?Sized> Publish<'a, T> {
             Some(q) => q.name().to_owned(),
             None => String::new(),
         });
-        // The message's own headers, then the context data's over them, as Nameko does.
-        let mut context = match WorkerContext::current() {
-            Some(worker) => worker.outgoing_headers(),
-            None => (*publisher.headers).clone(),
-        };
-        properties.headers.append(&mut context);
-        let message = OutgoingMessage {
+        let mut message = OutgoingMessage {
             exchange: exchange.map(|e| e.name().to_owned()).unwrap_or_default(),
             routing_key,
             mandatory,
             properties,
             body,
         };
-        transport.publish(message).await?;
+        let span = crate::trace::publish_span(&message.exchange, &message.routing_key);
+        let publish = async move {
+            // The message's own headers, then the context data's over them, as Nameko does.
+            let mut context = match WorkerContext::current() {
+                Some(worker) => worker.outgoing_headers(),
+                None => (*publisher.headers).clone(),
+            };
+            crate::trace::inject(&mut context);
+            message.properties.headers.append(&mut context);
+            transport.publish(message).await
+        };
+        crate::trace::producer(span, publish).await?;
         Ok(())
     }
 }

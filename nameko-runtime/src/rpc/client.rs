@@ -289,6 +289,7 @@ impl ClusterRpcClient {
             }
         };
         headers.extend(protocol::headers_from_context(self.context_data.iter()));
+        crate::trace::inject(&mut headers);
         headers
     }
 
@@ -458,14 +459,18 @@ impl ServiceProxy {
         // Serialised now: the arguments are not part of the future.
         let body = protocol::encode_request(&args, &kwargs)
             .map_err(|e| RpcError::Serialization(format!("arguments: {e}")));
-        async move {
-            let result = match body {
+        let call = async move {
+            match body {
                 Ok(body) => match self.client.request(&self.service, method, body).await {
                     Ok(reply) => decode(&reply),
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
-            };
+            }
+        };
+        let call = crate::trace::rpc_call(&self.service, method, call);
+        async move {
+            let result = call.await;
             crate::metrics::rpc_call(&self.service, method, outcome(&result));
             result
         }

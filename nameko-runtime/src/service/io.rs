@@ -13,10 +13,24 @@ use crate::protocol::{RemoteError, RequestBody};
 pub(crate) mod sealed {
     use super::*;
 
+    /// What kind of thing fires a worker, for its span's kind.
+    #[derive(Clone, Copy, Debug)]
+    pub enum WorkerKind {
+        /// A call with JSON arguments: an RPC request (`server`) or, with no caller, a timer
+        /// or another local firing (`internal`).
+        Call,
+        /// An HTTP request (`server`).
+        Request,
+        /// An event or message from a queue (`consumer`).
+        Message,
+    }
+
     /// What [`WorkerInput`](super::WorkerInput) needs of its types; not for other crates.
     pub trait Input: Send + Sized + 'static {
         /// Whether tests can fire an entrypoint with this input from JSON arguments.
         const HOOKABLE: bool = true;
+        /// What fires workers with this input, for their spans.
+        const KIND: WorkerKind = WorkerKind::Call;
         /// What is kept of the input, before the method takes it, to show its arguments
         /// if the worker fails.
         type Kept: Send + 'static;

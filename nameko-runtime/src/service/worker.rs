@@ -72,6 +72,7 @@ pub(crate) fn run_worker<'a, S, T, F>(
     service: &'a S,
     shared: Option<&'a Shared>,
     context: Arc<WorkerContext>,
+    kind: crate::trace::WorkerKind,
     payload: Option<&'a [u8]>,
     method: F,
 ) -> impl Future<Output = T> + Send + 'a
@@ -83,12 +84,8 @@ where
     use tracing::Instrument;
     // At `debug`: a span per worker costs more than a simple worker; `nameko::main`'s log
     // format shows the worker of each line from its context instead (`log::WorkerFormat`).
-    let span = tracing::debug_span!(
-        "worker",
-        service = context.service_name(),
-        entrypoint = context.entrypoint(),
-        call_id = context.call_id()
-    );
+    // With traces on, the span is the worker's in its trace.
+    let span = crate::trace::worker_span(&context, kind);
     let worker = context.clone();
     let lifecycle = async move {
         // Each step keeps only what the next needs across its `await`: this future is part of
@@ -125,6 +122,7 @@ where
             }
         }
         service.worker_teardown(&worker).await;
+        crate::trace::worker_finished(&outcome.result());
         if let Some(shared) = shared {
             shared.worker_finished(&worker, payload, &outcome.result());
         }

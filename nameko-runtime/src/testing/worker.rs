@@ -139,7 +139,16 @@ where
             .map(|e| crate::error::remote_error_from_display(e));
         Ran::Finished(outcome, error)
     };
-    match run_worker(service, None, context, None, method).await {
+    match run_worker(
+        service,
+        None,
+        context,
+        crate::trace::WorkerKind::Call,
+        None,
+        method,
+    )
+    .await
+    {
         Ran::Finished(outcome, _) => Ok(outcome),
         Ran::Failed(error) => Err(Error::Worker(error)),
     }

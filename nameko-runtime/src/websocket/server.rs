@@ -331,7 +331,7 @@ impl Upgrade for WsServer {
 /// headers on a websocket, so these are what a page sends anyway.
 fn context_from_upgrade(headers: &axum::http::HeaderMap) -> ContextData {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let mut data = ContextData::new();
+    let mut data = crate::trace::context_from_http(headers);
     if let Some(agent) = text("user-agent") {
         data.insert("user_agent".into(), agent.into());
     }
