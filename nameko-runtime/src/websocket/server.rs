@@ -327,7 +327,8 @@ impl Upgrade for WsServer {
 
 /// The context data of a socket's workers, from its upgrade request: Nameko's well-known keys
 /// from the usual headers (`User-Agent`, `Accept-Language`, `Authorization: Bearer ...`), and
-/// any `nameko-<key>` header as `<key>` (`-` read as `_`). Browsers can set none of their own
+/// any `nameko-<key>` header as `<key>` (`-` read as `_`), and a W3C `traceparent` and
+/// `tracestate` as they are. Browsers can set none of their own
 /// headers on a websocket, so these are what a page sends anyway.
 fn context_from_upgrade(headers: &axum::http::HeaderMap) -> ContextData {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
