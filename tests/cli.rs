@@ -283,6 +283,57 @@ fn show_config_prints_the_file_with_passwords_masked() {
     assert!(!shown.contains("secret"));
 }
 
+/// `nameko services` on the three-node cluster of `tests/cluster.sh`: the greeter example
+/// twice, connected to c1 and to c2, and Python nameko's `python_service` on c3; asked of any
+/// node, the command lists all three services with their instances across the cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn services_lists_the_services_of_a_cluster_from_any_node() {
+    let Some(cluster) = common::cluster::Cluster::for_test() else {
+        return;
+    };
+    let Some(python) = python() else {
+        return;
+    };
+    let greeter = |node: usize| {
+        Running(
+            Command::new(example("greeter"))
+                .args(["run", "--broker", &cluster.uri_from(node)])
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the greeter example"),
+        )
+    };
+    let (_greeter_on_c1, _greeter_on_c2) = (greeter(0), greeter(1));
+    let _python = PythonServices::start_on(&python, &cluster.amqp[2], &["PythonService"], "");
+    for (queue, instances) in [
+        ("rpc-greeter_service", 2),
+        ("rpc-expanded_greeter_service", 2),
+        ("rpc-python_service", 1),
+    ] {
+        cluster.wait_for_consumers(queue, instances).await;
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    let expected = format!(
+        "expanded_greeter_service  2 instances  nameko-rs {version}: greet\n\
+         greeter_service           2 instances  nameko-rs {version}: greet\n\
+         python_service            1 instance   does not describe itself (Python nameko)\n"
+    );
+    for node in 0..3 {
+        let out = nameko(
+            &[
+                "services",
+                "--broker",
+                &cluster.amqp[node],
+                "--management",
+                &cluster.api[node],
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), expected, "asked of node {}", node + 1);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn services_lists_python_and_rust_services_with_their_instances() {
     let Some(broker) = TestBroker::amqp() else {

@@ -66,16 +66,7 @@ impl ClusterListener {
 
 /// A virtual host of its own on the cluster, or `None` (skip) when there is none.
 fn cluster() -> Option<Cluster> {
-    match Cluster::from_env() {
-        Some(cluster) => Some(cluster),
-        None if common::broker_required() => panic!(
-            "the test cluster is not configured (NAMEKO_TEST_CLUSTER_AMQP, NAMEKO_TEST_CLUSTER_API, NAMEKO_TEST_CLUSTER_CTL), and CI=true / NAMEKO_TEST_REQUIRE_BROKER=1 forbids skipping: run tests/run.sh"
-        ),
-        None => {
-            eprintln!("SKIPPED: the test cluster is not configured (run tests/run.sh)");
-            None
-        }
-    }
+    Cluster::for_test()
 }
 
 /// How many calls a scenario makes, and how many are in flight at once.

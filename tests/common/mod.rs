@@ -174,9 +174,22 @@ impl PythonServices {
         classes: &[&str],
         more_config: &str,
     ) -> PythonServices {
+        Self::start_on(python, &broker.uri, classes, more_config)
+    }
+
+    /// Like [`start_with`](Self::start_with), on the RabbitMQ at `uri` (`amqp://...`).
+    pub fn start_on(
+        python: &str,
+        uri: &str,
+        classes: &[&str],
+        more_config: &str,
+    ) -> PythonServices {
         let config = tempfile_path::TempPath::new(
             "yaml",
-            &format!("AMQP_URI: '{}'\n{more_config}", broker.python_uri()),
+            &format!(
+                "AMQP_URI: '{}'\n{more_config}",
+                uri.replacen("amqp://", "pyamqp://", 1)
+            ),
         );
         let nameko = std::path::Path::new(python).with_file_name("nameko");
         let mut command = std::process::Command::new(nameko);
