@@ -288,7 +288,7 @@ fn show_config_prints_the_file_with_passwords_masked() {
 /// node, the command lists all three services with their instances across the cluster.
 #[tokio::test(flavor = "multi_thread")]
 async fn services_lists_the_services_of_a_cluster_from_any_node() {
-    let Some(cluster) = common::cluster::Cluster::for_test() else {
+    let Some(cluster) = common::cluster_for_test() else {
         return;
     };
     let Some(python) = python() else {

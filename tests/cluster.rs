@@ -66,7 +66,7 @@ impl ClusterListener {
 
 /// A virtual host of its own on the cluster, or `None` (skip) when there is none.
 fn cluster() -> Option<Cluster> {
-    Cluster::for_test()
+    common::cluster_for_test()
 }
 
 /// How many calls a scenario makes, and how many are in flight at once.

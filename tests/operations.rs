@@ -225,6 +225,61 @@ async fn metrics_count_what_the_services_did_and_health_says_ready() {
     running.stop().await.unwrap();
 }
 
+/// Released by the test: the workers of `ops_held` wait for a permit each.
+static RELEASE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[derive(Dependencies)]
+pub struct Held;
+
+#[service(name = "ops_held")]
+impl Held {
+    #[rpc]
+    async fn wait(&self) -> u32 {
+        RELEASE.acquire().await.expect("open").forget();
+        1
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_held_counts_deliveries_until_they_are_settled() {
+    let running = TestServices::new()
+        .with_service::<Held>()
+        .with_config(|config| config.max_workers = 1)
+        .start()
+        .await
+        .expect("services start");
+    let client = running.rpc_client().await.unwrap();
+    let held = || {
+        sample(
+            &nameko::metrics::render(),
+            r#"nameko_messages_held{service="ops_held",queue="rpc-ops_held"}"#,
+        )
+    };
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let proxy = client.service("ops_held");
+            tokio::spawn(async move { proxy.call::<_, u32>("wait", ()).await })
+        })
+        .collect();
+    // One worker in the only slot, one delivery waiting for the slot; the third message
+    // is still the consumer's, not taken.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held() != Some(2.0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held(), Some(2.0));
+    RELEASE.add_permits(3);
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), 1);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held() != Some(0.0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held(), Some(0.0), "every delivery was settled");
+    running.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_route_wins_over_the_operations_paths() {
     #[derive(Dependencies)]

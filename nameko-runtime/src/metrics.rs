@@ -20,7 +20,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -69,6 +69,12 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    service: String,
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     method: &'static str,
     /// The route as declared (`/multiply/<int:a>/<int:b>`), empty when none matched.
@@ -89,6 +95,7 @@ struct Metrics {
     events_dispatched: Family<EventLabels, Counter>,
     event_counters: ByTwoNames<Counter>,
     http_requests: Family<HttpLabels, Counter>,
+    messages_held: Family<QueueLabels, Gauge>,
     connections_lost: Counter,
     reconnects: Counter,
     services: Arc<ServiceGauges>,
@@ -136,6 +143,13 @@ fn metrics() -> &'static Metrics {
             "HTTP requests answered, by method, route and status",
             http_requests.clone(),
         );
+        let messages_held = Family::default();
+        registry.register(
+            "nameko_messages_held",
+            "Messages a service's consumer took and has not settled yet (waiting for a worker \
+             slot or being worked on), by service and queue",
+            messages_held.clone(),
+        );
         let connections_lost = Counter::default();
         registry.register(
             "nameko_broker_connections_lost",
@@ -160,6 +174,7 @@ fn metrics() -> &'static Metrics {
             events_dispatched,
             event_counters: ByTwoNames::default(),
             http_requests,
+            messages_held,
             connections_lost,
             reconnects,
             services,
@@ -337,6 +352,32 @@ pub(crate) fn rpc_call(service: &str, method: &str, outcome: CallOutcome) {
 }
 
 /// Counts an event dispatched (confirmed by the broker).
+/// The gauge of the messages a consumer of `service` on `queue` holds unsettled, looked up once
+/// per consumer: each delivery it takes holds one ([`Held`]) until it is settled or dropped.
+pub(crate) fn messages_held(service: &str, queue: &str) -> Gauge {
+    metrics().messages_held.get_or_create_owned(&QueueLabels {
+        service: service.to_owned(),
+        queue: queue.to_owned(),
+    })
+}
+
+/// One message counted in a [`messages_held`] gauge, until dropped.
+#[derive(Debug)]
+pub(crate) struct Held(Gauge);
+
+impl Held {
+    pub(crate) fn new(gauge: &Gauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub(crate) fn event_dispatched(source_service: &str, event_type: &str) {
     let m = metrics();
     m.event_counters.with(

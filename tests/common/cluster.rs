@@ -61,21 +61,6 @@ impl Cluster {
         Some(cluster)
     }
 
-    /// [`from_env`](Self::from_env), with the tests' policy: without a cluster, skip (`None`),
-    /// unless CI=true or NAMEKO_TEST_REQUIRE_BROKER=1 forbids skipping (a panic).
-    pub fn for_test() -> Option<Cluster> {
-        match Cluster::from_env() {
-            Some(cluster) => Some(cluster),
-            None if super::broker_required() => panic!(
-                "the test cluster is not configured (NAMEKO_TEST_CLUSTER_AMQP, NAMEKO_TEST_CLUSTER_API, NAMEKO_TEST_CLUSTER_CTL), and CI=true / NAMEKO_TEST_REQUIRE_BROKER=1 forbids skipping: run tests/run.sh"
-            ),
-            None => {
-                eprintln!("SKIPPED: the test cluster is not configured (run tests/run.sh)");
-                None
-            }
-        }
-    }
-
     /// The addresses of all three nodes, `first` first: an instance or client given them
     /// connects to `first`, and to the others when it is lost.
     pub fn uri_from(&self, first: usize) -> String {

@@ -407,3 +407,18 @@ pub fn close_all_connections(broker: &TestBroker) {
         .to_owned();
     rabbitmqctl(&["close_all_connections", "-p", &vhost, "closed by the test"]);
 }
+
+/// The test cluster of `tests/cluster.sh` with a virtual host of the test's own: without it,
+/// skip (`None`), unless CI=true or NAMEKO_TEST_REQUIRE_BROKER=1 forbids skipping (a panic).
+pub fn cluster_for_test() -> Option<cluster::Cluster> {
+    match cluster::Cluster::from_env() {
+        Some(cluster) => Some(cluster),
+        None if broker_required() => panic!(
+            "the test cluster is not configured (NAMEKO_TEST_CLUSTER_AMQP, NAMEKO_TEST_CLUSTER_API, NAMEKO_TEST_CLUSTER_CTL), and CI=true / NAMEKO_TEST_REQUIRE_BROKER=1 forbids skipping: run tests/run.sh"
+        ),
+        None => {
+            eprintln!("SKIPPED: the test cluster is not configured (run tests/run.sh)");
+            None
+        }
+    }
+}

@@ -154,13 +154,14 @@ async fn consume(
     let mut retired = Vec::new();
     let mut failure = None;
     let max_redeliveries = cx.config().max_redeliveries;
+    let held = crate::metrics::messages_held(cx.service_name(), queue);
     loop {
         let next = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             next = consumer.next() => next,
         };
-        let delivery = match next {
+        let mut delivery = match next {
             Some(Ok(delivery)) => delivery,
             Some(Err(e)) => {
                 failure = Some(format!("it failed: {e}"));
@@ -190,6 +191,7 @@ async fn consume(
                 }
             }
         };
+        delivery.hold(&held);
         if delivery.redelivered {
             let count = super::redelivery::redeliveries(queue, &delivery);
             if count > max_redeliveries {

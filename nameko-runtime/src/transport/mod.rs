@@ -375,6 +375,9 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// `None` once settled.
     acker: Option<Box<dyn Acker>>,
+    /// Its place in the service's `nameko_messages_held`, given up when it is settled (or
+    /// dropped).
+    held: Option<crate::metrics::Held>,
 }
 
 /// The message of a delivery going back to its queue, handed to its [`Acker`].
@@ -434,7 +437,13 @@ impl Delivery {
             properties,
             body,
             acker: Some(acker),
+            held: None,
         }
+    }
+
+    /// Counts the delivery in `gauge` until it is settled or dropped.
+    pub(crate) fn hold(&mut self, gauge: &prometheus_client::metrics::gauge::Gauge) {
+        self.held = Some(crate::metrics::Held::new(gauge));
     }
 
     /// Acknowledges the delivery: the broker forgets it.
