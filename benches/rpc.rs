@@ -1,7 +1,9 @@
 //! RPC calls per second and latency: a nameko-rs `#[rpc]` method against a raw lapin
 //! request/reply server doing the same work (the floor) and, when its environment is there,
-//! Python Nameko 2.14.1; the same method on the embedded broker; a service process's idle memory
-//! and time from start to ready. One client for every server: nameko-rs's `ClusterRpcClient`.
+//! Python Nameko 2.14.1; each server process's CPU time per call against the raw lapin
+//! server's; the same method on the embedded broker against an in-process floor (the same task
+//! hops over tokio channels, `common/floor.rs`); a service process's idle memory and time from
+//! start to ready. One client for every RabbitMQ server: nameko-rs's `ClusterRpcClient`.
 //!
 //! ```text
 //! cargo bench --bench rpc -- [--broker amqp://guest:guest@localhost:5672]
@@ -22,6 +24,8 @@ use clap::Parser;
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "common/floor.rs"]
+mod floor;
 #[path = "common/traces.rs"]
 mod traces;
 use futures_util::StreamExt;
@@ -83,6 +87,9 @@ struct Args {
     /// Child mode: run the service on this broker, print `READY`, wait to be killed.
     #[arg(long, hide = true)]
     serve: Option<String>,
+    /// Child mode: run the raw lapin server on this broker, print `READY`, wait to be killed.
+    #[arg(long, hide = true)]
+    serve_raw: Option<String>,
 }
 
 /// The service measured: echoes its argument.
@@ -365,13 +372,31 @@ impl Rounds {
     }
 }
 
+/// What a round calls: nameko-rs's client (a service's proxy) or the in-process floor.
+trait Echo: Sync {
+    fn echo(&self, payload: &Value) -> impl Future<Output = anyhow::Result<Value>> + Send;
+}
+
+impl Echo for ServiceProxy {
+    async fn echo(&self, payload: &Value) -> anyhow::Result<Value> {
+        Ok(self.call("echo", [payload]).await?)
+    }
+}
+
+impl Echo for floor::Floor {
+    async fn echo(&self, payload: &Value) -> anyhow::Result<Value> {
+        floor::Floor::echo(self, payload).await
+    }
+}
+
 fn payload() -> Value {
     json!({"n": 1, "text": "hello"})
 }
 
-async fn warm_up(proxy: &ServiceProxy) -> anyhow::Result<()> {
+async fn warm_up(proxy: &impl Echo) -> anyhow::Result<()> {
+    let payload = payload();
     for _ in 0..50 {
-        let _: Value = proxy.call("echo", [payload()]).await?;
+        proxy.echo(&payload).await?;
     }
     Ok(())
 }
@@ -379,7 +404,7 @@ async fn warm_up(proxy: &ServiceProxy) -> anyhow::Result<()> {
 /// One round: sequential calls (rate and latency percentiles), then calls with `in_flight` at
 /// once.
 async fn round(
-    proxy: &ServiceProxy,
+    proxy: &impl Echo,
     in_flight: usize,
     sequential: usize,
     concurrent: usize,
@@ -390,7 +415,7 @@ async fn round(
     let start = Instant::now();
     for _ in 0..sequential {
         let t = Instant::now();
-        let echoed: Value = proxy.call("echo", [&payload]).await?;
+        let echoed = proxy.echo(&payload).await?;
         latencies.push(t.elapsed());
         anyhow::ensure!(echoed == payload, "wrong answer: {echoed}");
     }
@@ -402,8 +427,8 @@ async fn round(
     into.p99s.push(at(0.99).as_secs_f64() * 1e3);
 
     let start = Instant::now();
-    let answers: Vec<Result<Value, RpcError>> = futures_util::stream::iter(0..concurrent)
-        .map(|_| proxy.call("echo", [&payload]))
+    let answers: Vec<anyhow::Result<Value>> = futures_util::stream::iter(0..concurrent)
+        .map(|_| proxy.echo(&payload))
         .buffer_unordered(in_flight)
         .collect()
         .await;
@@ -417,7 +442,7 @@ async fn round(
 
 /// `rounds` rounds against one server.
 async fn measure(
-    proxy: &ServiceProxy,
+    proxy: &impl Echo,
     args: &Args,
     sequential: usize,
     concurrent: usize,
@@ -432,15 +457,17 @@ async fn measure(
 
 /// Rounds against two servers, alternating which goes first (the broker's state drifts).
 async fn measure_pair(
-    a: &ServiceProxy,
-    b: &ServiceProxy,
+    a: &impl Echo,
+    b: &impl Echo,
     args: &Args,
+    sequential: usize,
+    concurrent: usize,
 ) -> anyhow::Result<(Figures, Figures)> {
     warm_up(a).await?;
     warm_up(b).await?;
     let (mut ra, mut rb) = (Rounds::default(), Rounds::default());
     for i in 0..args.rounds {
-        let (s, c, n) = (args.sequential, args.concurrent, args.in_flight);
+        let (s, c, n) = (sequential, concurrent, args.in_flight);
         if i % 2 == 0 {
             round(a, n, s, c, &mut ra).await?;
             round(b, n, s, c, &mut rb).await?;
@@ -465,8 +492,9 @@ async fn allocations_per_call(proxy: &ServiceProxy) -> anyhow::Result<f64> {
     Ok(counted as f64 / n as f64)
 }
 
-/// The embedded broker: service and client in one process.
-async fn embedded(args: &Args) -> anyhow::Result<Figures> {
+/// The embedded broker: service and client in one process; and the in-process floor, measured
+/// in the same rounds, alternating.
+async fn embedded(args: &Args) -> anyhow::Result<(Figures, Figures)> {
     let uri = format!("memory://bench-{}", uuid::Uuid::new_v4().simple());
     let running = ServiceRunner::new(Config::default().with_broker(&uri))
         .with_service::<RpcBench>()
@@ -476,18 +504,19 @@ async fn embedded(args: &Args) -> anyhow::Result<Figures> {
     // The caller is a task of the runtime, as in a service or an HTTP handler calling another
     // service in the same process (not the thread blocked in `block_on`).
     let (proxy, measured) = (client.service("rpc_bench"), args.clone());
-    let mut figures = tokio::spawn(async move {
+    let (mut figures, floor) = tokio::spawn(async move {
         let (sequential, concurrent) = (measured.sequential * 10, measured.concurrent * 10);
-        measure(&proxy, &measured, sequential, concurrent).await
+        let floor = floor::Floor::start();
+        measure_pair(&proxy, &floor, &measured, sequential, concurrent).await
     })
     .await??;
     figures.allocations = allocations_per_call(&client.service("rpc_bench")).await?;
     eprintln!(
-        "embedded: {:.0} sequential, {:.0} in flight",
-        figures.sequential, figures.concurrent
+        "embedded: {:.0} sequential, {:.0} in flight; floor: {:.0} sequential, {:.0} in flight",
+        figures.sequential, figures.concurrent, floor.sequential, floor.concurrent
     );
     running.stop().await?;
-    Ok(figures)
+    Ok((figures, floor))
 }
 
 fn runtime_name(args: &Args) -> &'static str {
@@ -505,7 +534,7 @@ async fn embedded_child(
     args: &Args,
     current_thread: bool,
     allocator: &str,
-) -> anyhow::Result<Figures> {
+) -> anyhow::Result<(Figures, Figures)> {
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
     command
         .arg("--embedded-only")
@@ -533,16 +562,36 @@ async fn embedded_child(
         .split_whitespace()
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let [sequential, p50_ms, p99_ms, concurrent, allocations] = numbers[..] else {
-        anyhow::bail!("unexpected figures: {figures}");
-    };
-    Ok(Figures {
-        allocations,
+    let [
         sequential,
         p50_ms,
         p99_ms,
         concurrent,
-    })
+        allocations,
+        floor_sequential,
+        floor_p50_ms,
+        floor_p99_ms,
+        floor_concurrent,
+    ] = numbers[..]
+    else {
+        anyhow::bail!("unexpected figures: {figures}");
+    };
+    Ok((
+        Figures {
+            allocations,
+            sequential,
+            p50_ms,
+            p99_ms,
+            concurrent,
+        },
+        Figures {
+            allocations: 0.0,
+            sequential: floor_sequential,
+            p50_ms: floor_p50_ms,
+            p99_ms: floor_p99_ms,
+            concurrent: floor_concurrent,
+        },
+    ))
 }
 
 /// The child mode: one service process, as `nameko::main` would run it.
@@ -588,12 +637,11 @@ const NO_RSS: Rss = Rss {
     anonymous: f64::NAN,
 };
 
-/// Starts this binary as a service process on `uri`: time until it is ready, and its resident
-/// memory after a second of idling.
-async fn service_process(uri: &str) -> anyhow::Result<(Duration, Rss)> {
-    let start = Instant::now();
+/// Starts this binary as a server process on `uri` (`mode`: `--serve`, nameko-rs's service,
+/// or `--serve-raw`, the raw lapin server), ready to answer.
+async fn server_process(mode: &str, uri: &str) -> anyhow::Result<tokio::process::Child> {
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["--serve", uri])
+        .args([mode, uri])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -608,14 +656,103 @@ async fn service_process(uri: &str) -> anyhow::Result<(Duration, Rss)> {
         match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
             Ok(Ok(Some(line))) if line == "READY" => break,
             Ok(Ok(Some(_))) => continue,
-            other => anyhow::bail!("the service process did not get ready: {other:?}"),
+            other => anyhow::bail!("the server process did not get ready: {other:?}"),
         }
     }
+    Ok(child)
+}
+
+/// Starts this binary as a service process on `uri`: time until it is ready, and its resident
+/// memory after a second of idling.
+async fn service_process(uri: &str) -> anyhow::Result<(Duration, Rss)> {
+    let start = Instant::now();
+    let mut child = server_process("--serve", uri).await?;
     let ready = start.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss = child.id().and_then(rss_mb).unwrap_or(NO_RSS);
     child.kill().await?;
     Ok((ready, rss))
+}
+
+/// The CPU time (user and system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's name (in parentheses): the state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    #[allow(unsafe_code)]
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks / per_second as f64)
+}
+
+/// A server process's CPU time per call, in microseconds: sequential calls, and calls with
+/// `in_flight` at once.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    sequential_us: f64,
+    concurrent_us: f64,
+}
+
+/// CPU per call of nameko-rs's service process and of the raw lapin server's, each in a
+/// process of its own, over the same calls from one client: rounds alternating which goes first.
+async fn cpu_per_call(
+    args: &Args,
+    uri: &str,
+    client: &ClusterRpcClient,
+) -> anyhow::Result<(Cpu, Cpu)> {
+    let ours = server_process("--serve", uri).await?;
+    let raw = server_process("--serve-raw", uri).await?;
+    let servers = [
+        (client.service("rpc_bench"), ours.id()),
+        (client.service("raw_bench"), raw.id()),
+    ];
+    let payload = payload();
+    let (sequential, concurrent) = (args.sequential * 2, args.concurrent);
+    let mut measured: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+    for (proxy, _) in &servers {
+        warm_up(proxy).await?;
+    }
+    for round in 0..args.rounds {
+        for i in [round % 2, 1 - round % 2] {
+            let (proxy, pid) = &servers[i];
+            let pid = pid.ok_or_else(|| anyhow::anyhow!("a server process without a pid"))?;
+            let cpu = || cpu_seconds(pid).ok_or_else(|| anyhow::anyhow!("no CPU time of {pid}"));
+            let before = cpu()?;
+            for _ in 0..sequential {
+                proxy.echo(&payload).await?;
+            }
+            let between = cpu()?;
+            let answers: Vec<anyhow::Result<Value>> = futures_util::stream::iter(0..concurrent)
+                .map(|_| proxy.echo(&payload))
+                .buffer_unordered(args.in_flight)
+                .collect()
+                .await;
+            let after = cpu()?;
+            anyhow::ensure!(answers.iter().all(Result::is_ok), "calls failed");
+            measured[i]
+                .0
+                .push((between - before) / sequential as f64 * 1e6);
+            measured[i]
+                .1
+                .push((after - between) / concurrent as f64 * 1e6);
+        }
+    }
+    let [ours_cpu, raw_cpu] = measured.map(|(sequential, concurrent)| Cpu {
+        sequential_us: median(sequential),
+        concurrent_us: median(concurrent),
+    });
+    drop((ours, raw));
+    Ok((ours_cpu, raw_cpu))
+}
+
+/// The child mode `--serve-raw`: the raw lapin server, until killed.
+async fn serve_raw(uri: &str) -> anyhow::Result<()> {
+    let connection = Arc::new(Connection::connect(uri, ConnectionProperties::default()).await?);
+    raw_server(connection.clone()).await?;
+    println!("READY");
+    std::future::pending::<()>().await;
+    Ok(())
 }
 
 /// Python Nameko's `python_service` (from `tests/interop/py_services.py`), run with
@@ -658,16 +795,23 @@ async fn python_service(
 
 fn row(name: &str, ours: &Figures, other: Option<(&str, &Figures)>) {
     let ratio = |a: f64, b: f64| format!("{:.2}", a / b);
+    let ms = |v: f64| {
+        if v < 0.1 {
+            format!("{v:.3}")
+        } else {
+            format!("{v:.2}")
+        }
+    };
     match other {
         Some((label, base)) => {
             println!(
-                "| {name}, sequential calls/s (p50 / p99 ms) | {:.0} ({:.2} / {:.2}) | {label}: {:.0} ({:.2} / {:.2}) | {} |",
+                "| {name}, sequential calls/s (p50 / p99 ms) | {:.0} ({} / {}) | {label}: {:.0} ({} / {}) | {} |",
                 ours.sequential,
-                ours.p50_ms,
-                ours.p99_ms,
+                ms(ours.p50_ms),
+                ms(ours.p99_ms),
                 base.sequential,
-                base.p50_ms,
-                base.p99_ms,
+                ms(base.p50_ms),
+                ms(base.p99_ms),
                 ratio(ours.sequential, base.sequential)
             );
             println!(
@@ -703,9 +847,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            match &args.serve {
-                Some(uri) => serve(uri).await,
-                None => bench(&args).await,
+            match (&args.serve, &args.serve_raw) {
+                (Some(uri), _) => serve(uri).await,
+                (_, Some(uri)) => serve_raw(uri).await,
+                _ => bench(&args).await,
             }
         })
 }
@@ -714,25 +859,31 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     traces::init_logging("warn,lapin::returned_messages=error");
     eprintln!("traces: {}", traces::mode());
     if args.embedded_only {
-        let embedded = embedded(args).await?;
+        let (embedded, floor) = embedded(args).await?;
         println!(
-            "| embedded broker ({}, {}) | {:.0} sequential calls/s (p50 {:.3} ms) | {:.0} calls/s with {} in flight | {:.1} allocations per call |",
+            "| embedded broker ({}, {}) | {:.0} sequential calls/s (p50 {:.3} ms), {:.2} of the floor | {:.0} calls/s with {} in flight, {:.2} of the floor | {:.1} allocations per call |",
             runtime_name(args),
             counting_alloc::name(),
             embedded.sequential,
             embedded.p50_ms,
+            embedded.sequential / floor.sequential,
             embedded.concurrent,
             args.in_flight,
+            embedded.concurrent / floor.concurrent,
             embedded.allocations
         );
         // For a parent run (`embedded_child`).
         println!(
-            "FIGURES {} {} {} {} {}",
+            "FIGURES {} {} {} {} {} {} {} {} {}",
             embedded.sequential,
             embedded.p50_ms,
             embedded.p99_ms,
             embedded.concurrent,
-            embedded.allocations
+            embedded.allocations,
+            floor.sequential,
+            floor.p50_ms,
+            floor.p99_ms,
+            floor.concurrent
         );
         return Ok(());
     }
@@ -769,6 +920,8 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         &client.service("raw_bench"),
         &client.service("rpc_bench"),
         args,
+        args.sequential,
+        args.concurrent,
     )
     .await?;
     eprintln!(
@@ -789,6 +942,16 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     eprintln!("raw lapin client: {raw_client_rate:.0} in flight");
     running.stop().await?;
     raw_connection.close(200, "OK".into()).await?;
+
+    // What each server process spends per call.
+    let (ours_cpu, raw_cpu) = cpu_per_call(args, &uri, &client).await?;
+    eprintln!(
+        "CPU per call: nameko-rs {:.1} / {:.1} µs, raw lapin {:.1} / {:.1} µs",
+        ours_cpu.sequential_us,
+        ours_cpu.concurrent_us,
+        raw_cpu.sequential_us,
+        raw_cpu.concurrent_us
+    );
 
     // Python Nameko, when there.
     let mut python = None;
@@ -814,9 +977,10 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     // The embedded broker three ways: tokio's multi-threaded runtime (here), the same with
     // mimalloc, and the current-thread runtime (each in a process of its own: the allocator is
     // chosen when a process starts).
-    let embedded = embedded(args).await?;
-    let embedded_mimalloc = embedded_child(args, false, "mimalloc").await?;
-    let embedded_current_thread = embedded_child(args, true, "system").await?;
+    let (embedded, floor) = embedded(args).await?;
+    let (embedded_mimalloc, floor_mimalloc) = embedded_child(args, false, "mimalloc").await?;
+    let (embedded_current_thread, floor_current_thread) =
+        embedded_child(args, true, "system").await?;
 
     // A service process: start to ready, idle memory.
     let (ready, rss) = service_process(&uri).await?;
@@ -835,23 +999,37 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         raw.concurrent,
         raw.concurrent / raw_client_rate
     );
+    println!(
+        "| RabbitMQ, service process CPU per call, sequential (µs, lower is better) | {:.1} | raw lapin server: {:.1} | {:.2} |",
+        ours_cpu.sequential_us,
+        raw_cpu.sequential_us,
+        ours_cpu.sequential_us / raw_cpu.sequential_us
+    );
+    println!(
+        "| RabbitMQ, service process CPU per call, {} in flight (µs, lower is better) | {:.1} | raw lapin server: {:.1} | {:.2} |",
+        args.in_flight,
+        ours_cpu.concurrent_us,
+        raw_cpu.concurrent_us,
+        ours_cpu.concurrent_us / raw_cpu.concurrent_us
+    );
     if let Some((figures, _, _)) = &python {
         row("RabbitMQ", &ours, Some(("Python Nameko 2.14.1", figures)));
     }
+    let in_process = "in-process floor";
     row(
         "embedded broker (multi-threaded runtime, glibc malloc)",
         &embedded,
-        None,
+        Some((in_process, &floor)),
     );
     row(
         "embedded broker (multi-threaded runtime, mimalloc)",
         &embedded_mimalloc,
-        None,
+        Some((in_process, &floor_mimalloc)),
     );
     row(
         "embedded broker (current-thread runtime, glibc malloc)",
         &embedded_current_thread,
-        None,
+        Some((in_process, &floor_current_thread)),
     );
     println!(
         "| embedded broker, allocations per call (client, broker and service) | {:.1} | — | — |",

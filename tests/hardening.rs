@@ -694,7 +694,7 @@ on_both_transports! {
                 routing_key: "echo.echo".into(),
                 mandatory: true,
                 properties: Properties {
-                    content_type: content_type.map(str::to_owned),
+                    content_type: content_type.map(|c| c.to_owned().into()),
                     reply_to: Some(reply_to.clone()),
                     correlation_id: Some("c".into()),
                     ..Properties::default()

@@ -353,29 +353,13 @@ pub(crate) fn rpc_call(service: &str, method: &str, outcome: CallOutcome) {
 
 /// Counts an event dispatched (confirmed by the broker).
 /// The gauge of the messages a consumer of `service` on `queue` holds unsettled, looked up once
-/// per consumer: each delivery it takes holds one ([`Held`]) until it is settled or dropped.
+/// per consumer: each delivery it takes is counted until it is settled or dropped
+/// (`Delivery::hold`).
 pub(crate) fn messages_held(service: &str, queue: &str) -> Gauge {
     metrics().messages_held.get_or_create_owned(&QueueLabels {
         service: service.to_owned(),
         queue: queue.to_owned(),
     })
-}
-
-/// One message counted in a [`messages_held`] gauge, until dropped.
-#[derive(Debug)]
-pub(crate) struct Held(Gauge);
-
-impl Held {
-    pub(crate) fn new(gauge: &Gauge) -> Held {
-        gauge.inc();
-        Held(gauge.clone())
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 pub(crate) fn event_dispatched(source_service: &str, event_type: &str) {

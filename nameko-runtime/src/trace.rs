@@ -23,21 +23,25 @@
 //! exporter's own variables are honoured).
 //!
 //! A program with its own `tracing` subscriber adds [`layer`]:
-//!
-//! ```
-//! use nameko::trace::opentelemetry::trace::TraceContextExt;
-//! use nameko::trace::opentelemetry_sdk::trace::SdkTracerProvider;
-//! use nameko::trace::tracing_opentelemetry::OpenTelemetrySpanExt;
-//! use tracing_subscriber::layer::SubscriberExt;
-//!
-//! // In a program: `nameko::trace::provider(&config, "my_service")?`, which exports.
-//! let provider = SdkTracerProvider::builder().build();
-//! let subscriber = tracing_subscriber::registry().with(nameko::trace::layer(&provider));
-//! tracing::subscriber::with_default(subscriber, || {
-//!     let span = tracing::info_span!("my_span");
-//!     assert!(span.context().span().span_context().is_valid());
-//! });
-//! ```
+#![cfg_attr(
+    feature = "opentelemetry",
+    doc = r#"
+```
+use nameko::trace::opentelemetry::trace::TraceContextExt;
+use nameko::trace::opentelemetry_sdk::trace::SdkTracerProvider;
+use nameko::trace::tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+
+// In a program: `nameko::trace::provider(&config, "my_service")?`, which exports.
+let provider = SdkTracerProvider::builder().build();
+let subscriber = tracing_subscriber::registry().with(nameko::trace::layer(&provider));
+tracing::subscriber::with_default(subscriber, || {
+    let span = tracing::info_span!("my_span");
+    assert!(span.context().span().span_context().is_valid());
+});
+```
+"#
+)]
 //!
 //! Without the feature, the runtime still forwards an incoming `traceparent` as it forwards any
 //! context data, and JSON logs show its trace id.
@@ -49,7 +53,17 @@ pub(crate) const TRACEPARENT: &str = "traceparent";
 /// The context data key of the W3C `tracestate`.
 pub(crate) const TRACESTATE: &str = "tracestate";
 
-pub(crate) use crate::service::io::sealed::WorkerKind;
+/// What kind of thing fires a worker, for its span's kind.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum WorkerKind {
+    /// A call with JSON arguments: an RPC request (`server`) or, with no caller, a timer or
+    /// another local firing (`internal`).
+    Call,
+    /// An HTTP request (`server`).
+    Request,
+    /// An event or message from a queue (`consumer`).
+    Message,
+}
 
 /// The trace context of an HTTP request's (or websocket upgrade's) headers, as context data.
 pub(crate) fn context_from_http(headers: &axum::http::HeaderMap) -> ContextData {
@@ -76,8 +90,7 @@ pub use {opentelemetry, opentelemetry_sdk, tracing_opentelemetry};
 mod off {
     use super::WorkerKind;
     use crate::context::WorkerContext;
-    use crate::protocol::Headers;
-    use crate::service::WorkerResult;
+    use crate::protocol::{Headers, RemoteError};
 
     pub(crate) fn worker_span(context: &WorkerContext, _kind: WorkerKind) -> tracing::Span {
         tracing::debug_span!(
@@ -89,7 +102,7 @@ mod off {
     }
 
     #[inline]
-    pub(crate) fn worker_finished(_result: &WorkerResult<'_>) {}
+    pub(crate) fn worker_finished(_failure: Option<&RemoteError>) {}
 
     #[inline]
     pub(crate) fn inject(_headers: &mut Headers) {}
@@ -138,8 +151,7 @@ mod on {
     use crate::config::Config;
     use crate::context::{ContextData, WorkerContext};
     use crate::error::Error;
-    use crate::protocol::{HEADER_PREFIX, Headers};
-    use crate::service::WorkerResult;
+    use crate::protocol::{HEADER_PREFIX, Headers, RemoteError};
 
     /// The `tracing` layer that turns spans into OpenTelemetry spans exported by `provider`:
     /// the runtime's own spans (workers, RPC calls, dispatches; `debug` spans of the `nameko`
@@ -367,8 +379,8 @@ mod on {
     }
 
     /// Marks the current (worker's) span failed if the worker failed.
-    pub(crate) fn worker_finished(result: &WorkerResult<'_>) {
-        if let WorkerResult::Failed(error) = result {
+    pub(crate) fn worker_finished(failure: Option<&RemoteError>) {
+        if let Some(error) = failure {
             Span::current().set_status(Status::error(error.exc_type.clone()));
         }
     }

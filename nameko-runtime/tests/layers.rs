@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("log", 2),
     ("metrics", 2),
     ("health", 2),
+    ("trace", 2),
     ("rpc::args", 3),
     ("rpc::client", 3),
     ("http", 3),

@@ -105,7 +105,8 @@ impl Fuzz {
             properties: Properties {
                 reply_to: has_reply_to.then(|| reply_key.to_owned()),
                 correlation_id: (self.below(4) != 0).then(|| format!("fuzz-{}", self.next())),
-                content_type: content_types[self.below(content_types.len())].map(str::to_owned),
+                content_type: content_types[self.below(content_types.len())]
+                    .map(std::borrow::Cow::Borrowed),
                 headers: self.headers(),
                 ..Properties::nameko_json()
             },

@@ -273,7 +273,7 @@ pub(crate) async fn handle_json_message<E>(
 }
 
 impl sealed::Input for EventBody {
-    const KIND: sealed::WorkerKind = sealed::WorkerKind::Message;
+    const KIND: sealed::InputKind = sealed::InputKind::Message;
     type Kept = ();
     fn keep(&self) {}
     fn arguments(

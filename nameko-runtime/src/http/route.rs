@@ -93,7 +93,7 @@ impl Entrypoint for Http {
 
 impl sealed::Input for HttpCall {
     const HOOKABLE: bool = false;
-    const KIND: sealed::WorkerKind = sealed::WorkerKind::Request;
+    const KIND: sealed::InputKind = sealed::InputKind::Request;
     type Kept = PathValues;
     fn keep(&self) -> PathValues {
         self.path.clone()

@@ -369,7 +369,7 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput> MethodOf<S, I, O> {
             &*self.service,
             Some(&self.shared),
             context.clone(),
-            <I as crate::service::io::sealed::Input>::KIND,
+            <I as crate::service::io::sealed::Input>::KIND.into(),
             payload,
             method,
         );

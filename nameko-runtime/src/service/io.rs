@@ -13,16 +13,26 @@ use crate::protocol::{RemoteError, RequestBody};
 pub(crate) mod sealed {
     use super::*;
 
-    /// What kind of thing fires a worker, for its span's kind.
+    /// What kind of thing fires a worker with this input, for its span's kind
+    /// ([`crate::trace::WorkerKind`]).
     #[derive(Clone, Copy, Debug)]
-    pub enum WorkerKind {
-        /// A call with JSON arguments: an RPC request (`server`) or, with no caller, a timer
-        /// or another local firing (`internal`).
+    pub enum InputKind {
+        /// A call with JSON arguments.
         Call,
-        /// An HTTP request (`server`).
+        /// An HTTP request.
         Request,
-        /// An event or message from a queue (`consumer`).
+        /// An event or message from a queue.
         Message,
+    }
+
+    impl From<InputKind> for crate::trace::WorkerKind {
+        fn from(kind: InputKind) -> Self {
+            match kind {
+                InputKind::Call => crate::trace::WorkerKind::Call,
+                InputKind::Request => crate::trace::WorkerKind::Request,
+                InputKind::Message => crate::trace::WorkerKind::Message,
+            }
+        }
     }
 
     /// What [`WorkerInput`](super::WorkerInput) needs of its types; not for other crates.
@@ -30,7 +40,7 @@ pub(crate) mod sealed {
         /// Whether tests can fire an entrypoint with this input from JSON arguments.
         const HOOKABLE: bool = true;
         /// What fires workers with this input, for their spans.
-        const KIND: WorkerKind = WorkerKind::Call;
+        const KIND: InputKind = InputKind::Call;
         /// What is kept of the input, before the method takes it, to show its arguments
         /// if the worker fails.
         type Kept: Send + 'static;

@@ -122,7 +122,9 @@ where
             }
         }
         service.worker_teardown(&worker).await;
-        crate::trace::worker_finished(&outcome.result());
+        if let WorkerResult::Failed(error) = outcome.result() {
+            crate::trace::worker_finished(Some(&error));
+        }
         if let Some(shared) = shared {
             shared.worker_finished(&worker, payload, &outcome.result());
         }

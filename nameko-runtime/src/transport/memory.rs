@@ -69,7 +69,8 @@ struct Exchange {
 #[derive(PartialEq)]
 struct Binding {
     key: String,
-    queue: String,
+    /// Shared with the routing of each message (a count, not a copy).
+    queue: Arc<str>,
     arguments: Headers,
 }
 
@@ -267,7 +268,9 @@ impl State {
         })?;
         // The queues bound for the key; several get their copies in name order.
         let kind = exchange.spec.kind;
-        let mut targets: Vec<String> = Vec::new();
+        // (Most messages go to one queue: no list is made for them.)
+        let mut first: Option<Arc<str>> = None;
+        let mut targets: Vec<Arc<str>> = Vec::new();
         for binding in &exchange.bindings {
             let routed = kind.routes(
                 &binding.key,
@@ -275,10 +278,26 @@ impl State {
                 &message.routing_key,
                 &message.properties.headers,
             );
-            if routed && !targets.contains(&binding.queue) {
-                targets.push(binding.queue.clone());
+            if !routed || first.as_ref() == Some(&binding.queue) || targets.contains(&binding.queue)
+            {
+                continue;
+            }
+            match &first {
+                None => first = Some(binding.queue.clone()),
+                Some(_) => targets.push(binding.queue.clone()),
             }
         }
+        let Some(first) = first else {
+            return unroutable(message);
+        };
+        if targets.is_empty() {
+            if let Some(queue) = self.queues.get_mut(&*first) {
+                let timer = queue.enqueue(Stored::new(message));
+                self.after_enqueue(&first, timer);
+            }
+            return Ok(());
+        }
+        targets.push(first);
         targets.sort_unstable();
         let Some(last) = targets.len().checked_sub(1) else {
             return unroutable(message);
@@ -286,7 +305,7 @@ impl State {
         // One copy per queue, the last one the message itself.
         let mut message = Some(message);
         for (i, name) in targets.iter().enumerate() {
-            let (Some(queue), Some(original)) = (self.queues.get_mut(name), message.as_ref())
+            let (Some(queue), Some(original)) = (self.queues.get_mut(&**name), message.as_ref())
             else {
                 continue;
             };
@@ -401,7 +420,7 @@ impl State {
     fn delete_queue(&mut self, name: &str) {
         self.queues.remove(name);
         for exchange in self.exchanges.values_mut() {
-            exchange.bindings.retain(|b| b.queue != name);
+            exchange.bindings.retain(|b| &*b.queue != name);
         }
     }
 
@@ -796,7 +815,7 @@ impl Transport for MemoryBroker {
                     Some(ex) => {
                         let binding = Binding {
                             key: binding_key.to_owned(),
-                            queue: queue.to_owned(),
+                            queue: Arc::from(queue),
                             arguments: arguments.clone(),
                         };
                         if !ex.bindings.contains(&binding) {

@@ -9,6 +9,7 @@
 //! (Over 800 lines with its unit tests, which stay next to the topic matching and URI
 //! handling they cover.)
 
+use std::borrow::Cow;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -311,10 +312,10 @@ impl QueueSpec {
 /// The AMQP properties the runtime uses.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Properties {
-    /// `content_type`.
-    pub content_type: Option<String>,
-    /// `content_encoding`.
-    pub content_encoding: Option<String>,
+    /// `content_type` (Nameko's `application/json` is a static string, not a copy).
+    pub content_type: Option<Cow<'static, str>>,
+    /// `content_encoding` (Nameko's `utf-8` is a static string, not a copy).
+    pub content_encoding: Option<Cow<'static, str>>,
     /// `correlation_id`.
     pub correlation_id: Option<String>,
     /// `reply_to`.
@@ -333,8 +334,8 @@ impl Properties {
     /// JSON, UTF-8, persistent, priority 0: the properties of every Nameko message.
     pub fn nameko_json() -> Self {
         Properties {
-            content_type: Some(crate::protocol::CONTENT_TYPE_JSON.into()),
-            content_encoding: Some(crate::protocol::CONTENT_ENCODING_UTF8.into()),
+            content_type: Some(Cow::Borrowed(crate::protocol::CONTENT_TYPE_JSON)),
+            content_encoding: Some(Cow::Borrowed(crate::protocol::CONTENT_ENCODING_UTF8)),
             delivery_mode: Some(crate::protocol::DELIVERY_MODE_PERSISTENT),
             priority: Some(0),
             ..Properties::default()
@@ -377,7 +378,17 @@ pub struct Delivery {
     acker: Option<Box<dyn Acker>>,
     /// Its place in the service's `nameko_messages_held`, given up when it is settled (or
     /// dropped).
-    held: Option<crate::metrics::Held>,
+    held: Option<Held>,
+}
+
+/// One delivery counted in a gauge (`nameko_messages_held`), until dropped.
+#[derive(Debug)]
+struct Held(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The message of a delivery going back to its queue, handed to its [`Acker`].
@@ -443,7 +454,8 @@ impl Delivery {
 
     /// Counts the delivery in `gauge` until it is settled or dropped.
     pub(crate) fn hold(&mut self, gauge: &prometheus_client::metrics::gauge::Gauge) {
-        self.held = Some(crate::metrics::Held::new(gauge));
+        gauge.inc();
+        self.held = Some(Held(gauge.clone()));
     }
 
     /// Acknowledges the delivery: the broker forgets it.

@@ -1,6 +1,8 @@
 //! Headers and properties between Nameko's JSON and AMQP's field tables, and the size a
 //! message's headers take in a frame.
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// The size of a field value as AMQP encodes it (its type octet included).
@@ -172,10 +174,10 @@ pub(super) fn queue_arguments(spec: &QueueSpec) -> FieldTable {
 pub(super) fn to_basic_properties(p: &Properties) -> BasicProperties {
     let mut props = BasicProperties::default().with_headers(to_field_table(&p.headers));
     if let Some(v) = &p.content_type {
-        props = props.with_content_type(v.as_str().into());
+        props = props.with_content_type(v.as_ref().into());
     }
     if let Some(v) = &p.content_encoding {
-        props = props.with_content_encoding(v.as_str().into());
+        props = props.with_content_encoding(v.as_ref().into());
     }
     if let Some(v) = &p.correlation_id {
         props = props.with_correlation_id(v.as_str().into());
@@ -198,13 +200,23 @@ pub(super) fn to_basic_properties(p: &Properties) -> BasicProperties {
 /// A message's properties; `None` when its headers nest deeper than [`MAX_HEADER_DEPTH`].
 pub(super) fn from_basic_properties(p: &BasicProperties) -> Option<Properties> {
     let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+    // What every Nameko message carries, without a copy.
+    let known = |v: &Option<ShortString>| {
+        v.as_ref().map(|s| match s.as_str() {
+            crate::protocol::CONTENT_TYPE_JSON => Cow::Borrowed(crate::protocol::CONTENT_TYPE_JSON),
+            crate::protocol::CONTENT_ENCODING_UTF8 => {
+                Cow::Borrowed(crate::protocol::CONTENT_ENCODING_UTF8)
+            }
+            other => Cow::Owned(other.to_owned()),
+        })
+    };
     let headers = match p.headers() {
         Some(table) => from_field_table(table)?,
         None => Headers::default(),
     };
     Some(Properties {
-        content_type: text(p.content_type()),
-        content_encoding: text(p.content_encoding()),
+        content_type: known(p.content_type()),
+        content_encoding: known(p.content_encoding()),
         correlation_id: text(p.correlation_id()),
         reply_to: text(p.reply_to()),
         delivery_mode: *p.delivery_mode(),
