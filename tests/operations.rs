@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::{Running, TestBroker, close_all_connections, example, log_lines};
@@ -13,23 +12,9 @@ use nameko::prelude::*;
 use nameko::testing::TestServices;
 use serde_json::{Value, json};
 
-/// A plain HTTP/1.1 GET over a real socket: the status and the body.
+/// A GET over a real socket: the status and the body.
 fn get(address: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_owned()))
+    common::http_get(address, path, &[])
 }
 
 /// The value of the sample `line` (its name and labels, as written) in a scrape.

@@ -88,26 +88,9 @@ impl TraceAudit {
     }
 }
 
-/// A plain HTTP/1.1 GET with a `traceparent` header over a real socket: status and body.
+/// A GET with a `traceparent` header over a real socket: status and body.
 fn get(address: std::net::SocketAddr, path: &str, traceparent: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("a timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\ntraceparent: {traceparent}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("a response");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
+    common::http_get(address, path, &[("traceparent", traceparent)]).expect("a response")
 }
 
 /// The finished spans, once `wanted` of them are in (or what there is after 20 s).
