@@ -147,7 +147,7 @@ mod on {
     use tracing_subscriber::layer::{Context, Filter};
     use tracing_subscriber::registry::LookupSpan;
 
-    use super::{TRACEPARENT, WorkerKind};
+    use super::{TRACEPARENT, TRACESTATE, WorkerKind};
     use crate::config::Config;
     use crate::context::{ContextData, WorkerContext};
     use crate::error::Error;
@@ -390,6 +390,9 @@ mod on {
     pub(crate) fn inject(headers: &mut Headers) {
         let cx = Span::current().context();
         if cx.span().span_context().is_valid() {
+            // The forwarded `tracestate` belongs to the forwarded `traceparent`: this span's
+            // (possibly of a new trace) replaces both.
+            headers.remove(&format!("{HEADER_PREFIX}{TRACESTATE}"));
             TraceContextPropagator::new().inject_context(&cx, &mut IntoHeaders(headers));
         }
     }
@@ -560,7 +563,10 @@ mod on {
                 let worker = WorkerContext::with_data("svc", "m", data, 10);
                 let span = worker_span(&worker, WorkerKind::Call);
                 let mut headers = worker.outgoing_headers();
+                headers.insert("nameko.tracestate".into(), Value::from("vendor=stale"));
                 span.in_scope(|| inject(&mut headers));
+                // The forwarded state went with the forwarded parent (this one had none).
+                assert!(!headers.contains_key("nameko.tracestate"));
                 let outgoing = headers["nameko.traceparent"].as_str().unwrap_or_default();
                 // Same trace, same flags, this worker's span as the parent.
                 assert!(outgoing.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));

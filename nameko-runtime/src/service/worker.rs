@@ -148,6 +148,7 @@ async fn refuse<S: Dependencies, T: Output>(
     let refused = WorkerResult::Failed(Cow::Borrowed(&error));
     let _ = service.worker_result(worker, &refused).await;
     service.worker_teardown(worker).await;
+    crate::trace::worker_finished(Some(&error));
     if let Some(shared) = shared {
         shared.worker_finished(worker, payload, &refused);
     }
