@@ -232,7 +232,7 @@ impl Orders {
 async fn publish(transport: &nameko::transport::SharedTransport, body: &str) {
     transport
         .publish(OutgoingMessage {
-            exchange: String::new(),
+            exchange: Default::default(),
             routing_key: "plain-orders".into(),
             mandatory: true,
             properties: Properties::nameko_json(),

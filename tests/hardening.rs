@@ -323,7 +323,7 @@ async fn settling_a_delivery_whose_channel_is_gone_is_an_error_not_a_silent_ok()
     t.declare_queue(&QueueSpec::durable(&queue)).await.unwrap();
     for _ in 0..2 {
         t.publish(OutgoingMessage {
-            exchange: String::new(),
+            exchange: Default::default(),
             routing_key: queue.clone(),
             mandatory: true,
             properties: Properties::default(),

@@ -649,8 +649,11 @@ on_both_transports! {
 /// lists new connections a few seconds after they open).
 async fn drop_connections(broker: &TestBroker) {
     for _ in 0..80 {
-        if broker.inner().close_connections().unwrap() > 0 {
-            return;
+        match broker.inner().close_connections() {
+            Ok(closed) if closed > 0 => return,
+            Ok(_) => {}
+            // A management API slow to answer on a loaded machine: ask again.
+            Err(e) => eprintln!("closing the connections: {e}; trying again"),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

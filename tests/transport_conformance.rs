@@ -66,7 +66,7 @@ on_both_transports! {
         out.properties.headers.insert("nameko.auth_token".into(), json!("tok"));
         t.publish(out).await.unwrap();
         let d = next(&mut consumer).await;
-        assert_eq!(d.exchange, exchange);
+        assert_eq!(*d.exchange, *exchange);
         assert_eq!(d.routing_key, "svc.greet");
         assert!(!d.redelivered);
         assert_eq!(d.body, br#"{"args": ["Tim"], "kwargs": {}}"#);
@@ -187,7 +187,7 @@ on_both_transports! {
         let again = next(&mut second).await;
         assert_eq!(again.body, b"work");
         assert_eq!(again.routing_key, "k");
-        assert_eq!(again.exchange, exchange);
+        assert_eq!(*again.exchange, *exchange);
         assert_eq!(again.properties, properties);
         assert!(again.redelivered);
         again.ack().await.unwrap();
@@ -209,7 +209,7 @@ on_both_transports! {
         assert!(again.redelivered);
         assert_eq!(again.body, b"once");
         assert_eq!(again.routing_key, "k");
-        assert_eq!(again.exchange, exchange);
+        assert_eq!(*again.exchange, *exchange);
         assert_eq!(again.properties, properties);
         again.reject(false).await.unwrap();
         assert_nothing(&mut consumer).await;
@@ -386,7 +386,7 @@ on_both_transports! {
         let mut dead_consumer = t.consume(&dead, 1).await.unwrap();
         let d = next(&mut dead_consumer).await;
         assert_eq!(d.body, b"poison");
-        assert_eq!(d.exchange, dlx);
+        assert_eq!(*d.exchange, *dlx);
         assert_eq!(d.routing_key, "dead.letters");
         assert_eq!(d.properties.headers["nameko.call_id_stack"], json!(["x.y.z"]));
         let death = &d.properties.headers["x-death"][0];

@@ -17,6 +17,62 @@ use crate::protocol::{self, CALL_ID_STACK_KEY, Headers};
 /// Context data: the `nameko.*` headers of the message that started a worker, without prefix.
 pub type ContextData = BTreeMap<String, Value>;
 
+/// Context data as a message brings it: the data, and the callers' call id stack read apart
+/// from it (a worker's stack is the parent stack plus its own id, so it is read straight into
+/// the vector the worker keeps).
+#[derive(Debug, Default)]
+pub(crate) struct Incoming {
+    data: ContextData,
+    parent_stack: Option<Vec<String>>,
+}
+
+impl Incoming {
+    /// From a message's headers: every `nameko.*` header but the call id stack as context data
+    /// (without prefix), and the call id stack as the parent stack.
+    pub(crate) fn from_headers(headers: &Headers) -> Incoming {
+        let mut incoming = Incoming::default();
+        for (key, value) in headers {
+            if key == protocol::CALL_ID_STACK_HEADER {
+                incoming.parent_stack = Some(parent_stack(value));
+            } else {
+                let key = key.strip_prefix(protocol::HEADER_PREFIX).unwrap_or(key);
+                incoming.data.insert(key.to_owned(), value.clone());
+            }
+        }
+        incoming
+    }
+}
+
+impl From<ContextData> for Incoming {
+    fn from(data: ContextData) -> Incoming {
+        Incoming {
+            data,
+            parent_stack: None,
+        }
+    }
+}
+
+/// The call ids of a `call_id_stack` value, with room for one more (the worker's own).
+fn parent_stack(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => {
+            let mut stack = Vec::with_capacity(items.len() + 1);
+            stack.extend(items.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+            stack
+        }
+        Value::String(single) => {
+            let mut stack = Vec::with_capacity(2);
+            stack.push(single.clone());
+            stack
+        }
+        other => {
+            let value = crate::protocol::shorten(other.to_string());
+            tracing::warn!(%value, "ignoring a call_id_stack header that is not a list");
+            Vec::new()
+        }
+    }
+}
+
 tokio::task_local! {
     static CURRENT: Arc<WorkerContext>;
 }
@@ -69,10 +125,10 @@ impl WorkerContext {
         headers: &Headers,
         parent_calls_tracked: usize,
     ) -> Self {
-        Self::with_data(
-            service_name,
-            entrypoint,
-            protocol::context_from_headers(headers),
+        Self::build(
+            Cow::Owned(service_name.to_owned()),
+            Cow::Owned(entrypoint.to_owned()),
+            Incoming::from_headers(headers),
             parent_calls_tracked,
         )
     }
@@ -88,7 +144,7 @@ impl WorkerContext {
         Self::build(
             Cow::Owned(service_name.to_owned()),
             Cow::Owned(entrypoint.to_owned()),
-            data,
+            data.into(),
             parent_calls_tracked,
         )
     }
@@ -98,13 +154,13 @@ impl WorkerContext {
     pub(crate) fn for_entrypoint(
         service_name: &'static str,
         entrypoint: &'static str,
-        data: ContextData,
+        incoming: Incoming,
         parent_calls_tracked: usize,
     ) -> Self {
         Self::build(
             Cow::Borrowed(service_name),
             Cow::Borrowed(entrypoint),
-            data,
+            incoming,
             parent_calls_tracked,
         )
     }
@@ -112,24 +168,19 @@ impl WorkerContext {
     fn build(
         service_name: Cow<'static, str>,
         entrypoint: Cow<'static, str>,
-        mut data: ContextData,
+        incoming: Incoming,
         parent_calls_tracked: usize,
     ) -> Self {
-        let parent = match data.remove(CALL_ID_STACK_KEY) {
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .filter_map(|v| match v {
-                    Value::String(s) => Some(s),
-                    _ => None,
-                })
-                .collect(),
-            Some(Value::String(single)) => vec![single],
-            Some(other) => {
-                let value = crate::protocol::shorten(other.to_string());
-                tracing::warn!(%value, "ignoring a call_id_stack header that is not a list");
-                Vec::new()
-            }
-            None => Vec::new(),
+        let Incoming {
+            mut data,
+            parent_stack: parent,
+        } = incoming;
+        let parent = match parent {
+            Some(parent) => parent,
+            None => data
+                .remove(CALL_ID_STACK_KEY)
+                .map(|value| parent_stack(&value))
+                .unwrap_or_default(),
         };
         let call_id = protocol::new_call_id(&service_name, &entrypoint);
         let mut call_id_stack = parent;
@@ -257,8 +308,13 @@ impl WorkerContext {
     pub fn outgoing_headers(&self) -> Headers {
         let mut headers = protocol::headers_from_context(&self.data);
         headers.insert(
-            format!("{}{CALL_ID_STACK_KEY}", protocol::HEADER_PREFIX),
-            Value::from(self.call_id_stack.clone()),
+            protocol::CALL_ID_STACK_HEADER.to_owned(),
+            Value::Array(
+                self.call_id_stack
+                    .iter()
+                    .map(|id| Value::String(id.clone()))
+                    .collect(),
+            ),
         );
         headers
     }

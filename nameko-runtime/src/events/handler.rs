@@ -11,6 +11,7 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 
 use super::HandlerType;
+use crate::context::Incoming;
 use crate::error::Error;
 use crate::protocol::{self, RemoteError};
 use crate::service::arguments::{LoggedArguments, event_arguments};
@@ -230,9 +231,9 @@ pub(crate) async fn handle_json_message<E>(
     let content_type = delivery.properties.content_type.as_deref();
     let outcome = match content_type {
         _ if protocol::is_json(content_type) => {
-            let data = protocol::context_from_headers(&delivery.properties.headers);
+            let incoming = Incoming::from_headers(&delivery.properties.headers);
             let body = EventBody(delivery.body.clone());
-            let worker = cx.run_worker(slot, body, data, Some(&delivery.body));
+            let worker = cx.run_worker_from(slot, body, incoming, Some(&delivery.body));
             match worker.await {
                 Some(outcome) => outcome,
                 // Killed: neither settled nor answered; the broker redelivers it.

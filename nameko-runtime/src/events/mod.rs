@@ -70,7 +70,7 @@ fn event_message(
     options: EventOptions,
 ) -> OutgoingMessage {
     OutgoingMessage {
-        exchange: protocol::event_exchange_name(source),
+        exchange: protocol::event_exchange_name(source).into(),
         routing_key: event_type.to_owned(),
         mandatory: false,
         properties: Properties {

@@ -462,7 +462,7 @@ impl<'a, T: Serialize + ?Sized> Publish<'a, T> {
             None => String::new(),
         });
         let mut message = OutgoingMessage {
-            exchange: exchange.map(|e| e.name().to_owned()).unwrap_or_default(),
+            exchange: exchange.map(|e| Arc::from(e.name())).unwrap_or_default(),
             routing_key,
             mandatory,
             properties,

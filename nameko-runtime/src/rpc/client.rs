@@ -27,18 +27,18 @@ use super::reply::{Link, Pending, ReplyListener, lock};
 /// Removes a pending call's entry however the call ends (reply, timeout, cancellation).
 struct PendingGuard<'a> {
     pending: &'a Pending,
-    correlation_id: &'a str,
+    correlation_id: u128,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        lock(self.pending).remove(self.correlation_id);
+        lock(self.pending).remove(&self.correlation_id);
     }
 }
 
 struct Core {
     listener: ReplyListener,
-    exchange: String,
+    exchange: Arc<str>,
     /// For standalone clients: the prefix of their call ids.
     standalone: bool,
 }
@@ -210,7 +210,7 @@ impl ClusterRpcClient {
         Ok(ClusterRpcClient {
             core: Arc::new(Core {
                 listener,
-                exchange: config.rpc_exchange.clone(),
+                exchange: config.rpc_exchange.as_str().into(),
                 standalone,
             }),
             timeout: config.rpc_timeout,
@@ -275,14 +275,10 @@ impl ClusterRpcClient {
             None => {
                 let mut headers = protocol::Headers::new();
                 if self.core.standalone {
-                    let call_id = format!(
-                        "{}.call.{}",
-                        protocol::STANDALONE_PROXY_NAME,
-                        uuid::Uuid::new_v4()
-                    );
+                    let call_id = protocol::new_call_id(protocol::STANDALONE_PROXY_NAME, "call");
                     headers.insert(
-                        format!("{}{}", protocol::HEADER_PREFIX, protocol::CALL_ID_STACK_KEY),
-                        Value::from(vec![call_id]),
+                        protocol::CALL_ID_STACK_HEADER.to_owned(),
+                        Value::Array(vec![Value::String(call_id)]),
                     );
                 }
                 headers
@@ -308,16 +304,16 @@ impl ClusterRpcClient {
         body: Vec<u8>,
     ) -> impl Future<Output = Result<Vec<u8>, RpcError>> + Send + 'a {
         async move {
-            let correlation_id = uuid::Uuid::new_v4().to_string();
+            let correlation_id = uuid::Uuid::new_v4();
             let (tx, rx) = oneshot::channel();
             let pending = &self.core.listener.pending;
             let _guard = PendingGuard {
                 pending,
-                correlation_id: &correlation_id,
+                correlation_id: correlation_id.as_u128(),
             };
             let call = async {
                 let (transport, reply_to) = self.core.transport().await?;
-                lock(pending).insert(correlation_id.clone(), tx);
+                lock(pending).insert(correlation_id.as_u128(), tx);
                 // The listener marks the client closed before it fails the pending calls: a call
                 // that got in after that would wait for nothing.
                 if let Some(reason) = self.core.closed() {
@@ -328,7 +324,7 @@ impl ClusterRpcClient {
                     routing_key: protocol::rpc_routing_key(service, method),
                     mandatory: true,
                     properties: Properties {
-                        correlation_id: Some(correlation_id.clone()),
+                        correlation_id: Some(correlation_id.hyphenated().to_string()),
                         reply_to: Some(reply_to.to_string()),
                         headers: self.headers(),
                         priority: Some(self.priority),
@@ -351,7 +347,7 @@ impl ClusterRpcClient {
                 Ok(result) => result,
                 // A call that could not even be sent says why, rather than only that time ran out.
                 Err(_) => match self.core.disconnected() {
-                    Some(reason) if !lock(pending).contains_key(&correlation_id) => {
+                    Some(reason) if !lock(pending).contains_key(&correlation_id.as_u128()) => {
                         Err(RpcError::Transport(TransportError::Connection(format!(
                             "not connected to the broker within {:?}: {reason}",
                             self.timeout

@@ -17,7 +17,9 @@ use crate::transport::{
     self, Consumer, ExchangeSpec, QueueSpec, SharedTransport, TransportError, amqp::AmqpOptions,
 };
 
-pub(super) type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
+/// The calls waiting for a reply, by correlation id (a uuid: its 128 bits, so that looking a
+/// reply up copies no string).
+pub(super) type Pending = Arc<Mutex<HashMap<u128, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -221,7 +223,9 @@ impl Listening {
             match delivery {
                 Some(Ok(mut delivery)) => {
                     let correlation_id = delivery.properties.correlation_id.as_deref();
-                    let waiter = correlation_id.and_then(|id| lock(&self.pending).remove(id));
+                    let waiter = correlation_id
+                        .and_then(|id| uuid::Uuid::try_parse(id).ok())
+                        .and_then(|id| lock(&self.pending).remove(&id.as_u128()));
                     match waiter {
                         Some(waiter) => {
                             let _ = waiter.send(Ok(std::mem::take(&mut delivery.body)));

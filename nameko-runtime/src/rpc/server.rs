@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use crate::context::Incoming;
 use crate::discovery::{RpcMethod, ServiceDescription};
 use crate::error::Error;
 use crate::protocol::{self, MalformedRequest, RemoteError, RequestBody};
@@ -93,6 +94,7 @@ impl SharedExtension for RpcConsumer {
             QueueDeclaration::new(spec).bind(exchange, protocol::rpc_binding_key(service));
         let handler = Arc::new(RpcHandler {
             service,
+            exchange: cx.config().rpc_exchange.as_str().into(),
             methods,
             cx: cx.clone(),
         });
@@ -102,6 +104,8 @@ impl SharedExtension for RpcConsumer {
 
 struct RpcHandler {
     service: &'static str,
+    /// The RPC exchange, where replies go.
+    exchange: Arc<str>,
     methods: Vec<EntrypointContext<Rpc>>,
     cx: ServiceContext,
 }
@@ -232,9 +236,9 @@ impl RpcHandler {
                 return Some(Err(RemoteError::nameko("MalformedRequest", message)));
             }
         };
-        let data = protocol::context_from_headers(&delivery.properties.headers);
+        let incoming = Incoming::from_headers(&delivery.properties.headers);
         entrypoint
-            .run_worker(slot, body, data, Some(&delivery.body))
+            .run_worker_from(slot, body, incoming, Some(&delivery.body))
             .await
     }
 
@@ -311,7 +315,7 @@ impl RpcHandler {
         reply: &Result<Vec<u8>, RemoteError>,
     ) -> OutgoingMessage {
         OutgoingMessage {
-            exchange: self.cx.config().rpc_exchange.clone(),
+            exchange: self.exchange.clone(),
             routing_key: reply_to.to_owned(),
             mandatory: false,
             properties: Properties {

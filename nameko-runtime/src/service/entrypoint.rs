@@ -96,7 +96,7 @@ use super::hooks::Hook;
 use super::io::sealed::{Input as _, Output as _};
 use super::io::{WorkerInput, WorkerOutput};
 use super::worker;
-use crate::context::{ContextData, WorkerContext};
+use crate::context::{ContextData, Incoming, WorkerContext};
 use crate::error::Error;
 use crate::protocol::RemoteError;
 
@@ -294,7 +294,20 @@ impl<E: Entrypoint> EntrypointContext<E> {
         payload: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Option<E::Output>> {
         self.method
-            .run(&self.service, slot, input, context_data, payload)
+            .run(&self.service, slot, input, context_data.into(), payload)
+    }
+
+    /// [`run_worker`](Self::run_worker) with context data as a message brought it (the
+    /// callers' call id stack read apart).
+    pub(crate) fn run_worker_from<'a>(
+        &'a self,
+        slot: WorkerSlot,
+        input: E::Input,
+        incoming: Incoming,
+        payload: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Option<E::Output>> {
+        self.method
+            .run(&self.service, slot, input, incoming, payload)
     }
 
     /// Waits for a worker slot, then runs one worker (as [`run_worker`](Self::run_worker),
@@ -308,7 +321,7 @@ impl<E: Entrypoint> EntrypointContext<E> {
     ) -> BoxFuture<'static, Option<E::Output>> {
         self.method
             .clone()
-            .spawn(self.service.clone(), input, context_data)
+            .spawn(self.service.clone(), input, context_data.into())
     }
 }
 
@@ -321,14 +334,14 @@ trait RunMethod<I, O>: Send + Sync + 'static {
         cx: &'a ServiceContext,
         slot: WorkerSlot,
         input: I,
-        context_data: ContextData,
+        incoming: Incoming,
         payload: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Option<O>>;
     fn spawn(
         self: Arc<Self>,
         cx: ServiceContext,
         input: I,
-        context_data: ContextData,
+        incoming: Incoming,
     ) -> BoxFuture<'static, Option<O>>;
 }
 
@@ -351,14 +364,14 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput> MethodOf<S, I, O> {
         cx: &'a ServiceContext,
         slot: WorkerSlot,
         input: I,
-        context_data: ContextData,
+        incoming: Incoming,
         payload: Option<&'a [u8]>,
     ) -> impl Future<Output = Option<O>> + Send + 'a {
         let info = &self.info;
         let context = Arc::new(WorkerContext::for_entrypoint(
             cx.service_name(),
             info.name,
-            context_data,
+            incoming,
             cx.config().parent_calls_tracked,
         ));
         let kept = input.keep();
@@ -416,22 +429,22 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput> RunMethod<I, O> for MethodOf<S
         cx: &'a ServiceContext,
         slot: WorkerSlot,
         input: I,
-        context_data: ContextData,
+        incoming: Incoming,
         payload: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Option<O>> {
-        Box::pin(self.worker(cx, slot, input, context_data, payload))
+        Box::pin(self.worker(cx, slot, input, incoming, payload))
     }
 
     fn spawn(
         self: Arc<Self>,
         cx: ServiceContext,
         input: I,
-        context_data: ContextData,
+        incoming: Incoming,
     ) -> BoxFuture<'static, Option<O>> {
         let tracker = cx.tracker().clone();
         Box::pin(tracker.track_future(async move {
             let slot = cx.worker_slot().await?;
-            self.worker(&cx, slot, input, context_data, None).await
+            self.worker(&cx, slot, input, incoming, None).await
         }))
     }
 }

@@ -28,7 +28,7 @@ use crate::protocol::Headers;
 
 use super::{
     Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, OutgoingMessage, Properties,
-    QueueSpec, ReturnedMessage, SharedTransport, Transport, TransportError,
+    Publishing, QueueSpec, ReturnedMessage, SharedTransport, Transport, TransportError,
 };
 
 /// An in-process broker. Clone it freely: clones share the same exchanges and queues.
@@ -87,7 +87,7 @@ struct Queue {
 
 #[derive(Clone)]
 struct Stored {
-    exchange: String,
+    exchange: Arc<str>,
     routing_key: String,
     redelivered: bool,
     properties: Properties,
@@ -246,7 +246,7 @@ impl State {
         let unroutable = |message: OutgoingMessage| {
             if message.mandatory {
                 Err(TransportError::Unroutable {
-                    exchange: message.exchange,
+                    exchange: message.exchange.to_string(),
                     routing_key: message.routing_key,
                 })
             } else {
@@ -263,7 +263,7 @@ impl State {
             self.after_enqueue(&name, timer);
             return Ok(());
         }
-        let exchange = self.exchanges.get(&message.exchange).ok_or_else(|| {
+        let exchange = self.exchanges.get(&*message.exchange).ok_or_else(|| {
             TransportError::NotFound(format!("no exchange '{}'", message.exchange))
         })?;
         // The queues bound for the key; several get their copies in name order.
@@ -388,7 +388,7 @@ impl State {
             "count": 1,
             "reason": reason,
             "queue": from,
-            "exchange": message.exchange,
+            "exchange": &*message.exchange,
             "routing-keys": [message.routing_key],
         });
         let mut others = Vec::new();
@@ -407,7 +407,7 @@ impl State {
         // RabbitMQ takes the expiration off, so that it does not expire again at once.
         properties.expiration = None;
         let message = OutgoingMessage {
-            exchange,
+            exchange: exchange.into(),
             routing_key,
             mandatory: false,
             properties,
@@ -829,9 +829,8 @@ impl Transport for MemoryBroker {
         async move { result }.boxed()
     }
 
-    fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), TransportError>> {
-        let result = self.publish_now(message);
-        async move { result }.boxed()
+    fn publish(&self, message: OutgoingMessage) -> Publishing<'_> {
+        Publishing::done(self.publish_now(message))
     }
 
     fn consume<'a>(
@@ -896,7 +895,7 @@ mod tests {
         a.declare_queue(&QueueSpec::durable("q")).await.unwrap();
         let mut consumer = b.consume("q", 0).await.unwrap();
         a.publish(OutgoingMessage {
-            exchange: String::new(),
+            exchange: Default::default(),
             routing_key: "q".into(),
             mandatory: true,
             properties: Properties::default(),
@@ -991,7 +990,7 @@ mod tests {
             .unwrap();
         for body in [b"1", b"2"] {
             let message = OutgoingMessage {
-                exchange: String::new(),
+                exchange: Default::default(),
                 routing_key: "q".into(),
                 mandatory: false,
                 properties: Properties::default(),

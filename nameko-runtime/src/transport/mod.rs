@@ -346,8 +346,9 @@ impl Properties {
 /// A message to publish. Publishing waits for the broker's confirm.
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
-    /// The exchange (`""` is the default exchange).
-    pub exchange: String,
+    /// The exchange (`""` is the default exchange). Shared: the same few names go on every
+    /// message.
+    pub exchange: Arc<str>,
     /// The routing key.
     pub routing_key: String,
     /// Fail with [`TransportError::Unroutable`] if no queue is bound for the routing key.
@@ -365,7 +366,7 @@ pub struct OutgoingMessage {
 /// as its fields are then, so leave them whole unless it is acknowledged.
 pub struct Delivery {
     /// The exchange it was published to.
-    pub exchange: String,
+    pub exchange: Arc<str>,
     /// Its routing key.
     pub routing_key: String,
     /// Whether it was delivered before and not acknowledged.
@@ -395,7 +396,7 @@ impl Drop for Held {
 #[derive(Debug, Clone)]
 pub struct ReturnedMessage {
     /// The exchange it was published to.
-    pub exchange: String,
+    pub exchange: Arc<str>,
     /// Its routing key.
     pub routing_key: String,
     /// Properties and headers.
@@ -434,7 +435,7 @@ pub trait Acker: Send + Sync {
 impl Delivery {
     /// A delivery settled through `acker` (for transport implementations).
     pub fn new(
-        exchange: String,
+        exchange: Arc<str>,
         routing_key: String,
         redelivered: bool,
         properties: Properties,
@@ -553,6 +554,54 @@ impl Stream for Consumer {
     }
 }
 
+/// The future of [`Transport::publish`]: already done where the transport publishes in process
+/// (the embedded broker: no allocation), otherwise the transport's own future, boxed.
+#[must_use = "futures do nothing unless polled"]
+pub struct Publishing<'a>(PublishingState<'a>);
+
+enum PublishingState<'a> {
+    Done(Option<Result<(), TransportError>>),
+    Waiting(BoxFuture<'a, Result<(), TransportError>>),
+}
+
+impl<'a> Publishing<'a> {
+    /// A publish that is already over, with its outcome.
+    pub fn done(result: Result<(), TransportError>) -> Self {
+        Publishing(PublishingState::Done(Some(result)))
+    }
+
+    /// A publish that ends when `future` does.
+    pub fn waiting(future: impl Future<Output = Result<(), TransportError>> + Send + 'a) -> Self {
+        Publishing(PublishingState::Waiting(Box::pin(future)))
+    }
+}
+
+impl Future for Publishing<'_> {
+    type Output = Result<(), TransportError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            PublishingState::Done(result) => Poll::Ready(
+                result
+                    .take()
+                    .expect("`Publishing` polled after it completed"),
+            ),
+            PublishingState::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for Publishing<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            PublishingState::Done(result) => {
+                f.debug_tuple("Publishing::Done").field(result).finish()
+            }
+            PublishingState::Waiting(_) => f.write_str("Publishing::Waiting"),
+        }
+    }
+}
+
 /// The operations a broker offers the runtime.
 ///
 /// Implemented by [`amqp::AmqpTransport`] and [`memory::MemoryBroker`].
@@ -580,7 +629,7 @@ pub trait Transport: Send + Sync + 'static {
         arguments: &'a Headers,
     ) -> BoxFuture<'a, Result<(), TransportError>>;
     /// Publishes a message and waits for the broker to confirm it.
-    fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), TransportError>>;
+    fn publish(&self, message: OutgoingMessage) -> Publishing<'_>;
     /// Starts consuming a queue with manual acknowledgement; at most `prefetch` deliveries are
     /// unsettled at once (0 = no limit).
     fn consume<'a>(

@@ -36,6 +36,9 @@ pub(super) struct AmqpConsumer {
     pub(super) channel: Channel,
     pub(super) consumer: lapin::Consumer,
     pub(super) cancelled: bool,
+    /// The exchange of the last delivery: a consumer's messages mostly come from one, so its
+    /// name is shared rather than copied for each.
+    pub(super) exchange: Arc<str>,
 }
 
 impl ConsumerSource for AmqpConsumer {
@@ -67,8 +70,11 @@ impl ConsumerSource for AmqpConsumer {
                 });
                 continue;
             };
+            if *self.exchange != *d.exchange.as_str() {
+                self.exchange = Arc::from(d.exchange.as_str());
+            }
             return Poll::Ready(Some(Ok(Delivery::new(
-                d.exchange.as_str().to_owned(),
+                self.exchange.clone(),
                 d.routing_key.as_str().to_owned(),
                 d.redelivered,
                 properties,

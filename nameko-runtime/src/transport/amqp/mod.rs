@@ -39,7 +39,7 @@ use tokio::sync::{Mutex, watch};
 
 use super::{
     Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, ExchangeType, OutgoingMessage,
-    Properties, QueueSpec, TlsOptions, Transport, TransportError, mask_password,
+    Properties, Publishing, QueueSpec, TlsOptions, Transport, TransportError, mask_password,
 };
 use crate::protocol::Headers;
 
@@ -459,8 +459,8 @@ impl Transport for AmqpTransport {
         .boxed()
     }
 
-    fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), TransportError>> {
-        async move {
+    fn publish(&self, message: OutgoingMessage) -> Publishing<'_> {
+        Publishing::waiting(async move {
             let properties = to_basic_properties(&message.properties);
             // The headers travel in one frame: a message whose headers do not fit would make
             // the broker close the whole connection.
@@ -515,8 +515,7 @@ impl Transport for AmqpTransport {
                     }
                 }
             }
-        }
-        .boxed()
+        })
     }
 
     fn consume<'a>(
@@ -543,6 +542,7 @@ impl Transport for AmqpTransport {
                 channel,
                 consumer,
                 cancelled: false,
+                exchange: Arc::default(),
             })))
         }
         .boxed()
@@ -608,7 +608,7 @@ async fn publish_on(
 ) -> Result<(), TransportError> {
     let confirm = channel
         .basic_publish(
-            message.exchange.as_str().into(),
+            (&*message.exchange).into(),
             message.routing_key.as_str().into(),
             BasicPublishOptions {
                 mandatory: message.mandatory,
@@ -624,7 +624,7 @@ async fn publish_on(
     match confirm {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         Confirmation::Ack(Some(_)) => Err(TransportError::Unroutable {
-            exchange: message.exchange.clone(),
+            exchange: message.exchange.to_string(),
             routing_key: message.routing_key.clone(),
         }),
         Confirmation::Nack(_) => Err(TransportError::Nacked),
