@@ -293,8 +293,7 @@ impl<E: Entrypoint> EntrypointContext<E> {
         context_data: ContextData,
         payload: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Option<E::Output>> {
-        self.method
-            .run(&self.service, slot, input, context_data.into(), payload)
+        self.run_worker_from(slot, input, context_data.into(), payload)
     }
 
     /// [`run_worker`](Self::run_worker) with context data as a message brought it (the
