@@ -26,7 +26,8 @@ say() { printf '== cluster: %s\n' "$*" >&2; }
 die() { printf 'cluster: %s\n' "$*" >&2; exit 1; }
 
 as_rabbitmq() {
-  local cmd=(runuser -u rabbitmq -- env HOME=/var/lib/rabbitmq "$@")
+  # In the rabbitmq user's home: the caller's directory may be one it cannot read.
+  local cmd=(runuser -u rabbitmq -- env -C /var/lib/rabbitmq HOME=/var/lib/rabbitmq "$@")
   if [ "$(id -u)" = 0 ]; then "${cmd[@]}";
   elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo -n "${cmd[@]}";
   else die "needs root or passwordless sudo (the nodes run as the rabbitmq user)"; fi
@@ -57,7 +58,8 @@ node_env() {
     RABBITMQ_ENABLED_PLUGINS_FILE="$d/enabled_plugins" \
     RABBITMQ_MNESIA_BASE="$d/mnesia" \
     RABBITMQ_LOG_BASE="$d/log" \
-    RABBITMQ_PID_FILE="$d/pid"
+    RABBITMQ_PID_FILE="$d/pid" \
+    ERL_CRASH_DUMP="$d/erl_crash.dump"
 }
 
 ctl() {
@@ -84,22 +86,54 @@ EOF
   as_rabbitmq sh -c "[ -f '$d/advanced.config' ] || echo '[].' > '$d/advanced.config'"
 }
 
-start() {
+# What a node that would not start left behind: the end of its log, and of a crash dump.
+explain() {
+  local n=$1 d="$DIR/$1"
+  printf 'cluster: %s@localhost did not start; the end of its log (%s/log):\n' "$n" "$d" >&2
+  as_rabbitmq sh -c "tail -n 40 '$d/log/$n@localhost.log' 2>/dev/null" >&2 || true
+  if as_rabbitmq test -f "$d/erl_crash.dump" 2>/dev/null; then
+    printf 'cluster: its erl_crash.dump begins:\n' >&2
+    as_rabbitmq head -n 5 "$d/erl_crash.dump" >&2 || true
+  fi
+  for p in "$(amqp_port "$n")" "$(api_port "$n")" "$(dist_port "$n")"; do
+    ! port_open "$p" || printf 'cluster: port %s was already taken\n' "$p" >&2
+  done
+}
+
+# One try at booting a node: false if it is not up and listening within the bounded waits.
+boot() {
   local n=$1
-  if running "$n"; then return 0; fi
-  [ -f "$DIR/$n/rabbitmq.conf" ] || configure "$n"
-  say "starting $n@localhost (AMQP $(amqp_port "$n"), management $(api_port "$n"))"
   # shellcheck disable=SC2046
-  as_rabbitmq $(node_env "$n") "$BIN/rabbitmq-server" -detached
+  as_rabbitmq $(node_env "$n") "$BIN/rabbitmq-server" -detached || return 1
   local ok=
   for _ in $(seq 1 60); do
     if ctl "$n" await_startup --timeout 60 >/dev/null 2>&1; then ok=1; break; fi
     sleep 1
   done
-  [ -n "$ok" ] || die "$n@localhost did not start: see $DIR/$n/log"
+  [ -n "$ok" ] || return 1
   for _ in $(seq 1 60); do port_open "$(api_port "$n")" && break; sleep 1; done
-  port_open "$(amqp_port "$n")" || die "$n@localhost is not listening on $(amqp_port "$n")"
-  port_open "$(api_port "$n")" || die "$n@localhost's management API is not listening on $(api_port "$n")"
+  port_open "$(amqp_port "$n")" && port_open "$(api_port "$n")"
+}
+
+# Start a node. A node that does not come up is explained, killed, given a fresh data directory
+# (it has nothing worth keeping if it never booted) and started once more.
+start() {
+  local n=$1
+  if running "$n"; then return 0; fi
+  [ -f "$DIR/$n/rabbitmq.conf" ] || configure "$n"
+  say "starting $n@localhost (AMQP $(amqp_port "$n"), management $(api_port "$n"))"
+  boot "$n" && return 0
+  explain "$n"
+  say "starting $n@localhost again, with a fresh data directory"
+  ctl "$n" stop >/dev/null 2>&1 || true
+  local pid; pid=$(as_rabbitmq cat "$DIR/$n/pid" 2>/dev/null || true)
+  [ -z "$pid" ] || as_rabbitmq kill -9 "$pid" 2>/dev/null || true
+  as_rabbitmq rm -rf "$DIR/$n/mnesia" "$DIR/$n/pid"
+  as_rabbitmq mkdir -p "$DIR/$n/mnesia"
+  sleep 2
+  boot "$n" && return 0
+  explain "$n"
+  die "$n@localhost did not start twice: see $DIR/$n/log"
 }
 
 clustered() { ctl "$1" cluster_status --formatter json 2>/dev/null | grep -q "c1@localhost"; }
