@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use common::TestBroker;
 use cron_example::{Cron, ReportService};
-use futures_util::future::BoxFuture;
 use nameko::prelude::*;
 use nameko::service::{
     DeliveryHandler, Entrypoint, EntrypointContext, QueueDeclaration, Started, WorkerSlot,
@@ -152,33 +151,31 @@ struct Messages {
 }
 
 impl DeliveryHandler for Messages {
-    fn handle(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let settled = match serde_json::from_slice::<serde_json::Value>(&delivery.body) {
-                Ok(message) => {
-                    let arguments = RequestBody::new().arg(message);
-                    let payload = Some(&delivery.body[..]);
-                    match self
-                        .cx
-                        .run_worker(slot, arguments, ContextData::new(), payload)
-                        .await
-                    {
-                        Some(Ok(_)) => delivery.ack().await,
-                        // Logged by the worker path already.
-                        Some(Err(_)) => delivery.reject(false).await,
-                        // Killed: the broker redelivers it.
-                        None => return,
-                    }
+    async fn handle(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) {
+        let settled = match serde_json::from_slice::<serde_json::Value>(&delivery.body) {
+            Ok(message) => {
+                let arguments = RequestBody::new().arg(message);
+                let payload = Some(&delivery.body[..]);
+                match self
+                    .cx
+                    .run_worker(slot, arguments, ContextData::new(), payload)
+                    .await
+                {
+                    Some(Ok(_)) => delivery.ack().await,
+                    // Logged by the worker path already.
+                    Some(Err(_)) => delivery.reject(false).await,
+                    // Killed: the broker redelivers it.
+                    None => return,
                 }
-                Err(error) => {
-                    tracing::error!(%error, "dropped a message that is not JSON");
-                    delivery.reject(false).await
-                }
-            };
-            if let Err(error) = settled {
-                tracing::warn!(%error, "could not settle a message");
             }
-        })
+            Err(error) => {
+                tracing::error!(%error, "dropped a message that is not JSON");
+                delivery.reject(false).await
+            }
+        };
+        if let Err(error) = settled {
+            tracing::warn!(%error, "could not settle a message");
+        }
     }
 }
 

@@ -7,7 +7,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
 use serde_json::Value;
 
 use super::HandlerType;
@@ -180,15 +179,24 @@ struct EventConsumer {
 }
 
 impl DeliveryHandler for EventConsumer {
-    fn handle(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
+    // Not an `async fn`: that would keep the delivery twice in the future's state.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would copy the delivery"
+    )]
+    fn handle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        slot: WorkerSlot,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
             let e = &self.entrypoint;
             let subject = Subject::Event {
                 source: e.source_service,
                 event_type: e.event_type,
             };
             handle_json_message(&self.cx, delivery, slot, e.requeue_on_error, subject).await;
-        })
+        }
     }
 }
 

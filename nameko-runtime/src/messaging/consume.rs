@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
-
 use super::Queue;
 use crate::error::Error;
 use crate::events::handler::{Subject, handle_json_message};
@@ -82,11 +80,20 @@ struct MessageConsumer {
 }
 
 impl DeliveryHandler for MessageConsumer {
-    fn handle(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
+    // Not an `async fn`: that would keep the delivery twice in the future's state.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would copy the delivery"
+    )]
+    fn handle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        slot: WorkerSlot,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
             let e = &self.entrypoint;
             let subject = Subject::Queue(e.queue.name());
             handle_json_message(&self.cx, delivery, slot, e.requeue_on_error, subject).await;
-        })
+        }
     }
 }

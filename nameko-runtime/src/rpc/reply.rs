@@ -19,7 +19,10 @@ use crate::transport::{
 
 /// The calls waiting for a reply, by correlation id (a uuid: its 128 bits, so that looking a
 /// reply up copies no string).
-pub(super) type Pending = Arc<Mutex<HashMap<u128, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
+pub(super) type Pending = Arc<Mutex<PendingMap>>;
+/// Callers by correlation id (a random UUID, as a number), looked up twice per call.
+pub(super) type PendingMap =
+    HashMap<u128, oneshot::Sender<Result<Vec<u8>, RpcError>>, foldhash::fast::RandomState>;
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -7,8 +7,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-
 use crate::context::Incoming;
 use crate::discovery::{RpcMethod, ServiceDescription};
 use crate::error::Error;
@@ -111,34 +109,36 @@ struct RpcHandler {
 }
 
 impl DeliveryHandler for RpcHandler {
-    fn handle(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> BoxFuture<'static, ()> {
-        Box::pin(self.reply(delivery, slot))
+    fn handle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        slot: WorkerSlot,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        self.reply(delivery, slot)
     }
 
-    fn give_up(self: Arc<Self>, delivery: Delivery, reason: String) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let service = self.service;
-            tracing::error!(
-                service,
-                routing_key = %delivery.routing_key,
-                %reason,
-                "gave up an RPC request: its method does not run again"
+    async fn give_up(self: Arc<Self>, delivery: Delivery, reason: String) {
+        let service = self.service;
+        tracing::error!(
+            service,
+            routing_key = %delivery.routing_key,
+            %reason,
+            "gave up an RPC request: its method does not run again"
+        );
+        if let Some(reply_to) = delivery.properties.reply_to.clone() {
+            let error = RemoteError::nameko_rs(
+                "RedeliveryLimitExceeded",
+                format!("the request to {} was {reason}", delivery.routing_key),
             );
-            if let Some(reply_to) = delivery.properties.reply_to.clone() {
-                let error = RemoteError::nameko_rs(
-                    "RedeliveryLimitExceeded",
-                    format!("the request to {} was {reason}", delivery.routing_key),
-                );
-                let reply = Err(error);
-                let correlation_id = delivery.properties.correlation_id.as_deref();
-                if let Err(error) = self.publish_reply(&reply_to, correlation_id, &reply).await {
-                    tracing::warn!(service, %error, "could not tell the caller");
-                }
+            let reply = Err(error);
+            let correlation_id = delivery.properties.correlation_id.as_deref();
+            if let Err(error) = self.publish_reply(&reply_to, correlation_id, &reply).await {
+                tracing::warn!(service, %error, "could not tell the caller");
             }
-            if let Err(error) = delivery.reject(false).await {
-                tracing::warn!(service, %error, "could not reject a request");
-            }
-        })
+        }
+        if let Err(error) = delivery.reject(false).await {
+            tracing::warn!(service, %error, "could not reject a request");
+        }
     }
 }
 

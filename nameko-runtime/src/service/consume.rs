@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
 
 use super::entrypoint::Started;
 use super::extension::{ServiceContext, WorkerSlot};
@@ -83,18 +82,29 @@ pub trait DeliveryHandler: Send + Sync + 'static {
     /// [`EntrypointContext::run_worker`](super::EntrypointContext::run_worker), then settle
     /// the delivery). It runs as a task of the service: a stop waits for it, a kill drops it
     /// (the delivery is then neither settled nor answered, and the broker redelivers it).
-    fn handle(self: Arc<Self>, delivery: Delivery, slot: WorkerSlot) -> BoxFuture<'static, ()>;
+    ///
+    /// The future is spawned as it is: a concrete future (an `async` block, or an `async fn`)
+    /// costs no allocation per message.
+    fn handle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        slot: WorkerSlot,
+    ) -> impl Future<Output = ()> + Send + 'static;
 
     /// Settles a message delivered more than `MAX_REDELIVERIES` times without being settled
     /// for good (a poison message). The default rejects it without requeue (dead-lettered
     /// where its queue has a dead-letter exchange).
-    fn give_up(self: Arc<Self>, delivery: Delivery, reason: String) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
+    fn give_up(
+        self: Arc<Self>,
+        delivery: Delivery,
+        reason: String,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
             tracing::error!(routing_key = %delivery.routing_key, %reason, "dropped a message");
             if let Err(error) = delivery.reject(false).await {
                 tracing::warn!(%error, "could not reject a message");
             }
-        })
+        }
     }
 }
 
@@ -108,10 +118,10 @@ const RECONSUME_ATTEMPTS: u32 = 10;
 const RETURN_PREFETCHED_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Declares and consumes the queue; the loop is what keeps running.
-pub(crate) async fn start(
+pub(crate) async fn start<H: DeliveryHandler>(
     cx: ServiceContext,
     declaration: Arc<QueueDeclaration>,
-    handler: Arc<dyn DeliveryHandler>,
+    handler: Arc<H>,
 ) -> Result<Started, Error> {
     let transport = cx.transport();
     declaration.declare(transport).await?;
@@ -143,11 +153,11 @@ pub(crate) async fn start(
 
 /// One consumer's loop: returns its consumers (cancelled, to be closed once the workers are
 /// done: a consumer the broker cancelled was replaced by a new one) and why it failed, if it did.
-async fn consume(
+async fn consume<H: DeliveryHandler>(
     cx: &ServiceContext,
     declaration: &QueueDeclaration,
     mut consumer: Consumer,
-    handler: Arc<dyn DeliveryHandler>,
+    handler: Arc<H>,
 ) -> (Vec<Consumer>, Option<String>) {
     let queue = declaration.queue();
     let (stop, transport) = (cx.stop_token(), cx.transport());
@@ -155,10 +165,13 @@ async fn consume(
     let mut failure = None;
     let max_redeliveries = cx.config().max_redeliveries;
     let held = crate::metrics::messages_held(cx.service_name(), queue);
+    // One wait for the stop for the whole loop, not one registered per message.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let next = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = &mut stopped => break,
             next = consumer.next() => next,
         };
         let mut delivery = match next {

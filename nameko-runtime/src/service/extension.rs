@@ -199,10 +199,10 @@ impl ServiceContext {
     /// redelivered more than `MAX_REDELIVERIES` times goes to
     /// [`DeliveryHandler::give_up`]. At the stop, messages received but not started go back
     /// to the queue at once, and the consumer is closed once the workers have finished.
-    pub async fn consume(
+    pub async fn consume<H: DeliveryHandler>(
         &self,
         declaration: QueueDeclaration,
-        handler: Arc<dyn DeliveryHandler>,
+        handler: Arc<H>,
     ) -> Result<Started, Error> {
         super::consume::start(self.clone(), Arc::new(declaration), handler).await
     }

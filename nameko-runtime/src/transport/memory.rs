@@ -27,8 +27,8 @@ use tokio::time::Instant;
 use crate::protocol::Headers;
 
 use super::{
-    Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, OutgoingMessage, Properties,
-    Publishing, QueueSpec, ReturnedMessage, SharedTransport, Transport, TransportError,
+    Consumer, ConsumerSource, Delivery, ExchangeSpec, ExchangeType, OutgoingMessage, Properties,
+    Publishing, QueueSpec, ReturnedMessage, Settler, SharedTransport, Transport, TransportError,
 };
 
 /// An in-process broker. Clone it freely: clones share the same exchanges and queues.
@@ -53,13 +53,17 @@ impl std::fmt::Debug for MemoryBroker {
 struct State {
     /// The state itself, for the timers that expire messages of idle queues.
     me: Weak<Mutex<State>>,
-    exchanges: HashMap<String, Exchange>,
-    queues: HashMap<String, Queue>,
+    exchanges: FastMap<String, Exchange>,
+    queues: FastMap<String, Queue>,
     next_consumer: u64,
     /// When unused queues run out of their expiry, earliest first. An entry is void when its
     /// queue was used since ([`Queue::expires_at`] moved or cleared).
     expiries: BinaryHeap<Reverse<(Instant, String)>>,
 }
+
+/// The maps looked up several times for each message: a fast hasher (names are the
+/// application's own; foldhash is still seeded per map).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Exchange {
     spec: ExchangeSpec,
@@ -69,6 +73,9 @@ struct Exchange {
 #[derive(PartialEq)]
 struct Binding {
     key: String,
+    /// Whether the key has no topic wildcard: a direct or topic exchange then routes on
+    /// equality, without reading the key for wildcards at each message.
+    literal: bool,
     /// Shared with the routing of each message (a count, not a copy).
     queue: Arc<str>,
     arguments: Headers,
@@ -124,7 +131,7 @@ enum Settlement {
     Ack,
     Requeue(Stored),
     /// Rejected without requeue: dead-lettered where the queue says.
-    Reject(Option<Stored>),
+    Reject(Stored),
 }
 
 struct Slot {
@@ -146,8 +153,8 @@ impl MemoryBroker {
             state: Arc::new_cyclic(|me| {
                 Mutex::new(State {
                     me: me.clone(),
-                    exchanges: HashMap::new(),
-                    queues: HashMap::new(),
+                    exchanges: FastMap::default(),
+                    queues: FastMap::default(),
                     next_consumer: 0,
                     expiries: BinaryHeap::new(),
                 })
@@ -197,13 +204,13 @@ impl MemoryBroker {
             slot.unsettled = slot.unsettled.saturating_sub(1);
         }
         match settlement {
-            Settlement::Ack | Settlement::Reject(None) => {}
+            Settlement::Ack => {}
             Settlement::Requeue(message) => {
                 if let Some(over) = q.return_message(message) {
                     state.dead_letter(queue, over, "delivery_limit");
                 }
             }
-            Settlement::Reject(Some(message)) => state.dead_letter(queue, message, "rejected"),
+            Settlement::Reject(message) => state.dead_letter(queue, message, "rejected"),
         }
         state.dispatch(queue);
     }
@@ -272,12 +279,17 @@ impl State {
         let mut first: Option<Arc<str>> = None;
         let mut targets: Vec<Arc<str>> = Vec::new();
         for binding in &exchange.bindings {
-            let routed = kind.routes(
-                &binding.key,
-                &binding.arguments,
-                &message.routing_key,
-                &message.properties.headers,
-            );
+            let routed = match kind {
+                ExchangeType::Direct | ExchangeType::Topic if binding.literal => {
+                    binding.key == message.routing_key
+                }
+                _ => kind.routes(
+                    &binding.key,
+                    &binding.arguments,
+                    &message.routing_key,
+                    &message.properties.headers,
+                ),
+            };
             if !routed || first.as_ref() == Some(&binding.queue) || targets.contains(&binding.queue)
             {
                 continue;
@@ -582,61 +594,23 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Settles one delivery. The broker keeps no copy of a delivered message: the delivery hands
-/// it over ([`Acker::take_back`]) when it is settled or dropped, and it is kept only to be
-/// requeued (rejected with `requeue`, or dropped before it settled).
-struct MemoryAcker {
+/// it back ([`holding`](Self::holding)) when it is settled or dropped, and it is kept only to
+/// be requeued (rejected with `requeue`, or dropped before it settled). Small, as each
+/// delivery carries one.
+pub(crate) struct MemoryAcker {
     state: Weak<Mutex<State>>,
     queue: Arc<str>,
     consumer: u64,
-    settled: bool,
-    returned: Option<Stored>,
     /// The message's priority, expiry and delivery count, which a requeue keeps.
     priority: u8,
     expires_at: Option<Instant>,
     delivery_count: u32,
 }
 
-/// The future of a settlement, which the embedded broker does at once: zero-sized, so boxing
-/// it allocates nothing.
-struct Settled;
-
-impl std::future::Future for Settled {
-    type Output = Result<(), TransportError>;
-    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 impl MemoryAcker {
-    fn settle(&mut self, settlement: impl FnOnce(Option<Stored>) -> Settlement) {
-        if !std::mem::replace(&mut self.settled, true) {
-            let settlement = settlement(self.returned.take());
-            MemoryBroker::settle(&self.state, &self.queue, self.consumer, settlement);
-        }
-    }
-
-    fn settle_requeue(&mut self) {
-        self.settle(|message| message.map_or(Settlement::Ack, Settlement::Requeue));
-    }
-}
-
-impl Acker for MemoryAcker {
-    fn ack(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
-        self.settle(|_| Settlement::Ack);
-        Settled.boxed()
-    }
-
-    fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>> {
-        if requeue {
-            self.settle_requeue();
-        } else {
-            self.settle(Settlement::Reject);
-        }
-        Settled.boxed()
-    }
-
-    fn take_back(&mut self, message: ReturnedMessage) {
-        self.returned = Some(Stored {
+    /// The delivery to be settled, its message handed back: requeued if dropped unsettled.
+    pub(crate) fn holding(self, message: ReturnedMessage) -> MemorySettling {
+        let stored = Stored {
             exchange: message.exchange,
             routing_key: message.routing_key,
             redelivered: true,
@@ -645,14 +619,47 @@ impl Acker for MemoryAcker {
             priority: self.priority,
             expires_at: self.expires_at,
             delivery_count: self.delivery_count,
-        });
+        };
+        MemorySettling {
+            acker: self,
+            message: Some(stored),
+        }
     }
 }
 
-impl Drop for MemoryAcker {
+/// A delivery of the embedded broker with its message, settled by [`ack`](Self::ack) or
+/// [`reject`](Self::reject); requeued if dropped first.
+pub(crate) struct MemorySettling {
+    acker: MemoryAcker,
+    /// `None` once settled.
+    message: Option<Stored>,
+}
+
+impl MemorySettling {
+    fn settle(&mut self, settlement: impl FnOnce(Stored) -> Settlement) {
+        if let Some(message) = self.message.take() {
+            let a = &self.acker;
+            MemoryBroker::settle(&a.state, &a.queue, a.consumer, settlement(message));
+        }
+    }
+
+    pub(crate) fn ack(mut self) {
+        self.settle(|_| Settlement::Ack);
+    }
+
+    pub(crate) fn reject(mut self, requeue: bool) {
+        if requeue {
+            self.settle(Settlement::Requeue);
+        } else {
+            self.settle(Settlement::Reject);
+        }
+    }
+}
+
+impl Drop for MemorySettling {
     fn drop(&mut self) {
-        // Dropped unsettled (its delivery handed the message back first): requeued.
-        self.settle_requeue();
+        // Dropped unsettled: requeued.
+        self.settle(Settlement::Requeue);
     }
 }
 
@@ -693,19 +700,17 @@ impl ConsumerSource for MemoryConsumer {
                     state: self.state.clone(),
                     queue: self.queue.clone(),
                     consumer: self.id,
-                    settled: false,
-                    returned: None,
                     priority: m.priority,
                     expires_at: m.expires_at,
                     delivery_count: m.delivery_count,
                 };
-                Ok(Delivery::new(
+                Ok(Delivery::settled_by(
                     m.exchange,
                     m.routing_key,
                     m.redelivered,
                     m.properties,
                     m.body,
-                    Box::new(acker),
+                    Settler::Memory(acker),
                 ))
             })
         })
@@ -815,6 +820,7 @@ impl Transport for MemoryBroker {
                     Some(ex) => {
                         let binding = Binding {
                             key: binding_key.to_owned(),
+                            literal: !binding_key.contains(['*', '#']),
                             queue: Arc::from(queue),
                             arguments: arguments.clone(),
                         };

@@ -376,7 +376,7 @@ pub struct Delivery {
     /// The body.
     pub body: Vec<u8>,
     /// `None` once settled.
-    acker: Option<Box<dyn Acker>>,
+    settler: Option<Settler>,
     /// Its place in the service's `nameko_messages_held`, given up when it is settled (or
     /// dropped).
     held: Option<Held>,
@@ -432,6 +432,83 @@ pub trait Acker: Send + Sync {
     }
 }
 
+/// How a delivery is settled: the two transports' own ackers kept inline (no allocation per
+/// message), any other transport's boxed.
+pub(crate) enum Settler {
+    Memory(memory::MemoryAcker),
+    Amqp(amqp::AmqpAcker),
+    Other(Box<dyn Acker>),
+}
+
+impl Settler {
+    /// Acknowledges (`reject: None`) or rejects (`Some(requeue)`) when the future runs, the
+    /// delivery's message handed back to the transports that keep no copy of it (a future
+    /// dropped before it ran leaves the delivery unsettled, to be requeued, as RabbitMQ would).
+    fn settle(self, message: ReturnedMessage, reject: Option<bool>) -> Settling {
+        match self {
+            Settler::Memory(acker) => Settling::Memory(Some((acker.holding(message), reject))),
+            // Boxed: lapin's future is large, and RabbitMQ's round trip dwarfs an allocation;
+            // the future of every delivery's handler stays small.
+            Settler::Amqp(acker) => Settling::Waiting(match reject {
+                None => Box::pin(acker.ack()),
+                Some(requeue) => Box::pin(acker.reject(requeue)),
+            }),
+            Settler::Other(mut acker) => {
+                acker.take_back(message);
+                Settling::Waiting(Box::pin(async move {
+                    match reject {
+                        None => acker.ack().await,
+                        Some(requeue) => acker.reject(requeue).await,
+                    }
+                }))
+            }
+        }
+    }
+
+    /// The delivery was dropped unsettled: its message goes back to its queue.
+    fn unsettled(self, message: ReturnedMessage) {
+        match self {
+            Settler::Memory(acker) => drop(acker.holding(message)),
+            // RabbitMQ requeues it when the channel closes.
+            Settler::Amqp(_) => {}
+            Settler::Other(mut acker) => acker.take_back(message),
+        }
+    }
+}
+
+/// The future of a settlement. (Written out rather than an `async` block: it is part of the
+/// future of every delivery's handler, so its size is paid at every message.)
+#[allow(
+    clippy::large_enum_variant,
+    reason = "boxing the embedded broker's would cost an allocation per message"
+)]
+enum Settling {
+    /// Nothing to do (settled already).
+    Done,
+    /// The embedded broker's, done when first polled.
+    Memory(Option<(memory::MemorySettling, Option<bool>)>),
+    Waiting(BoxFuture<'static, Result<(), TransportError>>),
+}
+
+impl Future for Settling {
+    type Output = Result<(), TransportError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Settling::Done => Poll::Ready(Ok(())),
+            Settling::Memory(settling) => {
+                match settling.take() {
+                    Some((settling, None)) => settling.ack(),
+                    Some((settling, Some(requeue))) => settling.reject(requeue),
+                    None => {}
+                }
+                Poll::Ready(Ok(()))
+            }
+            Settling::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
 impl Delivery {
     /// A delivery settled through `acker` (for transport implementations).
     pub fn new(
@@ -442,13 +519,32 @@ impl Delivery {
         body: Vec<u8>,
         acker: Box<dyn Acker>,
     ) -> Self {
+        Delivery::settled_by(
+            exchange,
+            routing_key,
+            redelivered,
+            properties,
+            body,
+            Settler::Other(acker),
+        )
+    }
+
+    /// A delivery of one of this crate's transports.
+    pub(crate) fn settled_by(
+        exchange: Arc<str>,
+        routing_key: String,
+        redelivered: bool,
+        properties: Properties,
+        body: Vec<u8>,
+        settler: Settler,
+    ) -> Self {
         Delivery {
             exchange,
             routing_key,
             redelivered,
             properties,
             body,
-            acker: Some(acker),
+            settler: Some(settler),
             held: None,
         }
     }
@@ -461,19 +557,12 @@ impl Delivery {
 
     /// Acknowledges the delivery: the broker forgets it.
     ///
-    /// The future keeps only the acknowledgement's own state, not the message.
+    /// The future keeps only the acknowledgement's own state, and the message where the
+    /// transport keeps no copy of it; one dropped before it ran leaves the delivery unsettled.
     pub fn ack(mut self) -> impl Future<Output = Result<(), TransportError>> + Send + 'static {
-        let mut acker = self.acker.take();
-        if let Some(acker) = &mut acker {
-            // Kept by the acker (a move), so that a future dropped before it ran leaves the
-            // message unsettled, to be requeued, as RabbitMQ would.
-            acker.take_back(self.take_message());
-        }
-        async move {
-            match acker {
-                Some(mut acker) => acker.ack().await,
-                None => Ok(()),
-            }
+        match self.settler.take() {
+            Some(settler) => settler.settle(self.take_message(), None),
+            None => Settling::Done,
         }
     }
 
@@ -483,15 +572,9 @@ impl Delivery {
         mut self,
         requeue: bool,
     ) -> impl Future<Output = Result<(), TransportError>> + Send + 'static {
-        let mut acker = self.acker.take();
-        if let Some(acker) = &mut acker {
-            acker.take_back(self.take_message());
-        }
-        async move {
-            match acker {
-                Some(mut acker) => acker.reject(requeue).await,
-                None => Ok(()),
-            }
+        match self.settler.take() {
+            Some(settler) => settler.settle(self.take_message(), Some(requeue)),
+            None => Settling::Done,
         }
     }
 
@@ -507,9 +590,8 @@ impl Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if let Some(mut acker) = self.acker.take() {
-            // Unsettled: the message goes back to its queue.
-            acker.take_back(self.take_message());
+        if let Some(settler) = self.settler.take() {
+            settler.unsettled(self.take_message());
         }
     }
 }
@@ -872,6 +954,15 @@ pub fn topic_matches(binding_key: &str, routing_key: &str) -> bool {
     }
     if !binding_key.contains(['*', '#']) {
         return binding_key == routing_key;
+    }
+    // The commonest pattern, an RPC queue's `<service>.*`: one word after a fixed prefix.
+    if let Some(prefix) = binding_key.strip_suffix(".*")
+        && !prefix.contains(['*', '#'])
+    {
+        return routing_key
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|word| !word.contains('.'));
     }
     matches(words(binding_key), words(routing_key))
 }

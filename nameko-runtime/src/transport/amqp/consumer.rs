@@ -2,7 +2,20 @@
 
 use super::*;
 
-pub(super) struct AmqpAcker(lapin::Acker);
+pub(crate) struct AmqpAcker(lapin::Acker);
+
+impl AmqpAcker {
+    pub(crate) async fn ack(self) -> Result<(), TransportError> {
+        settled("acknowledge", self.0.ack(BasicAckOptions::default()).await)
+    }
+
+    pub(crate) async fn reject(self, requeue: bool) -> Result<(), TransportError> {
+        settled(
+            "reject",
+            self.0.reject(BasicRejectOptions { requeue }).await,
+        )
+    }
+}
 
 /// lapin's answer to a settlement: `Ok(false)` means it was not sent (the delivery's channel
 /// is gone, so the broker redelivers the message), which is an error for the caller to log.
@@ -13,22 +26,6 @@ pub(super) fn settled(what: &str, result: lapin::Result<bool>) -> Result<(), Tra
             "could not {what} the message: its channel is closed (the broker will deliver it again)"
         ))),
         Err(e) => Err(connection_error(e)),
-    }
-}
-
-impl Acker for AmqpAcker {
-    fn ack(&mut self) -> BoxFuture<'_, Result<(), TransportError>> {
-        async move { settled("acknowledge", self.0.ack(BasicAckOptions::default()).await) }.boxed()
-    }
-
-    fn reject(&mut self, requeue: bool) -> BoxFuture<'_, Result<(), TransportError>> {
-        async move {
-            settled(
-                "reject",
-                self.0.reject(BasicRejectOptions { requeue }).await,
-            )
-        }
-        .boxed()
     }
 }
 
@@ -73,13 +70,13 @@ impl ConsumerSource for AmqpConsumer {
             if *self.exchange != *d.exchange.as_str() {
                 self.exchange = Arc::from(d.exchange.as_str());
             }
-            return Poll::Ready(Some(Ok(Delivery::new(
+            return Poll::Ready(Some(Ok(Delivery::settled_by(
                 self.exchange.clone(),
                 d.routing_key.as_str().to_owned(),
                 d.redelivered,
                 properties,
                 d.data,
-                Box::new(AmqpAcker(d.acker)),
+                Settler::Amqp(AmqpAcker(d.acker)),
             ))));
         }
     }

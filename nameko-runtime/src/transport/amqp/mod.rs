@@ -38,8 +38,8 @@ use serde_json::Value;
 use tokio::sync::{Mutex, watch};
 
 use super::{
-    Acker, Consumer, ConsumerSource, Delivery, ExchangeSpec, ExchangeType, OutgoingMessage,
-    Properties, Publishing, QueueSpec, TlsOptions, Transport, TransportError, mask_password,
+    Consumer, ConsumerSource, Delivery, ExchangeSpec, ExchangeType, OutgoingMessage, Properties,
+    Publishing, QueueSpec, Settler, TlsOptions, Transport, TransportError, mask_password,
 };
 use crate::protocol::Headers;
 
@@ -47,6 +47,7 @@ mod consumer;
 mod fields;
 mod uri;
 
+pub(crate) use consumer::AmqpAcker;
 use consumer::*;
 use fields::*;
 pub(crate) use uri::{amqp_user, parse_amqp_uri};
