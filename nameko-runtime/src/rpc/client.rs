@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::context::{ContextData, WorkerContext};
 use crate::error::RpcError;
 use crate::metrics::CallOutcome;
-use crate::protocol::{self, ReplyBody};
+use crate::protocol::{self, RemoteError, ReplyBody};
 use crate::transport::{
     OutgoingMessage, Properties, SharedTransport, TransportError, amqp::AmqpOptions,
 };
@@ -490,8 +490,33 @@ fn outcome<R>(result: &Result<R, RpcError>) -> CallOutcome {
     }
 }
 
-/// Reads a reply body as a result of type `R`, or the error it carries.
+/// Reads a reply body as a result of type `R`, or the error it carries: in one pass, straight
+/// into `R`; a reply that does not read so is read again in two steps, for the precise error.
 pub(crate) fn decode_reply<R: DeserializeOwned>(reply: &[u8]) -> Result<R, RpcError> {
+    #[derive(Deserialize)]
+    struct Reply<R> {
+        result: Option<R>,
+        #[serde(default)]
+        error: Option<RemoteError>,
+    }
+    match serde_json::from_slice::<Reply<R>>(reply) {
+        Ok(Reply {
+            error: Some(error), ..
+        }) => Err(RpcError::from_remote(error)),
+        Ok(Reply {
+            result: Some(result),
+            ..
+        }) => Ok(result),
+        // `null` (or no result at all): what `R` makes of `null` (`()`, `None`) or an error.
+        Ok(Reply { result: None, .. }) => serde_json::from_str("null")
+            .map_err(|e| RpcError::Serialization(format!("result: {e}"))),
+        Err(_) => decode_reply_in_two_steps(reply),
+    }
+}
+
+/// The reply read raw first, then its result: tells a reply that is not Nameko's from a
+/// result that does not fit `R`.
+fn decode_reply_in_two_steps<R: DeserializeOwned>(reply: &[u8]) -> Result<R, RpcError> {
     let body = ReplyBody::parse(reply)
         .map_err(|e| RpcError::Serialization(format!("reply is not a Nameko reply: {e}")))?;
     if let Some(error) = body.error {
@@ -520,6 +545,35 @@ mod tests {
             Some("ValueError")
         );
         let wrong = decode_reply::<u32>(br#"{"result": "x", "error": null}"#).unwrap_err();
-        assert!(matches!(wrong, RpcError::Serialization(_)));
+        assert!(
+            matches!(&wrong, RpcError::Serialization(m) if m.starts_with("result: invalid type")),
+            "{wrong:?}"
+        );
+        let not_nameko = decode_reply::<u32>(b"not json").unwrap_err();
+        assert!(
+            matches!(&not_nameko, RpcError::Serialization(m) if m.starts_with("reply is not a Nameko reply")),
+            "{not_nameko:?}"
+        );
+        // An error wins over a result, whether or not the result fits.
+        let both = br#"{"result": "x", "error": {"exc_type": "E", "exc_path": "m.E", "exc_args": [], "value": ""}}"#;
+        assert_eq!(
+            decode_reply::<u32>(both)
+                .unwrap_err()
+                .remote()
+                .map(|e| e.exc_type.as_str()),
+            Some("E")
+        );
+        assert_eq!(
+            decode_reply::<String>(both)
+                .unwrap_err()
+                .remote()
+                .map(|e| e.exc_type.as_str()),
+            Some("E")
+        );
+        // No result at all reads as `null`.
+        assert_eq!(
+            decode_reply::<Option<u32>>(br#"{"error": null}"#).unwrap(),
+            None
+        );
     }
 }

@@ -155,6 +155,10 @@ impl ServiceContext {
     /// Waits for one of the service's `max_workers` worker slots, shared by all its
     /// entrypoints: `None` once the service stops.
     pub async fn worker_slot(&self) -> Option<WorkerSlot> {
+        // A free slot at once (the usual case), without waiting on the stop.
+        if let Ok(permit) = self.inner.workers.clone().try_acquire_owned() {
+            return Some(WorkerSlot { _permit: permit });
+        }
         let stop = &self.inner.shared.stop;
         tokio::select! {
             biased;
@@ -170,10 +174,12 @@ impl ServiceContext {
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let kill = self.inner.shared.kill.clone();
         self.inner.tracker.spawn(async move {
+            // The task first: one done at its first poll (most are, on the embedded broker)
+            // never waits on the kill switch; a kill drops the others at their next wait.
             tokio::select! {
                 biased;
-                _ = kill.cancelled() => {}
                 _ = task => {}
+                _ = kill.cancelled() => {}
             }
         });
     }
