@@ -279,7 +279,8 @@ impl EntrypointMetrics {
 /// there.
 struct ByTwoNames<V>(RwLock<ByName<ByName<V>>>);
 
-type ByName<V> = HashMap<Box<str>, V>;
+/// Looked up at every call or dispatch: a fast hasher (the names are the application's own).
+type ByName<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
 impl<V> Default for ByTwoNames<V> {
     fn default() -> Self {

@@ -202,6 +202,16 @@ impl RequestBody {
                 Err(e) => Err(MalformedRequest::NotJson(e.to_string())),
             };
         }
+        // A well-formed request in one pass; any other is read again below, to say what is
+        // wrong with it.
+        #[derive(Deserialize)]
+        struct Strict {
+            args: Vec<Box<RawValue>>,
+            kwargs: HashMap<String, Box<RawValue>>,
+        }
+        if let Ok(Strict { args, kwargs }) = serde_json::from_str(text) {
+            return Ok(RequestBody { args, kwargs });
+        }
         let loose: Loose<'_> = match serde_json::from_str(text) {
             Ok(loose) => loose,
             Err(e) if e.is_data() => return Err(MalformedRequest::NotAnObject),

@@ -73,12 +73,47 @@ struct Exchange {
 #[derive(PartialEq)]
 struct Binding {
     key: String,
-    /// Whether the key has no topic wildcard: a direct or topic exchange then routes on
-    /// equality, without reading the key for wildcards at each message.
-    literal: bool,
+    /// The key's shape, read once at the binding rather than at each message.
+    pattern: KeyPattern,
     /// Shared with the routing of each message (a count, not a copy).
     queue: Arc<str>,
     arguments: Headers,
+}
+
+/// The shape of a binding key, for a topic exchange.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KeyPattern {
+    /// No wildcard: routes on equality.
+    Literal,
+    /// `<prefix>.*` with no wildcard in the prefix (an RPC queue's `<service>.*`): one word
+    /// after the prefix and its dot (the prefix's length).
+    OneWordAfter(usize),
+    /// Any other pattern, matched word by word.
+    Other,
+}
+
+impl KeyPattern {
+    fn of(key: &str) -> KeyPattern {
+        match key.strip_suffix(".*") {
+            _ if !key.contains(['*', '#']) => KeyPattern::Literal,
+            Some(prefix) if !prefix.contains(['*', '#']) => KeyPattern::OneWordAfter(prefix.len()),
+            _ => KeyPattern::Other,
+        }
+    }
+
+    /// Whether `routing_key` matches `key` (whose pattern this is) on a topic exchange.
+    fn matches(self, key: &str, routing_key: &str) -> bool {
+        match self {
+            KeyPattern::Literal => key == routing_key,
+            KeyPattern::OneWordAfter(prefix) => {
+                let (key, routing_key) = (key.as_bytes(), routing_key.as_bytes());
+                routing_key.len() > prefix
+                    && routing_key[..=prefix] == key[..=prefix]
+                    && !routing_key[prefix + 1..].contains(&b'.')
+            }
+            KeyPattern::Other => super::topic_matches(key, routing_key),
+        }
+    }
 }
 
 struct Queue {
@@ -280,9 +315,8 @@ impl State {
         let mut targets: Vec<Arc<str>> = Vec::new();
         for binding in &exchange.bindings {
             let routed = match kind {
-                ExchangeType::Direct | ExchangeType::Topic if binding.literal => {
-                    binding.key == message.routing_key
-                }
+                ExchangeType::Direct => binding.key == message.routing_key,
+                ExchangeType::Topic => binding.pattern.matches(&binding.key, &message.routing_key),
                 _ => kind.routes(
                     &binding.key,
                     &binding.arguments,
@@ -820,7 +854,7 @@ impl Transport for MemoryBroker {
                     Some(ex) => {
                         let binding = Binding {
                             key: binding_key.to_owned(),
-                            literal: !binding_key.contains(['*', '#']),
+                            pattern: KeyPattern::of(binding_key),
                             queue: Arc::from(queue),
                             arguments: arguments.clone(),
                         };
@@ -891,6 +925,42 @@ impl Transport for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_binding_key_s_pattern_routes_as_topic_matching_does() {
+        let words = ["a", "bc", "", "*", "#"];
+        let mut keys = vec![String::new()];
+        for _ in 0..3 {
+            let longer: Vec<String> = keys
+                .iter()
+                .flat_map(|k| {
+                    words.iter().map(move |w| {
+                        if k.is_empty() {
+                            (*w).to_owned()
+                        } else {
+                            format!("{k}.{w}")
+                        }
+                    })
+                })
+                .collect();
+            keys.extend(longer);
+        }
+        keys.sort();
+        keys.dedup();
+        for binding in &keys {
+            let pattern = KeyPattern::of(binding);
+            for routing in keys.iter().filter(|k| !k.contains(['*', '#'])) {
+                assert_eq!(
+                    pattern.matches(binding, routing),
+                    super::super::topic_matches(binding, routing),
+                    "{binding:?} ({pattern:?}) against {routing:?}"
+                );
+            }
+        }
+        assert_eq!(KeyPattern::of("svc.*"), KeyPattern::OneWordAfter(3));
+        assert_eq!(KeyPattern::of("a.*.*"), KeyPattern::Other);
+        assert_eq!(KeyPattern::of("svc.greet"), KeyPattern::Literal);
+    }
     use futures_util::StreamExt;
     use std::time::Duration;
 
