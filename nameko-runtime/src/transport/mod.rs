@@ -955,15 +955,6 @@ pub fn topic_matches(binding_key: &str, routing_key: &str) -> bool {
     if !binding_key.contains(['*', '#']) {
         return binding_key == routing_key;
     }
-    // The commonest pattern, an RPC queue's `<service>.*`: one word after a fixed prefix.
-    if let Some(prefix) = binding_key.strip_suffix(".*")
-        && !prefix.contains(['*', '#'])
-    {
-        return routing_key
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_prefix('.'))
-            .is_some_and(|word| !word.contains('.'));
-    }
     matches(words(binding_key), words(routing_key))
 }
 
