@@ -370,6 +370,20 @@ pub fn encode_reply_result(result_json: &[u8]) -> Vec<u8> {
     body
 }
 
+/// [`encode_reply_result`] in the result's own buffer: no copy where it has room for the
+/// envelope (as a result `serde_json::to_vec` wrote usually has).
+pub(crate) fn wrap_reply_result(mut result: Vec<u8>) -> Vec<u8> {
+    const HEAD: &[u8] = b"{\"result\": ";
+    const TAIL: &[u8] = b", \"error\": null}";
+    let len = result.len();
+    result.reserve(HEAD.len() + TAIL.len());
+    result.extend_from_slice(HEAD);
+    result.copy_within(0..len, HEAD.len());
+    result[..HEAD.len()].copy_from_slice(HEAD);
+    result.extend_from_slice(TAIL);
+    result
+}
+
 /// Serialises a reply carrying an error object.
 pub fn encode_reply_error(error: &RemoteError) -> Vec<u8> {
     #[derive(Serialize)]
@@ -573,6 +587,16 @@ mod tests {
             encode_reply_result(br#""Hello Tim!""#),
             br#"{"result": "Hello Tim!", "error": null}"#
         );
+        // Written around the result in its own buffer, whatever room the buffer has.
+        for result in [&br#""Hello Tim!""#[..], b"", br#"{"n": [1, 2, 3]}"#] {
+            let mut roomy = Vec::with_capacity(128);
+            roomy.extend_from_slice(result);
+            assert_eq!(wrap_reply_result(roomy), encode_reply_result(result));
+            assert_eq!(
+                wrap_reply_result(result.to_vec()),
+                encode_reply_result(result)
+            );
+        }
         let error = RemoteError::nameko("MethodNotFound", "nope".into());
         let body: Value = serde_json::from_slice(&encode_reply_error(&error)).unwrap();
         assert_eq!(

@@ -255,7 +255,7 @@ pub(crate) async fn handle_json_message<E>(
     };
     let (service, handler) = (cx.service_name(), method.name());
     let settled = match outcome {
-        Ok(()) => delivery.ack().await,
+        Ok(()) => delivery.ack_at_once().await,
         Err(EventError::Payload(reason)) => {
             let arguments = event_arguments(
                 &delivery.body,
@@ -274,7 +274,7 @@ pub(crate) async fn handle_json_message<E>(
             tracing::warn!(service, handler, %subject, "requeueing the failed message");
             delivery.reject(true).await
         }
-        Err(EventError::Handler(_)) => delivery.ack().await,
+        Err(EventError::Handler(_)) => delivery.ack_at_once().await,
     };
     if let Err(error) = settled {
         tracing::warn!(service, handler, %subject, %error, "could not settle a message");

@@ -217,11 +217,18 @@ impl Listening {
     /// Hands replies to their calls until the consumer ends (`Some(reason)`) or the client
     /// closes (`None`).
     async fn deliver(&self, consumer: &mut Consumer) -> Option<String> {
+        // One wait for the close, registered once; looked at after the replies ready (the
+        // flag first, so that a steady stream of replies does not hide it).
+        let stopped = self.stop.cancelled();
+        tokio::pin!(stopped);
         loop {
+            if self.stop.is_cancelled() {
+                return None;
+            }
             let delivery = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => return None,
                 next = consumer.next() => next,
+                _ = &mut stopped => return None,
             };
             match delivery {
                 Some(Ok(mut delivery)) => {
@@ -241,8 +248,8 @@ impl Listening {
                     // The caller has its reply. The acknowledgement is done here when it can
                     // be at once (the embedded broker), otherwise on a task of its own, so the
                     // next reply does not wait for this one's to be written.
-                    let mut ack = Box::pin(delivery.ack());
-                    match futures_util::poll!(ack.as_mut()) {
+                    let mut ack = delivery.ack_at_once();
+                    match futures_util::poll!(&mut ack) {
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(e)) => {
                             tracing::warn!(error = %e, "could not acknowledge a reply");

@@ -16,7 +16,7 @@ use crate::service::{
     SharedExtension, Started, WorkerSlot,
 };
 use crate::transport::{
-    Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec, TransportError,
+    Delivery, ExchangeSpec, OutgoingMessage, Properties, QueueSpec, TransportError, Unpublished,
 };
 
 /// `#[rpc]`: the method answers calls to `<service>.<name>` on the RPC exchange.
@@ -142,6 +142,14 @@ impl DeliveryHandler for RpcHandler {
     }
 }
 
+/// A reply's body: Nameko's `{"result", "error"}` (a result written around in its own buffer).
+fn encode_reply(reply: Result<Vec<u8>, RemoteError>) -> Vec<u8> {
+    match reply {
+        Ok(result) => protocol::wrap_reply_result(result),
+        Err(error) => protocol::encode_reply_error(&error),
+    }
+}
+
 /// How many times a reply is published before the request is given up (the method never runs
 /// twice for one delivery).
 const REPLY_PUBLISH_ATTEMPTS: u32 = 3;
@@ -157,7 +165,7 @@ impl RpcHandler {
     )]
     fn reply(
         self: Arc<Self>,
-        delivery: Delivery,
+        mut delivery: Delivery,
         slot: WorkerSlot,
     ) -> impl Future<Output = ()> + Send {
         async move {
@@ -184,16 +192,45 @@ impl RpcHandler {
                 // Killed: neither answered nor acknowledged; the broker redelivers it.
                 return;
             };
-            let reply_to = delivery.properties.reply_to.as_deref().unwrap_or_default();
-            let correlation_id = delivery.properties.correlation_id.as_deref();
-            let Err(error) = self.publish_reply(reply_to, correlation_id, &reply).await else {
-                if let Err(e) = delivery.ack().await {
+            // The reply takes the request's `reply_to` and `correlation_id` rather than copies;
+            // a reply not published hands them back, and the request is whole again.
+            let message = OutgoingMessage {
+                exchange: self.exchange.clone(),
+                routing_key: delivery.properties.reply_to.take().unwrap_or_default(),
+                mandatory: false,
+                properties: Properties {
+                    correlation_id: delivery.properties.correlation_id.take(),
+                    ..Properties::nameko_json()
+                },
+                body: encode_reply(reply),
+            };
+            let Err(unpublished) = self.cx.transport().publish_or_return(message).await else {
+                if let Err(e) = delivery.ack_at_once().await {
                     tracing::warn!(service, error = %e, "could not acknowledge a request");
                 }
                 return;
             };
             // Boxed: rare, and its state must not enlarge every request's future.
-            Box::pin(self.reply_failed(delivery, error)).await;
+            Box::pin(self.reply_again(delivery, unpublished)).await;
+        }
+    }
+
+    /// A reply whose first publish failed: published again where the failure may pass, or the
+    /// request settled as [`reply_failed`](Self::reply_failed) says.
+    async fn reply_again(&self, mut delivery: Delivery, unpublished: Box<Unpublished>) {
+        match self.publish_again(unpublished).await {
+            Ok(()) => {
+                if let Err(e) = delivery.ack_at_once().await {
+                    let service = self.service;
+                    tracing::warn!(service, error = %e, "could not acknowledge a request");
+                }
+            }
+            Err(unpublished) => {
+                let Unpublished { error, message } = *unpublished;
+                delivery.properties.reply_to = Some(message.routing_key);
+                delivery.properties.correlation_id = message.properties.correlation_id;
+                self.reply_failed(delivery, error).await
+            }
         }
     }
 
@@ -267,44 +304,40 @@ impl RpcHandler {
         reply: &Result<Vec<u8>, RemoteError>,
     ) -> Result<(), TransportError> {
         let message = self.reply_message(reply_to, correlation_id, reply);
-        match self.cx.transport().publish(message).await {
+        match self.cx.transport().publish_or_return(message).await {
             Ok(()) => Ok(()),
             // Boxed: rare, and its state (a timer among it) must not enlarge every request's.
-            Err(error) => {
-                Box::pin(self.publish_reply_again(reply_to, correlation_id, reply, error)).await
-            }
+            Err(unpublished) => Box::pin(self.publish_again(unpublished))
+                .await
+                .map_err(|unpublished| unpublished.error),
         }
     }
 
-    /// The attempts after the first of [`publish_reply`](Self::publish_reply).
-    async fn publish_reply_again(
+    /// The attempts after the first: the message handed back by the last one that failed.
+    async fn publish_again(
         &self,
-        reply_to: &str,
-        correlation_id: Option<&str>,
-        reply: &Result<Vec<u8>, RemoteError>,
-        mut error: TransportError,
-    ) -> Result<(), TransportError> {
+        mut unpublished: Box<Unpublished>,
+    ) -> Result<(), Box<Unpublished>> {
         let transport = self.cx.transport();
         let mut delay = FIRST_REPLY_RETRY_DELAY;
         for attempt in 1..REPLY_PUBLISH_ATTEMPTS {
             let passing = matches!(
-                error,
+                unpublished.error,
                 TransportError::Connection(_) | TransportError::Nacked
             );
             if !passing || transport.connection_lost() {
                 break;
             }
-            let service = self.service;
+            let (service, error) = (self.service, &unpublished.error);
             tracing::warn!(service, %error, attempt, "could not publish a reply; publishing it again");
             tokio::time::sleep(delay).await;
             delay *= 2;
-            let message = self.reply_message(reply_to, correlation_id, reply);
-            match transport.publish(message).await {
+            match transport.publish_or_return(unpublished.message).await {
                 Ok(()) => return Ok(()),
-                Err(again) => error = again,
+                Err(again) => unpublished = again,
             }
         }
-        Err(error)
+        Err(unpublished)
     }
 
     /// The reply message to `reply_to`.
@@ -352,7 +385,7 @@ impl RpcHandler {
                 .await
                 .is_ok()
             {
-                if let Err(e) = delivery.ack().await {
+                if let Err(e) = delivery.ack_at_once().await {
                     tracing::warn!(service, error = %e, "could not acknowledge a request");
                 }
                 return;

@@ -165,15 +165,24 @@ async fn consume<H: DeliveryHandler>(
     let mut failure = None;
     let max_redeliveries = cx.config().max_redeliveries;
     let held = crate::metrics::messages_held(cx.service_name(), queue);
-    // One wait for the stop for the whole loop, not one registered per message.
+    // One wait for the stop for the whole loop, not one registered per message, and looked at
+    // only when no delivery is ready: the stop's flag is checked for each one instead.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {
         let next = tokio::select! {
             biased;
-            _ = &mut stopped => break,
             next = consumer.next() => next,
+            _ = &mut stopped => break,
         };
+        if stop.is_cancelled() {
+            // Stopping: a delivery that came with the stop goes back to the queue at once, as
+            // the others the consumer holds do below.
+            if let Some(Ok(delivery)) = next {
+                return_to_queue(delivery).await;
+            }
+            break;
+        }
         let mut delivery = match next {
             Some(Ok(delivery)) => delivery,
             Some(Err(e)) => {

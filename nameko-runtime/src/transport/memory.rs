@@ -29,6 +29,7 @@ use crate::protocol::Headers;
 use super::{
     Consumer, ConsumerSource, Delivery, ExchangeSpec, ExchangeType, OutgoingMessage, Properties,
     Publishing, QueueSpec, ReturnedMessage, Settler, SharedTransport, Transport, TransportError,
+    Unpublished,
 };
 
 /// An in-process broker. Clone it freely: clones share the same exchanges and queues.
@@ -223,7 +224,7 @@ impl MemoryBroker {
         state.queues.contains_key(queue)
     }
 
-    fn publish_now(&self, message: OutgoingMessage) -> Result<(), TransportError> {
+    fn publish_now(&self, message: OutgoingMessage) -> Result<(), Box<Unpublished>> {
         let mut state = lock(&self.state);
         state.expire();
         state.route(message)
@@ -283,14 +284,18 @@ impl MemoryBroker {
 }
 
 impl State {
-    /// Routes a message to the queues its exchange binds for its routing key.
-    fn route(&mut self, message: OutgoingMessage) -> Result<(), TransportError> {
+    /// Routes a message to the queues its exchange binds for its routing key; one that is
+    /// not published comes back with the reason.
+    fn route(&mut self, message: OutgoingMessage) -> Result<(), Box<Unpublished>> {
         let unroutable = |message: OutgoingMessage| {
             if message.mandatory {
-                Err(TransportError::Unroutable {
-                    exchange: message.exchange.to_string(),
-                    routing_key: message.routing_key,
-                })
+                Err(Box::new(Unpublished {
+                    error: TransportError::Unroutable {
+                        exchange: message.exchange.to_string(),
+                        routing_key: message.routing_key.clone(),
+                    },
+                    message,
+                }))
             } else {
                 Ok(())
             }
@@ -305,9 +310,12 @@ impl State {
             self.after_enqueue(&name, timer);
             return Ok(());
         }
-        let exchange = self.exchanges.get(&*message.exchange).ok_or_else(|| {
-            TransportError::NotFound(format!("no exchange '{}'", message.exchange))
-        })?;
+        let Some(exchange) = self.exchanges.get(&*message.exchange) else {
+            return Err(Box::new(Unpublished {
+                error: TransportError::NotFound(format!("no exchange '{}'", message.exchange)),
+                message,
+            }));
+        };
         // The queues bound for the key; several get their copies in name order.
         let kind = exchange.spec.kind;
         // (Most messages go to one queue: no list is made for them.)
@@ -642,6 +650,11 @@ pub(crate) struct MemoryAcker {
 }
 
 impl MemoryAcker {
+    /// Acknowledges the delivery now (its message is not needed for that).
+    pub(crate) fn ack(self) {
+        MemoryBroker::settle(&self.state, &self.queue, self.consumer, Settlement::Ack);
+    }
+
     /// The delivery to be settled, its message handed back: requeued if dropped unsettled.
     pub(crate) fn holding(self, message: ReturnedMessage) -> MemorySettling {
         let stored = Stored {
@@ -870,6 +883,13 @@ impl Transport for MemoryBroker {
     }
 
     fn publish(&self, message: OutgoingMessage) -> Publishing<'_> {
+        Publishing::done(
+            self.publish_now(message)
+                .map_err(|unpublished| unpublished.error),
+        )
+    }
+
+    fn publish_or_return(&self, message: OutgoingMessage) -> Publishing<'_, Box<Unpublished>> {
         Publishing::done(self.publish_now(message))
     }
 

@@ -509,6 +509,25 @@ impl Future for Settling {
     }
 }
 
+/// The future of [`Delivery::ack_at_once`].
+pub(crate) enum AckAtOnce {
+    /// Acknowledged already.
+    Done,
+    /// The transport's acknowledgement.
+    Waiting(BoxFuture<'static, Result<(), TransportError>>),
+}
+
+impl Future for AckAtOnce {
+    type Output = Result<(), TransportError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            AckAtOnce::Done => Poll::Ready(Ok(())),
+            AckAtOnce::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
 impl Delivery {
     /// A delivery settled through `acker` (for transport implementations).
     pub fn new(
@@ -578,6 +597,24 @@ impl Delivery {
         }
     }
 
+    /// [`ack`](Self::ack) for a caller that awaits it at once: the embedded broker settles the
+    /// delivery now, so the future keeps nothing of the message (and, being done, needs no
+    /// task of its own); RabbitMQ's acknowledgement is the transport's future.
+    pub(crate) fn ack_at_once(mut self) -> AckAtOnce {
+        match self.settler.take() {
+            None => AckAtOnce::Done,
+            // The message is not needed: the broker keeps no copy, and it is acknowledged.
+            Some(Settler::Memory(acker)) => {
+                acker.ack();
+                AckAtOnce::Done
+            }
+            Some(settler) => match settler.settle(self.take_message(), None) {
+                Settling::Waiting(future) => AckAtOnce::Waiting(future),
+                other => AckAtOnce::Waiting(Box::pin(other)),
+            },
+        }
+    }
+
     fn take_message(&mut self) -> ReturnedMessage {
         ReturnedMessage {
             exchange: std::mem::take(&mut self.exchange),
@@ -636,33 +673,34 @@ impl Stream for Consumer {
     }
 }
 
-/// The future of [`Transport::publish`]: already done where the transport publishes in process
+/// The future of [`Transport::publish`] (and, with `E` = `Box<Unpublished>`, of
+/// [`Transport::publish_or_return`]): already done where the transport publishes in process
 /// (the embedded broker: no allocation), otherwise the transport's own future, boxed.
 #[must_use = "futures do nothing unless polled"]
-pub struct Publishing<'a>(PublishingState<'a>);
+pub struct Publishing<'a, E = TransportError>(PublishingState<'a, E>);
 
-enum PublishingState<'a> {
-    Done(Option<Result<(), TransportError>>),
-    Waiting(BoxFuture<'a, Result<(), TransportError>>),
+enum PublishingState<'a, E> {
+    Done(Option<Result<(), E>>),
+    Waiting(BoxFuture<'a, Result<(), E>>),
 }
 
-impl<'a> Publishing<'a> {
+impl<'a, E> Publishing<'a, E> {
     /// A publish that is already over, with its outcome.
-    pub fn done(result: Result<(), TransportError>) -> Self {
+    pub fn done(result: Result<(), E>) -> Self {
         Publishing(PublishingState::Done(Some(result)))
     }
 
     /// A publish that ends when `future` does.
-    pub fn waiting(future: impl Future<Output = Result<(), TransportError>> + Send + 'a) -> Self {
+    pub fn waiting(future: impl Future<Output = Result<(), E>> + Send + 'a) -> Self {
         Publishing(PublishingState::Waiting(Box::pin(future)))
     }
 }
 
-impl Future for Publishing<'_> {
-    type Output = Result<(), TransportError>;
+impl<E: Unpin> Future for Publishing<'_, E> {
+    type Output = Result<(), E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
             PublishingState::Done(result) => Poll::Ready(
                 result
                     .take()
@@ -673,7 +711,17 @@ impl Future for Publishing<'_> {
     }
 }
 
-impl fmt::Debug for Publishing<'_> {
+/// A message a transport did not publish, handed back with the reason by
+/// [`Transport::publish_or_return`].
+#[derive(Debug)]
+pub struct Unpublished {
+    /// Why it was not published.
+    pub error: TransportError,
+    /// The message, as it was given.
+    pub message: OutgoingMessage,
+}
+
+impl<E: fmt::Debug> fmt::Debug for Publishing<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             PublishingState::Done(result) => {
@@ -712,6 +760,22 @@ pub trait Transport: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), TransportError>>;
     /// Publishes a message and waits for the broker to confirm it.
     fn publish(&self, message: OutgoingMessage) -> Publishing<'_>;
+    /// Publishes like [`publish`](Transport::publish), handing the message back if it was not
+    /// published: what it carries can be used again (published again, or put back where it
+    /// came from) without a copy made beforehand for a failure that rarely comes. The default
+    /// makes that copy; the two transports here hand back the message itself.
+    fn publish_or_return(&self, message: OutgoingMessage) -> Publishing<'_, Box<Unpublished>> {
+        let copy = message.clone();
+        let publishing = self.publish(message);
+        Publishing::waiting(async move {
+            publishing.await.map_err(|error| {
+                Box::new(Unpublished {
+                    error,
+                    message: copy,
+                })
+            })
+        })
+    }
     /// Starts consuming a queue with manual acknowledgement; at most `prefetch` deliveries are
     /// unsettled at once (0 = no limit).
     fn consume<'a>(

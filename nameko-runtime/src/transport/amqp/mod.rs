@@ -39,7 +39,8 @@ use tokio::sync::{Mutex, watch};
 
 use super::{
     Consumer, ConsumerSource, Delivery, ExchangeSpec, ExchangeType, OutgoingMessage, Properties,
-    Publishing, QueueSpec, Settler, TlsOptions, Transport, TransportError, mask_password,
+    Publishing, QueueSpec, Settler, TlsOptions, Transport, TransportError, Unpublished,
+    mask_password,
 };
 use crate::protocol::Headers;
 
@@ -273,6 +274,65 @@ impl AmqpTransport {
         self.publishing().configuration().frame_max() as usize
     }
 
+    /// Publishes `message` and waits for the broker's confirm: again on a channel of its own
+    /// if the shared one closed under it.
+    async fn publish_message(&self, message: &OutgoingMessage) -> Result<(), TransportError> {
+        let properties = to_basic_properties(&message.properties);
+        // The headers travel in one frame: a message whose headers do not fit would make
+        // the broker close the whole connection.
+        let (size, limit) = (content_header_size(&properties), self.frame_max());
+        if size + 8 > limit {
+            return Err(TransportError::HeadersTooLarge {
+                size,
+                limit: limit.saturating_sub(8),
+            });
+        }
+        let mut dedicated = message.body.len() > DEDICATED_CHANNEL_BODY_BYTES;
+        // Built once for the first attempt (its header table is the costly part), again only
+        // for another.
+        let mut properties = Some(properties);
+        let mut retries = 0;
+        loop {
+            let channel = if dedicated {
+                self.confirm_channel().await?
+            } else {
+                self.publisher().await?
+            };
+            let properties = properties
+                .take()
+                .unwrap_or_else(|| to_basic_properties(&message.properties));
+            let published = tokio::time::timeout(
+                self.options.publish_timeout,
+                publish_on(&channel, message, properties),
+            )
+            .await;
+            if dedicated && channel.status().connected() {
+                let _ = channel.close(200, "OK".into()).await;
+            }
+            match published {
+                Ok(Err(error))
+                    if !matches!(
+                        error,
+                        TransportError::Unroutable { .. } | TransportError::Nacked
+                    ) && !channel.status().connected()
+                        && self.publishing().status().connected()
+                        && retries < PUBLISH_RETRIES =>
+                {
+                    // The channel closed under this message: the broker refused this one or
+                    // another one on it, which cannot be told apart. Again, on a channel of
+                    // its own, so that a message the broker refuses closes only its own.
+                    retries += 1;
+                    dedicated = true;
+                    tracing::debug!(%error, retries, "publishing again on a channel of its own");
+                }
+                Ok(result) => return result,
+                Err(_) => {
+                    return Err(TransportError::PublishTimeout(self.options.publish_timeout));
+                }
+            }
+        }
+    }
+
     async fn channel(&self) -> Result<Channel, TransportError> {
         self.connection
             .create_channel()
@@ -461,60 +521,14 @@ impl Transport for AmqpTransport {
     }
 
     fn publish(&self, message: OutgoingMessage) -> Publishing<'_> {
+        Publishing::waiting(async move { self.publish_message(&message).await })
+    }
+
+    fn publish_or_return(&self, message: OutgoingMessage) -> Publishing<'_, Box<Unpublished>> {
         Publishing::waiting(async move {
-            let properties = to_basic_properties(&message.properties);
-            // The headers travel in one frame: a message whose headers do not fit would make
-            // the broker close the whole connection.
-            let (size, limit) = (content_header_size(&properties), self.frame_max());
-            if size + 8 > limit {
-                return Err(TransportError::HeadersTooLarge {
-                    size,
-                    limit: limit.saturating_sub(8),
-                });
-            }
-            let mut dedicated = message.body.len() > DEDICATED_CHANNEL_BODY_BYTES;
-            // Built once for the first attempt (its header table is the costly part), again only
-            // for another.
-            let mut properties = Some(properties);
-            let mut retries = 0;
-            loop {
-                let channel = if dedicated {
-                    self.confirm_channel().await?
-                } else {
-                    self.publisher().await?
-                };
-                let properties = properties
-                    .take()
-                    .unwrap_or_else(|| to_basic_properties(&message.properties));
-                let published = tokio::time::timeout(
-                    self.options.publish_timeout,
-                    publish_on(&channel, &message, properties),
-                )
-                .await;
-                if dedicated && channel.status().connected() {
-                    let _ = channel.close(200, "OK".into()).await;
-                }
-                match published {
-                    Ok(Err(error))
-                        if !matches!(
-                            error,
-                            TransportError::Unroutable { .. } | TransportError::Nacked
-                        ) && !channel.status().connected()
-                            && self.publishing().status().connected()
-                            && retries < PUBLISH_RETRIES =>
-                    {
-                        // The channel closed under this message: the broker refused this one or
-                        // another one on it, which cannot be told apart. Again, on a channel of
-                        // its own, so that a message the broker refuses closes only its own.
-                        retries += 1;
-                        dedicated = true;
-                        tracing::debug!(%error, retries, "publishing again on a channel of its own");
-                    }
-                    Ok(result) => return result,
-                    Err(_) => {
-                        return Err(TransportError::PublishTimeout(self.options.publish_timeout));
-                    }
-                }
+            match self.publish_message(&message).await {
+                Ok(()) => Ok(()),
+                Err(error) => Err(Box::new(Unpublished { error, message })),
             }
         })
     }
