@@ -179,16 +179,18 @@ struct EventConsumer {
 }
 
 impl DeliveryHandler for EventConsumer {
-    // Not an `async fn`: that would keep the delivery twice in the future's state.
+    // Not an `async fn`: the delivery is boxed before the future is made, so that the future
+    // (a task of its own) holds a pointer, not the whole delivery.
     #[allow(
         clippy::manual_async_fn,
-        reason = "an `async fn` would copy the delivery"
+        reason = "the delivery is boxed before the future is made"
     )]
     fn handle(
         self: Arc<Self>,
         delivery: Delivery,
         slot: WorkerSlot,
     ) -> impl Future<Output = ()> + Send + 'static {
+        let delivery = Box::new(delivery);
         async move {
             let e = &self.entrypoint;
             let subject = Subject::Event {
@@ -228,7 +230,7 @@ impl fmt::Display for Subject<'_> {
 /// does not fit the method.
 pub(crate) async fn handle_json_message<E>(
     cx: &EntrypointContext<E>,
-    delivery: Delivery,
+    delivery: Box<Delivery>,
     slot: WorkerSlot,
     requeue_on_error: bool,
     subject: Subject<'_>,
@@ -268,11 +270,12 @@ pub(crate) async fn handle_json_message<E>(
                 arguments = %arguments.shown,
                 "rejected a message whose body does not fit its handler (dead-lettered where its queue has a dead-letter exchange, else dropped)"
             );
-            delivery.reject(false).await
+            // Boxed: rare, and a settlement's state must not enlarge every message's future.
+            Box::pin(delivery.reject(false)).await
         }
         Err(EventError::Handler(_)) if requeue_on_error => {
             tracing::warn!(service, handler, %subject, "requeueing the failed message");
-            delivery.reject(true).await
+            Box::pin(delivery.reject(true)).await
         }
         Err(EventError::Handler(_)) => delivery.ack_at_once().await,
     };

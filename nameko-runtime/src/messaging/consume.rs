@@ -80,16 +80,18 @@ struct MessageConsumer {
 }
 
 impl DeliveryHandler for MessageConsumer {
-    // Not an `async fn`: that would keep the delivery twice in the future's state.
+    // Not an `async fn`: the delivery is boxed before the future is made, so that the future
+    // (a task of its own) holds a pointer, not the whole delivery.
     #[allow(
         clippy::manual_async_fn,
-        reason = "an `async fn` would copy the delivery"
+        reason = "the delivery is boxed before the future is made"
     )]
     fn handle(
         self: Arc<Self>,
         delivery: Delivery,
         slot: WorkerSlot,
     ) -> impl Future<Output = ()> + Send + 'static {
+        let delivery = Box::new(delivery);
         async move {
             let e = &self.entrypoint;
             let subject = Subject::Queue(e.queue.name());

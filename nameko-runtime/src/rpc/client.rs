@@ -324,8 +324,13 @@ impl ClusterRpcClient {
                     routing_key: protocol::rpc_routing_key(service, method),
                     mandatory: true,
                     properties: Properties {
-                        correlation_id: Some(correlation_id.hyphenated().to_string()),
-                        reply_to: Some(reply_to.to_string()),
+                        // Copied as they are, not through `Display`.
+                        correlation_id: Some(String::from(
+                            correlation_id
+                                .hyphenated()
+                                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+                        )),
+                        reply_to: Some(String::from(&*reply_to)),
                         headers: self.headers(),
                         priority: Some(self.priority),
                         expiration: self.expiration,
