@@ -240,7 +240,14 @@ impl MemoryBroker {
             slot.unsettled = slot.unsettled.saturating_sub(1);
         }
         match settlement {
-            Settlement::Ack => {}
+            // The common case, on the queue at hand (no second look-up).
+            Settlement::Ack => {
+                let expired = q.dispatch();
+                for message in expired {
+                    state.dead_letter(queue, message, "expired");
+                }
+                return;
+            }
             Settlement::Requeue(message) => {
                 if let Some(over) = q.return_message(message) {
                     state.dead_letter(queue, over, "delivery_limit");
@@ -303,11 +310,10 @@ impl State {
         if message.exchange.is_empty() {
             // The default exchange: the routing key names the queue.
             let name = message.routing_key.clone();
-            let Some(queue) = self.queues.get_mut(&name) else {
+            if !self.queues.contains_key(&name) {
                 return unroutable(message);
-            };
-            let timer = queue.enqueue(Stored::new(message));
-            self.after_enqueue(&name, timer);
+            }
+            self.deliver_to(&name, Stored::new(message));
             return Ok(());
         }
         let Some(exchange) = self.exchanges.get(&*message.exchange) else {
@@ -345,10 +351,7 @@ impl State {
             return unroutable(message);
         };
         if targets.is_empty() {
-            if let Some(queue) = self.queues.get_mut(&*first) {
-                let timer = queue.enqueue(Stored::new(message));
-                self.after_enqueue(&first, timer);
-            }
+            self.deliver_to(&first, Stored::new(message));
             return Ok(());
         }
         targets.push(first);
@@ -359,8 +362,7 @@ impl State {
         // One copy per queue, the last one the message itself.
         let mut message = Some(message);
         for (i, name) in targets.iter().enumerate() {
-            let (Some(queue), Some(original)) = (self.queues.get_mut(&**name), message.as_ref())
-            else {
+            let Some(original) = message.as_ref() else {
                 continue;
             };
             let stored = if i == last {
@@ -369,11 +371,26 @@ impl State {
                 Some(Stored::new(original.clone()))
             };
             if let Some(stored) = stored {
-                let timer = queue.enqueue(stored);
-                self.after_enqueue(name, timer);
+                self.deliver_to(name, stored);
             }
         }
         Ok(())
+    }
+
+    /// Puts a message in queue `name` (if there is one), hands out what the queue has ready,
+    /// and starts the timer that expires the message if the queue stays idle: one look-up.
+    fn deliver_to(&mut self, name: &str, message: Stored) {
+        let Some(queue) = self.queues.get_mut(name) else {
+            return;
+        };
+        let timer = queue.enqueue(message);
+        let expired = queue.dispatch();
+        for message in expired {
+            self.dead_letter(name, message, "expired");
+        }
+        if let Some(at) = timer {
+            self.start_message_timer(name, at);
+        }
     }
 
     /// Hands out what a queue has ready, after dead-lettering the messages expired at its
@@ -392,7 +409,13 @@ impl State {
     /// expires it if the queue stays idle (`timer`, from [`Queue::enqueue`]).
     fn after_enqueue(&mut self, name: &str, timer: Option<Instant>) {
         self.dispatch(name);
-        let Some(at) = timer else { return };
+        if let Some(at) = timer {
+            self.start_message_timer(name, at);
+        }
+    }
+
+    /// Starts the timer that expires the messages of queue `name` at `at` if it stays idle.
+    fn start_message_timer(&self, name: &str, at: Instant) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
