@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -469,12 +470,11 @@ impl ServiceProxy {
                 Err(e) => Err(e),
             }
         };
-        let call = crate::trace::rpc_call(&self.service, method, call);
-        async move {
-            let result = call.await;
+        // A `map`, not an `async` block: that would hold the call's state twice.
+        crate::trace::rpc_call(&self.service, method, call).map(move |result| {
             crate::metrics::rpc_call(&self.service, method, outcome(&result));
             result
-        }
+        })
     }
 }
 

@@ -86,6 +86,7 @@
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
@@ -385,14 +386,12 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput> MethodOf<S, I, O> {
             payload,
             method,
         );
-        async move {
+        // The worker first: the kill switch is only looked at while the worker waits. What
+        // follows it is synchronous, so a `map` rather than an `async` block, which would hold
+        // the worker's state twice.
+        worker::Killable::new(worker, cx.kill_token().cancelled()).map(move |outcome| {
             let _slot = slot;
-            // The worker first: the kill switch is only looked at while the worker waits.
-            let outcome = tokio::select! {
-                biased;
-                outcome = worker => outcome,
-                _ = cx.kill_token().cancelled() => return None,
-            };
+            let outcome = outcome?;
             match outcome.failure() {
                 Some(error) => {
                     let error_type = error.exc_type.as_str();
@@ -414,7 +413,7 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput> MethodOf<S, I, O> {
                 }
             }
             Some(outcome)
-        }
+        })
     }
 }
 

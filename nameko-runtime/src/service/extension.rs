@@ -5,6 +5,7 @@
 use std::any::{Any, TypeId};
 use std::sync::{Arc, Mutex};
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -172,16 +173,12 @@ impl ServiceContext {
     /// Runs `task` on tokio as part of the service: a stop waits for it (as for the
     /// workers, up to `stop_timeout`), a kill drops it.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let kill = self.inner.shared.kill.clone();
-        self.inner.tracker.spawn(async move {
-            // The task first: one done at its first poll (most are, on the embedded broker)
-            // never waits on the kill switch; a kill drops the others at their next wait.
-            tokio::select! {
-                biased;
-                _ = task => {}
-                _ = kill.cancelled() => {}
-            }
-        });
+        // The task first: one done at its first poll (most are, on the embedded broker) never
+        // waits on the kill switch; a kill drops the others at their next wait.
+        let kill = self.inner.shared.kill.clone().cancelled_owned();
+        self.inner
+            .tracker
+            .spawn(super::worker::Killable::new(task, kill).map(drop));
     }
 
     /// `future`, tracked as part of the service: a stop waits for it (as for the workers, up

@@ -15,6 +15,41 @@ use crate::context::WorkerContext;
 use crate::error::Error;
 use crate::protocol::RemoteError;
 
+pin_project_lite::pin_project! {
+    /// A future a kill drops: its output, or `None` once `kill` resolves. The future is polled
+    /// first, so one done at its first poll never registers with the kill switch. Written out
+    /// rather than `tokio::select!` in an `async` block, which would hold the future's state
+    /// twice (captured, then moved into the select).
+    pub(crate) struct Killable<F, K> {
+        #[pin]
+        future: F,
+        #[pin]
+        kill: K,
+    }
+}
+
+impl<F, K> Killable<F, K> {
+    /// `future`, dropped when `kill` resolves.
+    pub(crate) fn new(future: F, kill: K) -> Self {
+        Killable { future, kill }
+    }
+}
+
+impl<F: Future, K: Future<Output = ()>> Future for Killable<F, K> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(output) = this.future.poll(cx) {
+            return std::task::Poll::Ready(Some(output));
+        }
+        this.kill.poll(cx).map(|()| None)
+    }
+}
+
 /// The error object for a panic, with the panic's message.
 pub(crate) fn panic_error(payload: &(dyn std::any::Any + Send)) -> RemoteError {
     let message = payload
@@ -154,4 +189,28 @@ async fn refuse<S: Dependencies, T: Output>(
     }
     drop(refused);
     T::from_error(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Killable;
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn a_killable_future_done_at_once_wins_over_a_kill_and_a_waiting_one_loses() {
+        let kill = CancellationToken::new();
+        kill.cancel();
+        // Done at its first poll: its output, even with the kill switch already thrown.
+        assert_eq!(Killable::new(async { 7 }, kill.cancelled()).await, Some(7));
+        // Waiting: dropped by the kill.
+        let waiting = std::future::pending::<u32>();
+        assert_eq!(Killable::new(waiting, kill.cancelled()).await, None);
+        // Not killed: it runs to its end.
+        let alive = CancellationToken::new();
+        let later = async {
+            tokio::task::yield_now().await;
+            8
+        };
+        assert_eq!(Killable::new(later, alive.cancelled()).await, Some(8));
+    }
 }
