@@ -110,7 +110,7 @@ impl ::nameko::__private::Service for MyEventPublisherService {
                 ::nameko::__private::MethodInfo::new("publish", &["payload"], &[], &[])
                     .with_signature("(payload: String) -> ()"),
                 |this, body| {
-                    ::std::boxed::Box::pin(async move {
+                    async move {
                         const PARAMS: &[::nameko::__private::Param] = &[
                             ::nameko::__private::Param {
                                 name: "payload",
@@ -142,7 +142,7 @@ impl ::nameko::__private::Service for MyEventPublisherService {
                                 )
                             }
                         }
-                    })
+                    }
                 },
             ),
         ])
@@ -242,7 +242,7 @@ impl ::nameko::__private::Service for MyEventHandlerService1 {
                     &[],
                 ),
                 |this, body| {
-                    ::std::boxed::Box::pin(async move {
+                    async move {
                         let payload = <String as ::nameko::__private::EventPayload<
                             _,
                         >>::decode_payload(&body.0)?;
@@ -250,7 +250,7 @@ impl ::nameko::__private::Service for MyEventHandlerService1 {
                             let _ = this.handle_event(payload).await;
                             ::std::result::Result::Ok(())
                         }
-                    })
+                    }
                 },
             ),
         ])
@@ -334,7 +334,7 @@ impl ::nameko::__private::Service for MyEventHandlerService2 {
                     &[],
                 ),
                 |this, body| {
-                    ::std::boxed::Box::pin(async move {
+                    async move {
                         let payload = <String as ::nameko::__private::EventPayload<
                             _,
                         >>::decode_payload(&body.0)?;
@@ -342,7 +342,7 @@ impl ::nameko::__private::Service for MyEventHandlerService2 {
                             let _ = this.handle_event(payload).await;
                             ::std::result::Result::Ok(())
                         }
-                    })
+                    }
                 },
             ),
         ])

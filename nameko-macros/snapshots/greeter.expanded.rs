@@ -25,7 +25,7 @@ impl ::nameko::__private::Service for GreeterService {
                 ::nameko::__private::MethodInfo::new("greet", &["name"], &[], &[])
                     .with_signature("(name: String) -> String"),
                 |this, body| {
-                    ::std::boxed::Box::pin(async move {
+                    async move {
                         const PARAMS: &[::nameko::__private::Param] = &[
                             ::nameko::__private::Param {
                                 name: "name",
@@ -43,7 +43,7 @@ impl ::nameko::__private::Service for GreeterService {
                         <String as ::nameko::__private::RpcResult<
                             _,
                         >>::encode_result(&this.greet(name).await)
-                    })
+                    }
                 },
             ),
         ])
@@ -222,7 +222,7 @@ impl ::nameko::__private::Service for ExpandedGreeterService {
                 ::nameko::__private::MethodInfo::new("greet", &["name"], &[], &[])
                     .with_signature("(name: String) -> String"),
                 |this, body| {
-                    ::std::boxed::Box::pin(async move {
+                    async move {
                         const PARAMS: &[::nameko::__private::Param] = &[
                             ::nameko::__private::Param {
                                 name: "name",
@@ -254,7 +254,7 @@ impl ::nameko::__private::Service for ExpandedGreeterService {
                                 )
                             }
                         }
-                    })
+                    }
                 },
             ),
         ])

@@ -52,7 +52,7 @@ impl ::nameko::__private::Service for HttpService {
                     &[],
                 ),
                 |this, call| {
-                    ::std::boxed::Box::pin(async move {
+                    async move {
                         let ::nameko::__private::HttpCall { parts, body, path } = call;
                         let first = match ::nameko::__private::path_param::<
                             i64,
@@ -78,7 +78,7 @@ impl ::nameko::__private::Service for HttpService {
                         ::nameko::__private::http_response::<
                             Json<Value>,
                         >(this.get_method(first, second, request).await)
-                    })
+                    }
                 },
             ),
         ])

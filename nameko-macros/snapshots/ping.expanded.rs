@@ -114,7 +114,7 @@ impl ::nameko::__private::Service for PingService {
                     )
                     .eager(false),
                 ::nameko::__private::MethodInfo::new("ping", &[], &[], &[]),
-                |this, _arguments| ::std::boxed::Box::pin(async move {
+                |this, _arguments| async move {
                     match this.ping().await {
                         ::std::result::Result::Ok(value) => {
                             let _ = value;
@@ -129,7 +129,7 @@ impl ::nameko::__private::Service for PingService {
                             ::std::result::Result::Err(::std::convert::Into::into(error))
                         }
                     }
-                }),
+                },
             ),
         ])
     }

@@ -129,10 +129,10 @@ fn message_entrypoint(
             #entrypoint,
             #p::MethodInfo::new(#name, &[#param], &[#(#expected),*], &[#(#sensitive),*]),
             |this, body| {
-                ::std::boxed::Box::pin(async move {
+                async move {
                     #decode
                     #outcome
-                })
+                }
             },
         )
     }

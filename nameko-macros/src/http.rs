@@ -386,13 +386,13 @@ impl Http {
                     &[#(#sensitive),*],
                 ),
                 |this, call| {
-                    ::std::boxed::Box::pin(async move {
+                    async move {
                         let #p::HttpCall { #mutability parts, body, path } = call;
                         #(#from_path)*
                         #(#extract)*
                         #unused
                         #respond
-                    })
+                    }
                 },
             )
         }

@@ -197,12 +197,12 @@ impl Rpc {
         };
         let handler = quote! {
             |this, body| {
-                ::std::boxed::Box::pin(async move {
+                async move {
                     const PARAMS: &[#p::Param] = &[#(#param_descs),*];
                     let #mutability args = #p::BoundArgs::bind(#wire, PARAMS, body)?;
                     #(#takes)*
                     #encode
-                })
+                }
             }
         };
         match &self.kind {
@@ -212,7 +212,7 @@ impl Rpc {
             // The user's expression, and the check that its type is an entrypoint taking
             // arguments, point at the expression.
             Kind::Custom(expr) => quote_spanned! {expr_span(expr)=>
-                #p::bind_entrypoint::<Self, _, _>(#expr, #info, #handler)
+                #p::bind_entrypoint::<Self, _, _, _, _>(#expr, #info, #handler)
             },
         }
     }

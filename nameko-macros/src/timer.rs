@@ -91,7 +91,7 @@ impl Timer {
             #p::BoundEntrypoint::<Self>::new(
                 #entrypoint,
                 #p::MethodInfo::new(#name, &[], &[#(#expected),*], &[]),
-                |this, _arguments| ::std::boxed::Box::pin(async move { #outcome }),
+                |this, _arguments| async move { #outcome },
             )
         }
     }

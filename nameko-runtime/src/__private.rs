@@ -27,8 +27,9 @@ pub use std::time::Duration;
 
 use crate::events::EventError;
 use crate::protocol::{RemoteError, RequestBody};
-use crate::service::{Entrypoint, Handler};
+use crate::service::Entrypoint;
 use crate::{RpcError, ServiceProxy};
+use std::sync::Arc;
 
 /// Runs a synchronous method on the blocking pool, inside the current worker's context.
 pub async fn run_blocking<R, F>(f: F) -> Result<R, RemoteError>
@@ -224,42 +225,45 @@ impl<T: Impossible> MessageBody<Unreachable> for T {
 )]
 pub trait ArgumentsEntrypoint<S, Via>: Sized {
     /// Binds the entrypoint to its method.
-    fn bind(
-        self,
-        method: MethodInfo,
-        handler: Handler<S, RequestBody, Result<Vec<u8>, RemoteError>>,
-    ) -> BoundEntrypoint<S>;
+    fn bind<H, F>(self, method: MethodInfo, handler: H) -> BoundEntrypoint<S>
+    where
+        H: Fn(Arc<S>, RequestBody) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Vec<u8>, RemoteError>> + Send + 'static;
 }
 
 impl<S: Service, E> ArgumentsEntrypoint<S, Json> for E
 where
     E: Entrypoint<Input = RequestBody, Output = Result<Vec<u8>, RemoteError>>,
 {
-    fn bind(
-        self,
-        method: MethodInfo,
-        handler: Handler<S, RequestBody, Result<Vec<u8>, RemoteError>>,
-    ) -> BoundEntrypoint<S> {
+    fn bind<H, F>(self, method: MethodInfo, handler: H) -> BoundEntrypoint<S>
+    where
+        H: Fn(Arc<S>, RequestBody) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Vec<u8>, RemoteError>> + Send + 'static,
+    {
         BoundEntrypoint::new(self, method, handler)
     }
 }
 
 impl<S: Service, E: Impossible> ArgumentsEntrypoint<S, Unreachable> for E {
-    fn bind(
-        self,
-        _: MethodInfo,
-        _: Handler<S, RequestBody, Result<Vec<u8>, RemoteError>>,
-    ) -> BoundEntrypoint<S> {
+    fn bind<H, F>(self, _: MethodInfo, _: H) -> BoundEntrypoint<S>
+    where
+        H: Fn(Arc<S>, RequestBody) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Vec<u8>, RemoteError>> + Send + 'static,
+    {
         unreachable!("no type implements `Impossible`")
     }
 }
 
 /// Binds an `#[entrypoint(...)]` to its method.
-pub fn bind_entrypoint<S: Service, Via, E: ArgumentsEntrypoint<S, Via>>(
+pub fn bind_entrypoint<S: Service, Via, E: ArgumentsEntrypoint<S, Via>, H, F>(
     entrypoint: E,
     method: MethodInfo,
-    handler: Handler<S, RequestBody, Result<Vec<u8>, RemoteError>>,
-) -> BoundEntrypoint<S> {
+    handler: H,
+) -> BoundEntrypoint<S>
+where
+    H: Fn(Arc<S>, RequestBody) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Vec<u8>, RemoteError>> + Send + 'static,
+{
     entrypoint.bind(method, handler)
 }
 

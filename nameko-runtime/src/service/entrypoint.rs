@@ -345,18 +345,37 @@ trait RunMethod<I, O>: Send + Sync + 'static {
     ) -> BoxFuture<'static, Option<O>>;
 }
 
-/// Calls a method of service `S`: the function `#[service]` generated for it.
+/// A function that calls a method of service `S` and returns its future, boxed: one kind of
+/// handler [`BoundEntrypoint::new`] takes. `#[service]` generates closures returning the
+/// method's own future instead, which the worker holds without a box of its own.
 pub type Handler<S, I, O> = fn(Arc<S>, I) -> BoxFuture<'static, O>;
 
-struct MethodOf<S, I, O> {
-    service: Arc<S>,
-    info: MethodInfo,
-    handler: Handler<S, I, O>,
-    shared: Shared,
-    metrics: crate::metrics::EntrypointMetrics,
+/// Calls a method of service `S` (a closure `#[service]` generates, or a [`Handler`]): any
+/// `Fn(Arc<S>, I) -> impl Future<Output = O>`.
+trait CallMethod<S, I, O>: Send + Sync + 'static {
+    fn call(&self, service: Arc<S>, input: I) -> impl Future<Output = O> + Send + 'static;
 }
 
-impl<S: Service, I: WorkerInput, O: WorkerOutput> MethodOf<S, I, O> {
+impl<S, I, O, H, F> CallMethod<S, I, O> for H
+where
+    H: Fn(Arc<S>, I) -> F + Send + Sync + 'static,
+    F: Future<Output = O> + Send + 'static,
+{
+    fn call(&self, service: Arc<S>, input: I) -> impl Future<Output = O> + Send + 'static {
+        self(service, input)
+    }
+}
+
+struct MethodOf<S, I, O, H> {
+    service: Arc<S>,
+    info: MethodInfo,
+    handler: H,
+    shared: Shared,
+    metrics: crate::metrics::EntrypointMetrics,
+    _io: std::marker::PhantomData<fn(I) -> O>,
+}
+
+impl<S: Service, I: WorkerInput, O: WorkerOutput, H: CallMethod<S, I, O>> MethodOf<S, I, O, H> {
     /// One worker in `slot`: its context, the worker path, the failure logged; `None` if the
     /// service is killed first.
     fn worker<'a>(
@@ -377,7 +396,7 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput> MethodOf<S, I, O> {
         let kept = input.keep();
         let started = std::time::Instant::now();
         self.metrics.started();
-        let method = (self.handler)(self.service.clone(), input);
+        let method = self.handler.call(self.service.clone(), input);
         let worker = worker::run_worker(
             &*self.service,
             Some(&self.shared),
@@ -417,7 +436,9 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput> MethodOf<S, I, O> {
     }
 }
 
-impl<S: Service, I: WorkerInput, O: WorkerOutput> RunMethod<I, O> for MethodOf<S, I, O> {
+impl<S: Service, I: WorkerInput, O: WorkerOutput, H: CallMethod<S, I, O>> RunMethod<I, O>
+    for MethodOf<S, I, O, H>
+{
     fn info(&self) -> &MethodInfo {
         &self.info
     }
@@ -454,18 +475,21 @@ pub struct BoundEntrypoint<S> {
 }
 
 impl<S: Service> BoundEntrypoint<S> {
-    /// Binds `entrypoint` to the method `method`, called through `handler`.
+    /// Binds `entrypoint` to the method `method`, called through `handler` (a function that
+    /// calls the method with the entrypoint's input and returns its future).
     #[doc(hidden)]
-    pub fn new<E: Entrypoint>(
-        entrypoint: E,
-        method: MethodInfo,
-        handler: Handler<S, E::Input, E::Output>,
-    ) -> Self {
+    pub fn new<E, H, F>(entrypoint: E, method: MethodInfo, handler: H) -> Self
+    where
+        E: Entrypoint,
+        H: Fn(Arc<S>, E::Input) -> F + Send + Sync + 'static,
+        F: Future<Output = E::Output> + Send + 'static,
+    {
         BoundEntrypoint {
             inner: Box::new(Bound {
                 entrypoint,
                 method,
                 handler,
+                _service: std::marker::PhantomData,
             }),
         }
     }
@@ -513,13 +537,16 @@ trait ErasedEntrypoint<S>: Send {
     fn bind(self: Box<Self>, service: Arc<S>, cx: &ServiceContext) -> Binding<S>;
 }
 
-struct Bound<S, E: Entrypoint> {
+struct Bound<S, E: Entrypoint, H> {
     entrypoint: E,
     method: MethodInfo,
-    handler: Handler<S, E::Input, E::Output>,
+    handler: H,
+    _service: std::marker::PhantomData<fn() -> S>,
 }
 
-impl<S: Service, E: Entrypoint> ErasedEntrypoint<S> for Bound<S, E> {
+impl<S: Service, E: Entrypoint, H: CallMethod<S, E::Input, E::Output>> ErasedEntrypoint<S>
+    for Bound<S, E, H>
+{
     fn method(&self) -> &MethodInfo {
         &self.method
     }
@@ -538,6 +565,7 @@ impl<S: Service, E: Entrypoint> ErasedEntrypoint<S> for Bound<S, E> {
             entrypoint,
             method,
             handler,
+            ..
         } = *self;
         let cx = EntrypointContext::<E> {
             service: cx.clone(),
@@ -547,6 +575,7 @@ impl<S: Service, E: Entrypoint> ErasedEntrypoint<S> for Bound<S, E> {
                 info: method,
                 handler,
                 shared: cx.shared().clone(),
+                _io: std::marker::PhantomData,
             }),
         };
         Binding {
