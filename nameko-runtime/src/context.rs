@@ -8,7 +8,7 @@ use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
 
@@ -18,8 +18,7 @@ use crate::protocol::{self, CALL_ID_STACK_KEY, Headers};
 pub type ContextData = BTreeMap<String, Value>;
 
 /// Context data as a message brings it: the data, and the callers' call id stack read apart
-/// from it (a worker's stack is the parent stack plus its own id, so it is read straight into
-/// the vector the worker keeps).
+/// from it (straight into the vector the worker keeps).
 #[derive(Debug, Default)]
 pub(crate) struct Incoming {
     data: ContextData,
@@ -52,19 +51,15 @@ impl From<ContextData> for Incoming {
     }
 }
 
-/// The call ids of a `call_id_stack` value, with room for one more (the worker's own).
+/// The call ids of a `call_id_stack` value.
 fn parent_stack(value: &Value) -> Vec<String> {
     match value {
         Value::Array(items) => {
-            let mut stack = Vec::with_capacity(items.len() + 1);
+            let mut stack = Vec::with_capacity(items.len());
             stack.extend(items.iter().filter_map(|v| v.as_str().map(str::to_owned)));
             stack
         }
-        Value::String(single) => {
-            let mut stack = Vec::with_capacity(2);
-            stack.push(single.clone());
-            stack
-        }
+        Value::String(single) => vec![single.clone()],
         other => {
             let value = crate::protocol::shorten(other.to_string());
             tracing::warn!(%value, "ignoring a call_id_stack header that is not a list");
@@ -82,8 +77,14 @@ tokio::task_local! {
 pub struct WorkerContext {
     service_name: Cow<'static, str>,
     entrypoint: Cow<'static, str>,
-    /// The callers' call ids, then this worker's own (never empty).
-    call_id_stack: Vec<String>,
+    /// The callers' call ids, oldest first (up to `parent_calls_tracked`, as they came).
+    parents: Vec<String>,
+    /// How many of the callers' ids the stack keeps.
+    parent_calls_tracked: usize,
+    /// The callers' call ids that are kept, then this worker's own (never empty): made when
+    /// first asked for (by a call the worker makes, a log line that shows it), as most workers
+    /// never ask.
+    call_id_stack: OnceLock<Vec<String>>,
     data: ContextData,
     locals: Locals,
 }
@@ -182,17 +183,12 @@ impl WorkerContext {
                 .map(|value| parent_stack(&value))
                 .unwrap_or_default(),
         };
-        let call_id = protocol::new_call_id(&service_name, &entrypoint);
-        let mut call_id_stack = parent;
-        call_id_stack.push(call_id);
-        let keep = parent_calls_tracked + 1;
-        if call_id_stack.len() > keep {
-            call_id_stack.drain(..call_id_stack.len() - keep);
-        }
         WorkerContext {
             service_name,
             entrypoint,
-            call_id_stack,
+            parents: parent,
+            parent_calls_tracked,
+            call_id_stack: OnceLock::new(),
             data,
             locals: Locals::default(),
         }
@@ -227,23 +223,33 @@ impl WorkerContext {
 
     /// This worker's call id: `<service>.<method>.<uuid>`.
     pub fn call_id(&self) -> &str {
-        self.call_id_stack.last().map_or("", String::as_str)
+        self.call_id_stack().last().map_or("", String::as_str)
     }
 
-    /// The call ids of the callers, oldest first, ending with this worker's own.
+    /// The call ids of the callers, oldest first, ending with this worker's own; the last
+    /// `parent_calls_tracked` callers' only (Nameko's `PARENT_CALLS_TRACKED`).
     pub fn call_id_stack(&self) -> &[String] {
-        &self.call_id_stack
+        self.call_id_stack.get_or_init(|| {
+            let keep = self.parent_calls_tracked;
+            let parents = &self.parents[self.parents.len().saturating_sub(keep)..];
+            let mut stack = Vec::with_capacity(parents.len() + 1);
+            stack.extend(parents.iter().cloned());
+            stack.push(protocol::new_call_id(&self.service_name, &self.entrypoint));
+            stack
+        })
     }
 
     /// The call id of the first call in the chain, if this worker was called by another.
     pub fn origin_call_id(&self) -> Option<&str> {
-        (self.call_id_stack.len() > 1).then(|| self.call_id_stack[0].as_str())
+        let stack = self.call_id_stack();
+        (stack.len() > 1).then(|| stack[0].as_str())
     }
 
     /// The call id of the direct caller, if any.
     pub fn immediate_parent_call_id(&self) -> Option<&str> {
-        let n = self.call_id_stack.len();
-        (n > 1).then(|| self.call_id_stack[n - 2].as_str())
+        let stack = self.call_id_stack();
+        let n = stack.len();
+        (n > 1).then(|| stack[n - 2].as_str())
     }
 
     /// All context data (without the call id stack).
@@ -310,7 +316,7 @@ impl WorkerContext {
         headers.insert(
             protocol::CALL_ID_STACK_HEADER.to_owned(),
             Value::Array(
-                self.call_id_stack
+                self.call_id_stack()
                     .iter()
                     .map(|id| Value::String(id.clone()))
                     .collect(),
