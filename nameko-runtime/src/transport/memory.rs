@@ -1041,6 +1041,33 @@ mod tests {
         }
     }
 
+    /// A message that is not published comes back whole, with why: what a reply's retry and a
+    /// request's dead-lettering rely on.
+    #[tokio::test]
+    async fn a_message_not_published_comes_back_whole() {
+        let broker = MemoryBroker::new();
+        let unpublished = broker
+            .publish_or_return(to_key("no-such-exchange"))
+            .await
+            .expect_err("no exchange");
+        assert!(matches!(unpublished.error, TransportError::NotFound(_)));
+        assert_eq!(unpublished.message.routing_key, "key");
+        assert_eq!(unpublished.message.body, b"kept");
+        broker
+            .declare_exchange(&ExchangeSpec::durable_topic("x"))
+            .await
+            .unwrap();
+        let unpublished = broker
+            .publish_or_return(to_key("x"))
+            .await
+            .expect_err("no queue bound, mandatory");
+        assert!(matches!(
+            unpublished.error,
+            TransportError::Unroutable { ref routing_key, .. } if routing_key == "key"
+        ));
+        assert_eq!(unpublished.message.body, b"kept");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn expiring_queues_outlive_their_last_consumer_by_their_expiry() {
         let broker = MemoryBroker::new();
