@@ -165,7 +165,7 @@ impl Entrypoint for EventHandler {
             ..QueueSpec::durable(&queue)
         };
         let declaration = QueueDeclaration::new(spec).bind(exchange, self.event_type);
-        let handler = Arc::new(EventConsumer {
+        let handler = Arc::new(MessageConsumer {
             entrypoint: self,
             cx: cx.clone(),
         });
@@ -173,12 +173,37 @@ impl Entrypoint for EventHandler {
     }
 }
 
-struct EventConsumer {
-    entrypoint: EventHandler,
-    cx: EntrypointContext<EventHandler>,
+/// An entrypoint whose messages are JSON payloads handled by [`handle_json_message`]: an event
+/// handler, or a `#[consume]`.
+pub(crate) trait JsonMessageEntrypoint:
+    Entrypoint<Input = EventBody, Output = Result<(), EventError>> + Sync
+{
+    /// What its log lines name.
+    fn subject(&self) -> Subject<'_>;
+    /// Whether a failed message goes back to its queue.
+    fn requeue_on_error(&self) -> bool;
 }
 
-impl DeliveryHandler for EventConsumer {
+impl JsonMessageEntrypoint for EventHandler {
+    fn subject(&self) -> Subject<'_> {
+        Subject::Event {
+            source: self.source_service,
+            event_type: self.event_type,
+        }
+    }
+
+    fn requeue_on_error(&self) -> bool {
+        self.requeue_on_error
+    }
+}
+
+/// The consumer of one message entrypoint's queue.
+pub(crate) struct MessageConsumer<E: Entrypoint> {
+    pub(crate) entrypoint: E,
+    pub(crate) cx: EntrypointContext<E>,
+}
+
+impl<E: JsonMessageEntrypoint> DeliveryHandler for MessageConsumer<E> {
     // Not an `async fn`: the delivery is boxed before the future is made, so that the future
     // (a task of its own) holds a pointer, not the whole delivery.
     #[allow(
@@ -193,11 +218,7 @@ impl DeliveryHandler for EventConsumer {
         let delivery = Box::new(delivery);
         async move {
             let e = &self.entrypoint;
-            let subject = Subject::Event {
-                source: e.source_service,
-                event_type: e.event_type,
-            };
-            handle_json_message(&self.cx, delivery, slot, e.requeue_on_error, subject).await;
+            handle_json_message(&self.cx, delivery, slot, e.requeue_on_error(), e.subject()).await;
         }
     }
 }

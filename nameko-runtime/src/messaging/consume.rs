@@ -6,12 +6,9 @@ use std::sync::Arc;
 
 use super::Queue;
 use crate::error::Error;
-use crate::events::handler::{Subject, handle_json_message};
+use crate::events::handler::{JsonMessageEntrypoint, MessageConsumer, Subject};
 use crate::events::{EventBody, EventError};
-use crate::service::{
-    DeliveryHandler, Entrypoint, EntrypointContext, QueueDeclaration, Started, WorkerSlot,
-};
-use crate::transport::Delivery;
+use crate::service::{Entrypoint, EntrypointContext, QueueDeclaration, Started};
 
 /// `#[consume(queue = ...)]`: the method takes every message of a queue (Nameko's `consume`).
 #[derive(Debug, Clone)]
@@ -74,28 +71,12 @@ impl Entrypoint for Consume {
     }
 }
 
-struct MessageConsumer {
-    entrypoint: Consume,
-    cx: EntrypointContext<Consume>,
-}
+impl JsonMessageEntrypoint for Consume {
+    fn subject(&self) -> Subject<'_> {
+        Subject::Queue(self.queue.name())
+    }
 
-impl DeliveryHandler for MessageConsumer {
-    // Not an `async fn`: the delivery is boxed before the future is made, so that the future
-    // (a task of its own) holds a pointer, not the whole delivery.
-    #[allow(
-        clippy::manual_async_fn,
-        reason = "the delivery is boxed before the future is made"
-    )]
-    fn handle(
-        self: Arc<Self>,
-        delivery: Delivery,
-        slot: WorkerSlot,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        let delivery = Box::new(delivery);
-        async move {
-            let e = &self.entrypoint;
-            let subject = Subject::Queue(e.queue.name());
-            handle_json_message(&self.cx, delivery, slot, e.requeue_on_error, subject).await;
-        }
+    fn requeue_on_error(&self) -> bool {
+        self.requeue_on_error
     }
 }
