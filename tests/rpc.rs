@@ -493,6 +493,33 @@ on_both_transports! {
 }
 
 on_both_transports! {
+    async fn a_short_timeout_ends_its_call_while_a_longer_one_waits(broker: &TestBroker) {
+        // Calls of one client share its reply queue and the clock that ends its calls: a call
+        // with a shorter timeout than one already waiting still ends at its own deadline.
+        let (running, client) = start(broker, |_| {}).await;
+        let patient = CalculatorClient::new(&client).with_timeout(Duration::from_secs(60));
+        let impatient = CalculatorClient::new(&client).with_timeout(Duration::from_millis(200));
+        let token = uuid::Uuid::new_v4().to_string();
+        let long = patient.slow(token.clone(), 3_000);
+        tokio::pin!(long);
+        let started = tokio::select! {
+            _ = wait_started(&token) => true,
+            _ = &mut long => false,
+        };
+        assert!(started, "the long call ended before it started");
+        let short = impatient.slow(uuid::Uuid::new_v4().to_string(), 3_000);
+        let error = tokio::select! {
+            error = short => error.unwrap_err(),
+            outcome = &mut long => panic!("the 3 s call ended first: {outcome:?}"),
+        };
+        assert!(matches!(error, RpcError::Timeout(d) if d == Duration::from_millis(200)), "{error:?}");
+        // The longer call is still waiting, and gets its reply.
+        assert_eq!(long.await.unwrap(), token);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
     async fn many_calls_in_flight_from_one_client(broker: &TestBroker) {
         let (running, client) = start(broker, |_| {}).await;
         let calc = CalculatorClient::new(&client);

@@ -5,7 +5,9 @@
 //! sharing the container's reply queue; outside, [`ClusterRpcClient::connect`] makes a
 //! standalone one (Nameko's `ClusterRpcProxy`).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -13,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::context::{ContextData, WorkerContext};
@@ -23,17 +26,22 @@ use crate::transport::{
     OutgoingMessage, Properties, SharedTransport, TransportError, amqp::AmqpOptions,
 };
 
-use super::reply::{Link, Pending, ReplyListener, lock};
+use super::reply::{Link, Pending, ReplyListener};
 
-/// Removes a pending call's entry however the call ends (reply, timeout, cancellation).
+/// Takes a call's entry out of the pending calls if the call ends before its outcome came
+/// (cancelled, or failed before it was sent); once the listener or the sweeper handed it its
+/// outcome, the entry is gone already.
 struct PendingGuard<'a> {
     pending: &'a Pending,
     correlation_id: u128,
+    armed: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        lock(self.pending).remove(&self.correlation_id);
+        if self.armed {
+            self.pending.remove(self.correlation_id);
+        }
     }
 }
 
@@ -50,28 +58,35 @@ impl Core {
     async fn transport(&self) -> Result<(SharedTransport, Arc<str>), RpcError> {
         let mut link = self.listener.link.clone();
         loop {
-            match &*link.borrow_and_update() {
-                // A connection that is gone but not yet noticed by the listener: wait for it
-                // to notice (and reconnect, or give up) rather than publish into the void.
-                Link::Up {
-                    transport,
-                    reply_to,
-                } if !transport.connection_lost() => {
-                    return Ok((transport.clone(), reply_to.clone()));
-                }
-                Link::Up { .. } => {}
-                Link::Closed(reason) => {
-                    return Err(RpcError::Transport(TransportError::Connection(
-                        reason.clone(),
-                    )));
-                }
-                Link::Down(_) => {}
+            if let Some(ready) = Self::ready(&link.borrow_and_update()) {
+                return ready;
             }
             if link.changed().await.is_err() {
                 return Err(RpcError::Transport(TransportError::Connection(
                     "client closed".into(),
                 )));
             }
+        }
+    }
+
+    /// The transport and `reply_to` if the client can publish now, why it never will if it is
+    /// closed, `None` if it must wait.
+    fn link_now(&self) -> Option<Result<(SharedTransport, Arc<str>), RpcError>> {
+        Self::ready(&self.listener.link.borrow())
+    }
+
+    fn ready(link: &Link) -> Option<Result<(SharedTransport, Arc<str>), RpcError>> {
+        match link {
+            // A connection that is gone but not yet noticed by the listener: wait for it to
+            // notice (and reconnect, or give up) rather than publish into the void.
+            Link::Up {
+                transport,
+                reply_to,
+            } if !transport.connection_lost() => Some(Ok((transport.clone(), reply_to.clone()))),
+            Link::Up { .. } | Link::Down(_) => None,
+            Link::Closed(reason) => Some(Err(RpcError::Transport(TransportError::Connection(
+                reason.clone(),
+            )))),
         }
     }
 
@@ -305,66 +320,92 @@ impl ClusterRpcClient {
         body: Vec<u8>,
     ) -> impl Future<Output = Result<Vec<u8>, RpcError>> + Send + 'a {
         async move {
+            // The call's timeout runs from here. While the client is connected, no timer is
+            // armed for it: the reply listener's sweeper ends it at its deadline.
+            let deadline = Instant::now()
+                .checked_add(self.timeout)
+                .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
+            let (transport, reply_to) = match self.core.link_now() {
+                Some(link) => link?,
+                None => match tokio::time::timeout_at(deadline, self.core.transport()).await {
+                    Ok(link) => link?,
+                    // A call that could not even be sent says why, rather than only that
+                    // time ran out.
+                    Err(_) => {
+                        return Err(match self.core.disconnected() {
+                            Some(reason) => {
+                                RpcError::Transport(TransportError::Connection(format!(
+                                    "not connected to the broker within {:?}: {reason}",
+                                    self.timeout
+                                )))
+                            }
+                            None => RpcError::Timeout(self.timeout),
+                        });
+                    }
+                },
+            };
             let correlation_id = uuid::Uuid::new_v4();
-            let (tx, rx) = oneshot::channel();
-            let pending = &self.core.listener.pending;
-            let _guard = PendingGuard {
+            let (tx, mut rx) = oneshot::channel();
+            let pending = &*self.core.listener.pending;
+            pending.insert(correlation_id.as_u128(), tx, deadline, self.timeout);
+            let mut guard = PendingGuard {
                 pending,
                 correlation_id: correlation_id.as_u128(),
+                armed: true,
             };
-            let call = async {
-                let (transport, reply_to) = self.core.transport().await?;
-                lock(pending).insert(correlation_id.as_u128(), tx);
-                // The listener marks the client closed before it fails the pending calls: a call
-                // that got in after that would wait for nothing.
-                if let Some(reason) = self.core.closed() {
-                    return Err(RpcError::Transport(TransportError::Connection(reason)));
-                }
-                let message = OutgoingMessage {
-                    exchange: self.core.exchange.clone(),
-                    routing_key: protocol::rpc_routing_key(service, method),
-                    mandatory: true,
-                    properties: Properties {
-                        // Copied as they are, not through `Display`.
-                        correlation_id: Some(String::from(
-                            correlation_id
-                                .hyphenated()
-                                .encode_lower(&mut uuid::Uuid::encode_buffer()),
-                        )),
-                        reply_to: Some(String::from(&*reply_to)),
-                        headers: self.headers(),
-                        priority: Some(self.priority),
-                        expiration: self.expiration,
-                        ..Properties::nameko_json()
-                    },
-                    body,
-                };
-                transport.publish(message).await.map_err(|e| match e {
-                    TransportError::Unroutable { .. } => {
-                        RpcError::UnknownService(service.to_owned())
-                    }
-                    other => RpcError::Transport(other),
-                })?;
-                rx.await.map_err(|_| {
-                    RpcError::Transport(TransportError::Connection("reply listener stopped".into()))
-                })?
-            };
-            match tokio::time::timeout(self.timeout, call).await {
-                Ok(result) => result,
-                // A call that could not even be sent says why, rather than only that time ran out.
-                Err(_) => match self.core.disconnected() {
-                    Some(reason) if !lock(pending).contains_key(&correlation_id.as_u128()) => {
-                        Err(RpcError::Transport(TransportError::Connection(format!(
-                            "not connected to the broker within {:?}: {reason}",
-                            self.timeout
-                        ))))
-                    }
-                    _ => Err(RpcError::Timeout(self.timeout)),
-                },
+            // The listener marks the client closed before it fails the pending calls: a call
+            // that got in after that would wait for nothing.
+            if let Some(reason) = self.core.closed() {
+                return Err(RpcError::Transport(TransportError::Connection(reason)));
             }
+            let message = OutgoingMessage {
+                exchange: self.core.exchange.clone(),
+                routing_key: protocol::rpc_routing_key(service, method),
+                mandatory: true,
+                properties: Properties {
+                    // Copied as they are, not through `Display`.
+                    correlation_id: Some(String::from(
+                        correlation_id
+                            .hyphenated()
+                            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+                    )),
+                    reply_to: Some(String::from(&*reply_to)),
+                    headers: self.headers(),
+                    priority: Some(self.priority),
+                    expiration: self.expiration,
+                    ..Properties::nameko_json()
+                },
+                body,
+            };
+            // The call's outcome may come while the publish is still being confirmed: its
+            // timeout (a broker that blocks publishers), or even its reply.
+            let mut publishing = transport.publish(message);
+            let first = std::future::poll_fn(|cx| {
+                if let Poll::Ready(published) = Pin::new(&mut publishing).poll(cx) {
+                    return Poll::Ready(Ok(published));
+                }
+                Pin::new(&mut rx).poll(cx).map(Err)
+            })
+            .await;
+            let outcome = match first {
+                Ok(Ok(())) => (&mut rx).await,
+                Ok(Err(TransportError::Unroutable { .. })) => {
+                    return Err(RpcError::UnknownService(service.to_owned()));
+                }
+                Ok(Err(other)) => return Err(RpcError::Transport(other)),
+                Err(outcome) => outcome,
+            };
+            // Whoever sent the outcome took the entry out.
+            guard.armed = false;
+            outcome.map_err(|_| {
+                RpcError::Transport(TransportError::Connection("reply listener stopped".into()))
+            })?
         }
     }
 }
+
+/// A deadline for a timeout too long for the clock: about thirty years.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Calls the methods of one service by name, with any serialisable arguments.
 #[derive(Clone, Debug)]

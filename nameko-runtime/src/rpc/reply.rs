@@ -8,7 +8,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::RpcError;
@@ -17,12 +18,136 @@ use crate::transport::{
     self, Consumer, ExchangeSpec, QueueSpec, SharedTransport, TransportError, amqp::AmqpOptions,
 };
 
-/// The calls waiting for a reply, by correlation id (a uuid: its 128 bits, so that looking a
-/// reply up copies no string).
-pub(super) type Pending = Arc<Mutex<PendingMap>>;
-/// Callers by correlation id (a random UUID, as a number), looked up twice per call.
-pub(super) type PendingMap =
-    HashMap<u128, oneshot::Sender<Result<Vec<u8>, RpcError>>, foldhash::fast::RandomState>;
+/// Hands a call its outcome: the reply's body, or why there is none.
+pub(super) type ReplySender = oneshot::Sender<Result<Vec<u8>, RpcError>>;
+
+/// The calls waiting for a reply, by correlation id, and the clock that ends those that wait
+/// too long.
+///
+/// A call does not arm a timer of its own: one sweeper task per reply queue sleeps until the
+/// earliest deadline it knows of and ends the calls past theirs with [`RpcError::Timeout`].
+/// Calls of one client share one timeout, so a new call's deadline is almost never earlier
+/// than the sweeper's, and the sweeper is woken about once per timeout, not once per call.
+#[derive(Default)]
+pub(super) struct Pending {
+    calls: Mutex<Calls>,
+    /// Wakes the sweeper for a deadline earlier than the one it sleeps until.
+    sweep: Notify,
+}
+
+#[derive(Default)]
+struct Calls {
+    /// Callers by correlation id (a random UUID, as a number: looking a reply up copies no
+    /// string).
+    waiting: HashMap<u128, Waiter, foldhash::fast::RandomState>,
+    /// When the sweeper looks next: the earliest deadline it knows of (that call may have
+    /// ended since), or `None` while it waits for a call.
+    next_sweep: Option<Instant>,
+    /// The latest deadline a call was given.
+    latest: Option<Instant>,
+}
+
+struct Waiter {
+    reply: ReplySender,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Pending {
+    /// Registers a call that ends with a timeout at `deadline` unless its reply or another
+    /// outcome came first.
+    pub(super) fn insert(
+        &self,
+        correlation_id: u128,
+        reply: ReplySender,
+        deadline: Instant,
+        timeout: Duration,
+    ) {
+        let earlier = {
+            let mut calls = lock(&self.calls);
+            calls.waiting.insert(
+                correlation_id,
+                Waiter {
+                    reply,
+                    deadline,
+                    timeout,
+                },
+            );
+            if calls.latest.is_none_or(|latest| deadline > latest) {
+                calls.latest = Some(deadline);
+            }
+            let earlier = calls.next_sweep.is_none_or(|at| deadline < at);
+            if earlier {
+                calls.next_sweep = Some(deadline);
+            }
+            earlier
+        };
+        if earlier {
+            self.sweep.notify_one();
+        }
+    }
+
+    /// Takes a call out, to hand it its outcome.
+    pub(super) fn remove(&self, correlation_id: u128) -> Option<ReplySender> {
+        lock(&self.calls)
+            .waiting
+            .remove(&correlation_id)
+            .map(|waiter| waiter.reply)
+    }
+
+    /// Ends every call waiting with `error()`.
+    pub(super) fn fail_all(&self, error: impl Fn() -> RpcError) -> usize {
+        let waiting: Vec<_> = lock(&self.calls).waiting.drain().collect();
+        let ended = waiting.len();
+        for (_, waiter) in waiting {
+            let _ = waiter.reply.send(Err(error()));
+        }
+        ended
+    }
+
+    /// Ends the calls past their deadline at `now`; when the sweeper looks next.
+    ///
+    /// That is the earliest deadline of the calls still waiting or, when none waits, the
+    /// latest deadline a call was given, if it is still to come: the sweeper then wakes once
+    /// more for nothing, rather than being woken by the next call of a client whose calls
+    /// each end before the sweeper looks (which would be once per call).
+    fn time_out(&self, now: Instant) -> Option<Instant> {
+        let mut calls = lock(&self.calls);
+        let expired: Vec<_> = calls
+            .waiting
+            .extract_if(|_, waiter| waiter.deadline <= now)
+            .map(|(_, waiter)| waiter)
+            .collect();
+        let next = match calls.waiting.values().map(|waiter| waiter.deadline).min() {
+            Some(earliest) => Some(earliest),
+            None => calls.latest.filter(|&latest| latest > now),
+        };
+        calls.next_sweep = next;
+        drop(calls);
+        for waiter in expired {
+            let _ = waiter.reply.send(Err(RpcError::Timeout(waiter.timeout)));
+        }
+        next
+    }
+
+    /// The sweeper: ends calls at their deadlines, until `stop`.
+    async fn sweep(self: Arc<Self>, stop: CancellationToken) {
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sleep);
+        let mut next = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.sweep.notified() => {}
+                _ = &mut sleep, if next.is_some() => {}
+            }
+            next = self.time_out(Instant::now());
+            if let Some(at) = next {
+                sleep.as_mut().reset(at);
+            }
+        }
+    }
+}
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -95,7 +220,7 @@ impl ReplyQueue {
 /// Consumes one reply queue and hands each reply to the call waiting for it; for a client that
 /// owns its connection, reconnects when the connection is lost.
 pub(super) struct ReplyListener {
-    pub(super) pending: Pending,
+    pub(super) pending: Arc<Pending>,
     pub(super) link: watch::Receiver<Link>,
     _stop: DropGuard,
 }
@@ -109,12 +234,13 @@ impl ReplyListener {
     ) -> Result<ReplyListener, TransportError> {
         let queue = ReplyQueue::new(exchange, owner);
         let consumer = queue.consume(&transport).await?;
-        let pending: Pending = Arc::default();
+        let pending: Arc<Pending> = Arc::default();
         let (link_tx, link) = watch::channel(Link::Up {
             transport: transport.clone(),
             reply_to: queue.routing_key.as_str().into(),
         });
         let stop = CancellationToken::new();
+        tokio::spawn(pending.clone().sweep(stop.clone()));
         tokio::spawn(
             Listening {
                 queue,
@@ -136,7 +262,7 @@ impl ReplyListener {
 /// The reply listener's task.
 struct Listening {
     queue: ReplyQueue,
-    pending: Pending,
+    pending: Arc<Pending>,
     link: watch::Sender<Link>,
     stop: CancellationToken,
     /// Where to connect again when the connection is lost, if the client owns it.
@@ -185,11 +311,8 @@ impl Listening {
             }
         };
         self.link.send_replace(Link::Closed(reason.clone()));
-        for (_, waiter) in lock(&self.pending).drain() {
-            let _ = waiter.send(Err(RpcError::Transport(TransportError::Connection(
-                reason.clone(),
-            ))));
-        }
+        self.pending
+            .fail_all(|| RpcError::Transport(TransportError::Connection(reason.clone())));
         if self.reconnect.is_some() {
             // The client owns this connection.
             transport.close().await;
@@ -201,17 +324,16 @@ impl Listening {
     /// [`RpcError::ReplyLost`].
     fn replace_queue(&mut self, queue: ReplyQueue, transport: &SharedTransport) {
         let lost = std::mem::replace(&mut self.queue, queue);
-        let waiting: Vec<_> = lock(&self.pending).drain().collect();
+        let ended = self
+            .pending
+            .fail_all(|| RpcError::ReplyLost(lost.queue.clone()));
         tracing::warn!(
             broker = %transport.describe(),
             lost = %lost.queue,
             new = %self.queue.queue,
-            calls_in_flight = waiting.len(),
+            calls_in_flight = ended,
             "reconnected, but the reply queue was lost with the node that held it: consuming a new one; calls in flight end with ReplyLost"
         );
-        for (_, waiter) in waiting {
-            let _ = waiter.send(Err(RpcError::ReplyLost(lost.queue.clone())));
-        }
     }
 
     /// Hands replies to their calls until the consumer ends (`Some(reason)`) or the client
@@ -235,7 +357,7 @@ impl Listening {
                     let correlation_id = delivery.properties.correlation_id.as_deref();
                     let waiter = correlation_id
                         .and_then(|id| uuid::Uuid::try_parse(id).ok())
-                        .and_then(|id| lock(&self.pending).remove(&id.as_u128()));
+                        .and_then(|id| self.pending.remove(id.as_u128()));
                     match waiter {
                         Some(waiter) => {
                             let _ = waiter.send(Ok(std::mem::take(&mut delivery.body)));
@@ -326,5 +448,76 @@ impl Listening {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    fn timed_out(outcome: Result<Result<Vec<u8>, RpcError>, TryRecvError>) -> Option<Duration> {
+        match outcome {
+            Ok(Err(RpcError::Timeout(timeout))) => Some(timeout),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_ends_each_call_at_its_deadline_and_no_other() {
+        let pending: Arc<Pending> = Arc::default();
+        let stop = CancellationToken::new();
+        tokio::spawn(pending.clone().sweep(stop.clone()));
+        let start = Instant::now();
+        let call = |id: u128, millis: u64| {
+            let (tx, rx) = oneshot::channel();
+            let timeout = Duration::from_millis(millis);
+            pending.insert(id, tx, Instant::now() + timeout, timeout);
+            rx
+        };
+        let mut first = call(1, 100);
+        let mut answered = call(2, 200);
+        let mut later = call(3, 300);
+
+        tokio::time::sleep_until(start + Duration::from_millis(99)).await;
+        assert!(matches!(first.try_recv(), Err(TryRecvError::Empty)));
+        tokio::time::sleep_until(start + Duration::from_millis(101)).await;
+        assert_eq!(
+            timed_out(first.try_recv()),
+            Some(Duration::from_millis(100))
+        );
+        // A call answered before its deadline keeps its answer.
+        let reply = pending.remove(2).expect("call 2 waits");
+        let _ = reply.send(Ok(b"answer".to_vec()));
+        tokio::time::sleep_until(start + Duration::from_millis(250)).await;
+        assert_eq!(
+            answered.try_recv().ok().and_then(Result::ok),
+            Some(b"answer".to_vec())
+        );
+        assert!(matches!(later.try_recv(), Err(TryRecvError::Empty)));
+
+        // A shorter timeout than the one the sweeper sleeps for wakes it.
+        let mut impatient = call(4, 10);
+        tokio::time::sleep_until(start + Duration::from_millis(261)).await;
+        assert_eq!(
+            timed_out(impatient.try_recv()),
+            Some(Duration::from_millis(10))
+        );
+        assert!(matches!(later.try_recv(), Err(TryRecvError::Empty)));
+        tokio::time::sleep_until(start + Duration::from_millis(301)).await;
+        assert_eq!(
+            timed_out(later.try_recv()),
+            Some(Duration::from_millis(300))
+        );
+
+        // After a quiet spell with nothing waiting, a new call still times out.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let mut after_a_while = call(5, 50);
+        tokio::time::sleep(Duration::from_millis(51)).await;
+        assert_eq!(
+            timed_out(after_a_while.try_recv()),
+            Some(Duration::from_millis(50))
+        );
+        stop.cancel();
     }
 }
