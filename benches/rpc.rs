@@ -686,6 +686,98 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     (per_second > 0).then(|| ticks / per_second as f64)
 }
 
+/// A process's CPU time (user and system, in seconds) and context switches (voluntary and not)
+/// so far, by thread name (tokio's workers, lapin's I/O threads, ...): where a server's time
+/// goes.
+fn threads(pid: u32) -> std::collections::BTreeMap<String, (f64, u64)> {
+    let mut by_name = std::collections::BTreeMap::<String, (f64, u64)>::new();
+    // SAFETY: sysconf reads a constant of the system.
+    #[allow(unsafe_code)]
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(stat), Ok(status)) = (
+            std::fs::read_to_string(path.join("stat")),
+            std::fs::read_to_string(path.join("status")),
+        ) else {
+            continue;
+        };
+        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+            .sum();
+        let switches: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        // Numbered threads of one pool (`tokio-runtime-w`, ...) under one name.
+        let name = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        let entry = by_name.entry(name.to_owned()).or_default();
+        entry.0 += ticks / per_second;
+        entry.1 += switches;
+    }
+    by_name
+}
+
+/// Where a run of sequential calls went, added up over the rounds: CPU time and context
+/// switches by thread name.
+#[derive(Default)]
+struct ThreadsSpent {
+    calls: usize,
+    by_name: std::collections::BTreeMap<String, (f64, u64)>,
+}
+
+impl ThreadsSpent {
+    fn add(
+        &mut self,
+        before: &std::collections::BTreeMap<String, (f64, u64)>,
+        after: &std::collections::BTreeMap<String, (f64, u64)>,
+        calls: usize,
+    ) {
+        self.calls += calls;
+        for (name, (cpu, switches)) in after {
+            let (cpu0, switches0) = before.get(name).copied().unwrap_or_default();
+            let spent = self.by_name.entry(name.clone()).or_default();
+            spent.0 += cpu - cpu0;
+            spent.1 += switches.saturating_sub(switches0);
+        }
+    }
+
+    /// Per call, for each thread name that did anything: "name: µs, switches".
+    fn per_call(&self) -> String {
+        let calls = self.calls.max(1) as f64;
+        let (mut cpu_all, mut switches_all) = (0.0, 0);
+        let mut parts: Vec<String> = self
+            .by_name
+            .iter()
+            .filter(|(_, (cpu, switches))| *cpu > 0.0 || *switches > 0)
+            .map(|(name, (cpu, switches))| {
+                cpu_all += cpu;
+                switches_all += switches;
+                format!(
+                    "{name} {:.1} µs, {:.2} switches",
+                    cpu / calls * 1e6,
+                    *switches as f64 / calls
+                )
+            })
+            .collect();
+        parts.push(format!(
+            "all {:.1} µs, {:.2} switches",
+            cpu_all / calls * 1e6,
+            switches_all as f64 / calls
+        ));
+        parts.join("; ")
+    }
+}
+
 /// A server process's CPU time per call, in microseconds: sequential calls, and calls with
 /// `in_flight` at once.
 #[derive(Default, Clone, Copy)]
@@ -710,6 +802,7 @@ async fn cpu_per_call(
     let payload = payload();
     let (sequential, concurrent) = (args.sequential * 2, args.concurrent);
     let mut measured: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+    let mut spent: [ThreadsSpent; 2] = Default::default();
     for (proxy, _) in &servers {
         warm_up(proxy).await?;
     }
@@ -719,10 +812,12 @@ async fn cpu_per_call(
             let pid = pid.ok_or_else(|| anyhow::anyhow!("a server process without a pid"))?;
             let cpu = || cpu_seconds(pid).ok_or_else(|| anyhow::anyhow!("no CPU time of {pid}"));
             let before = cpu()?;
+            let threads_before = threads(pid);
             for _ in 0..sequential {
                 proxy.echo(&payload).await?;
             }
             let between = cpu()?;
+            spent[i].add(&threads_before, &threads(pid), sequential);
             let answers: Vec<anyhow::Result<Value>> = futures_util::stream::iter(0..concurrent)
                 .map(|_| proxy.echo(&payload))
                 .buffer_unordered(args.in_flight)
@@ -737,6 +832,9 @@ async fn cpu_per_call(
                 .1
                 .push((after - between) / concurrent as f64 * 1e6);
         }
+    }
+    for (name, spent) in ["nameko-rs", "raw lapin"].iter().zip(&spent) {
+        eprintln!("{name} server, per sequential call: {}", spent.per_call());
     }
     let [ours_cpu, raw_cpu] = measured.map(|(sequential, concurrent)| Cpu {
         sequential_us: median(sequential),
