@@ -680,10 +680,15 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     // After the command's name (in parentheses): the state is field 3, utime 14, stime 15.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    ticks_per_second().map(|per_second| ticks / per_second)
+}
+
+/// The unit of the CPU times in `/proc/<pid>/stat`.
+fn ticks_per_second() -> Option<f64> {
     // SAFETY: sysconf reads a constant of the system.
     #[allow(unsafe_code)]
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (per_second > 0).then(|| ticks / per_second as f64)
+    (per_second > 0).then_some(per_second as f64)
 }
 
 /// A process's CPU time (user and system, in seconds) and context switches (voluntary and not)
@@ -691,10 +696,10 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 /// goes.
 fn threads(pid: u32) -> std::collections::BTreeMap<String, (f64, u64)> {
     let mut by_name = std::collections::BTreeMap::<String, (f64, u64)>::new();
-    // SAFETY: sysconf reads a constant of the system.
-    #[allow(unsafe_code)]
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+    let (Some(per_second), Ok(tasks)) = (
+        ticks_per_second(),
+        std::fs::read_dir(format!("/proc/{pid}/task")),
+    ) else {
         return by_name;
     };
     for task in tasks.flatten() {
