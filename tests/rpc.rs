@@ -672,21 +672,6 @@ on_both_transports! {
     }
 }
 
-/// Asks the broker to drop every connection of the test's virtual host (the management API
-/// lists new connections a few seconds after they open).
-async fn drop_connections(broker: &TestBroker) {
-    for _ in 0..80 {
-        match broker.inner().close_connections() {
-            Ok(closed) if closed > 0 => return,
-            Ok(_) => {}
-            // A management API slow to answer on a loaded machine: ask again.
-            Err(e) => eprintln!("closing the connections: {e}; trying again"),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("no connection to close");
-}
-
 /// Starts `calculator.slow` taking `millis` on `client` (60 s timeout) and waits until the
 /// service runs it; returns the call's token and the call.
 async fn slow_call_in_flight(
@@ -718,7 +703,8 @@ async fn a_call_in_flight_when_the_connection_drops_is_answered_after_the_reconn
     // A client that owns its connection reconnects to the same reply queue.
     let client = ClusterRpcClient::connect(&broker.uri).await.unwrap();
     let (calc, token, call) = slow_call_in_flight(&client, 1_500).await;
-    drop_connections(&broker).await;
+    // The broker drops every connection of the virtual host, the client's included.
+    common::close_all_connections(&broker);
     // The service's runner has lost its connection; a new instance (what `run` does by itself)
     // gets the request, which was never acknowledged, and answers it.
     assert!(matches!(
@@ -750,7 +736,8 @@ async fn a_call_on_a_borrowed_connection_that_drops_fails_clearly_instead_of_han
         .await
         .unwrap();
     let (calc, _, call) = slow_call_in_flight(&client, 30_000).await;
-    drop_connections(&broker).await;
+    // The broker drops every connection of the virtual host, the client's included.
+    common::close_all_connections(&broker);
     let dropped = std::time::Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(10), call)
         .await
