@@ -78,6 +78,10 @@ struct Args {
     /// Only nameko-rs's client against the raw lapin server (for profiling the client).
     #[arg(long)]
     client_only: bool,
+    /// Only the service processes' CPU time per call on RabbitMQ, nameko-rs's against the raw
+    /// lapin server's (for profiling the service).
+    #[arg(long)]
+    cpu_only: bool,
     /// With `--embedded-only`: on tokio's current-thread runtime (a one-thread monolith).
     #[arg(long)]
     current_thread: bool,
@@ -1001,6 +1005,21 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         println!(
             "nameko-rs client, raw lapin server: {:.0} calls/s in flight",
             figures.concurrent
+        );
+        return Ok(());
+    }
+    if args.cpu_only {
+        let client = ClusterRpcClient::connect(&uri).await?;
+        let (ours, raw) = cpu_per_call(args, &uri, &client).await?;
+        println!(
+            "service CPU per call, sequential / {} in flight: nameko-rs {:.1} / {:.1} µs, raw lapin {:.1} / {:.1} µs: {:.2} / {:.2}",
+            args.in_flight,
+            ours.sequential_us,
+            ours.concurrent_us,
+            raw.sequential_us,
+            raw.concurrent_us,
+            ours.sequential_us / raw.sequential_us,
+            ours.concurrent_us / raw.concurrent_us
         );
         return Ok(());
     }
