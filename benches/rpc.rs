@@ -483,6 +483,19 @@ async fn measure_pair(
     Ok((ra.figures(), rb.figures()))
 }
 
+/// CPU time and context switches per call of this process's threads, by thread name, over
+/// `calls` sequential calls.
+async fn threads_per_call(proxy: &impl Echo, calls: usize) -> anyhow::Result<String> {
+    let (payload, pid) = (payload(), std::process::id());
+    let before = threads(pid);
+    for _ in 0..calls {
+        proxy.echo(&payload).await?;
+    }
+    let mut spent = ThreadsSpent::default();
+    spent.add(&before, &threads(pid), calls);
+    Ok(spent.per_call())
+}
+
 /// Allocations per call on the embedded broker, client, broker and service together, over
 /// 10,000 sequential calls.
 async fn allocations_per_call(proxy: &ServiceProxy) -> anyhow::Result<f64> {
@@ -511,7 +524,18 @@ async fn embedded(args: &Args) -> anyhow::Result<(Figures, Figures)> {
     let (mut figures, floor) = tokio::spawn(async move {
         let (sequential, concurrent) = (measured.sequential * 10, measured.concurrent * 10);
         let floor = floor::Floor::start();
-        measure_pair(&proxy, &floor, &measured, sequential, concurrent).await
+        let figures = measure_pair(&proxy, &floor, &measured, sequential, concurrent).await?;
+        // Where sequential calls go across the runtime's threads: a call that wakes a parked
+        // worker pays for it in context switches.
+        eprintln!(
+            "embedded, per sequential call: {}",
+            threads_per_call(&proxy, sequential).await?
+        );
+        eprintln!(
+            "floor, per sequential call: {}",
+            threads_per_call(&floor, sequential).await?
+        );
+        anyhow::Ok(figures)
     })
     .await??;
     figures.allocations = allocations_per_call(&client.service("rpc_bench")).await?;
