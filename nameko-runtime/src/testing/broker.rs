@@ -97,10 +97,14 @@ impl TestBroker {
         transport::connect(&self.uri).await
     }
 
-    /// Closes every client connection to this test's virtual host from the broker's side, as a
-    /// broker restart or a network failure would; returns how many it closed. Only for a
-    /// RabbitMQ test broker (its management API does it, and lists a new connection only after
-    /// its next statistics round, a few seconds: call again while it returns 0).
+    /// Closes the client connections to this test's virtual host that RabbitMQ's management API
+    /// lists, from the broker's side, as a broker restart or a network failure would; returns
+    /// how many it closed. Only for a RabbitMQ test broker.
+    ///
+    /// The API lists a new connection only after its next statistics round, a few seconds
+    /// after it opens: until then it is not closed. Call again while it returns fewer than you
+    /// expect; to close every connection at once, however new, run
+    /// `rabbitmqctl close_all_connections -p <vhost> <reason>` on the broker's host.
     pub fn close_connections(&self) -> Result<usize, Error> {
         let Some((api, vhost)) = &self.vhost else {
             return Err(Error::ManagementApi(
