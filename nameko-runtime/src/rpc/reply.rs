@@ -15,7 +15,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::error::RpcError;
 use crate::protocol;
 use crate::transport::{
-    self, Consumer, ExchangeSpec, QueueSpec, SharedTransport, TransportError, amqp::AmqpOptions,
+    self, Consumer, Delivery, ExchangeSpec, InlineConsumer, InlineHandler, QueueSpec,
+    SharedTransport, TransportError, amqp::AmqpOptions,
 };
 
 /// Hands a call its outcome: the reply's body, or why there is none.
@@ -87,6 +88,24 @@ impl Pending {
         }
     }
 
+    /// Hands a reply to the call waiting for it (by its correlation id); drops a reply that no
+    /// call waits for (late, after the call timed out, or not for this client).
+    fn hand_over(&self, reply: &mut Delivery) {
+        let correlation_id = reply.properties.correlation_id.as_deref();
+        let waiter = correlation_id
+            .and_then(|id| uuid::Uuid::try_parse(id).ok())
+            .and_then(|id| self.remove(id.as_u128()));
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(Ok(std::mem::take(&mut reply.body)));
+            }
+            None => tracing::debug!(
+                correlation_id = correlation_id.unwrap_or(""),
+                "Unknown correlation id: dropping a late or foreign reply"
+            ),
+        }
+    }
+
     /// Takes a call out, to hand it its outcome.
     pub(super) fn remove(&self, correlation_id: u128) -> Option<ReplySender> {
         lock(&self.calls)
@@ -153,6 +172,9 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Why a reply listener ends when the broker ends its consumer.
+const CANCELLED_BY_THE_BROKER: &str = "reply consumer was cancelled by the broker";
+
 /// The first wait before reconnecting; it doubles after each failed attempt.
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(250);
 /// The longest wait between two attempts to reconnect: well within a call's timeout, so that
@@ -197,8 +219,14 @@ impl ReplyQueue {
     }
 
     /// Declares the queue (idempotent: a reconnect finds the same queue, and any replies that
-    /// reached it meanwhile, thanks to its `x-expires`) and starts consuming it.
-    async fn consume(&self, transport: &SharedTransport) -> Result<Consumer, TransportError> {
+    /// reached it meanwhile, thanks to its `x-expires`) and starts consuming it: replies are
+    /// handed to their calls as the transport receives them where it can (the embedded
+    /// broker), otherwise by the listener's task.
+    async fn consume(
+        &self,
+        transport: &SharedTransport,
+        pending: &Arc<Pending>,
+    ) -> Result<ReplyConsumer, TransportError> {
         transport
             .declare_exchange(&ExchangeSpec::durable_topic(&self.exchange))
             .await?;
@@ -213,7 +241,32 @@ impl ReplyQueue {
         transport
             .bind_queue(&self.queue, &self.exchange, &self.routing_key)
             .await?;
-        transport.consume(&self.queue, 0).await
+        let pending = pending.clone();
+        let handler: InlineHandler = Arc::new(move |mut reply| pending.hand_over(&mut reply));
+        match transport.consume_inline(&self.queue, handler) {
+            Some(consuming) => consuming.await.map(ReplyConsumer::Inline),
+            None => transport
+                .consume(&self.queue, 0)
+                .await
+                .map(ReplyConsumer::Stream),
+        }
+    }
+}
+
+/// A reply queue's consumer.
+enum ReplyConsumer {
+    /// Each reply handed to its call as the transport receives it.
+    Inline(InlineConsumer),
+    /// Replies the listener's task reads and hands over.
+    Stream(Consumer),
+}
+
+impl ReplyConsumer {
+    async fn close(self) {
+        match self {
+            ReplyConsumer::Inline(consumer) => drop(consumer),
+            ReplyConsumer::Stream(consumer) => consumer.close().await,
+        }
     }
 }
 
@@ -233,8 +286,8 @@ impl ReplyListener {
         reconnect: Option<(String, AmqpOptions)>,
     ) -> Result<ReplyListener, TransportError> {
         let queue = ReplyQueue::new(exchange, owner);
-        let consumer = queue.consume(&transport).await?;
         let pending: Arc<Pending> = Arc::default();
+        let consumer = queue.consume(&transport, &pending).await?;
         let (link_tx, link) = watch::channel(Link::Up {
             transport: transport.clone(),
             reply_to: queue.routing_key.as_str().into(),
@@ -270,7 +323,7 @@ struct Listening {
 }
 
 impl Listening {
-    async fn run(mut self, mut transport: SharedTransport, mut consumer: Consumer) {
+    async fn run(mut self, mut transport: SharedTransport, mut consumer: ReplyConsumer) {
         let reason = loop {
             let reason = self.deliver(&mut consumer).await;
             consumer.close().await;
@@ -338,7 +391,17 @@ impl Listening {
 
     /// Hands replies to their calls until the consumer ends (`Some(reason)`) or the client
     /// closes (`None`).
-    async fn deliver(&self, consumer: &mut Consumer) -> Option<String> {
+    async fn deliver(&self, consumer: &mut ReplyConsumer) -> Option<String> {
+        let consumer = match consumer {
+            ReplyConsumer::Stream(consumer) => consumer,
+            // The transport hands the replies over; this waits for the end.
+            ReplyConsumer::Inline(consumer) => {
+                return tokio::select! {
+                    _ = self.stop.cancelled() => None,
+                    _ = consumer.ended() => Some(CANCELLED_BY_THE_BROKER.to_owned()),
+                };
+            }
+        };
         // One wait for the close, registered once; looked at after the replies ready (the
         // flag first, so that a steady stream of replies does not hide it).
         let stopped = self.stop.cancelled();
@@ -354,19 +417,7 @@ impl Listening {
             };
             match delivery {
                 Some(Ok(mut delivery)) => {
-                    let correlation_id = delivery.properties.correlation_id.as_deref();
-                    let waiter = correlation_id
-                        .and_then(|id| uuid::Uuid::try_parse(id).ok())
-                        .and_then(|id| self.pending.remove(id.as_u128()));
-                    match waiter {
-                        Some(waiter) => {
-                            let _ = waiter.send(Ok(std::mem::take(&mut delivery.body)));
-                        }
-                        None => tracing::debug!(
-                            correlation_id = correlation_id.unwrap_or(""),
-                            "Unknown correlation id: dropping a late or foreign reply"
-                        ),
-                    }
+                    self.pending.hand_over(&mut delivery);
                     // The caller has its reply. The acknowledgement is done here when it can
                     // be at once (the embedded broker), otherwise on a task of its own, so the
                     // next reply does not wait for this one's to be written.
@@ -386,7 +437,7 @@ impl Listening {
                     }
                 }
                 Some(Err(e)) => return Some(format!("reply consumer failed: {e}")),
-                None => return Some("reply consumer was cancelled by the broker".to_owned()),
+                None => return Some(CANCELLED_BY_THE_BROKER.to_owned()),
             }
         }
     }
@@ -399,7 +450,7 @@ impl Listening {
         &self,
         uri: &str,
         options: &AmqpOptions,
-    ) -> Option<(SharedTransport, Consumer, Option<ReplyQueue>)> {
+    ) -> Option<(SharedTransport, ReplyConsumer, Option<ReplyQueue>)> {
         let mut delay = FIRST_RECONNECT_DELAY;
         loop {
             tokio::select! {
@@ -408,7 +459,7 @@ impl Listening {
             }
             let attempt = async {
                 let transport = transport::connect_with_options(uri, options).await?;
-                let consumed = match self.queue.consume(&transport).await {
+                let consumed = match self.queue.consume(&transport, &self.pending).await {
                     Ok(consumer) => Ok((consumer, None)),
                     Err(TransportError::NotFound(reason)) if !transport.connection_lost() => {
                         tracing::warn!(
@@ -417,7 +468,7 @@ impl Listening {
                             "the broker no longer has the reply queue"
                         );
                         let queue = ReplyQueue::new(&self.queue.exchange, &self.queue.owner);
-                        match queue.consume(&transport).await {
+                        match queue.consume(&transport, &self.pending).await {
                             Ok(consumer) => Ok((consumer, Some(queue))),
                             Err(e) => Err(e),
                         }

@@ -1,7 +1,8 @@
 //! The embedded broker: RabbitMQ's semantics, in process, with no server.
 //!
 //! Direct, fanout, topic and headers exchanges, named queues with the same declare checks as RabbitMQ,
-//! competing consumers served round-robin, prefetch limits, manual acks, mandatory publishes,
+//! competing consumers served round-robin (also inline consumers, handed each message as it is
+//! routed: [`Transport::consume_inline`]), prefetch limits, manual acks, mandatory publishes,
 //! and redelivery (with `redelivered = true`) of everything a consumer received but did not
 //! settle when it goes away. Queues declared `auto_delete` or `exclusive` are deleted as soon as
 //! their last consumer leaves; queues declared with an expiry (`x-expires`), as on RabbitMQ,
@@ -21,15 +22,15 @@ use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::protocol::Headers;
 
 use super::{
-    Consumer, ConsumerSource, Delivery, ExchangeSpec, ExchangeType, OutgoingMessage, Properties,
-    Publishing, QueueSpec, ReturnedMessage, Settler, SharedTransport, Transport, TransportError,
-    Unpublished,
+    Consumer, ConsumerSource, Delivery, ExchangeSpec, ExchangeType, InlineConsumer, InlineHandler,
+    OutgoingMessage, Properties, Publishing, QueueSpec, ReturnedMessage, Settler, SharedTransport,
+    Transport, TransportError, Unpublished,
 };
 
 /// An in-process broker. Clone it freely: clones share the same exchanges and queues.
@@ -174,7 +175,19 @@ struct Slot {
     id: u64,
     prefetch: u16,
     unsettled: usize,
-    tx: mpsc::UnboundedSender<Stored>,
+    sink: Sink,
+}
+
+/// Where a consumer's messages go.
+enum Sink {
+    /// The channel of a [`MemoryConsumer`]: deliveries it settles.
+    Channel(mpsc::UnboundedSender<Stored>),
+    /// An inline consumer's handler, called as a message is routed; nothing to settle. The
+    /// sender is dropped with the slot, which tells the consumer it ended.
+    Inline {
+        handler: InlineHandler,
+        _ended: oneshot::Sender<()>,
+    },
 }
 
 impl MemoryBroker {
@@ -291,6 +304,27 @@ impl MemoryBroker {
 }
 
 impl State {
+    /// Adds a consumer to queue `name` (there is one) and hands it what the queue has ready.
+    fn add_consumer(&mut self, name: &str, id: u64, prefetch: u16, sink: Sink) {
+        let Some(queue) = self.queues.get_mut(name) else {
+            return;
+        };
+        // In use: no expiry runs.
+        queue.expires_at = None;
+        queue.consumers.push(Slot {
+            id,
+            prefetch,
+            unsettled: 0,
+            sink,
+        });
+        self.dispatch(name);
+        // With no expiry running any more, the entries left are all void: dropped, so that
+        // publishes do not read the clock to find that out.
+        if self.queues.values().all(|q| q.expires_at.is_none()) {
+            self.expiries.clear();
+        }
+    }
+
     /// Routes a message to the queues its exchange binds for its routing key; one that is
     /// not published comes back with the reason.
     fn route(&mut self, message: OutgoingMessage) -> Result<(), Box<Unpublished>> {
@@ -377,10 +411,14 @@ impl State {
         Ok(())
     }
 
-    /// Puts a message in queue `name` (if there is one), hands out what the queue has ready,
-    /// and starts the timer that expires the message if the queue stays idle: one look-up.
+    /// Puts a message in queue `name` (if there is one; straight to a consumer with room when
+    /// nothing waits before it), hands out what the queue has ready, and starts the timer that
+    /// expires the message if the queue stays idle: one look-up.
     fn deliver_to(&mut self, name: &str, message: Stored) {
         let Some(queue) = self.queues.get_mut(name) else {
+            return;
+        };
+        let Some(message) = queue.hand_over(message) else {
             return;
         };
         let timer = queue.enqueue(message);
@@ -545,10 +583,8 @@ impl Queue {
     /// Puts a new message in place (by priority in a priority queue), with its expiry; the
     /// time a timer should expire it at if the queue is idle, where none is set for sooner.
     fn enqueue(&mut self, mut message: Stored) -> Option<Instant> {
+        self.prioritise(&mut message);
         let arguments = &self.spec.arguments;
-        if let Some(max) = arguments.max_priority {
-            message.priority = message.properties.priority.unwrap_or(0).min(max);
-        }
         let ttl = match (arguments.message_ttl, message.properties.expiration) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -569,6 +605,13 @@ impl Queue {
                 Some(at)
             }
             (None, _) => None,
+        }
+    }
+
+    /// Gives a message its priority in this queue (0 unless it is a priority queue).
+    fn prioritise(&self, message: &mut Stored) {
+        if let Some(max) = self.spec.arguments.max_priority {
+            message.priority = message.properties.priority.unwrap_or(0).min(max);
         }
     }
 
@@ -619,16 +662,10 @@ impl Queue {
                 expired.extend(self.ready.pop_front());
             }
         }
-        while !self.ready.is_empty() && !self.consumers.is_empty() {
-            let n = self.consumers.len();
-            let Some(offset) = (0..n).find(|i| {
-                let slot = &self.consumers[(self.next + i) % n];
-                slot.prefetch == 0 || slot.unsettled < usize::from(slot.prefetch)
-            }) else {
+        while !self.ready.is_empty() {
+            let Some(index) = self.next_with_room() else {
                 return expired;
             };
-            let index = (self.next + offset) % n;
-            self.next = (index + 1) % n;
             let Some(message) = self.ready.pop_front() else {
                 return expired;
             };
@@ -636,17 +673,70 @@ impl Queue {
                 expired.push(message);
                 continue;
             }
-            let slot = &mut self.consumers[index];
-            match slot.tx.send(message) {
-                Ok(()) => slot.unsettled += 1,
-                Err(mpsc::error::SendError(message)) => {
-                    // The consumer is gone; its own drop will clean the slot up.
-                    self.ready.push_front(message);
-                    self.consumers.remove(index);
-                }
+            if let Err(message) = self.give(index, message) {
+                self.ready.push_front(message);
             }
         }
         expired
+    }
+
+    /// A new message handed straight to a consumer with room, when none waits before it and
+    /// it cannot expire: it does not go through the queue. Back if it is to be queued.
+    fn hand_over(&mut self, mut message: Stored) -> Option<Stored> {
+        if !self.ready.is_empty()
+            || message.properties.expiration.is_some()
+            || self.spec.arguments.message_ttl.is_some()
+        {
+            return Some(message);
+        }
+        self.prioritise(&mut message);
+        while let Some(index) = self.next_with_room() {
+            match self.give(index, message) {
+                Ok(()) => return None,
+                Err(back) => message = back,
+            }
+        }
+        Some(message)
+    }
+
+    /// The consumer whose turn it is among those with room (round-robin), if any.
+    fn next_with_room(&mut self) -> Option<usize> {
+        let n = self.consumers.len();
+        let offset = (0..n).find(|i| {
+            let slot = &self.consumers[(self.next + i) % n];
+            slot.prefetch == 0 || slot.unsettled < usize::from(slot.prefetch)
+        })?;
+        let index = (self.next + offset) % n;
+        self.next = (index + 1) % n;
+        Some(index)
+    }
+
+    /// Hands a message to consumer `index`; back if that consumer is gone (its slot is then
+    /// removed; its own drop cleans up the rest).
+    fn give(&mut self, index: usize, message: Stored) -> Result<(), Stored> {
+        let slot = &mut self.consumers[index];
+        match &slot.sink {
+            Sink::Channel(tx) => match tx.send(message) {
+                Ok(()) => {
+                    slot.unsettled += 1;
+                    Ok(())
+                }
+                Err(mpsc::error::SendError(message)) => {
+                    self.consumers.remove(index);
+                    Err(message)
+                }
+            },
+            Sink::Inline { handler, .. } => {
+                handler(Delivery::settled(
+                    message.exchange,
+                    message.routing_key,
+                    message.redelivered,
+                    message.properties,
+                    message.body,
+                ));
+                Ok(())
+            }
+        }
     }
 }
 
@@ -928,22 +1018,9 @@ impl Transport for MemoryBroker {
             let id = state.next_consumer;
             match state.queues.get_mut(queue) {
                 None => Err(TransportError::NotFound(format!("no queue '{queue}'"))),
-                Some(q) => {
-                    // In use: no expiry runs.
-                    q.expires_at = None;
+                Some(_) => {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    q.consumers.push(Slot {
-                        id,
-                        prefetch,
-                        unsettled: 0,
-                        tx,
-                    });
-                    state.dispatch(queue);
-                    // With no expiry running any more, the entries left are all void: dropped,
-                    // so that publishes do not read the clock to find that out.
-                    if state.queues.values().all(|q| q.expires_at.is_none()) {
-                        state.expiries.clear();
-                    }
+                    state.add_consumer(queue, id, prefetch, Sink::Channel(tx));
                     Ok(Consumer::new(Box::new(MemoryConsumer {
                         state: Arc::downgrade(&self.state),
                         queue: Arc::from(queue),
@@ -955,6 +1032,37 @@ impl Transport for MemoryBroker {
             }
         };
         async move { result }.boxed()
+    }
+
+    fn consume_inline<'a>(
+        &'a self,
+        queue: &'a str,
+        handler: InlineHandler,
+    ) -> Option<BoxFuture<'a, Result<InlineConsumer, TransportError>>> {
+        let result = {
+            let mut state = lock(&self.state);
+            state.expire();
+            state.next_consumer += 1;
+            let id = state.next_consumer;
+            if state.queues.contains_key(queue) {
+                let (ended, on_end) = oneshot::channel();
+                let sink = Sink::Inline {
+                    handler,
+                    _ended: ended,
+                };
+                state.add_consumer(queue, id, 0, sink);
+                let (me, queue) = (Arc::downgrade(&self.state), Arc::<str>::from(queue));
+                Ok(InlineConsumer::new(
+                    async move {
+                        let _ = on_end.await;
+                    },
+                    move || MemoryBroker::remove_consumer(&me, &queue, id, Vec::new()),
+                ))
+            } else {
+                Err(TransportError::NotFound(format!("no queue '{queue}'")))
+            }
+        };
+        Some(async move { result }.boxed())
     }
 
     fn describe(&self) -> String {
@@ -1130,6 +1238,68 @@ mod tests {
         let consumer = broker.consume("events", 0).await.unwrap();
         drop(consumer);
         assert!(!broker.has_queue("events"));
+    }
+
+    /// An inline consumer is handed each message as it is routed, before `publish` returns,
+    /// and the queue keeps nothing of it; messages that waited are handed over when it
+    /// starts. Dropped, it gets nothing more; it ends with the broker.
+    #[tokio::test]
+    async fn an_inline_consumer_is_handed_each_message_as_it_is_routed() {
+        let broker = MemoryBroker::new();
+        broker
+            .declare_exchange(&ExchangeSpec::durable_topic("ex"))
+            .await
+            .unwrap();
+        broker
+            .declare_queue(&QueueSpec::durable("replies"))
+            .await
+            .unwrap();
+        broker.bind_queue("replies", "ex", "key").await.unwrap();
+        let body = |text: &str| OutgoingMessage {
+            body: text.as_bytes().to_vec(),
+            ..to_key("ex")
+        };
+        broker.publish(body("waited")).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let start = |seen: &Arc<Mutex<Vec<String>>>| {
+            let seen = seen.clone();
+            let handler: InlineHandler = Arc::new(move |delivery: Delivery| {
+                assert_eq!(delivery.routing_key, "key");
+                lock(&seen).push(String::from_utf8_lossy(&delivery.body).into_owned());
+            });
+            broker
+                .consume_inline("replies", handler)
+                .expect("the embedded broker consumes inline")
+        };
+        let consumer = start(&seen).await.unwrap();
+        assert_eq!(*lock(&seen), ["waited"]);
+        broker.publish(body("routed")).await.unwrap();
+        assert_eq!(*lock(&seen), ["waited", "routed"]);
+        assert_eq!(broker.queue_len("replies"), Some(0));
+
+        drop(consumer);
+        broker.publish(body("after")).await.unwrap();
+        assert_eq!(lock(&seen).len(), 2);
+        assert_eq!(broker.queue_len("replies"), Some(1));
+
+        let mut consumer = start(&seen).await.unwrap();
+        assert_eq!(*lock(&seen), ["waited", "routed", "after"]);
+        assert!(futures_util::poll!(Box::pin(consumer.ended())).is_pending());
+        drop(broker);
+        tokio::time::timeout(Duration::from_secs(5), consumer.ended())
+            .await
+            .expect("the consumer ends with its broker");
+    }
+
+    #[tokio::test]
+    async fn an_inline_consumer_needs_its_queue() {
+        let broker = MemoryBroker::new();
+        let handler: InlineHandler = Arc::new(|_| {});
+        let started = broker.consume_inline("missing", handler);
+        assert!(matches!(
+            started.expect("inline").await,
+            Err(TransportError::NotFound(_))
+        ));
     }
 
     #[tokio::test]

@@ -568,6 +568,26 @@ impl Delivery {
         }
     }
 
+    /// A delivery of this crate's transports that needs no settling (its message already
+    /// forgotten by the broker).
+    pub(crate) fn settled(
+        exchange: Arc<str>,
+        routing_key: String,
+        redelivered: bool,
+        properties: Properties,
+        body: Vec<u8>,
+    ) -> Self {
+        Delivery {
+            exchange,
+            routing_key,
+            redelivered,
+            properties,
+            body,
+            settler: None,
+            held: None,
+        }
+    }
+
     /// Counts the delivery in `gauge` until it is settled or dropped.
     pub(crate) fn hold(&mut self, gauge: &prometheus_client::metrics::gauge::Gauge) {
         gauge.inc();
@@ -670,6 +690,49 @@ impl Stream for Consumer {
     type Item = Result<Delivery, TransportError>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().source.poll_next(cx)
+    }
+}
+
+/// What [`Transport::consume_inline`] hands each message to.
+pub type InlineHandler = Arc<dyn Fn(Delivery) + Send + Sync>;
+
+/// A consumer started with [`Transport::consume_inline`]. It consumes until it is dropped.
+pub struct InlineConsumer {
+    ended: futures_util::future::Fuse<BoxFuture<'static, ()>>,
+    cancel: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl InlineConsumer {
+    /// A transport's inline consumer: `ended` resolves when the transport ends it (its queue
+    /// deleted, the connection gone); `cancel` stops it, and is called when it is dropped.
+    pub fn new(
+        ended: impl Future<Output = ()> + Send + 'static,
+        cancel: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        InlineConsumer {
+            ended: futures_util::FutureExt::fuse(Box::pin(ended) as BoxFuture<'static, ()>),
+            cancel: Some(Box::new(cancel)),
+        }
+    }
+
+    /// Resolves when the transport ends the consumer (its queue deleted, the connection gone);
+    /// never if it is not ended.
+    pub async fn ended(&mut self) {
+        (&mut self.ended).await
+    }
+}
+
+impl Drop for InlineConsumer {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            cancel();
+        }
+    }
+}
+
+impl fmt::Debug for InlineConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InlineConsumer")
     }
 }
 
@@ -783,6 +846,22 @@ pub trait Transport: Send + Sync + 'static {
         queue: &'a str,
         prefetch: u16,
     ) -> BoxFuture<'a, Result<Consumer, TransportError>>;
+    /// Starts consuming a queue by handing each message to `handler` as the transport
+    /// receives it: no task between, and no acknowledgement (the broker forgets a message
+    /// once it is handed over, as with AMQP's `no_ack`). For consumers whose work on a message
+    /// is short and never waits, like an RPC client's replies. `None` where the transport has
+    /// no such consumer (RabbitMQ's here): [`consume`](Transport::consume) the queue instead.
+    ///
+    /// The embedded broker calls `handler` while it routes the message, under its lock: the
+    /// handler must not use the transport.
+    fn consume_inline<'a>(
+        &'a self,
+        queue: &'a str,
+        handler: InlineHandler,
+    ) -> Option<BoxFuture<'a, Result<InlineConsumer, TransportError>>> {
+        let _ = (queue, handler);
+        None
+    }
     /// A description for logs (URIs with passwords masked).
     fn describe(&self) -> String;
     /// Closes the connection.
