@@ -358,8 +358,8 @@ impl State {
         };
         // The queues bound for the key; several get their copies in name order.
         let kind = exchange.spec.kind;
-        // (Most messages go to one queue: no list is made for them.)
-        let mut first: Option<Arc<str>> = None;
+        // (Most messages go to one queue: no list is made for them, nor a name counted.)
+        let mut first: Option<&Arc<str>> = None;
         let mut targets: Vec<Arc<str>> = Vec::new();
         for binding in &exchange.bindings {
             let routed = match kind {
@@ -372,12 +372,11 @@ impl State {
                     &message.properties.headers,
                 ),
             };
-            if !routed || first.as_ref() == Some(&binding.queue) || targets.contains(&binding.queue)
-            {
+            if !routed || first == Some(&binding.queue) || targets.contains(&binding.queue) {
                 continue;
             }
             match &first {
-                None => first = Some(binding.queue.clone()),
+                None => first = Some(&binding.queue),
                 Some(_) => targets.push(binding.queue.clone()),
             }
         }
@@ -385,10 +384,18 @@ impl State {
             return unroutable(message);
         };
         if targets.is_empty() {
-            self.deliver_to(&first, Stored::new(message));
+            // Handed straight to a consumer, most of the time: the queue's name is not
+            // counted for that.
+            let Some(queue) = self.queues.get_mut(&**first) else {
+                return Ok(());
+            };
+            if let Some(message) = queue.hand_over(Stored::new(message)) {
+                let first = first.clone();
+                self.queue_up(&first, message);
+            }
             return Ok(());
         }
-        targets.push(first);
+        targets.push(first.clone());
         targets.sort_unstable();
         let Some(last) = targets.len().checked_sub(1) else {
             return unroutable(message);
@@ -411,14 +418,21 @@ impl State {
         Ok(())
     }
 
-    /// Puts a message in queue `name` (if there is one; straight to a consumer with room when
-    /// nothing waits before it), hands out what the queue has ready, and starts the timer that
-    /// expires the message if the queue stays idle: one look-up.
+    /// Hands a message to a consumer of queue `name` (if there is one) with room, when nothing
+    /// waits before it; otherwise queues it.
     fn deliver_to(&mut self, name: &str, message: Stored) {
         let Some(queue) = self.queues.get_mut(name) else {
             return;
         };
-        let Some(message) = queue.hand_over(message) else {
+        if let Some(message) = queue.hand_over(message) {
+            self.queue_up(name, message);
+        }
+    }
+
+    /// Puts a message in queue `name` (if there is one), hands out what the queue has ready,
+    /// and starts the timer that expires the message if the queue stays idle.
+    fn queue_up(&mut self, name: &str, message: Stored) {
+        let Some(queue) = self.queues.get_mut(name) else {
             return;
         };
         let timer = queue.enqueue(message);
@@ -753,9 +767,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// be requeued (rejected with `requeue`, or dropped before it settled). Small, as each
 /// delivery carries one.
 pub(crate) struct MemoryAcker {
-    state: Weak<Mutex<State>>,
-    queue: Arc<str>,
-    consumer: u64,
+    consumer: Arc<ConsumerRef>,
     /// The message's priority, expiry and delivery count, which a requeue keeps.
     priority: u8,
     expires_at: Option<Instant>,
@@ -765,7 +777,8 @@ pub(crate) struct MemoryAcker {
 impl MemoryAcker {
     /// Acknowledges the delivery now (its message is not needed for that).
     pub(crate) fn ack(self) {
-        MemoryBroker::settle(&self.state, &self.queue, self.consumer, Settlement::Ack);
+        let c = &self.consumer;
+        MemoryBroker::settle(&c.state, &c.queue, c.id, Settlement::Ack);
     }
 
     /// The delivery to be settled, its message handed back: requeued if dropped unsettled.
@@ -798,8 +811,8 @@ pub(crate) struct MemorySettling {
 impl MemorySettling {
     fn settle(&mut self, settlement: impl FnOnce(Stored) -> Settlement) {
         if let Some(message) = self.message.take() {
-            let a = &self.acker;
-            MemoryBroker::settle(&a.state, &a.queue, a.consumer, settlement(message));
+            let c = &self.acker.consumer;
+            MemoryBroker::settle(&c.state, &c.queue, c.id, settlement(message));
         }
     }
 
@@ -823,10 +836,16 @@ impl Drop for MemorySettling {
     }
 }
 
-struct MemoryConsumer {
+/// A consumer as its deliveries settle against it: its broker, queue and id, one count per
+/// delivery.
+struct ConsumerRef {
     state: Weak<Mutex<State>>,
     queue: Arc<str>,
     id: u64,
+}
+
+struct MemoryConsumer {
+    consumer: Arc<ConsumerRef>,
     rx: mpsc::UnboundedReceiver<Stored>,
     cancelled: bool,
 }
@@ -842,7 +861,8 @@ impl MemoryConsumer {
         while let Ok(message) = self.rx.try_recv() {
             returned.push(message);
         }
-        MemoryBroker::remove_consumer(&self.state, &self.queue, self.id, returned);
+        let c = &self.consumer;
+        MemoryBroker::remove_consumer(&c.state, &c.queue, c.id, returned);
     }
 }
 
@@ -857,9 +877,7 @@ impl ConsumerSource for MemoryConsumer {
         self.rx.poll_recv(cx).map(|message| {
             message.map(|m| {
                 let acker = MemoryAcker {
-                    state: self.state.clone(),
-                    queue: self.queue.clone(),
-                    consumer: self.id,
+                    consumer: self.consumer.clone(),
                     priority: m.priority,
                     expires_at: m.expires_at,
                     delivery_count: m.delivery_count,
@@ -1022,9 +1040,11 @@ impl Transport for MemoryBroker {
                     let (tx, rx) = mpsc::unbounded_channel();
                     state.add_consumer(queue, id, prefetch, Sink::Channel(tx));
                     Ok(Consumer::new(Box::new(MemoryConsumer {
-                        state: Arc::downgrade(&self.state),
-                        queue: Arc::from(queue),
-                        id,
+                        consumer: Arc::new(ConsumerRef {
+                            state: Arc::downgrade(&self.state),
+                            queue: Arc::from(queue),
+                            id,
+                        }),
                         rx,
                         cancelled: false,
                     })))
