@@ -687,7 +687,7 @@ impl Queue {
                 expired.push(message);
                 continue;
             }
-            if let Err(message) = self.give(index, message) {
+            if let Some(message) = self.give(index, message) {
                 self.ready.push_front(message);
             }
         }
@@ -706,8 +706,8 @@ impl Queue {
         self.prioritise(&mut message);
         while let Some(index) = self.next_with_room() {
             match self.give(index, message) {
-                Ok(()) => return None,
-                Err(back) => message = back,
+                None => return None,
+                Some(back) => message = back,
             }
         }
         Some(message)
@@ -727,17 +727,17 @@ impl Queue {
 
     /// Hands a message to consumer `index`; back if that consumer is gone (its slot is then
     /// removed; its own drop cleans up the rest).
-    fn give(&mut self, index: usize, message: Stored) -> Result<(), Stored> {
+    fn give(&mut self, index: usize, message: Stored) -> Option<Stored> {
         let slot = &mut self.consumers[index];
         match &slot.sink {
             Sink::Channel(tx) => match tx.send(message) {
                 Ok(()) => {
                     slot.unsettled += 1;
-                    Ok(())
+                    None
                 }
                 Err(mpsc::error::SendError(message)) => {
                     self.consumers.remove(index);
-                    Err(message)
+                    Some(message)
                 }
             },
             Sink::Inline { handler, .. } => {
@@ -748,7 +748,7 @@ impl Queue {
                     message.properties,
                     message.body,
                 ));
-                Ok(())
+                None
             }
         }
     }
