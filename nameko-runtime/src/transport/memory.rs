@@ -61,6 +61,69 @@ struct State {
     /// When unused queues run out of their expiry, earliest first. An entry is void when its
     /// queue was used since ([`Queue::expires_at`] moved or cleared).
     expiries: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Messages handed to inline consumers under the lock, for their handlers to run once it
+    /// is released ([`Locked`]).
+    handed: Handed,
+}
+
+/// Messages for inline consumers' handlers, in the order they were routed (the first without
+/// a list: most of the time there is one).
+#[derive(Default)]
+struct Handed {
+    first: Option<(InlineHandler, Delivery)>,
+    more: Vec<(InlineHandler, Delivery)>,
+}
+
+impl Handed {
+    fn push(&mut self, handler: &InlineHandler, delivery: Delivery) {
+        if self.first.is_none() {
+            self.first = Some((handler.clone(), delivery));
+        } else {
+            self.more.push((handler.clone(), delivery));
+        }
+    }
+
+    /// Runs the handlers, in order.
+    fn run(self) {
+        for (handler, delivery) in self.first.into_iter().chain(self.more) {
+            handler(delivery);
+        }
+    }
+}
+
+/// The broker's state, locked. When it is released, the inline consumers' handlers run with
+/// what was handed to them meanwhile: outside the lock, so that they may use the broker.
+struct Locked<'a>(Option<MutexGuard<'a, State>>);
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.0.as_deref().expect("locked until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0.as_deref_mut().expect("locked until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut state) = self.0.take() else {
+            return;
+        };
+        if state.handed.first.is_none() {
+            return;
+        }
+        let handed = std::mem::take(&mut state.handed);
+        drop(state);
+        handed.run();
+    }
+}
+
+fn lock_state(state: &Mutex<State>) -> Locked<'_> {
+    Locked(Some(lock(state)))
 }
 
 /// The maps looked up several times for each message: a fast hasher (names are the
@@ -206,6 +269,7 @@ impl MemoryBroker {
                     queues: FastMap::default(),
                     next_consumer: 0,
                     expiries: BinaryHeap::new(),
+                    handed: Handed::default(),
                 })
             }),
         }
@@ -224,7 +288,7 @@ impl MemoryBroker {
 
     /// Number of messages waiting in a queue (not counting those delivered and unsettled).
     pub fn queue_len(&self, queue: &str) -> Option<usize> {
-        let mut state = lock(&self.state);
+        let mut state = lock_state(&self.state);
         state.expire();
         state.dispatch(queue);
         state.queues.get(queue).map(|q| q.ready.len())
@@ -232,20 +296,21 @@ impl MemoryBroker {
 
     /// Whether a queue exists.
     pub fn has_queue(&self, queue: &str) -> bool {
-        let mut state = lock(&self.state);
+        let mut state = lock_state(&self.state);
         state.expire();
         state.queues.contains_key(queue)
     }
 
     fn publish_now(&self, message: OutgoingMessage) -> Result<(), Box<Unpublished>> {
-        let mut state = lock(&self.state);
+        let mut state = lock_state(&self.state);
         state.expire();
         state.route(message)
     }
 
     fn settle(state: &Weak<Mutex<State>>, queue: &str, consumer: u64, settlement: Settlement) {
         let Some(state) = state.upgrade() else { return };
-        let mut state = lock(&state);
+        let mut locked = lock_state(&state);
+        let state = &mut *locked;
         let Some(q) = state.queues.get_mut(queue) else {
             return;
         };
@@ -255,7 +320,7 @@ impl MemoryBroker {
         match settlement {
             // The common case, on the queue at hand (no second look-up).
             Settlement::Ack => {
-                let expired = q.dispatch();
+                let expired = q.dispatch(&mut state.handed);
                 for message in expired {
                     state.dead_letter(queue, message, "expired");
                 }
@@ -278,7 +343,7 @@ impl MemoryBroker {
         returned: Vec<Stored>,
     ) {
         let Some(state) = state.upgrade() else { return };
-        let mut state = lock(&state);
+        let mut state = lock_state(&state);
         let Some(q) = state.queues.get_mut(queue) else {
             return;
         };
@@ -389,7 +454,7 @@ impl State {
             let Some(queue) = self.queues.get_mut(&**first) else {
                 return Ok(());
             };
-            if let Some(message) = queue.hand_over(Stored::new(message)) {
+            if let Some(message) = queue.hand_over(Stored::new(message), &mut self.handed) {
                 let first = first.clone();
                 self.queue_up(&first, message);
             }
@@ -424,7 +489,7 @@ impl State {
         let Some(queue) = self.queues.get_mut(name) else {
             return;
         };
-        if let Some(message) = queue.hand_over(message) {
+        if let Some(message) = queue.hand_over(message, &mut self.handed) {
             self.queue_up(name, message);
         }
     }
@@ -436,7 +501,7 @@ impl State {
             return;
         };
         let timer = queue.enqueue(message);
-        let expired = queue.dispatch();
+        let expired = queue.dispatch(&mut self.handed);
         for message in expired {
             self.dead_letter(name, message, "expired");
         }
@@ -451,7 +516,7 @@ impl State {
         let Some(queue) = self.queues.get_mut(name) else {
             return;
         };
-        let expired = queue.dispatch();
+        let expired = queue.dispatch(&mut self.handed);
         for message in expired {
             self.dead_letter(name, message, "expired");
         }
@@ -475,7 +540,7 @@ impl State {
         runtime.spawn(async move {
             tokio::time::sleep_until(at).await;
             let Some(state) = me.upgrade() else { return };
-            let mut state = lock(&state);
+            let mut state = lock_state(&state);
             let Some(queue) = state.queues.get_mut(&name) else {
                 return;
             };
@@ -668,7 +733,7 @@ impl Queue {
 
     /// Hands ready messages to consumers with room, round-robin; returns the messages found
     /// expired at the head of the queue, taken out.
-    fn dispatch(&mut self) -> Vec<Stored> {
+    fn dispatch(&mut self, handed: &mut Handed) -> Vec<Stored> {
         let mut expired = Vec::new();
         let now = (self.ready.iter().any(|m| m.expires_at.is_some())).then(Instant::now);
         if let Some(now) = now {
@@ -687,7 +752,7 @@ impl Queue {
                 expired.push(message);
                 continue;
             }
-            if let Some(message) = self.give(index, message) {
+            if let Some(message) = self.give(index, message, handed) {
                 self.ready.push_front(message);
             }
         }
@@ -696,7 +761,7 @@ impl Queue {
 
     /// A new message handed straight to a consumer with room, when none waits before it and
     /// it cannot expire: it does not go through the queue. Back if it is to be queued.
-    fn hand_over(&mut self, mut message: Stored) -> Option<Stored> {
+    fn hand_over(&mut self, mut message: Stored, handed: &mut Handed) -> Option<Stored> {
         if !self.ready.is_empty()
             || message.properties.expiration.is_some()
             || self.spec.arguments.message_ttl.is_some()
@@ -705,7 +770,7 @@ impl Queue {
         }
         self.prioritise(&mut message);
         while let Some(index) = self.next_with_room() {
-            match self.give(index, message) {
+            match self.give(index, message, handed) {
                 None => return None,
                 Some(back) => message = back,
             }
@@ -727,7 +792,7 @@ impl Queue {
 
     /// Hands a message to consumer `index`; back if that consumer is gone (its slot is then
     /// removed; its own drop cleans up the rest).
-    fn give(&mut self, index: usize, message: Stored) -> Option<Stored> {
+    fn give(&mut self, index: usize, message: Stored, handed: &mut Handed) -> Option<Stored> {
         let slot = &mut self.consumers[index];
         match &slot.sink {
             Sink::Channel(tx) => match tx.send(message) {
@@ -741,13 +806,14 @@ impl Queue {
                 }
             },
             Sink::Inline { handler, .. } => {
-                handler(Delivery::settled(
+                let delivery = Delivery::settled(
                     message.exchange,
                     message.routing_key,
                     message.redelivered,
                     message.properties,
                     message.body,
-                ));
+                );
+                handed.push(handler, delivery);
                 None
             }
         }
@@ -914,7 +980,7 @@ impl Drop for MemoryConsumer {
 impl Transport for MemoryBroker {
     fn declare_exchange(&self, spec: &ExchangeSpec) -> BoxFuture<'_, Result<(), TransportError>> {
         let result = {
-            let mut state = lock(&self.state);
+            let mut state = lock_state(&self.state);
             match state.exchanges.get(&spec.name) {
                 Some(existing) if existing.spec != *spec => {
                     Err(TransportError::PreconditionFailed(format!(
@@ -940,7 +1006,7 @@ impl Transport for MemoryBroker {
 
     fn declare_queue(&self, spec: &QueueSpec) -> BoxFuture<'_, Result<(), TransportError>> {
         let result = {
-            let mut state = lock(&self.state);
+            let mut state = lock_state(&self.state);
             state.expire();
             let result = match state.queues.get(&spec.name) {
                 Some(existing) if existing.spec != *spec => {
@@ -986,7 +1052,7 @@ impl Transport for MemoryBroker {
         arguments: &'a Headers,
     ) -> BoxFuture<'a, Result<(), TransportError>> {
         let result = {
-            let mut state = lock(&self.state);
+            let mut state = lock_state(&self.state);
             state.expire();
             if !state.queues.contains_key(queue) {
                 Err(TransportError::NotFound(format!("no queue '{queue}'")))
@@ -1030,7 +1096,7 @@ impl Transport for MemoryBroker {
         prefetch: u16,
     ) -> BoxFuture<'a, Result<Consumer, TransportError>> {
         let result = {
-            let mut state = lock(&self.state);
+            let mut state = lock_state(&self.state);
             state.expire();
             state.next_consumer += 1;
             let id = state.next_consumer;
@@ -1060,7 +1126,7 @@ impl Transport for MemoryBroker {
         handler: InlineHandler,
     ) -> Option<BoxFuture<'a, Result<InlineConsumer, TransportError>>> {
         let result = {
-            let mut state = lock(&self.state);
+            let mut state = lock_state(&self.state);
             state.expire();
             state.next_consumer += 1;
             let id = state.next_consumer;
@@ -1309,6 +1375,40 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), consumer.ended())
             .await
             .expect("the consumer ends with its broker");
+    }
+
+    /// An inline handler runs once the broker is unlocked: it may publish.
+    #[tokio::test]
+    async fn an_inline_handler_may_use_the_broker() {
+        let broker = MemoryBroker::new();
+        for queue in ["replies", "copies"] {
+            broker
+                .declare_queue(&QueueSpec::durable(queue))
+                .await
+                .unwrap();
+        }
+        let to = |queue: &str, body: Vec<u8>| OutgoingMessage {
+            exchange: Default::default(),
+            routing_key: queue.into(),
+            mandatory: true,
+            properties: Properties::default(),
+            body,
+        };
+        let copier = broker.clone();
+        let handler: InlineHandler = Arc::new(move |delivery: Delivery| {
+            let copy = copier.publish_now(to("copies", delivery.body.clone()));
+            assert!(copy.is_ok(), "the copy is published");
+        });
+        let _consumer = broker
+            .consume_inline("replies", handler)
+            .expect("inline")
+            .await
+            .unwrap();
+        broker
+            .publish(to("replies", b"one".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(broker.queue_len("copies"), Some(1));
     }
 
     #[tokio::test]

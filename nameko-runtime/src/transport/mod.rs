@@ -852,8 +852,9 @@ pub trait Transport: Send + Sync + 'static {
     /// is short and never waits, like an RPC client's replies. `None` where the transport has
     /// no such consumer (RabbitMQ's here): [`consume`](Transport::consume) the queue instead.
     ///
-    /// The embedded broker calls `handler` while it routes the message, under its lock: the
-    /// handler must not use the transport.
+    /// The embedded broker calls `handler` on the task that published the message, once it has
+    /// routed it (its lock released: the handler may use the broker). Handlers of messages
+    /// published on several threads may run at once.
     fn consume_inline<'a>(
         &'a self,
         queue: &'a str,
