@@ -118,7 +118,10 @@ impl Drop for Locked<'_> {
         }
         let handed = std::mem::take(&mut state.handed);
         drop(state);
-        handed.run();
+        // Not while a panic unwinds: a handler's own panic would abort the process.
+        if !std::thread::panicking() {
+            handed.run();
+        }
     }
 }
 
