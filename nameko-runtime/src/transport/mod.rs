@@ -557,15 +557,9 @@ impl Delivery {
         body: Vec<u8>,
         settler: Settler,
     ) -> Self {
-        Delivery {
-            exchange,
-            routing_key,
-            redelivered,
-            properties,
-            body,
-            settler: Some(settler),
-            held: None,
-        }
+        let mut delivery = Delivery::settled(exchange, routing_key, redelivered, properties, body);
+        delivery.settler = Some(settler);
+        delivery
     }
 
     /// A delivery of this crate's transports that needs no settling (its message already
