@@ -15,7 +15,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::error::RpcError;
 use crate::protocol;
 use crate::transport::{
-    self, Consumer, Delivery, ExchangeSpec, InlineConsumer, InlineHandler, QueueSpec,
+    self, Consumer, Delivery, ExchangeSpec, InlineAcks, InlineConsumer, InlineHandler, QueueSpec,
     SharedTransport, TransportError, amqp::AmqpOptions,
 };
 
@@ -243,7 +243,7 @@ impl ReplyQueue {
             .await?;
         let pending = pending.clone();
         let handler: InlineHandler = Arc::new(move |mut reply| pending.hand_over(&mut reply));
-        match transport.consume_inline(&self.queue, handler) {
+        match transport.consume_inline(&self.queue, InlineAcks::None, handler) {
             Some(consuming) => consuming.await.map(ReplyConsumer::Inline),
             None => transport
                 .consume(&self.queue, 0)

@@ -2,7 +2,9 @@
 //! RPC and event entrypoints use, and any entrypoint that listens on a queue can.
 //!
 //! The loop takes a delivery, waits for one of the service's worker slots and spawns the
-//! handler with both. A consumer the broker cancels (its queue deleted, a node lost, a
+//! handler with both. Where the transport consumes inline (the embedded broker), a delivery
+//! is started as it is routed, with no task between, when a slot is free and none waits
+//! before it; only the others go through the loop. A consumer the broker cancels (its queue deleted, a node lost, a
 //! `consumer_timeout`) is replaced: the queue is declared and consumed again, with a doubling
 //! delay, and the service fails only when that does not work. A message redelivered too many
 //! times is given up. At the stop, the consumer is cancelled and every message it received but
@@ -10,15 +12,20 @@
 //! (closing it earlier would lose their acknowledgements).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::sync::mpsc;
 
 use super::entrypoint::Started;
 use super::extension::{ServiceContext, WorkerSlot};
 use crate::error::Error;
 use crate::protocol::Headers;
-use crate::transport::{Consumer, Delivery, ExchangeSpec, QueueSpec, SharedTransport};
+use crate::transport::{
+    Consumer, Delivery, ExchangeSpec, InlineAcks, InlineConsumer, InlineHandler, QueueSpec,
+    SharedTransport, TransportError,
+};
 
 /// A queue to consume and how it is bound: declared when the entrypoint starts, and again
 /// when the broker cancels its consumer.
@@ -125,9 +132,15 @@ pub(crate) async fn start<H: DeliveryHandler>(
 ) -> Result<Started, Error> {
     let transport = cx.transport();
     declaration.declare(transport).await?;
-    let consumer = transport
-        .consume(declaration.queue(), cx.config().prefetch_count)
-        .await?;
+    let admission = Arc::new(Admission {
+        held: crate::metrics::messages_held(cx.service_name(), declaration.queue()),
+        queue: declaration.queue().to_owned(),
+        max_redeliveries: cx.config().max_redeliveries,
+        cx: cx.clone(),
+        handler,
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let source = Source::open(&admission, &declaration).await?;
     tracing::debug!(
         service = cx.service_name(),
         queue = declaration.queue(),
@@ -135,7 +148,7 @@ pub(crate) async fn start<H: DeliveryHandler>(
     );
     Ok(Started::running(async move {
         let queue = declaration.queue().to_owned();
-        let (consumers, failure) = consume(&cx, &declaration, consumer, handler).await;
+        let (consumers, failure) = consume(&admission, &declaration, source).await;
         if failure.is_some() {
             // The service stops with this loop's failure; its workers still finish first.
             cx.stop_token().cancel();
@@ -151,20 +164,177 @@ pub(crate) async fn start<H: DeliveryHandler>(
     }))
 }
 
+/// What starts a delivery: counted as held, given up if redelivered too often, otherwise
+/// handed with a worker slot to the entrypoint's handler, as a task of the service.
+struct Admission<H> {
+    cx: ServiceContext,
+    handler: Arc<H>,
+    queue: String,
+    max_redeliveries: u32,
+    held: prometheus_client::metrics::gauge::Gauge,
+    /// The service's runtime: an inline consumer's deliveries come on the publisher's task.
+    runtime: tokio::runtime::Handle,
+}
+
+impl<H: DeliveryHandler> Admission<H> {
+    /// Counts `delivery` as held; gives it up (and `None`) if it was delivered too often.
+    fn admit(&self, mut delivery: Delivery) -> Option<Delivery> {
+        delivery.hold(&self.held);
+        if delivery.redelivered {
+            let count = super::redelivery::redeliveries(&self.queue, &delivery);
+            if count > self.max_redeliveries {
+                let reason = format!(
+                    "delivered {} times without being settled (MAX_REDELIVERIES is {})",
+                    count.saturating_add(1),
+                    self.max_redeliveries
+                );
+                let give_up = self.handler.clone().give_up(delivery, reason);
+                self.cx.spawn_on(&self.runtime, give_up);
+                return None;
+            }
+        }
+        Some(delivery)
+    }
+
+    /// An inline consumer's delivery: started now if a worker slot is free and none waits
+    /// before it; otherwise it waits for the loop.
+    fn handle_inline(&self, delivery: Delivery, waiting: &Waiting) {
+        let Some(delivery) = self.admit(delivery) else {
+            return;
+        };
+        let slot = match waiting.queued.load(Ordering::Acquire) {
+            0 if !self.cx.is_stopping() => self.cx.try_worker_slot(),
+            _ => None,
+        };
+        match slot {
+            Some(slot) => {
+                let handle = self.handler.clone().handle(delivery, slot);
+                self.cx.spawn_on(&self.runtime, handle);
+            }
+            None => {
+                waiting.queued.fetch_add(1, Ordering::AcqRel);
+                if waiting.to_loop.send(delivery).is_err() {
+                    // The loop is gone, its consumer first: dropped, the delivery goes back
+                    // to its queue.
+                    waiting.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+}
+
+/// Where an inline consumer puts the deliveries that cannot start at once (no free worker
+/// slot, or the service stopping), for the loop to start in order, or return to the queue.
+struct Waiting {
+    to_loop: mpsc::UnboundedSender<Delivery>,
+    /// How many the loop has not taken yet: while there are any, a new delivery waits behind
+    /// them rather than taking a slot first.
+    queued: AtomicUsize,
+}
+
+/// Where the loop takes its deliveries from.
+enum Source {
+    /// A consumer's stream: every delivery goes through the loop.
+    Stream(Consumer),
+    /// An inline consumer (the embedded broker's): deliveries start as they are routed, with
+    /// no task between; only those that cannot start at once come to the loop.
+    Inline(InlineSource),
+}
+
+/// An inline consumer and the deliveries waiting for the loop. (The consumer is dropped
+/// first: none is handed over once nothing takes those waiting.)
+struct InlineSource {
+    consumer: Option<InlineConsumer>,
+    waiting: mpsc::UnboundedReceiver<Delivery>,
+    shared: Arc<Waiting>,
+}
+
+impl Source {
+    /// Consumes the declared queue: inline where the transport can, otherwise as a stream.
+    async fn open<H: DeliveryHandler>(
+        admission: &Arc<Admission<H>>,
+        declaration: &QueueDeclaration,
+    ) -> Result<Source, TransportError> {
+        let (transport, queue) = (admission.cx.transport(), declaration.queue());
+        let prefetch = admission.cx.config().prefetch_count;
+        let (to_loop, waiting) = mpsc::unbounded_channel();
+        let shared = Arc::new(Waiting {
+            to_loop,
+            queued: AtomicUsize::new(0),
+        });
+        let (inline, into) = (admission.clone(), shared.clone());
+        let handler: InlineHandler =
+            Arc::new(move |delivery| inline.handle_inline(delivery, &into));
+        match transport.consume_inline(queue, InlineAcks::Manual { prefetch }, handler) {
+            Some(consuming) => Ok(Source::Inline(InlineSource {
+                consumer: Some(consuming.await?),
+                waiting,
+                shared,
+            })),
+            None => Ok(Source::Stream(transport.consume(queue, prefetch).await?)),
+        }
+    }
+
+    /// The next delivery to start; `None` once the consumer ended.
+    async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
+        match self {
+            Source::Stream(consumer) => consumer.next().await,
+            Source::Inline(InlineSource {
+                consumer, waiting, ..
+            }) => {
+                let ended = async {
+                    match consumer {
+                        Some(consumer) => consumer.ended().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    delivery = waiting.recv() => delivery.map(Ok),
+                    () = ended => None,
+                }
+            }
+        }
+    }
+
+    /// Stops new deliveries.
+    async fn cancel(&mut self) {
+        match self {
+            Source::Stream(consumer) => consumer.cancel().await,
+            Source::Inline(inline) => inline.consumer = None,
+        }
+    }
+
+    /// The deliveries received and not started, once cancelled: `None` when there are no more.
+    async fn next_unstarted(&mut self) -> Option<Delivery> {
+        match self {
+            Source::Stream(consumer) => consumer.next().await?.ok(),
+            Source::Inline(inline) => inline.waiting.try_recv().ok(),
+        }
+    }
+
+    /// A consumer to close once the workers are done (closing it earlier would lose their
+    /// acknowledgements); an inline one is gone once cancelled.
+    fn into_consumer(self) -> Option<Consumer> {
+        match self {
+            Source::Stream(consumer) => Some(consumer),
+            Source::Inline(_) => None,
+        }
+    }
+}
+
 /// One consumer's loop: returns its consumers (cancelled, to be closed once the workers are
 /// done: a consumer the broker cancelled was replaced by a new one) and why it failed, if it did.
 async fn consume<H: DeliveryHandler>(
-    cx: &ServiceContext,
+    admission: &Arc<Admission<H>>,
     declaration: &QueueDeclaration,
-    mut consumer: Consumer,
-    handler: Arc<H>,
+    mut source: Source,
 ) -> (Vec<Consumer>, Option<String>) {
+    let cx = &admission.cx;
     let queue = declaration.queue();
     let (stop, transport) = (cx.stop_token(), cx.transport());
     let mut retired = Vec::new();
     let mut failure = None;
-    let max_redeliveries = cx.config().max_redeliveries;
-    let held = crate::metrics::messages_held(cx.service_name(), queue);
     // One wait for the stop for the whole loop, not one registered per message, and looked at
     // only when no delivery is ready: the stop's flag is checked for each one instead.
     let stopped = stop.cancelled();
@@ -172,7 +342,7 @@ async fn consume<H: DeliveryHandler>(
     loop {
         let next = tokio::select! {
             biased;
-            next = consumer.next() => next,
+            next = source.next() => next,
             _ = &mut stopped => break,
         };
         if stop.is_cancelled() {
@@ -183,8 +353,18 @@ async fn consume<H: DeliveryHandler>(
             }
             break;
         }
-        let mut delivery = match next {
-            Some(Ok(delivery)) => delivery,
+        let delivery = match next {
+            Some(Ok(delivery)) => match &source {
+                // Admitted already, by the inline consumer.
+                Source::Inline(inline) => {
+                    inline.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                    delivery
+                }
+                Source::Stream(_) => match admission.admit(delivery) {
+                    Some(delivery) => delivery,
+                    None => continue,
+                },
+            },
             Some(Err(e)) => {
                 failure = Some(format!("it failed: {e}"));
                 break;
@@ -199,10 +379,15 @@ async fn consume<H: DeliveryHandler>(
                     %queue,
                     "the broker cancelled the consumer (its queue deleted, a node lost, or a consumer timeout); declaring the queue and consuming it again"
                 );
-                match reconsume(cx, declaration).await {
+                match reconsume(admission, declaration).await {
                     Ok(Some(fresh)) => {
                         tracing::info!(%queue, "consuming again");
-                        retired.push(std::mem::replace(&mut consumer, fresh));
+                        let mut ended = std::mem::replace(&mut source, fresh);
+                        ended.cancel().await;
+                        while let Some(delivery) = ended.next_unstarted().await {
+                            return_to_queue(delivery).await;
+                        }
+                        retired.extend(ended.into_consumer());
                         continue;
                     }
                     Ok(None) => break,
@@ -213,30 +398,18 @@ async fn consume<H: DeliveryHandler>(
                 }
             }
         };
-        delivery.hold(&held);
-        if delivery.redelivered {
-            let count = super::redelivery::redeliveries(queue, &delivery);
-            if count > max_redeliveries {
-                let reason = format!(
-                    "delivered {} times without being settled (MAX_REDELIVERIES is {max_redeliveries})",
-                    count.saturating_add(1)
-                );
-                cx.spawn(handler.clone().give_up(delivery, reason));
-                continue;
-            }
-        }
         let Some(slot) = cx.worker_slot().await else {
             return_to_queue(delivery).await;
             break;
         };
-        cx.spawn(handler.clone().handle(delivery, slot));
+        cx.spawn(admission.handler.clone().handle(delivery, slot));
     }
-    consumer.cancel().await;
+    source.cancel().await;
     if failure.is_none() {
         // What the consumer holds but no worker started goes back now, not after the drain.
         let returned = async {
             let mut returned = 0usize;
-            while let Some(Ok(delivery)) = consumer.next().await {
+            while let Some(delivery) = source.next_unstarted().await {
                 return_to_queue(delivery).await;
                 returned += 1;
             }
@@ -250,7 +423,7 @@ async fn consume<H: DeliveryHandler>(
             Err(_) => tracing::debug!(%queue, "the consumer did not end after its cancel"),
         }
     }
-    retired.push(consumer);
+    retired.extend(source.into_consumer());
     (retired, failure)
 }
 
@@ -263,10 +436,11 @@ async fn return_to_queue(delivery: Delivery) {
 
 /// Declares a cancelled consumer's queue again and consumes it: the new consumer, `None` if the
 /// service stopped meanwhile, or why it could not.
-async fn reconsume(
-    cx: &ServiceContext,
+async fn reconsume<H: DeliveryHandler>(
+    admission: &Arc<Admission<H>>,
     declaration: &QueueDeclaration,
-) -> Result<Option<Consumer>, String> {
+) -> Result<Option<Source>, String> {
+    let cx = &admission.cx;
     let (stop, transport) = (cx.stop_token(), cx.transport());
     let mut delay = FIRST_RECONSUME_DELAY;
     let mut last_error = String::new();
@@ -276,8 +450,7 @@ async fn reconsume(
                 .declare(transport)
                 .await
                 .map_err(|e| e.to_string())?;
-            transport
-                .consume(declaration.queue(), cx.config().prefetch_count)
+            Source::open(admission, declaration)
                 .await
                 .map_err(|e| e.to_string())
         };

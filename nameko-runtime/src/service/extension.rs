@@ -170,15 +170,36 @@ impl ServiceContext {
         }
     }
 
+    /// One of the worker slots if one is free now (no waiting).
+    pub(crate) fn try_worker_slot(&self) -> Option<WorkerSlot> {
+        let permit = self.inner.workers.clone().try_acquire_owned().ok()?;
+        Some(WorkerSlot { _permit: permit })
+    }
+
     /// Runs `task` on tokio as part of the service: a stop waits for it (as for the
     /// workers, up to `stop_timeout`), a kill drops it.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.inner.tracker.spawn(self.killable(task));
+    }
+
+    /// [`spawn`](Self::spawn) on `runtime`, from code that may run outside it (an embedded
+    /// broker's inline consumer runs on the publisher's task).
+    pub(crate) fn spawn_on(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.inner.tracker.spawn_on(self.killable(task), runtime);
+    }
+
+    fn killable(
+        &self,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
         // The task first: one done at its first poll (most are, on the embedded broker) never
         // waits on the kill switch; a kill drops the others at their next wait.
         let kill = self.inner.shared.kill.clone().cancelled_owned();
-        self.inner
-            .tracker
-            .spawn(super::worker::Killable::new(task, kill).map(drop));
+        super::worker::Killable::new(task, kill).map(drop)
     }
 
     /// `future`, tracked as part of the service: a stop waits for it (as for the workers, up

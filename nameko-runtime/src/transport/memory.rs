@@ -28,9 +28,9 @@ use tokio::time::Instant;
 use crate::protocol::Headers;
 
 use super::{
-    Consumer, ConsumerSource, Delivery, ExchangeSpec, ExchangeType, InlineConsumer, InlineHandler,
-    OutgoingMessage, Properties, Publishing, QueueSpec, ReturnedMessage, Settler, SharedTransport,
-    Transport, TransportError, Unpublished,
+    Consumer, ConsumerSource, Delivery, ExchangeSpec, ExchangeType, InlineAcks, InlineConsumer,
+    InlineHandler, OutgoingMessage, Properties, Publishing, QueueSpec, ReturnedMessage, Settler,
+    SharedTransport, Transport, TransportError, Unpublished,
 };
 
 /// An in-process broker. Clone it freely: clones share the same exchanges and queues.
@@ -227,6 +227,24 @@ impl Stored {
     fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
+
+    /// The message delivered to `consumer`, to be settled against it.
+    fn delivered_to(self, consumer: &Arc<ConsumerRef>) -> Delivery {
+        let acker = MemoryAcker {
+            consumer: consumer.clone(),
+            priority: self.priority,
+            expires_at: self.expires_at,
+            delivery_count: self.delivery_count,
+        };
+        Delivery::settled_by(
+            self.exchange,
+            self.routing_key,
+            self.redelivered,
+            self.properties,
+            self.body,
+            Settler::Memory(acker),
+        )
+    }
 }
 
 /// How a delivery was settled.
@@ -248,10 +266,12 @@ struct Slot {
 enum Sink {
     /// The channel of a [`MemoryConsumer`]: deliveries it settles.
     Channel(mpsc::UnboundedSender<Stored>),
-    /// An inline consumer's handler, called as a message is routed; nothing to settle. The
-    /// sender is dropped with the slot, which tells the consumer it ended.
+    /// An inline consumer's handler, called as a message is routed; its deliveries settle
+    /// against `acked` if it has manual acknowledgements. The sender is dropped with the slot,
+    /// which tells the consumer it ended.
     Inline {
         handler: InlineHandler,
+        acked: Option<Arc<ConsumerRef>>,
         _ended: oneshot::Sender<()>,
     },
 }
@@ -808,7 +828,11 @@ impl Queue {
                     Some(message)
                 }
             },
-            Sink::Inline { handler, .. } => {
+            Sink::Inline {
+                handler,
+                acked: None,
+                ..
+            } => {
                 let delivery = Delivery::settled(
                     message.exchange,
                     message.routing_key,
@@ -817,6 +841,15 @@ impl Queue {
                     message.body,
                 );
                 handed.push(handler, delivery);
+                None
+            }
+            Sink::Inline {
+                handler,
+                acked: Some(consumer),
+                ..
+            } => {
+                slot.unsettled += 1;
+                handed.push(handler, message.delivered_to(consumer));
                 None
             }
         }
@@ -943,24 +976,9 @@ impl ConsumerSource for MemoryConsumer {
         if self.cancelled {
             return Poll::Ready(None);
         }
-        self.rx.poll_recv(cx).map(|message| {
-            message.map(|m| {
-                let acker = MemoryAcker {
-                    consumer: self.consumer.clone(),
-                    priority: m.priority,
-                    expires_at: m.expires_at,
-                    delivery_count: m.delivery_count,
-                };
-                Ok(Delivery::settled_by(
-                    m.exchange,
-                    m.routing_key,
-                    m.redelivered,
-                    m.properties,
-                    m.body,
-                    Settler::Memory(acker),
-                ))
-            })
-        })
+        self.rx
+            .poll_recv(cx)
+            .map(|message| message.map(|m| Ok(m.delivered_to(&self.consumer))))
     }
 
     fn cancel(&mut self) -> BoxFuture<'_, ()> {
@@ -1126,6 +1144,7 @@ impl Transport for MemoryBroker {
     fn consume_inline<'a>(
         &'a self,
         queue: &'a str,
+        acks: InlineAcks,
         handler: InlineHandler,
     ) -> Option<BoxFuture<'a, Result<InlineConsumer, TransportError>>> {
         let result = {
@@ -1134,13 +1153,25 @@ impl Transport for MemoryBroker {
             state.next_consumer += 1;
             let id = state.next_consumer;
             if state.queues.contains_key(queue) {
+                let (me, queue) = (Arc::downgrade(&self.state), Arc::<str>::from(queue));
                 let (ended, on_end) = oneshot::channel();
+                let (prefetch, acked) = match acks {
+                    InlineAcks::None => (0, None),
+                    InlineAcks::Manual { prefetch } => (
+                        prefetch,
+                        Some(Arc::new(ConsumerRef {
+                            state: me.clone(),
+                            queue: queue.clone(),
+                            id,
+                        })),
+                    ),
+                };
                 let sink = Sink::Inline {
                     handler,
+                    acked,
                     _ended: ended,
                 };
-                state.add_consumer(queue, id, 0, sink);
-                let (me, queue) = (Arc::downgrade(&self.state), Arc::<str>::from(queue));
+                state.add_consumer(&queue, id, prefetch, sink);
                 Ok(InlineConsumer::new(
                     async move {
                         let _ = on_end.await;
@@ -1357,7 +1388,7 @@ mod tests {
                 lock(&seen).push(String::from_utf8_lossy(&delivery.body).into_owned());
             });
             broker
-                .consume_inline("replies", handler)
+                .consume_inline("replies", InlineAcks::None, handler)
                 .expect("the embedded broker consumes inline")
         };
         let consumer = start(&seen).await.unwrap();
@@ -1403,7 +1434,7 @@ mod tests {
             assert!(copy.is_ok(), "the copy is published");
         });
         let _consumer = broker
-            .consume_inline("replies", handler)
+            .consume_inline("replies", InlineAcks::None, handler)
             .expect("inline")
             .await
             .unwrap();
@@ -1414,11 +1445,77 @@ mod tests {
         assert_eq!(broker.queue_len("copies"), Some(1));
     }
 
+    /// With manual acknowledgements, an inline consumer holds at most `prefetch` deliveries
+    /// unsettled; settling one hands over the next at once, and one dropped unsettled comes
+    /// back, redelivered.
+    #[tokio::test]
+    async fn an_inline_consumer_with_acks_is_handed_a_message_per_settled_one() {
+        let broker = MemoryBroker::new();
+        broker
+            .declare_queue(&QueueSpec::durable("work"))
+            .await
+            .unwrap();
+        let to_work = |body: &str| OutgoingMessage {
+            exchange: Default::default(),
+            routing_key: "work".into(),
+            mandatory: true,
+            properties: Properties::default(),
+            body: body.as_bytes().to_vec(),
+        };
+        let held = Arc::new(Mutex::new(Vec::<Delivery>::new()));
+        let holder = held.clone();
+        let handler: InlineHandler = Arc::new(move |delivery| lock(&holder).push(delivery));
+        let acks = InlineAcks::Manual { prefetch: 2 };
+        let consumer = broker
+            .consume_inline("work", acks, handler)
+            .expect("inline")
+            .await
+            .unwrap();
+        for body in ["1", "2", "3"] {
+            broker.publish(to_work(body)).await.unwrap();
+        }
+        let bodies = |held: &Mutex<Vec<Delivery>>| -> Vec<(String, bool)> {
+            lock(held)
+                .iter()
+                .map(|d| (String::from_utf8_lossy(&d.body).into_owned(), d.redelivered))
+                .collect()
+        };
+        let (one, two) = (("1".to_owned(), false), ("2".to_owned(), false));
+        assert_eq!(bodies(&held), [one.clone(), two.clone()]);
+        assert_eq!(broker.queue_len("work"), Some(1));
+
+        // Acknowledging the first makes room: the third is handed over before `ack` returns.
+        let first = lock(&held).remove(0);
+        first.ack().await.unwrap();
+        assert_eq!(bodies(&held), [two, ("3".to_owned(), false)]);
+        assert_eq!(broker.queue_len("work"), Some(0));
+
+        // Dropped unsettled, the second comes back to the consumer, redelivered.
+        let second = lock(&held).remove(0);
+        drop(second);
+        assert_eq!(
+            bodies(&held),
+            [("3".to_owned(), false), ("2".to_owned(), true)]
+        );
+
+        // Once the consumer is gone, its deliveries still settle: acknowledged, or back in
+        // the queue when dropped.
+        drop(consumer);
+        let (third, again) = {
+            let mut held = lock(&held);
+            (held.remove(0), held.remove(0))
+        };
+        third.ack().await.unwrap();
+        assert_eq!(broker.queue_len("work"), Some(0));
+        drop(again);
+        assert_eq!(broker.queue_len("work"), Some(1));
+    }
+
     #[tokio::test]
     async fn an_inline_consumer_needs_its_queue() {
         let broker = MemoryBroker::new();
         let handler: InlineHandler = Arc::new(|_| {});
-        let started = broker.consume_inline("missing", handler);
+        let started = broker.consume_inline("missing", InlineAcks::None, handler);
         assert!(matches!(
             started.expect("inline").await,
             Err(TransportError::NotFound(_))

@@ -690,6 +690,20 @@ impl Stream for Consumer {
 /// What [`Transport::consume_inline`] hands each message to.
 pub type InlineHandler = Arc<dyn Fn(Delivery) + Send + Sync>;
 
+/// How the deliveries of an inline consumer ([`Transport::consume_inline`]) are settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InlineAcks {
+    /// Not at all: the broker forgets a message once it has handed it over (AMQP's `no_ack`).
+    None,
+    /// As a [`Consumer`]'s are: each delivery is acknowledged or rejected by whoever holds it,
+    /// one dropped unsettled goes back to its queue, and at most `prefetch` are unsettled at
+    /// once (0 = no limit); the next message is handed over when one of them is settled.
+    Manual {
+        /// The most deliveries unsettled at once (0 = no limit).
+        prefetch: u16,
+    },
+}
+
 /// A consumer started with [`Transport::consume_inline`]. It consumes until it is dropped.
 pub struct InlineConsumer {
     ended: futures_util::future::Fuse<BoxFuture<'static, ()>>,
@@ -841,20 +855,23 @@ pub trait Transport: Send + Sync + 'static {
         prefetch: u16,
     ) -> BoxFuture<'a, Result<Consumer, TransportError>>;
     /// Starts consuming a queue by handing each message to `handler` as the transport
-    /// receives it: no task between, and no acknowledgement (the broker forgets a message
-    /// once it is handed over, as with AMQP's `no_ack`). For consumers whose work on a message
-    /// is short and never waits, like an RPC client's replies. `None` where the transport has
-    /// no such consumer (RabbitMQ's here): [`consume`](Transport::consume) the queue instead.
+    /// receives it, with no task between; `acks` says whether the deliveries are settled. For
+    /// consumers whose work on a message is short and never waits: an RPC client's replies
+    /// (handed to the waiting calls), a service's requests (each started as a worker's task).
+    /// `None` where the transport has no such consumer (RabbitMQ's here):
+    /// [`consume`](Transport::consume) the queue instead.
     ///
     /// The embedded broker calls `handler` on the task that published the message, once it has
-    /// routed it (its lock released: the handler may use the broker). Handlers of messages
-    /// published on several threads may run at once.
+    /// routed it, or on the task that settled the delivery that made room for it (its lock
+    /// released either way: the handler may use the broker). Handlers of messages published on
+    /// several threads may run at once.
     fn consume_inline<'a>(
         &'a self,
         queue: &'a str,
+        acks: InlineAcks,
         handler: InlineHandler,
     ) -> Option<BoxFuture<'a, Result<InlineConsumer, TransportError>>> {
-        let _ = (queue, handler);
+        let _ = (queue, acks, handler);
         None
     }
     /// A description for logs (URIs with passwords masked).
