@@ -382,12 +382,16 @@ async fn consume<H: DeliveryHandler>(
                 match reconsume(admission, declaration).await {
                     Ok(Some(fresh)) => {
                         tracing::info!(%queue, "consuming again");
-                        let mut ended = std::mem::replace(&mut source, fresh);
-                        ended.cancel().await;
-                        while let Some(delivery) = ended.next_unstarted().await {
-                            return_to_queue(delivery).await;
+                        match std::mem::replace(&mut source, fresh) {
+                            // Ended already: closed with the others once the workers are done.
+                            Source::Stream(ended) => retired.push(ended),
+                            Source::Inline(mut ended) => {
+                                ended.consumer = None;
+                                while let Ok(delivery) = ended.waiting.try_recv() {
+                                    return_to_queue(delivery).await;
+                                }
+                            }
                         }
-                        retired.extend(ended.into_consumer());
                         continue;
                     }
                     Ok(None) => break,
