@@ -553,6 +553,33 @@ on_both_transports! {
 }
 
 on_both_transports! {
+    async fn requests_waiting_for_a_worker_run_in_the_order_they_came(broker: &TestBroker) {
+        let (running, client) = start(broker, |c| {
+            c.max_workers = 1;
+            c.prefetch_count = 10;
+        }).await;
+        let calc = CalculatorClient::new(&client);
+        let run = uuid::Uuid::new_v4();
+        let tokens: Vec<String> = (0..6).map(|i| format!("order-{run}-{i}")).collect();
+        // Sent in this order: the first runs, the others wait for its worker slot.
+        let calls = tokens.iter().map(|token| calc.slow(token.clone(), 20));
+        for (answer, token) in futures_util::future::join_all(calls).await.into_iter().zip(&tokens) {
+            assert_eq!(&answer.unwrap(), token);
+        }
+        let ran: Vec<String> = started()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| t.starts_with(&format!("order-{run}-")))
+            .cloned()
+            .collect();
+        assert_eq!(ran, tokens, "the requests ran one at a time, in the order they were sent");
+        assert_eq!(calc.max_concurrency().await.unwrap(), 1);
+        running.stop().await.unwrap();
+    }
+}
+
+on_both_transports! {
     async fn synchronous_methods_run_on_the_blocking_pool(broker: &TestBroker) {
         // Two synchronous calls that each wait for the other: on a runtime worker thread (this
         // test's runtime has one) they could not both be running.
