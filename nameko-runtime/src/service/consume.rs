@@ -91,7 +91,9 @@ pub trait DeliveryHandler: Send + Sync + 'static {
     /// (the delivery is then neither settled nor answered, and the broker redelivers it).
     ///
     /// The future is spawned as it is: a concrete future (an `async` block, or an `async fn`)
-    /// costs no allocation per message.
+    /// costs no allocation per message. `handle` itself is called where the delivery arrives,
+    /// which on the embedded broker is the publisher's task: do the work in the future, not
+    /// before returning it.
     fn handle(
         self: Arc<Self>,
         delivery: Delivery,
