@@ -579,6 +579,54 @@ on_both_transports! {
     }
 }
 
+/// A service whose runtime shuts down under a running request loses it not: the request goes
+/// back to the queue, and the next instance answers it. (On the embedded broker the dropped
+/// worker's request comes straight back to the service's consumer, which cannot start it any
+/// more: it must wait, not loop.)
+#[test]
+fn a_request_outlives_a_runtime_shut_down_under_it() {
+    let broker = TestBroker::memory();
+    let uri = broker.uri.clone();
+    let services = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = services.block_on(
+        TestServices::on_uri(&uri)
+            .with_service::<Calculator>()
+            .start(),
+    );
+    let first = first.expect("services start");
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    client.block_on(async {
+        let rpc = ClusterRpcClient::connect(&uri).await.unwrap();
+        let calc = CalculatorClient::new(&rpc).with_timeout(Duration::from_secs(20));
+        let token = format!("shut-down-{}", uuid::Uuid::new_v4());
+        let call = tokio::spawn({
+            let (calc, token) = (calc.clone(), token.clone());
+            async move { calc.slow(token, 500).await }
+        });
+        wait_started(&token).await;
+        services.shutdown_background();
+        drop(first);
+        let second = TestServices::on_uri(&uri)
+            .with_service::<Calculator>()
+            .start()
+            .await
+            .expect("services start");
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            token,
+            "the next instance answered it"
+        );
+        second.stop().await.unwrap();
+    });
+}
+
 on_both_transports! {
     async fn synchronous_methods_run_on_the_blocking_pool(broker: &TestBroker) {
         // Two synchronous calls that each wait for the other: on a runtime worker thread (this

@@ -3,10 +3,11 @@
 //!
 //! The loop takes a delivery, waits for one of the service's worker slots and spawns the
 //! handler with both. Where the transport consumes inline (the embedded broker), a delivery
-//! is started as it is routed, with no task between, when a slot is free and none waits
-//! before it; only the others go through the loop. A consumer the broker cancels (its queue deleted, a node lost, a
-//! `consumer_timeout`) is replaced: the queue is declared and consumed again, with a doubling
-//! delay, and the service fails only when that does not work. A message redelivered too many
+//! is started as it is routed, with no task between, when the loop runs, a slot is free and
+//! none waits before it; only the others go through the loop. A consumer the broker cancels
+//! (its queue deleted, a node lost, a `consumer_timeout`) is replaced: the queue is declared
+//! and consumed again, with a doubling delay, and the service fails only when that does not
+//! work. A message redelivered too many
 //! times is given up. At the stop, the consumer is cancelled and every message it received but
 //! did not start goes back to the queue at once; it is closed once the workers have finished
 //! (closing it earlier would lose their acknowledgements).
@@ -92,8 +93,9 @@ pub trait DeliveryHandler: Send + Sync + 'static {
     ///
     /// The future is spawned as it is: a concrete future (an `async` block, or an `async fn`)
     /// costs no allocation per message. `handle` itself is called where the delivery arrives,
-    /// which on the embedded broker is the publisher's task: do the work in the future, not
-    /// before returning it.
+    /// which on the embedded broker is whatever publishes or settles a message (possibly a
+    /// thread outside tokio): do the work in the future, not before returning it, and do not
+    /// call `tokio::spawn` or `Handle::current` there. The same holds for `give_up`.
     fn handle(
         self: Arc<Self>,
         delivery: Delivery,
@@ -179,9 +181,15 @@ struct Admission<H> {
 }
 
 impl<H: DeliveryHandler> Admission<H> {
-    /// Counts `delivery` as held; gives it up (and `None`) if it was delivered too often.
+    /// Counts `delivery` as held, then [`check`](Self::check)s it.
     fn admit(&self, mut delivery: Delivery) -> Option<Delivery> {
         delivery.hold(&self.held);
+        self.check(delivery)
+    }
+
+    /// Gives `delivery` up (and `None`) if it was delivered too often. Once per delivery: each
+    /// call counts a redelivery.
+    fn check(&self, delivery: Delivery) -> Option<Delivery> {
         if delivery.redelivered {
             let count = super::redelivery::redeliveries(&self.queue, &delivery);
             if count > self.max_redeliveries {
@@ -191,47 +199,71 @@ impl<H: DeliveryHandler> Admission<H> {
                     self.max_redeliveries
                 );
                 let give_up = self.handler.clone().give_up(delivery, reason);
-                self.cx.spawn_on(&self.runtime, give_up);
+                self.spawn(give_up);
                 return None;
             }
         }
         Some(delivery)
     }
 
-    /// An inline consumer's delivery: started now if a worker slot is free and none waits
-    /// before it; otherwise it waits for the loop.
-    fn handle_inline(&self, delivery: Delivery, waiting: &Waiting) {
-        let Some(delivery) = self.admit(delivery) else {
-            return;
-        };
-        let slot = match waiting.queued.load(Ordering::Acquire) {
-            0 if !self.cx.is_stopping() => self.cx.try_worker_slot(),
-            _ => None,
-        };
-        match slot {
-            Some(slot) => {
-                let handle = self.handler.clone().handle(delivery, slot);
-                self.cx.spawn_on(&self.runtime, handle);
+    /// Runs `task` as a task of the service, on its runtime.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        SPAWNING.set(true);
+        self.cx.spawn_on(&self.runtime, task);
+        SPAWNING.set(false);
+    }
+
+    /// An inline consumer's delivery: started now if the loop runs, the service is not
+    /// stopping, none waits before it and a worker slot is free; otherwise it waits for the
+    /// loop, which starts it in turn, or returns it to the queue at the stop.
+    fn handle_inline(&self, mut delivery: Delivery, waiting: &Waiting) {
+        delivery.hold(&self.held);
+        // Handed over again from within `spawn`, when the runtime is shutting down: it drops
+        // a task without running it, the delivery goes back to the queue and the queue hands
+        // it back here. Sent to the loop instead (dropped with it, the consumer first), so that
+        // this ends.
+        let start_now = waiting.queued.load(Ordering::Acquire) == 0
+            && !self.cx.is_stopping()
+            && !SPAWNING.get();
+        if start_now {
+            let Some(delivery) = self.check(delivery) else {
+                return;
+            };
+            match self.cx.try_worker_slot() {
+                Some(slot) => self.spawn(self.handler.clone().handle(delivery, slot)),
+                None => waiting.push(delivery, true),
             }
-            None => {
-                waiting.queued.fetch_add(1, Ordering::AcqRel);
-                if waiting.to_loop.send(delivery).is_err() {
-                    // The loop is gone, its consumer first: dropped, the delivery goes back
-                    // to its queue.
-                    waiting.queued.fetch_sub(1, Ordering::AcqRel);
-                }
-            }
+        } else {
+            waiting.push(delivery, false);
         }
     }
 }
 
-/// Where an inline consumer puts the deliveries that cannot start at once (no free worker
-/// slot, or the service stopping), for the loop to start in order, or return to the queue.
+thread_local! {
+    /// Whether this thread is spawning a task for an inline consumer's delivery.
+    static SPAWNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Where an inline consumer puts the deliveries that cannot start at once (the loop not yet
+/// running, no free worker slot, or the service stopping), for the loop to start in order, or
+/// return to the queue.
 struct Waiting {
-    to_loop: mpsc::UnboundedSender<Delivery>,
-    /// How many the loop has not taken yet: while there are any, a new delivery waits behind
-    /// them rather than taking a slot first.
+    to_loop: mpsc::UnboundedSender<(Delivery, bool)>,
+    /// How many the loop has not started yet, plus one until the loop runs: while there are
+    /// any, a new delivery waits behind them rather than taking a slot first.
     queued: AtomicUsize,
+}
+
+impl Waiting {
+    /// A delivery for the loop; `checked` if it was [checked](Admission::check) already.
+    fn push(&self, delivery: Delivery, checked: bool) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.to_loop.send((delivery, checked)).is_err() {
+            // The loop is gone, its consumer first: dropped, the delivery goes back to its
+            // queue.
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Where the loop takes its deliveries from.
@@ -247,9 +279,12 @@ enum Source {
 /// first: none is handed over once nothing takes those waiting.)
 struct InlineSource {
     consumer: Option<InlineConsumer>,
-    waiting: mpsc::UnboundedReceiver<Delivery>,
+    waiting: mpsc::UnboundedReceiver<(Delivery, bool)>,
     shared: Arc<Waiting>,
 }
+
+/// A delivery the loop took, and whether it was checked for redeliveries already.
+type Taken = (Delivery, bool);
 
 impl Source {
     /// Consumes the declared queue: inline where the transport can, otherwise as a stream.
@@ -262,7 +297,9 @@ impl Source {
         let (to_loop, waiting) = mpsc::unbounded_channel();
         let shared = Arc::new(Waiting {
             to_loop,
-            queued: AtomicUsize::new(0),
+            // Until the loop runs (`Source::run`): messages the queue holds already, or that
+            // come while the service's other entrypoints start, wait for it.
+            queued: AtomicUsize::new(1),
         });
         let (inline, into) = (admission.clone(), shared.clone());
         let handler: InlineHandler =
@@ -277,10 +314,25 @@ impl Source {
         }
     }
 
+    /// The loop runs: an inline consumer starts deliveries itself from now on.
+    fn run(&self) {
+        if let Source::Inline(inline) = self {
+            inline.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A delivery the loop took from an inline consumer has started (or was given up): the
+    /// next may start without waiting for the loop.
+    fn started(&self) {
+        if let Source::Inline(inline) = self {
+            inline.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// The next delivery to start; `None` once the consumer ended.
-    async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
+    async fn next(&mut self) -> Option<Result<Taken, TransportError>> {
         match self {
-            Source::Stream(consumer) => consumer.next().await,
+            Source::Stream(consumer) => consumer.next().await.map(|d| d.map(|d| (d, false))),
             Source::Inline(InlineSource {
                 consumer, waiting, ..
             }) => {
@@ -292,7 +344,7 @@ impl Source {
                 };
                 tokio::select! {
                     biased;
-                    delivery = waiting.recv() => delivery.map(Ok),
+                    taken = waiting.recv() => taken.map(Ok),
                     () = ended => None,
                 }
             }
@@ -311,7 +363,7 @@ impl Source {
     async fn next_unstarted(&mut self) -> Option<Delivery> {
         match self {
             Source::Stream(consumer) => consumer.next().await?.ok(),
-            Source::Inline(inline) => inline.waiting.try_recv().ok(),
+            Source::Inline(inline) => inline.waiting.try_recv().ok().map(|(d, _)| d),
         }
     }
 
@@ -341,6 +393,10 @@ async fn consume<H: DeliveryHandler>(
     // only when no delivery is ready: the stop's flag is checked for each one instead.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
+    // A delivery taken but not started when the loop ends: back to the queue once the
+    // consumer is cancelled (an inline consumer would be handed it again at once).
+    let mut unstarted = None;
+    source.run();
     loop {
         let next = tokio::select! {
             biased;
@@ -350,23 +406,13 @@ async fn consume<H: DeliveryHandler>(
         if stop.is_cancelled() {
             // Stopping: a delivery that came with the stop goes back to the queue at once, as
             // the others the consumer holds do below.
-            if let Some(Ok(delivery)) = next {
-                return_to_queue(delivery).await;
+            if let Some(Ok((delivery, _))) = next {
+                unstarted = Some(delivery);
             }
             break;
         }
-        let delivery = match next {
-            Some(Ok(delivery)) => match &source {
-                // Admitted already, by the inline consumer.
-                Source::Inline(inline) => {
-                    inline.shared.queued.fetch_sub(1, Ordering::AcqRel);
-                    delivery
-                }
-                Source::Stream(_) => match admission.admit(delivery) {
-                    Some(delivery) => delivery,
-                    None => continue,
-                },
-            },
+        let (delivery, checked) = match next {
+            Some(Ok(taken)) => taken,
             Some(Err(e)) => {
                 failure = Some(format!("it failed: {e}"));
                 break;
@@ -384,12 +430,13 @@ async fn consume<H: DeliveryHandler>(
                 match reconsume(admission, declaration).await {
                     Ok(Some(fresh)) => {
                         tracing::info!(%queue, "consuming again");
+                        fresh.run();
                         match std::mem::replace(&mut source, fresh) {
                             // Ended already: closed with the others once the workers are done.
                             Source::Stream(ended) => retired.push(ended),
                             Source::Inline(mut ended) => {
                                 ended.consumer = None;
-                                while let Ok(delivery) = ended.waiting.try_recv() {
+                                while let Ok((delivery, _)) = ended.waiting.try_recv() {
                                     return_to_queue(delivery).await;
                                 }
                             }
@@ -404,13 +451,28 @@ async fn consume<H: DeliveryHandler>(
                 }
             }
         };
+        let admitted = match (&source, checked) {
+            (_, true) => Some(delivery),
+            // Held already, since the inline consumer took it.
+            (Source::Inline(_), false) => admission.check(delivery),
+            (Source::Stream(_), false) => admission.admit(delivery),
+        };
+        let Some(delivery) = admitted else {
+            source.started();
+            continue;
+        };
         let Some(slot) = cx.worker_slot().await else {
-            return_to_queue(delivery).await;
+            unstarted = Some(delivery);
             break;
         };
+        // Started now, with its slot: until then, newer deliveries waited behind it.
+        source.started();
         cx.spawn(admission.handler.clone().handle(delivery, slot));
     }
     source.cancel().await;
+    if let Some(delivery) = unstarted {
+        return_to_queue(delivery).await;
+    }
     if failure.is_none() {
         // What the consumer holds but no worker started goes back now, not after the drain.
         let returned = async {

@@ -117,11 +117,15 @@ impl Drop for Locked<'_> {
             return;
         }
         let handed = std::mem::take(&mut state.handed);
-        drop(state);
-        // Not while a panic unwinds: a handler's own panic would abort the process.
-        if !std::thread::panicking() {
-            handed.run();
+        // Not while a panic unwinds: a handler's own panic would abort the process. Their
+        // messages go back to their queues, and are not handed over again now: a delivery
+        // dropped unsettled would come straight back here.
+        if std::thread::panicking() {
+            state.put_back(handed);
+            return;
         }
+        drop(state);
+        handed.run();
     }
 }
 
@@ -410,6 +414,28 @@ impl State {
         // publishes do not read the clock to find that out.
         if self.queues.values().all(|q| q.expires_at.is_none()) {
             self.expiries.clear();
+        }
+    }
+
+    /// Puts what was handed to inline consumers back in their queues, handing nothing over
+    /// (while a panic unwinds). Messages of consumers without acknowledgements are dropped:
+    /// the broker forgot them already.
+    fn put_back(&mut self, handed: Handed) {
+        for (_, mut delivery) in handed.first.into_iter().chain(handed.more) {
+            let Some(Settler::Memory(acker)) = delivery.settler.take() else {
+                continue;
+            };
+            let stored = acker.stored(delivery.take_message());
+            let consumer = acker.consumer;
+            let Some(queue) = self.queues.get_mut(&*consumer.queue) else {
+                continue;
+            };
+            if let Some(slot) = queue.consumers.iter_mut().find(|s| s.id == consumer.id) {
+                slot.unsettled = slot.unsettled.saturating_sub(1);
+            }
+            if let Some(over) = queue.return_message(stored) {
+                self.dead_letter(&consumer.queue, over, "delivery_limit");
+            }
         }
     }
 
@@ -885,7 +911,15 @@ impl MemoryAcker {
 
     /// The delivery to be settled, its message handed back: requeued if dropped unsettled.
     pub(crate) fn holding(self, message: ReturnedMessage) -> MemorySettling {
-        let stored = Stored {
+        MemorySettling {
+            message: Some(self.stored(message)),
+            acker: self,
+        }
+    }
+
+    /// The message as the queue keeps it, to be requeued.
+    fn stored(&self, message: ReturnedMessage) -> Stored {
+        Stored {
             exchange: message.exchange,
             routing_key: message.routing_key,
             redelivered: true,
@@ -894,10 +928,6 @@ impl MemoryAcker {
             priority: self.priority,
             expires_at: self.expires_at,
             delivery_count: self.delivery_count,
-        };
-        MemorySettling {
-            acker: self,
-            message: Some(stored),
         }
     }
 }
@@ -1509,6 +1539,46 @@ mod tests {
         assert_eq!(broker.queue_len("work"), Some(0));
         drop(again);
         assert_eq!(broker.queue_len("work"), Some(1));
+    }
+
+    /// A handler that panics leaves its message in the queue, and the broker serves on (the
+    /// delivery dropped while the panic unwinds is not handed straight back to it).
+    #[tokio::test]
+    async fn a_message_whose_inline_handler_panics_goes_back_to_its_queue() {
+        let broker = MemoryBroker::new();
+        broker
+            .declare_queue(&QueueSpec::durable("work"))
+            .await
+            .unwrap();
+        let handler: InlineHandler = Arc::new(|_| panic!("the handler fell over"));
+        let acks = InlineAcks::Manual { prefetch: 10 };
+        let consumer = broker
+            .consume_inline("work", acks, handler)
+            .expect("inline")
+            .await
+            .unwrap();
+        let message = OutgoingMessage {
+            exchange: Default::default(),
+            routing_key: "work".into(),
+            mandatory: true,
+            properties: Properties::default(),
+            body: b"poison".to_vec(),
+        };
+        let publishing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drop(broker.publish_now(message.clone()))
+        }));
+        assert!(
+            publishing.is_err(),
+            "the handler's panic reaches the publisher"
+        );
+        drop(consumer);
+        assert_eq!(broker.queue_len("work"), Some(1));
+        let mut again = broker.consume("work", 10).await.unwrap();
+        let delivery = again.next().await.unwrap().unwrap();
+        assert_eq!(delivery.body, b"poison");
+        assert!(delivery.redelivered);
+        delivery.ack().await.unwrap();
+        assert_eq!(broker.queue_len("work"), Some(0));
     }
 
     #[tokio::test]

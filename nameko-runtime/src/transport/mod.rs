@@ -861,10 +861,13 @@ pub trait Transport: Send + Sync + 'static {
     /// `None` where the transport has no such consumer (RabbitMQ's here):
     /// [`consume`](Transport::consume) the queue instead.
     ///
-    /// The embedded broker calls `handler` on the task that published the message, once it has
-    /// routed it, or on the task that settled the delivery that made room for it (its lock
-    /// released either way: the handler may use the broker). Handlers of messages published on
-    /// several threads may run at once.
+    /// The embedded broker calls `handler` where the message becomes deliverable, once its lock
+    /// is released (the handler may use the broker): on the task or thread that published it,
+    /// that settled or dropped the delivery that made room for it, that started this consumer
+    /// (with what the queue held), or the broker's own timers. That may be a thread outside
+    /// any tokio runtime. Handlers of messages published on several threads may run at once.
+    /// While a thread panics, the broker runs no handler: their messages go back to their
+    /// queues.
     fn consume_inline<'a>(
         &'a self,
         queue: &'a str,
