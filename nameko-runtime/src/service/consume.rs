@@ -208,9 +208,15 @@ impl<H: DeliveryHandler> Admission<H> {
 
     /// Runs `task` as a task of the service, on its runtime.
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        SPAWNING.set(true);
+        /// Restores the flag, even if spawning unwinds.
+        struct Spawning(bool);
+        impl Drop for Spawning {
+            fn drop(&mut self) {
+                SPAWNING.set(self.0);
+            }
+        }
+        let _spawning = Spawning(SPAWNING.replace(true));
         self.cx.spawn_on(&self.runtime, task);
-        SPAWNING.set(false);
     }
 
     /// An inline consumer's delivery: started now if the loop runs, the service is not

@@ -417,15 +417,21 @@ impl State {
         }
     }
 
-    /// Puts what was handed to inline consumers back in their queues, handing nothing over
-    /// (while a panic unwinds). Messages of consumers without acknowledgements are dropped:
-    /// the broker forgot them already.
+    /// Puts what was handed to inline consumers back at the head of their queues, as it was
+    /// (no redelivery counted: no handler saw it), handing nothing over now (while a panic
+    /// unwinds); a task hands it over again once the panic is over, where there is a runtime.
+    /// Messages of consumers without acknowledgements are dropped: the broker forgot them
+    /// already.
     fn put_back(&mut self, handed: Handed) {
-        for (_, mut delivery) in handed.first.into_iter().chain(handed.more) {
+        let mut queues: Vec<Arc<str>> = Vec::new();
+        // Last first: each goes back before the ones after it.
+        for (_, mut delivery) in handed.first.into_iter().chain(handed.more).rev() {
             let Some(Settler::Memory(acker)) = delivery.settler.take() else {
                 continue;
             };
-            let stored = acker.stored(delivery.take_message());
+            let redelivered = delivery.redelivered;
+            let mut stored = acker.stored(delivery.take_message());
+            stored.redelivered = redelivered;
             let consumer = acker.consumer;
             let Some(queue) = self.queues.get_mut(&*consumer.queue) else {
                 continue;
@@ -433,10 +439,22 @@ impl State {
             if let Some(slot) = queue.consumers.iter_mut().find(|s| s.id == consumer.id) {
                 slot.unsettled = slot.unsettled.saturating_sub(1);
             }
-            if let Some(over) = queue.return_message(stored) {
-                self.dead_letter(&consumer.queue, over, "delivery_limit");
+            queue.requeue(stored);
+            if !queues.contains(&consumer.queue) {
+                queues.push(consumer.queue.clone());
             }
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.me.clone();
+        runtime.spawn(async move {
+            let Some(state) = me.upgrade() else { return };
+            let mut state = lock_state(&state);
+            for queue in queues {
+                state.dispatch(&queue);
+            }
+        });
     }
 
     /// Routes a message to the queues its exchange binds for its routing key; one that is
@@ -1541,18 +1559,27 @@ mod tests {
         assert_eq!(broker.queue_len("work"), Some(1));
     }
 
-    /// A handler that panics leaves its message in the queue, and the broker serves on (the
-    /// delivery dropped while the panic unwinds is not handed straight back to it).
+    /// A handler that panics leaves its message in the queue, and the broker serves on: the
+    /// delivery dropped while the panic unwinds is not handed straight back to it (which would
+    /// never end), but once the panic is over.
     #[tokio::test]
-    async fn a_message_whose_inline_handler_panics_goes_back_to_its_queue() {
+    async fn a_message_whose_inline_handler_panics_is_handed_over_again_after_the_panic() {
         let broker = MemoryBroker::new();
         broker
             .declare_queue(&QueueSpec::durable("work"))
             .await
             .unwrap();
-        let handler: InlineHandler = Arc::new(|_| panic!("the handler fell over"));
+        let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = Arc::new(Mutex::new(Vec::<Delivery>::new()));
+        let (first_time, holder) = (panicked.clone(), held.clone());
+        let handler: InlineHandler = Arc::new(move |delivery| {
+            if !first_time.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("the handler fell over");
+            }
+            lock(&holder).push(delivery);
+        });
         let acks = InlineAcks::Manual { prefetch: 10 };
-        let consumer = broker
+        let _consumer = broker
             .consume_inline("work", acks, handler)
             .expect("inline")
             .await
@@ -1562,20 +1589,23 @@ mod tests {
             routing_key: "work".into(),
             mandatory: true,
             properties: Properties::default(),
-            body: b"poison".to_vec(),
+            body: b"once".to_vec(),
         };
         let publishing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            drop(broker.publish_now(message.clone()))
+            drop(broker.publish_now(message))
         }));
         assert!(
             publishing.is_err(),
             "the handler's panic reaches the publisher"
         );
-        drop(consumer);
-        assert_eq!(broker.queue_len("work"), Some(1));
-        let mut again = broker.consume("work", 10).await.unwrap();
-        let delivery = again.next().await.unwrap().unwrap();
-        assert_eq!(delivery.body, b"poison");
+        assert!(lock(&held).is_empty());
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let delivery = lock(&held)
+            .pop()
+            .expect("handed over again after the panic");
+        assert_eq!(delivery.body, b"once");
         assert!(delivery.redelivered);
         delivery.ack().await.unwrap();
         assert_eq!(broker.queue_len("work"), Some(0));

@@ -866,8 +866,9 @@ pub trait Transport: Send + Sync + 'static {
     /// that settled or dropped the delivery that made room for it, that started this consumer
     /// (with what the queue held), or the broker's own timers. That may be a thread outside
     /// any tokio runtime. Handlers of messages published on several threads may run at once.
-    /// While a thread panics, the broker runs no handler: their messages go back to their
-    /// queues.
+    /// While a thread panics, the broker runs no handler: with [`InlineAcks::Manual`], their
+    /// messages go back to their queues (and are handed over again once the panic is over);
+    /// with [`InlineAcks::None`], they are dropped.
     fn consume_inline<'a>(
         &'a self,
         queue: &'a str,
