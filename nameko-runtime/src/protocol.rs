@@ -135,16 +135,39 @@ impl fmt::Display for HandlerType {
 /// Message headers, as JSON values (AMQP field tables map onto JSON one to one).
 pub type Headers = BTreeMap<String, Value>;
 
-/// The body of an RPC request: `{"args": [...], "kwargs": {...}}`.
+/// The body of an RPC request: `{"args": [...], "kwargs": {...}}`, the input of every method
+/// whose entrypoint calls it with JSON arguments.
 ///
-/// Arguments stay raw JSON until they are bound to a method's parameters, so each one is
-/// parsed once, straight into its Rust type.
-#[derive(Debug, Default, Deserialize)]
+/// Build one with [`new`](Self::new), [`arg`](Self::arg) and [`kwarg`](Self::kwarg), or read
+/// one with [`parse`](Self::parse). Arguments stay raw JSON until they are bound to a method's
+/// parameters, so each one is parsed once, straight into its Rust type. A request the RPC
+/// entrypoint receives is not even read before then: a well-formed one is read in a single
+/// pass as the parameters are bound, and anything else is read again to say what is wrong with
+/// it (`MalformedRequest`, `IncorrectSignature`).
+#[derive(Debug, Default)]
 pub struct RequestBody {
-    /// Positional arguments.
-    pub args: Vec<Box<RawValue>>,
-    /// Keyword arguments.
-    pub kwargs: HashMap<String, Box<RawValue>>,
+    pub(crate) repr: BodyRepr,
+}
+
+/// What a [`RequestBody`] holds.
+#[derive(Debug)]
+pub(crate) enum BodyRepr {
+    /// A request as it came (checked to be UTF-8, nothing more), read when it is bound.
+    Unread(String),
+    /// Arguments read or given one by one.
+    Read {
+        args: Vec<Box<RawValue>>,
+        kwargs: HashMap<String, Box<RawValue>>,
+    },
+}
+
+impl Default for BodyRepr {
+    fn default() -> Self {
+        BodyRepr::Read {
+            args: Vec::new(),
+            kwargs: HashMap::new(),
+        }
+    }
 }
 
 /// Why a request body could not be read; each becomes a `MalformedRequest` reply.
@@ -167,6 +190,13 @@ pub enum MalformedRequest {
     ContentType(String),
 }
 
+impl From<MalformedRequest> for RemoteError {
+    /// Nameko's `MalformedRequest`, its message cut to a loggable length.
+    fn from(error: MalformedRequest) -> RemoteError {
+        RemoteError::nameko("MalformedRequest", shorten(error.to_string()))
+    }
+}
+
 impl RequestBody {
     /// No arguments: what a method without parameters is called with.
     pub fn new() -> Self {
@@ -175,56 +205,99 @@ impl RequestBody {
 
     /// The same arguments and `value` as the next positional argument.
     pub fn arg(mut self, value: impl Into<Value>) -> Self {
-        self.args.push(raw_value(&value.into()));
+        if let BodyRepr::Read { args, .. } = &mut self.read_now().repr {
+            args.push(raw_value(&value.into()));
+        }
         self
     }
 
     /// The same arguments and `value` as the keyword argument `name`.
     pub fn kwarg(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.kwargs.insert(name.into(), raw_value(&value.into()));
+        if let BodyRepr::Read { kwargs, .. } = &mut self.read_now().repr {
+            kwargs.insert(name.into(), raw_value(&value.into()));
+        }
         self
     }
 
     /// Reads a request body, telling apart each way it can be malformed.
     pub fn parse(body: &[u8]) -> Result<RequestBody, MalformedRequest> {
-        #[derive(Deserialize)]
-        struct Loose<'a> {
-            #[serde(borrow)]
-            args: Option<&'a RawValue>,
-            #[serde(borrow)]
-            kwargs: Option<&'a RawValue>,
-        }
         let text =
             std::str::from_utf8(body).map_err(|e| MalformedRequest::NotJson(e.to_string()))?;
-        if !text.trim_start().starts_with('{') {
-            return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-                Ok(_) => Err(MalformedRequest::NotAnObject),
-                Err(e) => Err(MalformedRequest::NotJson(e.to_string())),
-            };
-        }
-        // A well-formed request in one pass; any other is read again below, to say what is
-        // wrong with it.
-        #[derive(Deserialize)]
-        struct Strict {
-            args: Vec<Box<RawValue>>,
-            kwargs: HashMap<String, Box<RawValue>>,
-        }
-        if let Ok(Strict { args, kwargs }) = serde_json::from_str(text) {
-            return Ok(RequestBody { args, kwargs });
-        }
-        let loose: Loose<'_> = match serde_json::from_str(text) {
-            Ok(loose) => loose,
-            Err(e) if e.is_data() => return Err(MalformedRequest::NotAnObject),
-            Err(e) => return Err(MalformedRequest::NotJson(e.to_string())),
-        };
-        let (Some(args), Some(kwargs)) = (loose.args, loose.kwargs) else {
-            return Err(MalformedRequest::MissingArgsOrKwargs);
-        };
+        let (args, kwargs) = read_request(text)?;
+        Ok(RequestBody::from_parts(args, kwargs))
+    }
+
+    /// A request as it came off the wire, left unread until it is bound to a method's
+    /// parameters: only a body that is not even UTF-8 is refused here.
+    pub(crate) fn unread(body: &[u8]) -> Result<RequestBody, MalformedRequest> {
+        let text =
+            std::str::from_utf8(body).map_err(|e| MalformedRequest::NotJson(e.to_string()))?;
         Ok(RequestBody {
-            args: serde_json::from_str(args.get()).map_err(|_| MalformedRequest::WrongShape)?,
-            kwargs: serde_json::from_str(kwargs.get()).map_err(|_| MalformedRequest::WrongShape)?,
+            repr: BodyRepr::Unread(text.to_owned()),
         })
     }
+
+    /// A request of these arguments.
+    pub(crate) fn from_parts(
+        args: Vec<Box<RawValue>>,
+        kwargs: HashMap<String, Box<RawValue>>,
+    ) -> RequestBody {
+        RequestBody {
+            repr: BodyRepr::Read { args, kwargs },
+        }
+    }
+
+    /// The arguments read, for adding to: a malformed unread request has none (only the RPC
+    /// entrypoint makes unread ones, and hands them straight to the method).
+    fn read_now(&mut self) -> &mut Self {
+        if let BodyRepr::Unread(text) = &self.repr {
+            let (args, kwargs) = read_request(text).unwrap_or_default();
+            self.repr = BodyRepr::Read { args, kwargs };
+        }
+        self
+    }
+}
+
+/// A request's positional and keyword arguments, each as raw JSON.
+pub(crate) type Arguments = (Vec<Box<RawValue>>, HashMap<String, Box<RawValue>>);
+
+/// The arguments of a request body (UTF-8 already), telling apart each way it can be malformed.
+pub(crate) fn read_request(text: &str) -> Result<Arguments, MalformedRequest> {
+    #[derive(Deserialize)]
+    struct Loose<'a> {
+        #[serde(borrow)]
+        args: Option<&'a RawValue>,
+        #[serde(borrow)]
+        kwargs: Option<&'a RawValue>,
+    }
+    if !text.trim_start().starts_with('{') {
+        return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Err(MalformedRequest::NotAnObject),
+            Err(e) => Err(MalformedRequest::NotJson(e.to_string())),
+        };
+    }
+    // A well-formed request in one pass; any other is read again below, to say what is
+    // wrong with it.
+    #[derive(Deserialize)]
+    struct Strict {
+        args: Vec<Box<RawValue>>,
+        kwargs: HashMap<String, Box<RawValue>>,
+    }
+    if let Ok(Strict { args, kwargs }) = serde_json::from_str(text) {
+        return Ok((args, kwargs));
+    }
+    let loose: Loose<'_> = match serde_json::from_str(text) {
+        Ok(loose) => loose,
+        Err(e) if e.is_data() => return Err(MalformedRequest::NotAnObject),
+        Err(e) => return Err(MalformedRequest::NotJson(e.to_string())),
+    };
+    let (Some(args), Some(kwargs)) = (loose.args, loose.kwargs) else {
+        return Err(MalformedRequest::MissingArgsOrKwargs);
+    };
+    Ok((
+        serde_json::from_str(args.get()).map_err(|_| MalformedRequest::WrongShape)?,
+        serde_json::from_str(kwargs.get()).map_err(|_| MalformedRequest::WrongShape)?,
+    ))
 }
 
 /// A JSON value as raw JSON (a `Value` always serialises).
@@ -528,9 +601,12 @@ mod tests {
     #[test]
     fn request_body_parses_args_and_kwargs() {
         let body = RequestBody::parse(br#"{"args": ["Tim", 1], "kwargs": {"x": [1]}}"#).unwrap();
-        assert_eq!(body.args.len(), 2);
-        assert_eq!(body.args[0].get(), "\"Tim\"");
-        assert_eq!(body.kwargs["x"].get(), "[1]");
+        let BodyRepr::Read { args, kwargs } = body.repr else {
+            panic!("parsed bodies are read");
+        };
+        assert_eq!(args.len(), 2);
+        assert_eq!(args[0].get(), "\"Tim\"");
+        assert_eq!(kwargs["x"].get(), "[1]");
     }
 
     #[test]

@@ -260,20 +260,21 @@ impl RpcHandler {
                 method.to_owned(),
             )));
         };
+        // Read when the method's parameters are bound (`BoundArgs`): in one pass if the
+        // request is well-formed, and then a `MalformedRequest` if it is not.
         let content_type = delivery.properties.content_type.as_deref();
         let body = match content_type {
-            _ if protocol::is_json(content_type) => RequestBody::parse(&delivery.body),
+            _ if protocol::is_json(content_type) => RequestBody::unread(&delivery.body),
             Some(other) => Err(MalformedRequest::ContentType(protocol::shorten(
                 other.to_owned(),
             ))),
-            None => RequestBody::parse(&delivery.body),
+            None => RequestBody::unread(&delivery.body),
         };
         let body = match body {
             Ok(body) => body,
             Err(e) => {
                 tracing::warn!(service, %method, error = %e, "MalformedRequest");
-                let message = protocol::shorten(e.to_string());
-                return Some(Err(RemoteError::nameko("MalformedRequest", message)));
+                return Some(Err(e.into()));
             }
         };
         let incoming = Incoming::from_headers(&delivery.properties.headers);

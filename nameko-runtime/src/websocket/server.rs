@@ -198,10 +198,7 @@ impl WsServer {
         };
         let socket_arg = serde_json::value::to_raw_value(socket_id)
             .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default());
-        let body = RequestBody {
-            args: vec![socket_arg],
-            kwargs,
-        };
+        let body = RequestBody::from_parts(vec![socket_arg], kwargs);
         match handler(body, context.clone()).await {
             Some(Ok(result)) => {
                 let data = python_style(&String::from_utf8_lossy(&result));
