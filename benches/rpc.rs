@@ -348,6 +348,10 @@ struct Figures {
     p50_ms: f64,
     p99_ms: f64,
     concurrent: f64,
+    /// Against the other server of a pair (`measure_pair`), the median over the rounds of this
+    /// one's rate over the other's in the same round: sequential, and in flight. Rounds run
+    /// back to back, so each ratio is of two runs under the same load of the machine.
+    paired: Option<(f64, f64)>,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -372,8 +376,18 @@ impl Rounds {
             p50_ms: median(self.p50s),
             p99_ms: median(self.p99s),
             concurrent: median(self.concurrent),
+            paired: None,
         }
     }
+}
+
+/// The median over the rounds of `a`'s rates over `b`'s, sequential and in flight.
+fn paired(a: &Rounds, b: &Rounds) -> (f64, f64) {
+    let ratios = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(a, b)| a / b).collect());
+    (
+        ratios(&a.rates, &b.rates),
+        ratios(&a.concurrent, &b.concurrent),
+    )
 }
 
 /// What a round calls: nameko-rs's client (a service's proxy) or the in-process floor.
@@ -480,7 +494,10 @@ async fn measure_pair(
             round(a, n, s, c, &mut ra).await?;
         }
     }
-    Ok((ra.figures(), rb.figures()))
+    let (ab, ba) = (paired(&ra, &rb), paired(&rb, &ra));
+    let (mut fa, mut fb) = (ra.figures(), rb.figures());
+    (fa.paired, fb.paired) = (Some(ab), Some(ba));
+    Ok((fa, fb))
 }
 
 /// CPU time and context switches per call of this process's threads, by thread name, over
@@ -522,7 +539,11 @@ async fn embedded(args: &Args) -> anyhow::Result<(Figures, Figures)> {
     // service in the same process (not the thread blocked in `block_on`).
     let (proxy, measured) = (client.service("rpc_bench"), args.clone());
     let (mut figures, floor) = tokio::spawn(async move {
-        let (sequential, concurrent) = (measured.sequential * 10, measured.concurrent * 10);
+        // Many short rounds, each right after the other side's: the ratio is the median of
+        // the rounds', and a burst of load elsewhere on the machine moves few of them.
+        let (sequential, concurrent) = (measured.sequential * 2, measured.concurrent * 2);
+        let mut measured = measured;
+        measured.rounds *= 5;
         let floor = floor::Floor::start();
         let figures = measure_pair(&proxy, &floor, &measured, sequential, concurrent).await?;
         // Where sequential calls go across the runtime's threads: a call that wakes a parked
@@ -591,6 +612,8 @@ async fn embedded_child(
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let [
+        paired_sequential,
+        paired_concurrent,
         sequential,
         p50_ms,
         p99_ms,
@@ -611,6 +634,7 @@ async fn embedded_child(
             p50_ms,
             p99_ms,
             concurrent,
+            paired: Some((paired_sequential, paired_concurrent)),
         },
         Figures {
             allocations: 0.0,
@@ -618,6 +642,7 @@ async fn embedded_child(
             p50_ms: floor_p50_ms,
             p99_ms: floor_p99_ms,
             concurrent: floor_concurrent,
+            paired: None,
         },
     ))
 }
@@ -926,6 +951,16 @@ async fn python_service(
 
 fn row(name: &str, ours: &Figures, other: Option<(&str, &Figures)>) {
     let ratio = |a: f64, b: f64| format!("{:.2}", a / b);
+    let (sequential_ratio, concurrent_ratio) = match (ours.paired, other) {
+        (Some((sequential, concurrent)), _) => {
+            (format!("{sequential:.2}"), format!("{concurrent:.2}"))
+        }
+        (None, Some((_, base))) => (
+            ratio(ours.sequential, base.sequential),
+            ratio(ours.concurrent, base.concurrent),
+        ),
+        (None, None) => (String::new(), String::new()),
+    };
     let ms = |v: f64| {
         if v < 0.1 {
             format!("{v:.3}")
@@ -943,13 +978,11 @@ fn row(name: &str, ours: &Figures, other: Option<(&str, &Figures)>) {
                 base.sequential,
                 ms(base.p50_ms),
                 ms(base.p99_ms),
-                ratio(ours.sequential, base.sequential)
+                sequential_ratio
             );
             println!(
                 "| {name}, calls/s with the calls in flight | {:.0} | {label}: {:.0} | {} |",
-                ours.concurrent,
-                base.concurrent,
-                ratio(ours.concurrent, base.concurrent)
+                ours.concurrent, base.concurrent, concurrent_ratio
             );
         }
         None => {
@@ -997,15 +1030,17 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
             counting_alloc::name(),
             embedded.sequential,
             embedded.p50_ms,
-            embedded.sequential / floor.sequential,
+            embedded.paired.map_or(0.0, |p| p.0),
             embedded.concurrent,
             args.in_flight,
-            embedded.concurrent / floor.concurrent,
+            embedded.paired.map_or(0.0, |p| p.1),
             embedded.allocations
         );
         // For a parent run (`embedded_child`).
         println!(
-            "FIGURES {} {} {} {} {} {} {} {} {}",
+            "FIGURES {} {} {} {} {} {} {} {} {} {} {}",
+            embedded.paired.map_or(0.0, |p| p.0),
+            embedded.paired.map_or(0.0, |p| p.1),
             embedded.sequential,
             embedded.p50_ms,
             embedded.p99_ms,
@@ -1159,7 +1194,16 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         ours_cpu.concurrent_us / raw_cpu.concurrent_us
     );
     if let Some((figures, _, _)) = &python {
-        row("RabbitMQ", &ours, Some(("Python Nameko 2.14.1", figures)));
+        // (Python was measured on its own: a ratio of medians.)
+        let unpaired = Figures {
+            paired: None,
+            ..ours
+        };
+        row(
+            "RabbitMQ",
+            &unpaired,
+            Some(("Python Nameko 2.14.1", figures)),
+        );
     }
     let in_process = "in-process floor";
     row(
