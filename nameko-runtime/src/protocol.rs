@@ -31,6 +31,8 @@ pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub fn is_json(content_type: Option<&str>) -> bool {
     match content_type {
         None => true,
+        // What every Nameko client sends, told at once.
+        Some(CONTENT_TYPE_JSON) => true,
         Some(content_type) => content_type
             .split(';')
             .next()
