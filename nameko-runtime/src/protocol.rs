@@ -154,7 +154,7 @@ pub struct RequestBody {
 /// What a [`RequestBody`] holds.
 #[derive(Debug)]
 pub(crate) enum BodyRepr {
-    /// A request as it came (checked to be UTF-8, nothing more), read when it is bound.
+    /// A request as it came (UTF-8, opening with `{"args": [`), read when it is bound.
     Unread(String),
     /// Arguments read or given one by one.
     Read {
@@ -229,14 +229,20 @@ impl RequestBody {
         Ok(RequestBody::from_parts(args, kwargs))
     }
 
-    /// A request as it came off the wire, left unread until it is bound to a method's
-    /// parameters: only a body that is not even UTF-8 is refused here.
+    /// A request as it came off the wire. One that opens as clients send them (`{"args": [`)
+    /// is left unread until it is bound to a method's parameters, which reads it in one pass
+    /// (and refuses it then if it turns out malformed); any other is read now, telling apart
+    /// each way it can be malformed, as [`parse`](Self::parse) does.
     pub(crate) fn unread(body: &[u8]) -> Result<RequestBody, MalformedRequest> {
         let text =
             std::str::from_utf8(body).map_err(|e| MalformedRequest::NotJson(e.to_string()))?;
-        Ok(RequestBody {
-            repr: BodyRepr::Unread(text.to_owned()),
-        })
+        if crate::rpc::args::opens_as_sent(text) {
+            return Ok(RequestBody {
+                repr: BodyRepr::Unread(text.to_owned()),
+            });
+        }
+        let (args, kwargs) = read_request(text)?;
+        Ok(RequestBody::from_parts(args, kwargs))
     }
 
     /// A request of these arguments.

@@ -38,6 +38,15 @@ enum State {
     },
     /// Each parameter's value, if it was given.
     Bound(Vec<Option<Box<RawValue>>>),
+    /// A request read in one pass, every parameter taken (its text dropped: the method may
+    /// run for long).
+    Read,
+}
+
+/// Whether a request opens as clients send them, `{"args": [`: the RPC entrypoint leaves those
+/// unread until they are bound.
+pub(crate) fn opens_as_sent(text: &str) -> bool {
+    layout::args_start(text).is_some()
 }
 
 fn incorrect_signature(message: String) -> RemoteError {
@@ -64,9 +73,7 @@ impl BoundArgs {
         match body.repr {
             BodyRepr::Unread(text) => {
                 let state = match layout::args_start(&text) {
-                    Some(at) if params.is_empty() && layout::is_tail(&text, at) => {
-                        State::Bound(Vec::new())
-                    }
+                    Some(at) if params.is_empty() && layout::is_tail(&text, at) => State::Read,
                     Some(at) if !params.is_empty() => State::Reading { text, at, next: 0 },
                     _ => return BoundArgs::bind_text(method, params, &text),
                 };
@@ -86,13 +93,9 @@ impl BoundArgs {
         params: &'static [Param],
         text: &str,
     ) -> Result<BoundArgs, RemoteError> {
-        match crate::protocol::read_request(text) {
-            Ok((args, kwargs)) => BoundArgs::bind_read(method, params, args, kwargs),
-            Err(e) => {
-                tracing::warn!(%method, error = %e, "MalformedRequest");
-                Err(e.into())
-            }
-        }
+        // (A malformed request is the worker's failure, logged as such.)
+        let (args, kwargs) = crate::protocol::read_request(text)?;
+        BoundArgs::bind_read(method, params, args, kwargs)
     }
 
     fn bind_read(
@@ -160,17 +163,22 @@ impl BoundArgs {
             if *next == index
                 && let Some((value, end)) = layout::read_arg::<T>(text, *at, last)
             {
-                *at = end;
-                *next += 1;
+                if last {
+                    self.state = State::Read;
+                } else {
+                    *at = end;
+                    *next += 1;
+                }
                 return Ok(value);
             }
             let text = std::mem::take(text);
             self.state = BoundArgs::bind_text(self.method, self.params, &text)?.state;
         }
-        let State::Bound(slots) = &mut self.state else {
-            unreachable!("a request that is not being read is bound");
+        let raw = match &mut self.state {
+            State::Bound(slots) => slots.get_mut(index).and_then(Option::take),
+            // Taken already, or not a parameter: as a slot taken before.
+            State::Read | State::Reading { .. } => None,
         };
-        let raw = slots.get_mut(index).and_then(Option::take);
         let text = raw.as_ref().map_or("null", |r| r.get());
         serde_json::from_str(text).map_err(|e| {
             let name = self.params.get(index).map_or("?", |p| p.name);
@@ -204,14 +212,24 @@ mod layout {
 
     /// The argument starting at `at` as a `T`, and where the next one starts: after its comma,
     /// or, for the `last`, nowhere but the end of a request laid out as clients send it.
+    ///
+    /// `None` also for what the request read whole would refuse or read otherwise, though `T`
+    /// takes it here: a value of no bytes (a `T` that reads nothing), and a control character
+    /// in the value's text (which a `T` read from a byte string does not check; it is refused
+    /// inside strings and only whitespace outside them, rare either way).
     pub(super) fn read_arg<T: DeserializeOwned>(
         text: &str,
         at: usize,
         last: bool,
     ) -> Option<(T, usize)> {
+        let start = skip_whitespace(text.as_bytes(), at);
         let mut values = serde_json::Deserializer::from_str(text.get(at..)?).into_iter::<T>();
         let value = values.next()?.ok()?;
         let end = at + values.byte_offset();
+        let read = text.as_bytes().get(start..end)?;
+        if read.is_empty() || read.iter().any(|&b| b < 0x20) {
+            return None;
+        }
         if last {
             return is_tail(text, end).then_some((value, end));
         }
@@ -268,8 +286,27 @@ mod tests {
     type Called = (i64, Option<String>, Option<Vec<serde_json::Value>>);
 
     fn bind_all(body: RequestBody) -> Result<Called, RemoteError> {
+        bind_noting(body, &mut 0)
+    }
+
+    /// As [`bind_all`], counting in `one_pass` a request read in one pass to the end.
+    fn bind_noting(body: RequestBody, one_pass: &mut usize) -> Result<Called, RemoteError> {
         let mut args = BoundArgs::bind("fuzzed", &FUZZED, body)?;
-        Ok((args.take(0)?, args.take(1)?, args.take(2)?))
+        let called = (args.take(0)?, args.take(1)?, args.take(2)?);
+        if matches!(args.state, State::Read) {
+            *one_pass += 1;
+        }
+        Ok(called)
+    }
+
+    /// What `bytes(s: CString)` is called with: a type serde reads from a byte string, which
+    /// serde_json does not check for control characters.
+    fn bind_bytes(body: RequestBody) -> Result<std::ffi::CString, RemoteError> {
+        static BYTES: [Param; 1] = [Param {
+            name: "s",
+            optional: false,
+        }];
+        BoundArgs::bind("bytes", &BYTES, body)?.take(0)
     }
 
     static FUZZED: [Param; 3] = [
@@ -294,7 +331,9 @@ mod tests {
     /// under a second.
     #[test]
     fn decoding_and_binding_survive_fuzzed_bodies() {
-        let seeds: [&[u8]; 8] = [
+        let seeds: [&[u8]; 10] = [
+            b"{\"args\": [\"a\tb\"], \"kwargs\": {}}",
+            br#"{"args": ["a\u0001b\ud800"], "kwargs": {}}"#,
             br#"{"args": [1, "two", [3.5, "x"]], "kwargs": {}}"#,
             b"{\"args\":[-7,null,[]],\"kwargs\":{}}",
             br#" { "args" : [ 2 , "\u00e9" , [ {"y": 1} ] ] , "kwargs" : { } } "#,
@@ -312,7 +351,7 @@ mod tests {
             state ^= state >> 27;
             state.wrapping_mul(0x2545_F491_4F6C_DD1D)
         };
-        let (mut requests, mut errors) = (0, 0);
+        let (mut requests, mut errors, mut one_pass) = (0, 0, 0);
         for round in 0..50_000u64 {
             let mut body = seeds[(next() % seeds.len() as u64) as usize].to_vec();
             for _ in 0..=next() % 4 {
@@ -338,8 +377,15 @@ mod tests {
                 .map_err(RemoteError::from)
                 .and_then(bind_all);
             if let Ok(unread) = RequestBody::unread(&body) {
-                let streamed = bind_all(unread);
+                let streamed = bind_noting(unread, &mut one_pass);
                 assert_eq!(read, streamed, "{:?}", String::from_utf8_lossy(&body));
+            }
+            let read_bytes = RequestBody::parse(&body)
+                .map_err(RemoteError::from)
+                .and_then(bind_bytes);
+            if let Ok(unread) = RequestBody::unread(&body) {
+                let streamed = bind_bytes(unread);
+                assert_eq!(read_bytes, streamed, "{:?}", String::from_utf8_lossy(&body));
             }
             match read {
                 Ok(_) => requests += 1,
@@ -354,10 +400,11 @@ mod tests {
             }
             let _ = crate::protocol::ReplyBody::parse(&body);
         }
-        // The fuzzing reaches both sides.
+        // The fuzzing reaches both sides, and the one-pass reading to its end.
+        eprintln!("{requests} bound, {errors} refused, {one_pass} read in one pass");
         assert!(
-            requests > 200 && errors > 10_000,
-            "{requests} bound, {errors} refused"
+            requests > 200 && errors > 10_000 && one_pass > 100,
+            "{requests} bound, {errors} refused, {one_pass} read in one pass"
         );
     }
 
@@ -441,7 +488,7 @@ mod tests {
             args.take::<Option<Vec<serde_json::Value>>>(2).unwrap(),
             Some(vec![serde_json::json!(3)])
         );
-        assert!(matches!(args.state, State::Reading { next: 3, .. }));
+        assert!(matches!(args.state, State::Read));
     }
 
     #[test]
@@ -470,6 +517,55 @@ mod tests {
         assert_eq!(
             unread(r#"{"args": [1], "kwargs": {"c": ["x"]}}"#).unwrap(),
             (1, None, Some(vec![serde_json::json!("x")]))
+        );
+    }
+
+    #[test]
+    fn what_the_request_read_whole_would_refuse_is_not_read_in_one_pass() {
+        // A raw tab in a string, which a byte-string type would take.
+        let body = RequestBody::unread(b"{\"args\": [\"a\tb\"], \"kwargs\": {}}").unwrap();
+        let error = bind_bytes(body).unwrap_err();
+        assert_eq!(error.exc_type, "MalformedRequest");
+        assert!(error.value.contains("control character"), "{}", error.value);
+        // A type that reads nothing, where there is no argument at all.
+        #[derive(Debug)]
+        struct Nothing;
+        impl<'de> serde::Deserialize<'de> for Nothing {
+            fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+                Ok(Nothing)
+            }
+        }
+        static ONE: [Param; 1] = [Param {
+            name: "n",
+            optional: false,
+        }];
+        let body = RequestBody::unread(br#"{"args": [], "kwargs": {}}"#).unwrap();
+        let error = BoundArgs::bind("nothing", &ONE, body)
+            .and_then(|mut args| args.take::<Nothing>(0))
+            .unwrap_err();
+        assert_eq!(
+            error.value,
+            "nothing() missing 1 required positional argument: 'n'"
+        );
+    }
+
+    #[test]
+    fn a_body_that_does_not_open_as_clients_send_it_is_read_at_once() {
+        assert!(matches!(
+            RequestBody::unread(br#"{"args": [1], "kwargs": {}}"#)
+                .unwrap()
+                .repr,
+            BodyRepr::Unread(_)
+        ));
+        assert!(matches!(
+            RequestBody::unread(br#"{"kwargs": {}, "args": [1]}"#)
+                .unwrap()
+                .repr,
+            BodyRepr::Read { .. }
+        ));
+        assert_eq!(
+            RequestBody::unread(b"{nope").unwrap_err().to_string(),
+            "Request body is not valid JSON: key must be a string at line 1 column 2"
         );
     }
 

@@ -122,11 +122,13 @@ impl LoggedArguments {
     }
 }
 
-/// What is shown of a body that is not what it should be: nothing of it when it may hold a
-/// sensitive argument.
+/// What is shown of a body that is not what it should be: its beginning and end, or nothing of
+/// it when it may hold a sensitive argument.
 fn unreadable(body: &[u8], sensitive: &[&str]) -> Value {
     if sensitive.is_empty() {
-        Value::from(String::from_utf8_lossy(body))
+        Value::from(crate::protocol::shorten(
+            String::from_utf8_lossy(body).into_owned(),
+        ))
     } else {
         Value::from(format!("({} bytes, not JSON)", body.len()))
     }
@@ -225,6 +227,12 @@ mod tests {
         assert_eq!(args.shown, json!({"form": "(18 bytes, not JSON)"}));
         let args = event_arguments(b"hello", "text", &[]);
         assert_eq!(args.shown, json!({"text": "hello"}));
+        // A huge one is cut: a log line is not the place for all of it.
+        let huge = format!("{{\"args\": [\"{}", "x".repeat(100_000));
+        let args = rpc_arguments(huge.as_bytes(), &["a"], &[]);
+        let shown = args.shown["body"].as_str().unwrap_or_default();
+        assert!(shown.len() <= 600, "{}", shown.len());
+        assert!(shown.starts_with(r#"{"args": ["xxx"#), "{shown}");
     }
 
     #[test]
