@@ -154,8 +154,9 @@ pub struct RequestBody {
 /// What a [`RequestBody`] holds.
 #[derive(Debug)]
 pub(crate) enum BodyRepr {
-    /// A request as it came (UTF-8, opening with `{"args": [`), read when it is bound.
-    Unread(String),
+    /// A request as it came (UTF-8, opening with `{"args": [`), read when it is bound; `args_at`
+    /// is where its first argument starts.
+    Unread { text: String, args_at: usize },
     /// Arguments read or given one by one.
     Read {
         args: Vec<Box<RawValue>>,
@@ -236,9 +237,12 @@ impl RequestBody {
     pub(crate) fn unread(body: &[u8]) -> Result<RequestBody, MalformedRequest> {
         let text =
             std::str::from_utf8(body).map_err(|e| MalformedRequest::NotJson(e.to_string()))?;
-        if crate::rpc::args::opens_as_sent(text) {
+        if let Some(args_at) = crate::rpc::args::args_start(text) {
             return Ok(RequestBody {
-                repr: BodyRepr::Unread(text.to_owned()),
+                repr: BodyRepr::Unread {
+                    text: text.to_owned(),
+                    args_at,
+                },
             });
         }
         let (args, kwargs) = read_request(text)?;
@@ -258,7 +262,7 @@ impl RequestBody {
     /// The arguments read, for adding to: a malformed unread request has none (only the RPC
     /// entrypoint makes unread ones, and hands them straight to the method).
     fn read_now(&mut self) -> &mut Self {
-        if let BodyRepr::Unread(text) = &self.repr {
+        if let BodyRepr::Unread { text, .. } = &self.repr {
             let (args, kwargs) = read_request(text).unwrap_or_default();
             self.repr = BodyRepr::Read { args, kwargs };
         }
