@@ -143,9 +143,10 @@ pub type Headers = BTreeMap<String, Value>;
 /// Build one with [`new`](Self::new), [`arg`](Self::arg) and [`kwarg`](Self::kwarg), or read
 /// one with [`parse`](Self::parse). Arguments stay raw JSON until they are bound to a method's
 /// parameters, so each one is parsed once, straight into its Rust type. A request the RPC
-/// entrypoint receives is not even read before then: a well-formed one is read in a single
-/// pass as the parameters are bound, and anything else is read again to say what is wrong with
-/// it (`MalformedRequest`, `IncorrectSignature`).
+/// entrypoint receives that opens as clients send them (`{"args": [`) is not even read before
+/// then: laid out as clients send it, with one positional argument per parameter, it is read
+/// in a single pass as the parameters are bound, and anything else is read again to bind it or
+/// say what is wrong with it (`MalformedRequest`, `IncorrectSignature`).
 #[derive(Debug, Default)]
 pub struct RequestBody {
     pub(crate) repr: BodyRepr,

@@ -260,8 +260,9 @@ impl RpcHandler {
                 method.to_owned(),
             )));
         };
-        // Read when the method's parameters are bound (`BoundArgs`): in one pass if the
-        // request is well-formed, and then a `MalformedRequest` if it is not.
+        // A body that opens as clients send them is read when the method's parameters are
+        // bound (`BoundArgs`), in one pass if it is laid out as they send it; any other is read
+        // now, and refused here if malformed.
         let content_type = delivery.properties.content_type.as_deref();
         let body = match content_type {
             _ if protocol::is_json(content_type) => RequestBody::unread(&delivery.body),
