@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
-use crate::protocol::{BodyRepr, RemoteError, RequestBody};
+use crate::protocol::{BodyRepr, RemoteError, RequestBody, layout};
 
 /// One parameter of an RPC method, as the macro describes it.
 #[derive(Debug, Clone, Copy)]
@@ -41,12 +41,6 @@ enum State {
     /// A request read in one pass, every parameter taken (its text dropped: the method may
     /// run for long).
     Read,
-}
-
-/// Where the first argument starts, if the request opens as clients send them, `{"args": [`:
-/// the RPC entrypoint leaves those unread until they are bound.
-pub(crate) fn args_start(text: &str) -> Option<usize> {
-    layout::args_start(text)
 }
 
 fn incorrect_signature(message: String) -> RemoteError {
@@ -193,77 +187,6 @@ impl BoundArgs {
                 self.method
             )))
         })
-    }
-}
-
-/// The layout of a request as clients send it, `{"args": [a, b], "kwargs": {}}` with any JSON
-/// whitespace, recognised byte by byte around the arguments; serde_json parses each argument.
-mod layout {
-    use serde::de::DeserializeOwned;
-
-    /// Where the first argument starts, if the request opens with `{"args": [`.
-    pub(super) fn args_start(text: &str) -> Option<usize> {
-        expect(text, 0, &[b"{", b"\"args\"", b":", b"["])
-    }
-
-    /// Whether the request ends at `at` with `], "kwargs": {}}` (and whitespace).
-    pub(super) fn is_tail(text: &str, at: usize) -> bool {
-        expect(
-            text,
-            at,
-            &[b"]", b",", b"\"kwargs\"", b":", b"{", b"}", b"}"],
-        )
-        .is_some_and(|end| skip_whitespace(text.as_bytes(), end) == text.len())
-    }
-
-    /// The argument starting at `at` as a `T`, and where the next one starts: after its comma,
-    /// or, for the `last`, nowhere but the end of a request laid out as clients send it.
-    ///
-    /// `None` also for what the request read whole would refuse or read otherwise, though `T`
-    /// takes it here: a value of no bytes (a `T` that reads nothing), and a control character
-    /// in the value's text (which a `T` read from a byte string does not check; it is refused
-    /// inside strings and only whitespace outside them, rare either way).
-    pub(super) fn read_arg<T: DeserializeOwned>(
-        text: &str,
-        at: usize,
-        last: bool,
-    ) -> Option<(T, usize)> {
-        let start = skip_whitespace(text.as_bytes(), at);
-        let mut values = serde_json::Deserializer::from_str(text.get(at..)?).into_iter::<T>();
-        let value = values.next()?.ok()?;
-        let end = at + values.byte_offset();
-        let read = text.as_bytes().get(start..end)?;
-        // (The smallest byte: a loop the compiler vectorises, where a search would stop at
-        // each byte to test it.)
-        match read.iter().copied().min() {
-            Some(smallest) if smallest >= 0x20 => {}
-            _ => return None,
-        }
-        if last {
-            return is_tail(text, end).then_some((value, end));
-        }
-        let next = expect(text, end, &[b","])?;
-        Some((value, next))
-    }
-
-    /// Where `tokens` end, if they follow `at` in order with only whitespace around them.
-    fn expect(text: &str, mut at: usize, tokens: &[&[u8]]) -> Option<usize> {
-        let bytes = text.as_bytes();
-        for token in tokens {
-            at = skip_whitespace(bytes, at);
-            if !bytes.get(at..)?.starts_with(token) {
-                return None;
-            }
-            at += token.len();
-        }
-        Some(at)
-    }
-
-    fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
-        while matches!(bytes.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            at += 1;
-        }
-        at
     }
 }
 
