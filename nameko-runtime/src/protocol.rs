@@ -100,17 +100,22 @@ pub fn event_queue_name(
 
 /// A call id: `<service>.<method>.<uuid4>`.
 pub fn new_call_id(service: &str, method: &str) -> String {
-    let mut id = String::with_capacity(service.len() + method.len() + 38);
-    id.push_str(service);
-    id.push('.');
-    id.push_str(method);
-    id.push('.');
-    id.push_str(
-        uuid::Uuid::new_v4()
-            .hyphenated()
+    call_id(service, method, uuid::Uuid::new_v4())
+}
+
+/// The call id `<service>.<method>.<id>`, for a fresh `id` (a standalone client's call uses
+/// its correlation id's, unique to the call as well).
+pub(crate) fn call_id(service: &str, method: &str, id: uuid::Uuid) -> String {
+    let mut call_id = String::with_capacity(service.len() + method.len() + 38);
+    call_id.push_str(service);
+    call_id.push('.');
+    call_id.push_str(method);
+    call_id.push('.');
+    call_id.push_str(
+        id.hyphenated()
             .encode_lower(&mut uuid::Uuid::encode_buffer()),
     );
-    id
+    call_id
 }
 
 /// Who receives an event (Nameko's `handler_type`).
@@ -345,7 +350,10 @@ pub fn encode_request<A: Serialize + ?Sized, K: Serialize + ?Sized>(
     let start = body.len();
     serde_json::to_writer(&mut body, args)?;
     match &body[start..] {
-        b"null" => body.splice(start.., *b"[]").for_each(drop),
+        b"null" => {
+            body.truncate(start);
+            body.extend_from_slice(b"[]");
+        }
         list if list.starts_with(b"[") => {}
         other => return Err(ArgumentsError::NotAList(lossy_prefix(other))),
     }
@@ -353,7 +361,10 @@ pub fn encode_request<A: Serialize + ?Sized, K: Serialize + ?Sized>(
     let start = body.len();
     serde_json::to_writer(&mut body, kwargs)?;
     match &body[start..] {
-        b"null" => body.splice(start.., *b"{}").for_each(drop),
+        b"null" => {
+            body.truncate(start);
+            body.extend_from_slice(b"{}");
+        }
         map if map.starts_with(b"{") => {}
         other => return Err(ArgumentsError::NotAnObject(lossy_prefix(other))),
     }

@@ -11,6 +11,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -285,13 +286,15 @@ impl ClusterRpcClient {
         }
     }
 
-    fn headers(&self) -> protocol::Headers {
+    /// The headers of the call with `correlation_id`.
+    fn headers(&self, correlation_id: uuid::Uuid) -> protocol::Headers {
         let mut headers = match WorkerContext::current() {
             Some(worker) => worker.outgoing_headers(),
             None => {
                 let mut headers = protocol::Headers::new();
                 if self.core.standalone {
-                    let call_id = protocol::new_call_id(protocol::STANDALONE_PROXY_NAME, "call");
+                    let call_id =
+                        protocol::call_id(protocol::STANDALONE_PROXY_NAME, "call", correlation_id);
                     headers.insert(
                         protocol::CALL_ID_STACK_HEADER.to_owned(),
                         Value::Array(vec![Value::String(call_id)]),
@@ -300,9 +303,27 @@ impl ClusterRpcClient {
                 headers
             }
         };
-        headers.extend(protocol::headers_from_context(self.context_data.iter()));
+        if !self.context_data.is_empty() {
+            headers.extend(protocol::headers_from_context(self.context_data.iter()));
+        }
         crate::trace::inject(&mut headers);
         headers
+    }
+
+    /// The broker's transport and the reply queue once the client is connected, if it is by
+    /// `deadline`.
+    async fn link_by(&self, deadline: Instant) -> Result<(SharedTransport, Arc<str>), RpcError> {
+        match tokio::time::timeout_at(deadline, self.core.transport()).await {
+            Ok(link) => link,
+            // A call that could not even be sent says why, rather than only that time ran out.
+            Err(_) => Err(match self.core.disconnected() {
+                Some(reason) => RpcError::Transport(TransportError::Connection(format!(
+                    "not connected to the broker within {:?}: {reason}",
+                    self.timeout
+                ))),
+                None => RpcError::Timeout(self.timeout),
+            }),
+        }
     }
 
     /// Sends a request body to `service.method` and returns the raw reply body.
@@ -327,22 +348,8 @@ impl ClusterRpcClient {
                 .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
             let (transport, reply_to) = match self.core.link_now() {
                 Some(link) => link?,
-                None => match tokio::time::timeout_at(deadline, self.core.transport()).await {
-                    Ok(link) => link?,
-                    // A call that could not even be sent says why, rather than only that
-                    // time ran out.
-                    Err(_) => {
-                        return Err(match self.core.disconnected() {
-                            Some(reason) => {
-                                RpcError::Transport(TransportError::Connection(format!(
-                                    "not connected to the broker within {:?}: {reason}",
-                                    self.timeout
-                                )))
-                            }
-                            None => RpcError::Timeout(self.timeout),
-                        });
-                    }
-                },
+                // Boxed: rare, and its timer must not enlarge every call's future.
+                None => Box::pin(self.link_by(deadline)).await?,
             };
             let correlation_id = uuid::Uuid::new_v4();
             let (tx, mut rx) = oneshot::channel();
@@ -370,7 +377,7 @@ impl ClusterRpcClient {
                             .encode_lower(&mut uuid::Uuid::encode_buffer()),
                     )),
                     reply_to: Some(String::from(&*reply_to)),
-                    headers: self.headers(),
+                    headers: self.headers(correlation_id),
                     priority: Some(self.priority),
                     expiration: self.expiration,
                     ..Properties::nameko_json()
@@ -499,16 +506,15 @@ impl ServiceProxy {
         A: Serialize,
         K: Serialize,
     {
-        // Serialised now: the arguments are not part of the future.
-        let body = protocol::encode_request(&args, &kwargs)
-            .map_err(|e| RpcError::Serialization(format!("arguments: {e}")));
-        let call = async move {
-            match body {
-                Ok(body) => match self.client.request(&self.service, method, body).await {
-                    Ok(reply) => decode(&reply),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
+        // Serialised now: the arguments are not part of the future, nor is an error.
+        let call = match protocol::encode_request(&args, &kwargs) {
+            Ok(body) => Either::Left(async move {
+                let reply = self.client.request(&self.service, method, body).await?;
+                decode(&reply)
+            }),
+            Err(e) => {
+                let error = RpcError::Serialization(format!("arguments: {e}"));
+                Either::Right(async move { Err(error) })
             }
         };
         // A `map`, not an `async` block: that would hold the call's state twice.

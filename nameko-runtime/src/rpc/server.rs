@@ -7,6 +7,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
 use crate::context::Incoming;
 use crate::discovery::{RpcMethod, ServiceDescription};
 use crate::error::Error;
@@ -152,6 +154,13 @@ fn encode_reply(reply: Result<Vec<u8>, RemoteError>) -> Vec<u8> {
     }
 }
 
+/// A request's answer where no worker runs, as [`RpcHandler::start`] returns a worker's.
+fn answered<'a>(
+    answer: Result<Vec<u8>, RemoteError>,
+) -> BoxFuture<'a, Option<Result<Vec<u8>, RemoteError>>> {
+    Box::pin(std::future::ready(Some(answer)))
+}
+
 /// How many times a reply is published before the request is given up (the method never runs
 /// twice for one delivery).
 const REPLY_PUBLISH_ATTEMPTS: u32 = 3;
@@ -191,7 +200,9 @@ impl RpcHandler {
                     "RPC request without correlation_id: its caller cannot match the reply"
                 );
             }
-            let Some(reply) = self.call(&delivery, slot).await else {
+            // Only the worker's boxed future is held across the wait: this future is spawned
+            // for every request, and moved and copied whole.
+            let Some(reply) = self.start(&delivery, slot).await else {
                 // Killed: neither answered nor acknowledged; the broker redelivers it.
                 return;
             };
@@ -237,13 +248,14 @@ impl RpcHandler {
         }
     }
 
-    /// Finds the method, reads the request and runs the worker: the reply, or `None` if the
-    /// service was killed meanwhile.
-    async fn call(
-        &self,
-        delivery: &Delivery,
+    /// Finds the method, reads the request and starts the worker: its future, the reply or
+    /// `None` if the service was killed meanwhile. Where no worker runs (no such method, a
+    /// malformed request, the service's description), the answer.
+    fn start<'a>(
+        &'a self,
+        delivery: &'a Delivery,
         slot: WorkerSlot,
-    ) -> Option<Result<Vec<u8>, RemoteError>> {
+    ) -> BoxFuture<'a, Option<Result<Vec<u8>, RemoteError>>> {
         let service = self.service;
         let method = delivery
             .routing_key
@@ -252,10 +264,10 @@ impl RpcHandler {
             .unwrap_or(&delivery.routing_key);
         let Some(entrypoint) = self.methods.iter().find(|e| e.method().name() == method) else {
             if method == protocol::DESCRIBE_METHOD {
-                return Some(self.describe());
+                return answered(self.describe());
             }
             tracing::warn!(service, %method, "MethodNotFound");
-            return Some(Err(RemoteError::nameko(
+            return answered(Err(RemoteError::nameko(
                 "MethodNotFound",
                 method.to_owned(),
             )));
@@ -275,13 +287,11 @@ impl RpcHandler {
             Ok(body) => body,
             Err(e) => {
                 tracing::warn!(service, %method, error = %e, "MalformedRequest");
-                return Some(Err(e.into()));
+                return answered(Err(e.into()));
             }
         };
         let incoming = Incoming::from_headers(&delivery.properties.headers);
-        entrypoint
-            .run_worker_from(slot, body, incoming, Some(&delivery.body))
-            .await
+        entrypoint.run_worker_from(slot, body, incoming, Some(&delivery.body))
     }
 
     /// The service's description, the answer to [`protocol::DESCRIBE_METHOD`] (no worker runs).

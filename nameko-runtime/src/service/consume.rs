@@ -190,20 +190,35 @@ impl<H: DeliveryHandler> Admission<H> {
     /// Gives `delivery` up (and `None`) if it was delivered too often. Once per delivery: each
     /// call counts a redelivery.
     fn check(&self, delivery: Delivery) -> Option<Delivery> {
-        if delivery.redelivered {
-            let count = super::redelivery::redeliveries(&self.queue, &delivery);
-            if count > self.max_redeliveries {
-                let reason = format!(
-                    "delivered {} times without being settled (MAX_REDELIVERIES is {})",
-                    count.saturating_add(1),
-                    self.max_redeliveries
-                );
-                let give_up = self.handler.clone().give_up(delivery, reason);
-                self.spawn(give_up);
-                return None;
+        match self.too_often(&delivery) {
+            Some(reason) => {
+                self.give_up(delivery, reason);
+                None
             }
+            None => Some(delivery),
         }
-        Some(delivery)
+    }
+
+    /// Why `delivery` is given up, if it was delivered too often (and counted, if it was
+    /// delivered before). Looked at by reference: a delivery is large, and most are not.
+    fn too_often(&self, delivery: &Delivery) -> Option<String> {
+        if !delivery.redelivered {
+            return None;
+        }
+        let count = super::redelivery::redeliveries(&self.queue, delivery);
+        (count > self.max_redeliveries).then(|| {
+            format!(
+                "delivered {} times without being settled (MAX_REDELIVERIES is {})",
+                count.saturating_add(1),
+                self.max_redeliveries
+            )
+        })
+    }
+
+    /// Hands `delivery` to the handler's `give_up`, as a task of the service.
+    fn give_up(&self, delivery: Delivery, reason: String) {
+        let give_up = self.handler.clone().give_up(delivery, reason);
+        self.spawn(give_up);
     }
 
     /// Runs `task` as a task of the service, on its runtime.
@@ -232,9 +247,10 @@ impl<H: DeliveryHandler> Admission<H> {
             && !self.cx.is_stopping()
             && !SPAWNING.get();
         if start_now {
-            let Some(delivery) = self.check(delivery) else {
+            if let Some(reason) = self.too_often(&delivery) {
+                self.give_up(delivery, reason);
                 return;
-            };
+            }
             match self.cx.try_worker_slot() {
                 Some(slot) => self.spawn(self.handler.clone().handle(delivery, slot)),
                 None => waiting.push(delivery, true),

@@ -408,7 +408,7 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput, H: CallMethod<S, I, O>> Method
         // The worker first: the kill switch is only looked at while the worker waits. What
         // follows it is synchronous, so a `map` rather than an `async` block, which would hold
         // the worker's state twice.
-        worker::Killable::new(worker, cx.kill_token().cancelled()).map(move |outcome| {
+        worker::Killable::new(worker, cx.kill_token()).map(move |outcome| {
             let _slot = slot;
             let outcome = outcome?;
             match outcome.failure() {

@@ -198,8 +198,7 @@ impl ServiceContext {
     ) -> impl Future<Output = ()> + Send + 'static {
         // The task first: one done at its first poll (most are, on the embedded broker) never
         // waits on the kill switch; a kill drops the others at their next wait.
-        let kill = self.inner.shared.kill.clone().cancelled_owned();
-        super::worker::Killable::new(task, kill).map(drop)
+        super::worker::Killable::new(task, self.inner.shared.kill.clone()).map(drop)
     }
 
     /// `future`, tracked as part of the service: a stop waits for it (as for the workers, up

@@ -1,11 +1,15 @@
 //! The one path of every worker: its context and span, the dependencies' worker hooks around
 //! the method, panics caught, entrypoint waiters told; and how a failure is logged.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures_util::FutureExt;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::arguments::LoggedArguments;
 use super::container::Shared;
@@ -16,37 +20,45 @@ use crate::error::Error;
 use crate::protocol::RemoteError;
 
 pin_project_lite::pin_project! {
-    /// A future a kill drops: its output, or `None` once `kill` resolves. The future is polled
-    /// first, so one done at its first poll never registers with the kill switch. Written out
-    /// rather than `tokio::select!` in an `async` block, which would hold the future's state
-    /// twice (captured, then moved into the select).
-    pub(crate) struct Killable<F, K> {
+    /// A future a kill drops: its output, or `None` once `kill` is cancelled. The future is
+    /// polled first, so one done at its first poll never registers with the kill switch, and
+    /// the wait for the kill is made (boxed) only when the future first waits: most workers on
+    /// the embedded broker never do, and the future spawned for each is moved and copied whole.
+    /// Written out rather than `tokio::select!` in an `async` block, which would hold the
+    /// future's state twice (captured, then moved into the select).
+    pub(crate) struct Killable<F, T> {
         #[pin]
         future: F,
-        #[pin]
-        kill: K,
+        kill: T,
+        waiting: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     }
 }
 
-impl<F, K> Killable<F, K> {
-    /// `future`, dropped when `kill` resolves.
-    pub(crate) fn new(future: F, kill: K) -> Self {
-        Killable { future, kill }
+impl<F, T: Borrow<CancellationToken>> Killable<F, T> {
+    /// `future`, dropped when `kill` is cancelled.
+    pub(crate) fn new(future: F, kill: T) -> Self {
+        Killable {
+            future,
+            kill,
+            waiting: None,
+        }
     }
 }
 
-impl<F: Future, K: Future<Output = ()>> Future for Killable<F, K> {
+impl<F: Future, T: Borrow<CancellationToken>> Future for Killable<F, T> {
     type Output = Option<F::Output>;
 
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let std::task::Poll::Ready(output) = this.future.poll(cx) {
-            return std::task::Poll::Ready(Some(output));
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Some(output));
         }
-        this.kill.poll(cx).map(|()| None)
+        let kill: &CancellationToken = (*this.kill).borrow();
+        this.waiting
+            .get_or_insert_with(|| Box::pin(kill.clone().cancelled_owned()))
+            .as_mut()
+            .poll(cx)
+            .map(|()| None)
     }
 }
 
@@ -201,16 +213,16 @@ mod tests {
         let kill = CancellationToken::new();
         kill.cancel();
         // Done at its first poll: its output, even with the kill switch already thrown.
-        assert_eq!(Killable::new(async { 7 }, kill.cancelled()).await, Some(7));
+        assert_eq!(Killable::new(async { 7 }, &kill).await, Some(7));
         // Waiting: dropped by the kill.
         let waiting = std::future::pending::<u32>();
-        assert_eq!(Killable::new(waiting, kill.cancelled()).await, None);
+        assert_eq!(Killable::new(waiting, &kill).await, None);
         // Not killed: it runs to its end.
         let alive = CancellationToken::new();
         let later = async {
             tokio::task::yield_now().await;
             8
         };
-        assert_eq!(Killable::new(later, alive.cancelled()).await, Some(8));
+        assert_eq!(Killable::new(later, alive).await, Some(8));
     }
 }

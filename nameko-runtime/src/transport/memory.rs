@@ -82,13 +82,6 @@ impl Handed {
             self.more.push((handler.clone(), delivery));
         }
     }
-
-    /// Runs the handlers, in order.
-    fn run(self) {
-        for (handler, delivery) in self.first.into_iter().chain(self.more) {
-            handler(delivery);
-        }
-    }
 }
 
 /// The broker's state, locked. When it is released, the inline consumers' handlers run with
@@ -116,16 +109,24 @@ impl Drop for Locked<'_> {
         if state.handed.first.is_none() {
             return;
         }
-        let handed = std::mem::take(&mut state.handed);
         // Not while a panic unwinds: a handler's own panic would abort the process. Their
         // messages go back to their queues, and are not handed over again now: a delivery
         // dropped unsettled would come straight back here.
         if std::thread::panicking() {
+            let handed = std::mem::take(&mut state.handed);
             state.put_back(handed);
             return;
         }
+        // Taken apart rather than moved whole: a delivery is large, and each move copies it.
+        let first = state.handed.first.take();
+        let more = std::mem::take(&mut state.handed.more);
         drop(state);
-        handed.run();
+        if let Some((handler, delivery)) = first {
+            handler(delivery);
+        }
+        for (handler, delivery) in more {
+            handler(delivery);
+        }
     }
 }
 
@@ -474,12 +475,15 @@ impl State {
             }
         };
         if message.exchange.is_empty() {
-            // The default exchange: the routing key names the queue.
-            let name = message.routing_key.clone();
-            if !self.queues.contains_key(&name) {
+            // The default exchange: the routing key names the queue (copied only for a
+            // message that waits in it: most are handed straight to a consumer).
+            let Some(queue) = self.queues.get_mut(&*message.routing_key) else {
                 return unroutable(message);
+            };
+            if let Some(message) = queue.hand_over(Stored::new(message), &mut self.handed) {
+                let name = message.routing_key.clone();
+                self.queue_up(&name, message);
             }
-            self.deliver_to(&name, Stored::new(message));
             return Ok(());
         }
         let Some(exchange) = self.exchanges.get(&*message.exchange) else {
