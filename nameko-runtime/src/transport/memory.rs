@@ -806,11 +806,14 @@ impl Queue {
     /// expired at the head of the queue, taken out.
     fn dispatch(&mut self, handed: &mut Handed) -> Vec<Stored> {
         let mut expired = Vec::new();
-        let now = (self.ready.iter().any(|m| m.expires_at.is_some())).then(Instant::now);
-        if let Some(now) = now {
-            while self.ready.front().is_some_and(|m| m.expired(now)) {
-                expired.extend(self.ready.pop_front());
-            }
+        // The clock is read once, and only for a message that can expire: not a scan of the
+        // queue each time a settled message makes room.
+        let mut clock = None;
+        let mut is_expired = |message: &Stored| {
+            message.expires_at.is_some() && message.expired(*clock.get_or_insert_with(Instant::now))
+        };
+        while self.ready.front().is_some_and(&mut is_expired) {
+            expired.extend(self.ready.pop_front());
         }
         while !self.ready.is_empty() {
             let Some(index) = self.next_with_room() else {
@@ -819,7 +822,7 @@ impl Queue {
             let Some(message) = self.ready.pop_front() else {
                 return expired;
             };
-            if now.is_some_and(|now| message.expired(now)) {
+            if is_expired(&message) {
                 expired.push(message);
                 continue;
             }
