@@ -720,6 +720,17 @@ async fn slowloris_clients_are_cut_off_and_do_not_hold_the_server() {
     for _ in 0..300 {
         attackers.push(slowloris(address).await);
     }
+    // One that keeps sending a byte of its headers every 200 ms: never idle, always late.
+    let mut trickler = slowloris(address).await;
+    let trickled = std::time::Instant::now();
+    let trickling = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if trickler.write_all(b"x").await.is_err() {
+                return trickled.elapsed();
+            }
+        }
+    });
     // Normal requests are answered at once all the while.
     for _ in 0..20 {
         let started = std::time::Instant::now();
@@ -730,6 +741,16 @@ async fn slowloris_clients_are_cut_off_and_do_not_hold_the_server() {
     for attacker in &mut attackers {
         assert!(closed_by_server(attacker, Duration::from_secs(5)).await);
     }
+    // Cut off between one and one and a half timeouts after its first byte (its writes fail
+    // once the server's close is seen).
+    let cut_after = tokio::time::timeout(Duration::from_secs(10), trickling)
+        .await
+        .expect("the trickling client was not cut off")
+        .unwrap();
+    assert!(
+        cut_after >= Duration::from_secs(2) && cut_after < Duration::from_secs(5),
+        "cut off after {cut_after:?}"
+    );
     running.stop().await.unwrap();
 }
 

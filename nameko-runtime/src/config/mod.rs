@@ -51,7 +51,9 @@ pub struct Config {
     /// may have taken effect).
     pub http_request_timeout: Duration,
     /// How long a client may take to send a request's headers before the HTTP server closes
-    /// its connection (slow clients, slowloris).
+    /// its connection (slow clients, slowloris): it is closed between one and one and a half
+    /// times this after the headers' first byte. Idle connections have
+    /// [`http_idle_timeout`](Self::http_idle_timeout).
     pub http_header_read_timeout: Duration,
     /// How long an HTTP connection may stay idle (no request in progress, nothing sent or
     /// received) before the server closes it.

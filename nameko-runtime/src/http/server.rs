@@ -20,10 +20,58 @@ impl Limits {
     }
 }
 
-/// A connection's socket, counting the bytes that cross it (to tell an idle connection).
+/// What the watchdog of one connection reads: the bytes that crossed it (to tell an idle
+/// connection), the requests in progress, and since when a request's headers are being read.
+/// No clock is read per request: the watchdog counts its looks, and the headers are timed in
+/// looks.
+struct Watched {
+    bytes: std::sync::atomic::AtomicU64,
+    in_progress: std::sync::atomic::AtomicUsize,
+    /// The watchdog's looks at the headers so far, plus one.
+    looks: std::sync::atomic::AtomicU64,
+    /// `looks` when the first byte of the headers being read came; 0 while none are (between
+    /// requests, or one in progress).
+    head_since: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Watched {
+    fn default() -> Self {
+        Watched {
+            bytes: Default::default(),
+            in_progress: Default::default(),
+            looks: std::sync::atomic::AtomicU64::new(1),
+            head_since: Default::default(),
+        }
+    }
+}
+
+impl Watched {
+    /// Bytes `read` from the client: with no request in progress, they begin the next
+    /// request's headers.
+    fn read(&self, read: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.bytes.fetch_add(read as u64, Relaxed);
+        if self.in_progress.load(Relaxed) == 0 && self.head_since.load(Relaxed) == 0 {
+            self.head_since.store(self.looks.load(Relaxed), Relaxed);
+        }
+    }
+
+    /// A look at the headers, one every half timeout: whether those being read began before
+    /// the look before last, so at least a timeout ago (and at most one and a half).
+    fn head_late(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let look = self.looks.fetch_add(1, Relaxed);
+        match self.head_since.load(Relaxed) {
+            0 => false,
+            since => look.saturating_sub(since) >= 2,
+        }
+    }
+}
+
+/// A connection's socket, telling its watchdog what crosses it.
 struct Counted {
     stream: tokio::net::TcpStream,
-    bytes: Arc<std::sync::atomic::AtomicU64>,
+    watched: Arc<Watched>,
 }
 
 impl tokio::io::AsyncRead for Counted {
@@ -36,8 +84,7 @@ impl tokio::io::AsyncRead for Counted {
         let polled = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
         let read = buf.filled().len() - before;
         if read > 0 {
-            self.bytes
-                .fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
+            self.watched.read(read);
         }
         polled
     }
@@ -51,7 +98,8 @@ impl tokio::io::AsyncWrite for Counted {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.stream).poll_write(cx, data);
         if let std::task::Poll::Ready(Ok(written)) = &polled {
-            self.bytes
+            self.watched
+                .bytes
                 .fetch_add(*written as u64, std::sync::atomic::Ordering::Relaxed);
         }
         polled
@@ -64,7 +112,8 @@ impl tokio::io::AsyncWrite for Counted {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, data);
         if let std::task::Poll::Ready(Ok(written)) = &polled {
-            self.bytes
+            self.watched
+                .bytes
                 .fetch_add(*written as u64, std::sync::atomic::Ordering::Relaxed);
         }
         polled
@@ -89,6 +138,10 @@ impl tokio::io::AsyncWrite for Counted {
     }
 }
 
+/// The shortest wait between two looks of a connection's watchdog (a zero timeout must not
+/// make it spin).
+const MIN_LOOK: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Serves `dispatch` on `listener` until `stop`, then lets the requests in progress finish.
 ///
 /// HTTP/1.1 through hyper, with what a server facing the Internet needs and `axum::serve`
@@ -96,17 +149,21 @@ impl tokio::io::AsyncWrite for Counted {
 /// backlog), a client that takes longer than `header_read_timeout` to send a request's
 /// headers is disconnected (slowloris), and so is a connection idle for `idle_timeout` (no
 /// request in progress, no byte either way).
+///
+/// Both are watched by a task per connection that looks every half timeout, rather than by
+/// hyper's own header timeout, which arms a timer (and allocates) for every request of a
+/// kept-alive connection: a client is cut off between one and one and a half timeouts.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     dispatch: Dispatch,
     limits: Limits,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // The watchdog below times the headers.
     builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None::<std::time::Duration>)
         .keep_alive(true);
     let builder = Arc::new(builder);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -136,24 +193,26 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         while connections.try_join_next().is_some() {}
-        let bytes = Arc::new(AtomicU64::new(0));
-        let in_progress = Arc::new(AtomicUsize::new(0));
+        let watched = Arc::new(Watched::default());
         let io = hyper_util::rt::TokioIo::new(Counted {
             stream,
-            bytes: bytes.clone(),
+            watched: watched.clone(),
         });
         let service = {
-            let (dispatch, in_progress) = (dispatch.clone(), in_progress.clone());
+            let (dispatch, watched) = (dispatch.clone(), watched.clone());
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 /// Counts a request in progress for as long as its future lives.
-                struct InProgress(Arc<AtomicUsize>);
+                struct InProgress(Arc<Watched>);
                 impl Drop for InProgress {
                     fn drop(&mut self) {
-                        self.0.fetch_sub(1, Ordering::Relaxed);
+                        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
-                in_progress.fetch_add(1, Ordering::Relaxed);
-                let counted = InProgress(in_progress.clone());
+                // Its headers are read: what the client sends next, while it is in progress,
+                // is its body (or the next request, read once it is answered).
+                watched.in_progress.fetch_add(1, Ordering::Relaxed);
+                watched.head_since.store(0, Ordering::Relaxed);
+                let counted = InProgress(watched.clone());
                 let handled = dispatch.clone().handle(request.map(Body::new));
                 async move {
                     let response = handled.await;
@@ -163,16 +222,23 @@ pub(crate) async fn serve(
             })
         };
         let (builder, stop) = (builder.clone(), stop.clone());
-        let idle_timeout = limits.idle_timeout;
+        let (idle_timeout, head_timeout) = (limits.idle_timeout, limits.header_read_timeout);
         connections.spawn(async move {
             let _slot = slot;
-            // With upgrades: a websocket takes the connection over from HTTP.
+            // With upgrades: a websocket takes the connection over from HTTP (and this
+            // watchdog ends with the HTTP connection).
             let connection = builder.serve_connection(io, service).with_upgrades();
             tokio::pin!(connection);
             let mut closing = false;
             // Idle when neither a byte nor a request moved between two looks, half the idle
             // timeout apart: closed after between one and one and a half idle timeouts.
-            let look = idle_timeout / 2;
+            let look = (idle_timeout / 2).max(MIN_LOOK);
+            let idle_look = tokio::time::sleep(look);
+            // Headers begun more than their timeout ago, seen at a look every half timeout:
+            // the connection is dropped (closed, without an answer), as hyper would.
+            let head_look_every = (head_timeout / 2).max(MIN_LOOK);
+            let head_look = tokio::time::sleep(head_look_every);
+            tokio::pin!(idle_look, head_look);
             let mut seen = u64::MAX;
             loop {
                 tokio::select! {
@@ -182,13 +248,21 @@ pub(crate) async fn serve(
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    _ = tokio::time::sleep(look), if !closing => {
-                        let now = bytes.load(Ordering::Relaxed);
-                        if now == seen && in_progress.load(Ordering::Relaxed) == 0 {
+                    () = &mut head_look => {
+                        if watched.head_late() {
+                            tracing::debug!("closed an HTTP connection whose request headers were late");
+                            break;
+                        }
+                        head_look.as_mut().reset(tokio::time::Instant::now() + head_look_every);
+                    }
+                    () = &mut idle_look, if !closing => {
+                        let now = watched.bytes.load(Ordering::Relaxed);
+                        if now == seen && watched.in_progress.load(Ordering::Relaxed) == 0 {
                             connection.as_mut().graceful_shutdown();
                             closing = true;
                         }
                         seen = now;
+                        idle_look.as_mut().reset(tokio::time::Instant::now() + look);
                     }
                 }
             }
