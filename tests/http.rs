@@ -720,6 +720,18 @@ async fn slowloris_clients_are_cut_off_and_do_not_hold_the_server() {
     for _ in 0..300 {
         attackers.push(slowloris(address).await);
     }
+    // One that never sends a byte, and one that says nothing after its first request's
+    // response: both wait for headers as long.
+    let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut answered = tokio::net::TcpStream::connect(address).await.unwrap();
+    answered
+        .write_all(b"GET /name/once HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = answered.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let waiting = std::time::Instant::now();
     // One that keeps sending a byte of its headers every 200 ms: never idle, always late.
     let mut trickler = slowloris(address).await;
     let trickled = std::time::Instant::now();
@@ -741,6 +753,9 @@ async fn slowloris_clients_are_cut_off_and_do_not_hold_the_server() {
     for attacker in &mut attackers {
         assert!(closed_by_server(attacker, Duration::from_secs(5)).await);
     }
+    assert!(closed_by_server(&mut silent, Duration::from_secs(5)).await);
+    assert!(closed_by_server(&mut answered, Duration::from_secs(5)).await);
+    assert!(waiting.elapsed() >= Duration::from_secs(2));
     // Cut off between one and one and a half timeouts after its first byte (its writes fail
     // once the server's close is seen).
     let cut_after = tokio::time::timeout(Duration::from_secs(10), trickling)

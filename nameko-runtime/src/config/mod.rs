@@ -50,10 +50,10 @@ pub struct Config {
     /// to its end, still counted in `max_workers`, and its dependencies' hooks run: the request
     /// may have taken effect).
     pub http_request_timeout: Duration,
-    /// How long a client may take to send a request's headers before the HTTP server closes
-    /// its connection (slow clients, slowloris): it is closed between one and one and a half
-    /// times this after the headers' first byte. Idle connections have
-    /// [`http_idle_timeout`](Self::http_idle_timeout).
+    /// How long an HTTP connection may wait for a request's headers before the server drops
+    /// it (slow clients, slowloris): from its opening, and from when the previous request's
+    /// body was let go and its response sent. It goes between one and one and a half times
+    /// this after the wait began.
     pub http_header_read_timeout: Duration,
     /// How long an HTTP connection may stay idle (no request in progress, nothing sent or
     /// received) before the server closes it.

@@ -21,16 +21,18 @@ impl Limits {
 }
 
 /// What the watchdog of one connection reads: the bytes that crossed it (to tell an idle
-/// connection), the requests in progress, and since when a request's headers are being read.
-/// No clock is read per request: the watchdog counts its looks, and the headers are timed in
-/// looks.
+/// connection), the requests in progress, and since when the connection waits for a request's
+/// headers. No clock is read per request: the watchdog counts its looks, and the wait is timed
+/// in looks.
 struct Watched {
     bytes: std::sync::atomic::AtomicU64,
+    /// Request and response bodies alive ([`InProgress`]): a request is in progress from its
+    /// headers until its body is let go and its response sent.
     in_progress: std::sync::atomic::AtomicUsize,
     /// The watchdog's looks at the headers so far, plus one.
     looks: std::sync::atomic::AtomicU64,
-    /// `looks` when the first byte of the headers being read came; 0 while none are (between
-    /// requests, or one in progress).
+    /// `looks` when the connection began waiting for a request's headers (at its opening, or
+    /// once nothing was in progress any more); 0 while a request is in progress.
     head_since: std::sync::atomic::AtomicU64,
 }
 
@@ -40,24 +42,16 @@ impl Default for Watched {
             bytes: Default::default(),
             in_progress: Default::default(),
             looks: std::sync::atomic::AtomicU64::new(1),
-            head_since: Default::default(),
+            // A new connection waits for its first request's headers.
+            head_since: std::sync::atomic::AtomicU64::new(1),
         }
     }
 }
 
 impl Watched {
-    /// Bytes `read` from the client: with no request in progress, they begin the next
-    /// request's headers.
-    fn read(&self, read: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.bytes.fetch_add(read as u64, Relaxed);
-        if self.in_progress.load(Relaxed) == 0 && self.head_since.load(Relaxed) == 0 {
-            self.head_since.store(self.looks.load(Relaxed), Relaxed);
-        }
-    }
-
-    /// A look at the headers, one every half timeout: whether those being read began before
-    /// the look before last, so at least a timeout ago (and at most one and a half).
+    /// A look at the headers, one every half timeout: whether the connection has waited for
+    /// them since before the look before last, so at least a timeout (and at most one and a
+    /// half).
     fn head_late(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         let look = self.looks.fetch_add(1, Relaxed);
@@ -65,6 +59,58 @@ impl Watched {
             0 => false,
             since => look.saturating_sub(since) >= 2,
         }
+    }
+}
+
+/// Part of a request in progress on a connection, for as long as it lives.
+struct InProgress(Arc<Watched>);
+
+impl InProgress {
+    fn new(watched: &Arc<Watched>) -> InProgress {
+        watched
+            .in_progress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InProgress(watched.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.0.in_progress.fetch_sub(1, Relaxed) == 1 {
+            // Nothing in progress any more: the connection waits for the next headers.
+            self.0.head_since.store(self.0.looks.load(Relaxed), Relaxed);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's or a response's body, counted as in progress until it is dropped: a
+    /// request's when its handler lets it go, a response's once hyper has sent it.
+    struct Tracked<B> {
+        #[pin]
+        body: B,
+        in_progress: InProgress,
+    }
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -84,7 +130,9 @@ impl tokio::io::AsyncRead for Counted {
         let polled = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
         let read = buf.filled().len() - before;
         if read > 0 {
-            self.watched.read(read);
+            self.watched
+                .bytes
+                .fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
         }
         polled
     }
@@ -146,13 +194,14 @@ const MIN_LOOK: std::time::Duration = std::time::Duration::from_millis(10);
 ///
 /// HTTP/1.1 through hyper, with what a server facing the Internet needs and `axum::serve`
 /// does not set: at most `max_connections` connections at once (more wait in the listen
-/// backlog), a client that takes longer than `header_read_timeout` to send a request's
-/// headers is disconnected (slowloris), and so is a connection idle for `idle_timeout` (no
-/// request in progress, no byte either way).
+/// backlog), a connection that waits longer than `header_read_timeout` for a request's
+/// headers is dropped (slowloris; it waits from its opening, and again once a request's body
+/// is let go and its response sent, as with hyper's own header timeout), and one idle for
+/// `idle_timeout` (no request in progress, no byte either way) is closed.
 ///
 /// Both are watched by a task per connection that looks every half timeout, rather than by
-/// hyper's own header timeout, which arms a timer (and allocates) for every request of a
-/// kept-alive connection: a client is cut off between one and one and a half timeouts.
+/// hyper's header timeout, which resets a timer for every request of a kept-alive
+/// connection: a connection goes between one and one and a half timeouts after its wait began.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     dispatch: Dispatch,
@@ -201,22 +250,22 @@ pub(crate) async fn serve(
         let service = {
             let (dispatch, watched) = (dispatch.clone(), watched.clone());
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                /// Counts a request in progress for as long as its future lives.
-                struct InProgress(Arc<Watched>);
-                impl Drop for InProgress {
-                    fn drop(&mut self) {
-                        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
-                    }
-                }
-                // Its headers are read: what the client sends next, while it is in progress,
-                // is its body (or the next request, read once it is answered).
-                watched.in_progress.fetch_add(1, Ordering::Relaxed);
+                // Its headers are read; it is in progress until its body is let go and its
+                // response sent.
+                let request = request.map(|body| {
+                    Body::new(Tracked {
+                        body,
+                        in_progress: InProgress::new(&watched),
+                    })
+                });
                 watched.head_since.store(0, Ordering::Relaxed);
-                let counted = InProgress(watched.clone());
-                let handled = dispatch.clone().handle(request.map(Body::new));
+                let responding = InProgress::new(&watched);
+                let handled = dispatch.clone().handle(request);
                 async move {
-                    let response = handled.await;
-                    drop(counted);
+                    let response = handled.await.map(|body| Tracked {
+                        body,
+                        in_progress: responding,
+                    });
                     Ok::<_, std::convert::Infallible>(response)
                 }
             })
