@@ -619,6 +619,11 @@ impl Guarded {
     async fn menu(&self) -> String {
         "menu".into()
     }
+
+    #[http("POST", "/upload")]
+    async fn upload(&self, request: Request) -> String {
+        request.body().len().to_string()
+    }
 }
 
 async fn start_guarded(configure: impl FnOnce(&mut Config) + Send + 'static) -> TestCluster {
@@ -766,6 +771,41 @@ async fn slowloris_clients_are_cut_off_and_do_not_hold_the_server() {
         cut_after >= Duration::from_secs(2) && cut_after < Duration::from_secs(5),
         "cut off after {cut_after:?}"
     );
+    running.stop().await.unwrap();
+}
+
+/// A request whose body stops coming: answered 504 when its time is up, and its connection is
+/// then closed as idle, though the request's worker still waits for the body.
+#[tokio::test]
+async fn a_connection_whose_request_body_stalls_is_closed_as_idle_after_its_504() {
+    let running = start_guarded(|c| {
+        c.http_request_timeout = Duration::from_millis(300);
+        c.http_idle_timeout = Duration::from_millis(600);
+    })
+    .await;
+    let address = running.http_address().unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(address).await.unwrap();
+    stalled
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), stalled.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 504"));
+    assert!(closed_by_server(&mut stalled, Duration::from_secs(3)).await);
+    // A whole upload is answered, on a connection of its own.
+    let mut whole = tokio::net::TcpStream::connect(address).await.unwrap();
+    whole
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let n = whole.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("10"), "{answer}");
     running.stop().await.unwrap();
 }
 

@@ -20,66 +20,120 @@ impl Limits {
     }
 }
 
-/// What the watchdog of one connection reads: the bytes that crossed it (to tell an idle
-/// connection), the requests in progress, and since when the connection waits for a request's
-/// headers. No clock is read per request: the watchdog counts its looks, and the wait is timed
-/// in looks.
+/// What the watchdog of one connection reads. No clock is read per request: the watchdog
+/// counts its looks, and the wait for headers is timed in looks.
+#[derive(Default)]
 struct Watched {
+    /// Bytes that crossed the connection either way (to tell an idle connection).
     bytes: std::sync::atomic::AtomicU64,
-    /// Request and response bodies alive ([`InProgress`]): a request is in progress from its
-    /// headers until its body is let go and its response sent.
-    in_progress: std::sync::atomic::AtomicUsize,
-    /// The watchdog's looks at the headers so far, plus one.
-    looks: std::sync::atomic::AtomicU64,
-    /// `looks` when the connection began waiting for a request's headers (at its opening, or
-    /// once nothing was in progress any more); 0 while a request is in progress.
-    head_since: std::sync::atomic::AtomicU64,
+    /// Bytes written to the client (a response may still be going out after hyper let its
+    /// body go).
+    written: std::sync::atomic::AtomicU64,
+    waits: std::sync::Mutex<Waits>,
 }
 
-impl Default for Watched {
+/// What a connection is waiting for. Under one lock: a request body may be let go on another
+/// thread (by a worker that goes on after its request timed out) as the next request begins.
+struct Waits {
+    /// Requests being answered: from their headers until hyper has their response's body.
+    answering: u32,
+    /// Request bodies held (by a handler, or a worker that goes on).
+    bodies: u32,
+    /// The watchdog's looks at the headers so far, plus one.
+    looks: u64,
+    /// `looks` when the connection began waiting for a request's headers: at its opening, or
+    /// when nothing was in progress any more, or a response's last bytes went out. 0 while it
+    /// does not wait.
+    head_since: u64,
+}
+
+impl Default for Waits {
     fn default() -> Self {
-        Watched {
-            bytes: Default::default(),
-            in_progress: Default::default(),
-            looks: std::sync::atomic::AtomicU64::new(1),
-            // A new connection waits for its first request's headers.
-            head_since: std::sync::atomic::AtomicU64::new(1),
+        // A new connection waits for its first request's headers.
+        Waits {
+            answering: 0,
+            bodies: 0,
+            looks: 1,
+            head_since: 1,
         }
     }
 }
 
 impl Watched {
-    /// A look at the headers, one every half timeout: whether the connection has waited for
-    /// them since before the look before last, so at least a timeout (and at most one and a
-    /// half).
-    fn head_late(&self) -> bool {
+    /// Bytes written to the client.
+    fn wrote(&self, written: usize) {
         use std::sync::atomic::Ordering::Relaxed;
-        let look = self.looks.fetch_add(1, Relaxed);
-        match self.head_since.load(Relaxed) {
-            0 => false,
-            since => look.saturating_sub(since) >= 2,
+        self.bytes.fetch_add(written as u64, Relaxed);
+        self.written.fetch_add(written as u64, Relaxed);
+    }
+
+    fn waits(&self) -> std::sync::MutexGuard<'_, Waits> {
+        self.waits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A request whose headers were read: in progress until its body is let go and its
+    /// response's body is in hyper's hands (the guards for both).
+    fn begin(self: &Arc<Self>) -> (InProgress, InProgress) {
+        let mut waits = self.waits();
+        waits.answering += 1;
+        waits.bodies += 1;
+        waits.head_since = 0;
+        let part = |part| InProgress {
+            watched: self.clone(),
+            part,
+        };
+        (part(Part::Body), part(Part::Answer))
+    }
+
+    /// Whether no request is being answered (for the idle timeout: a request body a worker
+    /// still reads after its request timed out does not keep the connection alive).
+    fn answering_none(&self) -> bool {
+        self.waits().answering == 0
+    }
+
+    /// A look at the headers, one every half timeout, `written` being the bytes written
+    /// at the look before: whether the connection has waited for them since before the look
+    /// before last, so at least a timeout (and at most one and a half). Bytes written since
+    /// the last look restart the wait (a response still going out).
+    fn head_late(&self, written: &mut u64) -> bool {
+        let now_written = self.written.load(std::sync::atomic::Ordering::Relaxed);
+        let mut waits = self.waits();
+        let look = waits.looks;
+        waits.looks += 1;
+        if now_written != *written {
+            *written = now_written;
+            if waits.head_since != 0 {
+                waits.head_since = look;
+            }
+            return false;
         }
+        waits.head_since != 0 && look.saturating_sub(waits.head_since) >= 2
     }
 }
 
-/// Part of a request in progress on a connection, for as long as it lives.
-struct InProgress(Arc<Watched>);
+/// Which part of a request an [`InProgress`] stands for.
+#[derive(Clone, Copy)]
+enum Part {
+    Body,
+    Answer,
+}
 
-impl InProgress {
-    fn new(watched: &Arc<Watched>) -> InProgress {
-        watched
-            .in_progress
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        InProgress(watched.clone())
-    }
+/// Part of a request in progress on a connection, for as long as it lives.
+struct InProgress {
+    watched: Arc<Watched>,
+    part: Part,
 }
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.0.in_progress.fetch_sub(1, Relaxed) == 1 {
+        let mut waits = self.watched.waits();
+        match self.part {
+            Part::Body => waits.bodies -= 1,
+            Part::Answer => waits.answering -= 1,
+        }
+        if waits.bodies == 0 && waits.answering == 0 {
             // Nothing in progress any more: the connection waits for the next headers.
-            self.0.head_since.store(self.0.looks.load(Relaxed), Relaxed);
+            waits.head_since = waits.looks;
         }
     }
 }
@@ -146,9 +200,7 @@ impl tokio::io::AsyncWrite for Counted {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.stream).poll_write(cx, data);
         if let std::task::Poll::Ready(Ok(written)) = &polled {
-            self.watched
-                .bytes
-                .fetch_add(*written as u64, std::sync::atomic::Ordering::Relaxed);
+            self.watched.wrote(*written);
         }
         polled
     }
@@ -160,9 +212,7 @@ impl tokio::io::AsyncWrite for Counted {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, data);
         if let std::task::Poll::Ready(Ok(written)) = &polled {
-            self.watched
-                .bytes
-                .fetch_add(*written as u64, std::sync::atomic::Ordering::Relaxed);
+            self.watched.wrote(*written);
         }
         polled
     }
@@ -196,7 +246,7 @@ const MIN_LOOK: std::time::Duration = std::time::Duration::from_millis(10);
 /// does not set: at most `max_connections` connections at once (more wait in the listen
 /// backlog), a connection that waits longer than `header_read_timeout` for a request's
 /// headers is dropped (slowloris; it waits from its opening, and again once a request's body
-/// is let go and its response sent, as with hyper's own header timeout), and one idle for
+/// is let go and its response's last bytes went out, as with hyper's own header timeout), and one idle for
 /// `idle_timeout` (no request in progress, no byte either way) is closed.
 ///
 /// Both are watched by a task per connection that looks every half timeout, rather than by
@@ -252,14 +302,13 @@ pub(crate) async fn serve(
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 // Its headers are read; it is in progress until its body is let go and its
                 // response sent.
+                let (reading, responding) = watched.begin();
                 let request = request.map(|body| {
                     Body::new(Tracked {
                         body,
-                        in_progress: InProgress::new(&watched),
+                        in_progress: reading,
                     })
                 });
-                watched.head_since.store(0, Ordering::Relaxed);
-                let responding = InProgress::new(&watched);
                 let handled = dispatch.clone().handle(request);
                 async move {
                     let response = handled.await.map(|body| Tracked {
@@ -280,7 +329,8 @@ pub(crate) async fn serve(
             tokio::pin!(connection);
             let mut closing = false;
             // Idle when neither a byte nor a request moved between two looks, half the idle
-            // timeout apart: closed after between one and one and a half idle timeouts.
+            // timeout apart: closed after between one and one and a half idle timeouts, and
+            // dropped half an idle timeout later if it is still there and nothing moved.
             let look = (idle_timeout / 2).max(MIN_LOOK);
             let idle_look = tokio::time::sleep(look);
             // Headers begun more than their timeout ago, seen at a look every half timeout:
@@ -288,7 +338,7 @@ pub(crate) async fn serve(
             let head_look_every = (head_timeout / 2).max(MIN_LOOK);
             let head_look = tokio::time::sleep(head_look_every);
             tokio::pin!(idle_look, head_look);
-            let mut seen = u64::MAX;
+            let (mut seen, mut written) = (u64::MAX, 0);
             loop {
                 tokio::select! {
                     biased;
@@ -298,15 +348,20 @@ pub(crate) async fn serve(
                         closing = true;
                     }
                     () = &mut head_look => {
-                        if watched.head_late() {
+                        if watched.head_late(&mut written) {
                             tracing::debug!("closed an HTTP connection whose request headers were late");
                             break;
                         }
                         head_look.as_mut().reset(tokio::time::Instant::now() + head_look_every);
                     }
-                    () = &mut idle_look, if !closing => {
+                    () = &mut idle_look => {
                         let now = watched.bytes.load(Ordering::Relaxed);
-                        if now == seen && watched.in_progress.load(Ordering::Relaxed) == 0 {
+                        if now == seen && watched.answering_none() {
+                            if closing {
+                                // Closing, and still nothing moves: hyper waits for a request
+                                // body that does not come (its request timed out). Dropped.
+                                break;
+                            }
                             connection.as_mut().graceful_shutdown();
                             closing = true;
                         }
