@@ -35,7 +35,8 @@ struct Watched {
 /// What a connection is waiting for. Under one lock: a request body may be let go on another
 /// thread (by a worker that goes on after its request timed out) as the next request begins.
 struct Waits {
-    /// Requests being answered: from their headers until hyper has their response's body.
+    /// Requests being answered: from their headers until hyper has taken their response
+    /// body's last frame (its bytes may still be going out: see `Watched::written`).
     answering: u32,
     /// Request bodies held (by a handler, or a worker that goes on).
     bodies: u32,
@@ -85,8 +86,9 @@ impl Watched {
         (part(Part::Body), part(Part::Answer))
     }
 
-    /// Whether no request is being answered (for the idle timeout: a request body a worker
-    /// still reads after its request timed out does not keep the connection alive).
+    /// Whether no request is being answered (for the idle timeout: a request body that a
+    /// worker waits for after its request timed out keeps the connection alive only while its
+    /// bytes come).
     fn answering_none(&self) -> bool {
         self.waits().answering == 0
     }
@@ -140,7 +142,8 @@ impl Drop for InProgress {
 
 pin_project_lite::pin_project! {
     /// A request's or a response's body, counted as in progress until it is dropped: a
-    /// request's when its handler lets it go, a response's once hyper has sent it.
+    /// request's when its handler lets it go, a response's once hyper has taken its last
+    /// frame.
     struct Tracked<B> {
         #[pin]
         body: B,
@@ -246,8 +249,10 @@ const MIN_LOOK: std::time::Duration = std::time::Duration::from_millis(10);
 /// does not set: at most `max_connections` connections at once (more wait in the listen
 /// backlog), a connection that waits longer than `header_read_timeout` for a request's
 /// headers is dropped (slowloris; it waits from its opening, and again once a request's body
-/// is let go and its response's last bytes went out, as with hyper's own header timeout), and one idle for
-/// `idle_timeout` (no request in progress, no byte either way) is closed.
+/// is let go and its response's last bytes went out, as with hyper's own header timeout), and
+/// one idle for `idle_timeout` (no request being answered, no byte either way) is closed, then
+/// dropped if it is still there and idle at the next look (hyper waits for a request body that
+/// stopped coming, or a client does not read its response).
 ///
 /// Both are watched by a task per connection that looks every half timeout, rather than by
 /// hyper's header timeout, which resets a timer for every request of a kept-alive
@@ -358,8 +363,9 @@ pub(crate) async fn serve(
                         let now = watched.bytes.load(Ordering::Relaxed);
                         if now == seen && watched.answering_none() {
                             if closing {
-                                // Closing, and still nothing moves: hyper waits for a request
-                                // body that does not come (its request timed out). Dropped.
+                                // Closing (idle, or stopping), and still nothing moves: hyper
+                                // waits for a request body that stopped coming, or the client
+                                // does not read its response. Dropped.
                                 break;
                             }
                             connection.as_mut().graceful_shutdown();
