@@ -774,10 +774,10 @@ async fn slowloris_clients_are_cut_off_and_do_not_hold_the_server() {
     running.stop().await.unwrap();
 }
 
-/// A request whose body stops coming: answered 504 when its time is up, and its connection is
-/// then closed as idle, though the request's worker still waits for the body.
+/// A request whose body stops coming: answered 408 when its time is up (the method never
+/// ran), and its connection closed.
 #[tokio::test]
-async fn a_connection_whose_request_body_stalls_is_closed_as_idle_after_its_504() {
+async fn a_request_whose_body_stalls_is_answered_408_and_its_connection_closed() {
     let running = start_guarded(|c| {
         c.http_request_timeout = Duration::from_millis(300);
         c.http_idle_timeout = Duration::from_millis(600);
@@ -794,7 +794,8 @@ async fn a_connection_whose_request_body_stalls_is_closed_as_idle_after_its_504(
         .await
         .expect("answered")
         .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 504"));
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(closed_by_server(&mut stalled, Duration::from_secs(3)).await);
     // A whole upload is answered, on a connection of its own.
     let mut whole = tokio::net::TcpStream::connect(address).await.unwrap();
@@ -806,6 +807,64 @@ async fn a_connection_whose_request_body_stalls_is_closed_as_idle_after_its_504(
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("10"), "{answer}");
+    running.stop().await.unwrap();
+}
+
+/// A request body trickled past its request's time limit: its read fails at the limit (408),
+/// and the worker slot is free again (the connection is not held either).
+#[tokio::test]
+async fn a_request_body_trickled_past_its_time_limit_gives_its_worker_slot_back() {
+    let running = start_guarded(|c| {
+        c.http_request_timeout = Duration::from_millis(500);
+        c.http_idle_timeout = Duration::from_millis(600);
+        c.http_header_read_timeout = Duration::from_secs(2);
+        c.max_workers = 1;
+    })
+    .await;
+    let address = running.http_address().unwrap();
+    let mut trickler = tokio::net::TcpStream::connect(address).await.unwrap();
+    trickler
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n\r\n0")
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = trickler.into_split();
+    let trickled = std::time::Instant::now();
+    let trickling = tokio::spawn(async move {
+        // A byte every 200 ms: the connection is never idle.
+        while writer.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        trickled.elapsed()
+    });
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), reader.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    // 408: the body did not all come by the request's time limit, and the method never ran.
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.ends_with("The request body did not arrive in time\n"),
+        "{answer}"
+    );
+    // The only worker slot is free: another request is answered at once.
+    let started = std::time::Instant::now();
+    assert_eq!(get(&running, "/name/next").await.body, "next");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // And the trickling connection goes.
+    let cut_after = tokio::time::timeout(Duration::from_secs(10), trickling)
+        .await
+        .expect("the trickling connection was not closed")
+        .unwrap();
+    assert!(
+        cut_after < Duration::from_secs(6),
+        "closed after {cut_after:?}"
+    );
     running.stop().await.unwrap();
 }
 

@@ -215,7 +215,8 @@ impl Dispatch {
             allowed.extend(route.methods.iter().copied());
         }
         if let Some((route, path)) = chosen {
-            let Some(body) = limit_body(body, self.0.max_body) else {
+            let deadline = started + self.0.request_timeout;
+            let Some(body) = limit_body(body, self.0.max_body, deadline) else {
                 let response = plain(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "The request body is too large\n".into(),
@@ -306,14 +307,73 @@ impl tower_service::Service<axum::extract::Request> for Dispatch {
 }
 
 /// The body, limited to `max` bytes: refused at once (`None`) when it says it is longer; read
-/// through a limit when its length is not known; as it is when it is empty (no cost for a GET).
-fn limit_body(body: Body, max: usize) -> Option<Body> {
+/// through a limit when its length is not known, and failing if it is not all there by
+/// `deadline` (the request's time limit); as it is when it is empty (no cost for a GET).
+fn limit_body(body: Body, max: usize, deadline: tokio::time::Instant) -> Option<Body> {
     use axum::body::HttpBody;
     let hint = body.size_hint();
     match hint.exact() {
         Some(0) => Some(body),
         Some(n) if n > max as u64 => None,
         _ if hint.lower() > max as u64 => None,
-        _ => Some(Body::new(http_body_util::Limited::new(body, max))),
+        _ => Some(Body::new(Deadline {
+            body: http_body_util::Limited::new(body, max),
+            deadline,
+            timer: None,
+        })),
+    }
+}
+
+/// A request body that did not all arrive within its request's time limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not all arrive within the request's time limit")]
+pub(crate) struct BodyTimedOut;
+
+pin_project_lite::pin_project! {
+    /// A request body that fails once its request's time is up. Without it, a body still
+    /// coming when its request was answered 504 would hold its worker (and its worker slot)
+    /// and its connection for as long as the client trickles it.
+    struct Deadline<B> {
+        #[pin]
+        body: B,
+        deadline: tokio::time::Instant,
+        // Made only when the body has to be waited for.
+        timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<B> axum::body::HttpBody for Deadline<B>
+where
+    B: axum::body::HttpBody<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::BoxError>>> {
+        use std::task::Poll;
+        let this = self.project();
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let deadline = *this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

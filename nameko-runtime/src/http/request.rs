@@ -163,10 +163,17 @@ impl<S: Send + Sync> FromRequest<S> for Request {
                 .map(|s| s.to_string().contains("length limit"))
                 .unwrap_or(false)
                 || e.to_string().contains("length limit");
+            let timed_out = std::iter::successors(std::error::Error::source(&e), |s| s.source())
+                .any(|s| s.is::<super::dispatch::BodyTimedOut>());
             if too_large {
                 plain(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "The request body is too large\n".into(),
+                )
+            } else if timed_out {
+                plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The request body did not arrive in time\n".into(),
                 )
             } else {
                 plain(
