@@ -48,8 +48,9 @@ pub struct Config {
     pub http_max_body_bytes: usize,
     /// How long the HTTP server lets a request run before it answers 504 (the worker goes on
     /// to its end, still counted in `max_workers`, and its dependencies' hooks run: the request
-    /// may have taken effect). Its body must all arrive within this time too: one that does
-    /// not is answered 408, and its method does not run.
+    /// may have taken effect). A request body must all arrive within this time of the first
+    /// wait for it, or its method does not run (408, or 504 if the request's own limit comes
+    /// first); the time a request waits for a worker slot does not count against its body.
     pub http_request_timeout: Duration,
     /// How long an HTTP connection may wait for a request's headers before the server drops
     /// it (slow clients, slowloris): from its opening, and from when the previous request's

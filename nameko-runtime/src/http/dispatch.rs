@@ -215,8 +215,7 @@ impl Dispatch {
             allowed.extend(route.methods.iter().copied());
         }
         if let Some((route, path)) = chosen {
-            let deadline = started + self.0.request_timeout;
-            let Some(body) = limit_body(body, self.0.max_body, deadline) else {
+            let Some(body) = limit_body(body, self.0.max_body, self.0.request_timeout) else {
                 let response = plain(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "The request body is too large\n".into(),
@@ -307,9 +306,10 @@ impl tower_service::Service<axum::extract::Request> for Dispatch {
 }
 
 /// The body, limited to `max` bytes: refused at once (`None`) when it says it is longer; read
-/// through a limit when its length is not known, and failing if it is not all there by
-/// `deadline` (the request's time limit); as it is when it is empty (no cost for a GET).
-fn limit_body(body: Body, max: usize, deadline: tokio::time::Instant) -> Option<Body> {
+/// through a limit when its length is not known, and failing if it is not all there within
+/// `timeout` (the request's time limit) of the first wait for it; as it is when it is empty
+/// (no cost for a GET).
+fn limit_body(body: Body, max: usize, timeout: std::time::Duration) -> Option<Body> {
     use axum::body::HttpBody;
     let hint = body.size_hint();
     match hint.exact() {
@@ -318,7 +318,7 @@ fn limit_body(body: Body, max: usize, deadline: tokio::time::Instant) -> Option<
         _ if hint.lower() > max as u64 => None,
         _ => Some(Body::new(Deadline {
             body: http_body_util::Limited::new(body, max),
-            deadline,
+            timeout,
             timer: None,
         })),
     }
@@ -330,14 +330,15 @@ fn limit_body(body: Body, max: usize, deadline: tokio::time::Instant) -> Option<
 pub(crate) struct BodyTimedOut;
 
 pin_project_lite::pin_project! {
-    /// A request body that fails once its request's time is up. Without it, a body still
-    /// coming when its request was answered 504 would hold its worker (and its worker slot)
-    /// and its connection for as long as the client trickles it.
+    /// A request body that fails if it is not all there within `timeout` of the first wait for
+    /// it (not of the request's start: a request may wait for a worker slot first). Without it, a body still coming when its request was answered 504 would hold
+    /// its worker (and its worker slot) and its connection for as long as the client
+    /// trickles it.
     struct Deadline<B> {
         #[pin]
         body: B,
-        deadline: tokio::time::Instant,
-        // Made only when the body has to be waited for.
+        timeout: std::time::Duration,
+        // Started when the body first has to be waited for.
         timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     }
 }
@@ -359,10 +360,10 @@ where
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        let deadline = *this.deadline;
+        let timeout = *this.timeout;
         let timer = this
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut.into()))),
             Poll::Pending => Poll::Pending,
