@@ -316,65 +316,9 @@ fn limit_body(body: Body, max: usize, timeout: std::time::Duration) -> Option<Bo
         Some(0) => Some(body),
         Some(n) if n > max as u64 => None,
         _ if hint.lower() > max as u64 => None,
-        _ => Some(Body::new(Deadline {
-            body: http_body_util::Limited::new(body, max),
+        _ => Some(Body::new(super::server::Deadline::new(
+            http_body_util::Limited::new(body, max),
             timeout,
-            timer: None,
-        })),
-    }
-}
-
-/// A request body that did not all arrive within its request's time limit.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not all arrive within the request's time limit")]
-pub(crate) struct BodyTimedOut;
-
-pin_project_lite::pin_project! {
-    /// A request body that fails if it is not all there within `timeout` of the first wait for
-    /// it (not of the request's start: a request may wait for a worker slot first). Without it, a body still coming when its request was answered 504 would hold
-    /// its worker (and its worker slot) and its connection for as long as the client
-    /// trickles it.
-    struct Deadline<B> {
-        #[pin]
-        body: B,
-        timeout: std::time::Duration,
-        // Started when the body first has to be waited for.
-        timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    }
-}
-
-impl<B> axum::body::HttpBody for Deadline<B>
-where
-    B: axum::body::HttpBody<Data = Bytes>,
-    B::Error: Into<axum::BoxError>,
-{
-    type Data = Bytes;
-    type Error = axum::BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::BoxError>>> {
-        use std::task::Poll;
-        let this = self.project();
-        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
-            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
-        }
-        let timeout = *this.timeout;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut.into()))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
+        ))),
     }
 }

@@ -164,7 +164,7 @@ impl<S: Send + Sync> FromRequest<S> for Request {
                 .unwrap_or(false)
                 || e.to_string().contains("length limit");
             let timed_out = std::iter::successors(std::error::Error::source(&e), |s| s.source())
-                .any(|s| s.is::<super::dispatch::BodyTimedOut>());
+                .any(|s| s.is::<super::server::BodyTimedOut>());
             if too_large {
                 plain(
                     StatusCode::PAYLOAD_TOO_LARGE,

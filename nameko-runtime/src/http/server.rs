@@ -171,6 +171,72 @@ impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
     }
 }
 
+/// A request body that did not all arrive within its request's time limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not all arrive within the request's time limit")]
+pub(crate) struct BodyTimedOut;
+
+pin_project_lite::pin_project! {
+    /// A request body that fails if it is not all there within `timeout` of the first wait for
+    /// it (not of the request's start: a request may wait for a worker slot first). Without it, a body still coming when its request was answered 504 would hold
+    /// its worker (and its worker slot) and its connection for as long as the client
+    /// trickles it.
+    pub(crate) struct Deadline<B> {
+        #[pin]
+        body: B,
+        timeout: std::time::Duration,
+        // Started when the body first has to be waited for.
+        timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<B> Deadline<B> {
+    /// `body`, failing if it is not all there within `timeout` of the first wait for it.
+    pub(crate) fn new(body: B, timeout: std::time::Duration) -> Self {
+        Deadline {
+            body,
+            timeout,
+            timer: None,
+        }
+    }
+}
+
+impl<B> axum::body::HttpBody for Deadline<B>
+where
+    B: axum::body::HttpBody<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::BoxError>>> {
+        use std::task::Poll;
+        let this = self.project();
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let timeout = *this.timeout;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A connection's socket, telling its watchdog what crosses it.
 struct Counted {
     stream: tokio::net::TcpStream,
