@@ -62,8 +62,8 @@ on_both_transports! {
         let mut out = message(&exchange, "svc.greet", r#"{"args": ["Tim"], "kwargs": {}}"#);
         out.properties.correlation_id = Some("corr-1".into());
         out.properties.reply_to = Some("reply-key".into());
-        out.properties.headers.insert("nameko.call_id_stack".into(), json!(["a.b.c"]));
-        out.properties.headers.insert("nameko.auth_token".into(), json!("tok"));
+        out.properties.headers.insert("nameko.call_id_stack", json!(["a.b.c"]));
+        out.properties.headers.insert("nameko.auth_token", json!("tok"));
         t.publish(out).await.unwrap();
         let d = next(&mut consumer).await;
         assert_eq!(*d.exchange, *exchange);
@@ -380,7 +380,7 @@ on_both_transports! {
         .unwrap();
         let mut consumer = t.consume(&queue, 1).await.unwrap();
         let mut m = message("", &queue, "poison");
-        m.properties.headers.insert("nameko.call_id_stack".into(), json!(["x.y.z"]));
+        m.properties.headers.insert("nameko.call_id_stack", json!(["x.y.z"]));
         t.publish(m).await.unwrap();
         next(&mut consumer).await.reject(false).await.unwrap();
         let mut dead_consumer = t.consume(&dead, 1).await.unwrap();

@@ -312,9 +312,9 @@ impl WorkerContext {
 
     /// The headers for a message sent by this worker: its context data and its call id stack.
     pub fn outgoing_headers(&self) -> Headers {
-        let mut headers = protocol::headers_from_context(&self.data);
+        let mut headers = protocol::with_context(&self.data, 1);
         headers.insert(
-            protocol::CALL_ID_STACK_HEADER.to_owned(),
+            protocol::CALL_ID_STACK_HEADER,
             Value::Array(
                 self.call_id_stack()
                     .iter()

@@ -139,8 +139,8 @@ impl fmt::Display for HandlerType {
     }
 }
 
-/// Message headers, as JSON values (AMQP field tables map onto JSON one to one).
-pub type Headers = BTreeMap<String, Value>;
+pub mod headers;
+pub use headers::{HeaderName, Headers};
 
 /// The body of an RPC request: `{"args": [...], "kwargs": {...}}`, the input of every method
 /// whose entrypoint calls it with JSON arguments.
@@ -548,13 +548,20 @@ pub fn context_from_headers(headers: &Headers) -> BTreeMap<String, Value> {
 }
 
 /// Headers for context data: each non-null value under `nameko.<key>`.
-pub fn headers_from_context<'a>(
-    data: impl IntoIterator<Item = (&'a String, &'a Value)>,
-) -> Headers {
-    data.into_iter()
-        .filter(|(_, value)| !value.is_null())
-        .map(|(key, value)| (format!("{HEADER_PREFIX}{key}"), value.clone()))
-        .collect()
+pub fn headers_from_context(data: &BTreeMap<String, Value>) -> Headers {
+    with_context(data, 0)
+}
+
+/// Headers for context data, with room for `more` headers besides.
+pub(crate) fn with_context(data: &BTreeMap<String, Value>, more: usize) -> Headers {
+    let mut entries = Vec::with_capacity(data.len() + more);
+    entries.extend(
+        data.iter()
+            .filter(|(_, value)| !value.is_null())
+            .map(|(key, value)| (format!("{HEADER_PREFIX}{key}").into(), value.clone())),
+    );
+    // A map's keys differ, and so do they with one prefix.
+    Headers::from_unique(entries)
 }
 
 /// The layout of a request as clients send it, `{"args": [a, b], "kwargs": {}}` with any JSON

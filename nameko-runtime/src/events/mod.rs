@@ -258,7 +258,7 @@ impl StandaloneEventDispatcher {
     /// headers, for the handlers' `WorkerContext`.
     pub fn with_context_data(&self, data: crate::ContextData) -> Self {
         StandaloneEventDispatcher {
-            headers: Arc::new(protocol::headers_from_context(data.iter())),
+            headers: Arc::new(protocol::headers_from_context(&data)),
             ..self.clone()
         }
     }

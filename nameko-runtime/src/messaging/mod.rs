@@ -307,7 +307,7 @@ impl Publisher {
     /// worker; a worker's own context data is sent otherwise).
     pub fn with_context_data(&self, data: ContextData) -> Self {
         Publisher {
-            headers: Arc::new(protocol::headers_from_context(data.iter())),
+            headers: Arc::new(protocol::headers_from_context(&data)),
             ..self.clone()
         }
     }

@@ -291,12 +291,12 @@ impl ClusterRpcClient {
         let mut headers = match WorkerContext::current() {
             Some(worker) => worker.outgoing_headers(),
             None => {
-                let mut headers = protocol::Headers::new();
+                let mut headers = protocol::Headers::with_capacity(1);
                 if self.core.standalone {
                     let call_id =
                         protocol::call_id(protocol::STANDALONE_PROXY_NAME, "call", correlation_id);
                     headers.insert(
-                        protocol::CALL_ID_STACK_HEADER.to_owned(),
+                        protocol::CALL_ID_STACK_HEADER,
                         Value::Array(vec![Value::String(call_id)]),
                     );
                 }
@@ -304,7 +304,7 @@ impl ClusterRpcClient {
             }
         };
         if !self.context_data.is_empty() {
-            headers.extend(protocol::headers_from_context(self.context_data.iter()));
+            headers.extend(protocol::headers_from_context(&self.context_data));
         }
         crate::trace::inject(&mut headers);
         headers

@@ -668,7 +668,7 @@ impl State {
         all.extend(others);
         properties
             .headers
-            .insert("x-death".into(), serde_json::Value::Array(all));
+            .insert("x-death", serde_json::Value::Array(all));
         // RabbitMQ takes the expiration off, so that it does not expire again at once.
         properties.expiration = None;
         let message = OutgoingMessage {

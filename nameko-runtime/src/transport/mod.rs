@@ -124,7 +124,7 @@ fn headers_match(arguments: &Headers, headers: &Headers) -> bool {
         .get("x-match")
         .is_some_and(|v| v.as_str() == Some("any"));
     let mut wanted = arguments.iter().filter(|(k, _)| !k.starts_with("x-"));
-    let matches = |(key, value): (&String, &serde_json::Value)| headers.get(key) == Some(value);
+    let matches = |(key, value): (&str, &serde_json::Value)| headers.get(key) == Some(value);
     if any {
         wanted.any(matches)
     } else {

@@ -3,6 +3,8 @@
 
 use std::borrow::Cow;
 
+use crate::protocol::HeaderName;
+
 use super::*;
 
 /// The size of a field value as AMQP encodes it (its type octet included).
@@ -57,7 +59,7 @@ pub(super) fn content_header_size(p: &BasicProperties) -> usize {
 pub(crate) fn to_field_table(headers: &Headers) -> FieldTable {
     let map: BTreeMap<ShortString, AMQPValue> = headers
         .iter()
-        .map(|(k, v)| (ShortString::from(k.as_str()), to_amqp(v)))
+        .map(|(k, v)| (ShortString::from(k), to_amqp(v)))
         .collect();
     FieldTable::from(map)
 }
@@ -92,11 +94,23 @@ pub(super) fn to_amqp(value: &Value) -> AMQPValue {
 /// Converts an AMQP field table to headers; `None` when it nests deeper than
 /// [`MAX_HEADER_DEPTH`].
 pub(crate) fn from_field_table(table: &FieldTable) -> Option<Headers> {
-    table
+    // A field table's names differ from each other, so they are taken as they come.
+    let entries = table
         .inner()
         .iter()
-        .map(|(k, v)| Some((k.as_str().to_owned(), from_amqp(v, MAX_HEADER_DEPTH)?)))
-        .collect()
+        .map(|(k, v)| Some((header_name(k.as_str()), from_amqp(v, MAX_HEADER_DEPTH)?)))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Headers::from_unique(entries))
+}
+
+/// A received header's name: the call id stack's, which nearly every message carries, without a
+/// copy.
+fn header_name(name: &str) -> HeaderName {
+    if name == crate::protocol::CALL_ID_STACK_HEADER {
+        HeaderName::Borrowed(crate::protocol::CALL_ID_STACK_HEADER)
+    } else {
+        HeaderName::Owned(name.to_owned())
+    }
 }
 
 pub(super) fn from_amqp(value: &AMQPValue, depth: usize) -> Option<Value> {
