@@ -404,9 +404,13 @@ impl ClusterRpcClient {
             };
             // Whoever sent the outcome took the entry out.
             guard.armed = false;
-            outcome.map_err(|_| {
-                RpcError::Transport(TransportError::Connection("reply listener stopped".into()))
-            })?
+            outcome
+                .map_err(|_| {
+                    RpcError::Transport(TransportError::Connection(
+                        "reply listener stopped".into(),
+                    ))
+                })?
+                .map_err(|error| *error)
         }
     }
 }
