@@ -563,7 +563,7 @@ mod on {
                 let worker = WorkerContext::with_data("svc", "m", data, 10);
                 let span = worker_span(&worker, WorkerKind::Call);
                 let mut headers = worker.outgoing_headers();
-                headers.insert("nameko.tracestate".into(), Value::from("vendor=stale"));
+                headers.insert("nameko.tracestate", Value::from("vendor=stale"));
                 span.in_scope(|| inject(&mut headers));
                 // The forwarded state went with the forwarded parent (this one had none).
                 assert!(!headers.contains_key("nameko.tracestate"));

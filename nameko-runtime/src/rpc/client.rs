@@ -406,9 +406,7 @@ impl ClusterRpcClient {
             guard.armed = false;
             outcome
                 .map_err(|_| {
-                    RpcError::Transport(TransportError::Connection(
-                        "reply listener stopped".into(),
-                    ))
+                    RpcError::Transport(TransportError::Connection("reply listener stopped".into()))
                 })?
                 .map_err(|error| *error)
         }

@@ -146,7 +146,9 @@ impl Pending {
         calls.next_sweep = next;
         drop(calls);
         for waiter in expired {
-            let _ = waiter.reply.send(Err(Box::new(RpcError::Timeout(waiter.timeout))));
+            let _ = waiter
+                .reply
+                .send(Err(Box::new(RpcError::Timeout(waiter.timeout))));
         }
         next
     }
