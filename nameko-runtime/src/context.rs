@@ -22,7 +22,7 @@ pub type ContextData = BTreeMap<String, Value>;
 #[derive(Debug, Default)]
 pub(crate) struct Incoming {
     data: ContextData,
-    parent_stack: Option<Vec<String>>,
+    parent_stack: Option<Parents>,
 }
 
 impl Incoming {
@@ -32,10 +32,23 @@ impl Incoming {
         let mut incoming = Incoming::default();
         for (key, value) in headers {
             if key == protocol::CALL_ID_STACK_HEADER {
-                incoming.parent_stack = Some(parent_stack(value));
+                incoming.parent_stack = Some(match headers.shared(key) {
+                    // A standalone client's stack, the same for all its calls: not copied.
+                    Some(shared) if shared.is_array() => Parents::Shared(shared.clone()),
+                    _ => Parents::Ids(parent_stack(value)),
+                });
             } else {
-                let key = key.strip_prefix(protocol::HEADER_PREFIX).unwrap_or(key);
-                incoming.data.insert(key.to_owned(), value.clone());
+                match key.strip_prefix(protocol::HEADER_PREFIX) {
+                    // `nameko.<key>` wins over a header named `<key>`, whichever comes first.
+                    Some(key) => {
+                        incoming.data.insert(key.to_owned(), value.clone());
+                    }
+                    None => {
+                        if !incoming.data.contains_key(key) {
+                            incoming.data.insert(key.to_owned(), value.clone());
+                        }
+                    }
+                }
             }
         }
         incoming
@@ -48,6 +61,31 @@ impl From<ContextData> for Incoming {
             data,
             parent_stack: None,
         }
+    }
+}
+
+/// The callers' call ids, oldest first, as a message brings them.
+#[derive(Debug, Clone)]
+enum Parents {
+    Ids(Vec<String>),
+    /// A `call_id_stack` list that other messages share (a standalone client's); its strings
+    /// are the ids.
+    Shared(Arc<Value>),
+}
+
+impl Parents {
+    /// The last `keep` ids.
+    fn last(&self, keep: usize) -> Vec<&str> {
+        let ids: Vec<&str> = match self {
+            Parents::Ids(ids) => ids.iter().map(String::as_str).collect(),
+            Parents::Shared(stack) => stack
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect(),
+        };
+        ids[ids.len().saturating_sub(keep)..].to_vec()
     }
 }
 
@@ -78,7 +116,7 @@ pub struct WorkerContext {
     service_name: Cow<'static, str>,
     entrypoint: Cow<'static, str>,
     /// The callers' call ids, oldest first (up to `parent_calls_tracked`, as they came).
-    parents: Vec<String>,
+    parents: Parents,
     /// How many of the callers' ids the stack keeps.
     parent_calls_tracked: usize,
     /// The callers' call ids that are kept, then this worker's own (never empty): made when
@@ -178,10 +216,11 @@ impl WorkerContext {
         } = incoming;
         let parent = match parent {
             Some(parent) => parent,
-            None => data
-                .remove(CALL_ID_STACK_KEY)
-                .map(|value| parent_stack(&value))
-                .unwrap_or_default(),
+            None => Parents::Ids(
+                data.remove(CALL_ID_STACK_KEY)
+                    .map(|value| parent_stack(&value))
+                    .unwrap_or_default(),
+            ),
         };
         WorkerContext {
             service_name,
@@ -230,10 +269,9 @@ impl WorkerContext {
     /// `parent_calls_tracked` callers' only (Nameko's `PARENT_CALLS_TRACKED`).
     pub fn call_id_stack(&self) -> &[String] {
         self.call_id_stack.get_or_init(|| {
-            let keep = self.parent_calls_tracked;
-            let parents = &self.parents[self.parents.len().saturating_sub(keep)..];
+            let parents = self.parents.last(self.parent_calls_tracked);
             let mut stack = Vec::with_capacity(parents.len() + 1);
-            stack.extend(parents.iter().cloned());
+            stack.extend(parents.into_iter().map(str::to_owned));
             stack.push(protocol::new_call_id(&self.service_name, &self.entrypoint));
             stack
         })
@@ -368,5 +406,28 @@ mod tests {
         let headers: Headers = [("nameko.call_id_stack".to_owned(), json!(5))].into();
         let ctx = WorkerContext::new("svc", "m", &headers, 10);
         assert_eq!(ctx.call_id_stack().len(), 1);
+    }
+
+    #[test]
+    fn the_prefixed_header_wins_whatever_the_order() {
+        for headers in [
+            Headers::from([("language", json!("fr")), ("nameko.language", json!("en"))]),
+            Headers::from([("nameko.language", json!("en")), ("language", json!("fr"))]),
+        ] {
+            let ctx = WorkerContext::new("svc", "m", &headers, 10);
+            assert_eq!(ctx.language(), Some("en"), "{headers:?}");
+            assert_eq!(protocol::context_from_headers(&headers)["language"], "en");
+        }
+    }
+
+    #[test]
+    fn a_shared_stack_is_read_as_the_callers_ids() {
+        let shared = Arc::new(json!(["a.b.1", 7, "c.d.2"]));
+        let mut headers = Headers::new();
+        headers.insert_shared("nameko.call_id_stack", shared);
+        let ctx = WorkerContext::new("svc", "m", &headers, 1);
+        assert_eq!(ctx.call_id_stack()[0], "c.d.2");
+        assert_eq!(ctx.call_id_stack().len(), 2);
+        assert_eq!(ctx.immediate_parent_call_id(), Some("c.d.2"));
     }
 }

@@ -100,12 +100,7 @@ pub fn event_queue_name(
 
 /// A call id: `<service>.<method>.<uuid4>`.
 pub fn new_call_id(service: &str, method: &str) -> String {
-    call_id(service, method, uuid::Uuid::new_v4())
-}
-
-/// The call id `<service>.<method>.<id>`, for a fresh `id` (a standalone client's call uses
-/// its correlation id's, unique to the call as well).
-pub(crate) fn call_id(service: &str, method: &str, id: uuid::Uuid) -> String {
+    let id = uuid::Uuid::new_v4();
     let mut call_id = String::with_capacity(service.len() + method.len() + 38);
     call_id.push_str(service);
     call_id.push('.');
@@ -536,15 +531,22 @@ pub(crate) fn shorten(text: String) -> String {
 }
 
 /// Context data carried by a message: its headers with the `nameko.` prefix removed.
-/// Headers without the prefix are kept under their own name, as Nameko does.
+/// Headers without the prefix are kept under their own name, as Nameko does; `nameko.<key>`
+/// wins over a header named `<key>`.
 pub fn context_from_headers(headers: &Headers) -> BTreeMap<String, Value> {
-    headers
-        .iter()
-        .map(|(key, value)| {
-            let key = key.strip_prefix(HEADER_PREFIX).unwrap_or(key);
-            (key.to_owned(), value.clone())
-        })
-        .collect()
+    let mut data = BTreeMap::new();
+    for (key, value) in headers {
+        match key.strip_prefix(HEADER_PREFIX) {
+            // `nameko.<key>` wins over a header named `<key>`, whichever comes first.
+            Some(key) => {
+                data.insert(key.to_owned(), value.clone());
+            }
+            None => {
+                data.entry(key.to_owned()).or_insert_with(|| value.clone());
+            }
+        }
+    }
+    data
 }
 
 /// Headers for context data: each non-null value under `nameko.<key>`.

@@ -153,7 +153,11 @@ impl Queue {
 
     /// A binding argument: on a headers exchange, a header the messages must have with this
     /// value, or `x-match` (`"all"` of them, the default, or `"any"`).
-    pub fn binding_argument(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+    pub fn binding_argument(
+        mut self,
+        name: impl Into<protocol::HeaderName>,
+        value: impl Into<Value>,
+    ) -> Self {
         self.binding_arguments.insert(name.into(), value.into());
         self
     }
@@ -413,7 +417,11 @@ impl<'a, T: Serialize + ?Sized> Publish<'a, T> {
 
     /// A header, besides the context data's (which win over one of the same name, as in
     /// Nameko).
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+    pub fn header(
+        mut self,
+        name: impl Into<crate::protocol::HeaderName>,
+        value: impl Into<Value>,
+    ) -> Self {
         self.properties.headers.insert(name.into(), value.into());
         self
     }

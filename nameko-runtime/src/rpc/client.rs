@@ -49,8 +49,9 @@ impl Drop for PendingGuard<'_> {
 struct Core {
     listener: ReplyListener,
     exchange: Arc<str>,
-    /// For standalone clients: the prefix of their call ids.
-    standalone: bool,
+    /// A standalone client's call id stack, `[standalone_rpc_proxy.call.<uuid>]`: one call id
+    /// for all its calls, as Nameko's standalone proxy has, shared by their headers.
+    standalone: Option<Arc<Value>>,
 }
 
 impl Core {
@@ -228,7 +229,10 @@ impl ClusterRpcClient {
             core: Arc::new(Core {
                 listener,
                 exchange: config.rpc_exchange.as_str().into(),
-                standalone,
+                standalone: standalone.then(|| {
+                    let call_id = protocol::new_call_id(protocol::STANDALONE_PROXY_NAME, "call");
+                    Arc::new(Value::Array(vec![Value::String(call_id)]))
+                }),
             }),
             timeout: config.rpc_timeout,
             context_data: Arc::default(),
@@ -286,19 +290,14 @@ impl ClusterRpcClient {
         }
     }
 
-    /// The headers of the call with `correlation_id`.
-    fn headers(&self, correlation_id: uuid::Uuid) -> protocol::Headers {
+    /// The headers of a call: the worker's context, or the standalone client's call id stack.
+    fn headers(&self) -> protocol::Headers {
         let mut headers = match WorkerContext::current() {
             Some(worker) => worker.outgoing_headers(),
             None => {
                 let mut headers = protocol::Headers::with_capacity(1);
-                if self.core.standalone {
-                    let call_id =
-                        protocol::call_id(protocol::STANDALONE_PROXY_NAME, "call", correlation_id);
-                    headers.insert(
-                        protocol::CALL_ID_STACK_HEADER,
-                        Value::Array(vec![Value::String(call_id)]),
-                    );
+                if let Some(stack) = &self.core.standalone {
+                    headers.insert_shared(protocol::CALL_ID_STACK_HEADER, stack.clone());
                 }
                 headers
             }
@@ -377,7 +376,7 @@ impl ClusterRpcClient {
                             .encode_lower(&mut uuid::Uuid::encode_buffer()),
                     )),
                     reply_to: Some(String::from(&*reply_to)),
-                    headers: self.headers(correlation_id),
+                    headers: self.headers(),
                     priority: Some(self.priority),
                     expiration: self.expiration,
                     ..Properties::nameko_json()

@@ -19,9 +19,8 @@ use crate::transport::{
     SharedTransport, TransportError, amqp::AmqpOptions,
 };
 
-/// Hands a call its outcome: the reply's body, or why there is none.
-/// Where a call's outcome goes. The error is boxed: the channel holds the outcome, and a
-/// smaller one takes a smaller allocation for every call.
+/// Hands a call its outcome: the reply's body, or why there is none. The error is boxed: the
+/// channel holds the outcome, and a smaller one takes a smaller allocation for every call.
 pub(super) type ReplySender = oneshot::Sender<Result<Vec<u8>, Box<RpcError>>>;
 
 /// The calls waiting for a reply, by correlation id, and the clock that ends those that wait
