@@ -579,6 +579,49 @@ on_both_transports! {
     }
 }
 
+/// On the embedded broker, a method done at its first poll answers within its caller's first
+/// poll of the call: no task switch, as for a function call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_the_embedded_broker_answers_at_its_first_poll() {
+    use futures_util::FutureExt;
+    let broker = TestBroker::memory();
+    let (running, client) = start(&broker, |_| {}).await;
+    let calc = CalculatorClient::new(&client);
+    // Once the consumer's loop runs (the first call may find it starting).
+    assert_eq!(calc.add(1, 1).await.unwrap(), 2);
+    assert_eq!(calc.add(1, 2).now_or_never().map(Result::unwrap), Some(3));
+    running.stop().await.unwrap();
+}
+
+/// On the embedded broker a request is first polled on its caller's task, but one handed over
+/// by a settle made during such a poll is spawned: a queue's backlog, each request handed over
+/// as the one before it is acknowledged, is not polled one inside the other (20,000 deep, that
+/// would overflow the stack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_handed_over_one_ack_at_a_time_is_not_polled_one_inside_the_other() {
+    let broker = TestBroker::memory();
+    let (running, client) = start(&broker, |c| {
+        c.max_workers = 50_000;
+        c.prefetch_count = 1;
+    })
+    .await;
+    let calc = CalculatorClient::new(&client).with_timeout(Duration::from_secs(120));
+    // The one request the service may hold unacknowledged; the others wait in the queue.
+    let token = format!("backlog-{}", uuid::Uuid::new_v4());
+    let slow = tokio::spawn({
+        let (calc, token) = (calc.clone(), token.clone());
+        async move { calc.slow(token, 1_000).await }
+    });
+    wait_started(&token).await;
+    let calls = (0..20_000).map(|i| calc.add(i, 1));
+    let answers = futures_util::future::join_all(calls).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.unwrap(), i as i64 + 1);
+    }
+    assert_eq!(slow.await.unwrap().unwrap(), token);
+    running.stop().await.unwrap();
+}
+
 /// A service whose runtime shuts down under a running request loses it not: the request goes
 /// back to the queue, and the next instance answers it. (On the embedded broker the dropped
 /// worker's request comes straight back to the service's consumer, which cannot start it any

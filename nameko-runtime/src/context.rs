@@ -107,7 +107,14 @@ fn parent_stack(value: &Value) -> Vec<String> {
 }
 
 tokio::task_local! {
-    static CURRENT: Arc<WorkerContext>;
+    /// The worker running the current task; `None` where code runs for no worker on a
+    /// worker's task (a request's first poll on its caller's task).
+    static CURRENT: Option<Arc<WorkerContext>>;
+}
+
+/// Runs `f` as part of no worker, on whatever task runs it (`WorkerContext::current` is `None`).
+pub(crate) fn outside_workers<R>(f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(None, f)
 }
 
 /// The context of one worker: one firing of one entrypoint.
@@ -235,19 +242,19 @@ impl WorkerContext {
 
     /// The context of the worker running the current task, if any.
     pub fn current() -> Option<Arc<WorkerContext>> {
-        CURRENT.try_with(Arc::clone).ok()
+        CURRENT.try_with(Option::clone).ok().flatten()
     }
 
     /// Runs `future` as part of the worker with this context (what the runtime does for every
     /// worker; useful for tasks a worker spawns that should keep its context).
     pub fn scope<F: Future>(self: Arc<Self>, future: F) -> impl Future<Output = F::Output> {
         // Not an `async fn`: that would keep a second copy of `future` in its state.
-        CURRENT.scope(self, future)
+        CURRENT.scope(Some(self), future)
     }
 
     /// Runs `f` synchronously as part of the worker with this context.
     pub fn sync_scope<R>(self: Arc<Self>, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self, f)
+        CURRENT.sync_scope(Some(self), f)
     }
 
     /// The service's name.

@@ -111,6 +111,10 @@ struct RpcHandler {
 }
 
 impl DeliveryHandler for RpcHandler {
+    /// The caller waits for the reply: on the embedded broker, a method done at its first poll
+    /// runs on the caller's task.
+    const POLL_ON_ARRIVAL: bool = true;
+
     fn handle(
         self: Arc<Self>,
         delivery: Delivery,

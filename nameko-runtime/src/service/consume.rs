@@ -86,13 +86,26 @@ impl QueueDeclaration {
 
 /// What handles the deliveries of a queue consumed with [`ServiceContext::consume`].
 pub trait DeliveryHandler: Send + Sync + 'static {
+    /// Whether, on the embedded broker, the future [`handle`](Self::handle) returns is first
+    /// polled where the delivery arrives, on the publisher's task, and spawned only if it has
+    /// to wait. Right where the publisher waits for the outcome, as an RPC caller waits for
+    /// its reply: a method that is done at its first poll runs with no task switch, as a
+    /// function call would. Leave it `false` where the publisher goes on without waiting
+    /// (events, messages): their handlers would otherwise run before it goes on.
+    ///
+    /// Only when the publisher runs on the service's runtime outside any span, for a message
+    /// not redelivered, and not from within another such first poll (whatever that one
+    /// publishes or settles is spawned).
+    const POLL_ON_ARRIVAL: bool = false;
+
     /// Handles one delivery in `slot` (typically: run a worker with
     /// [`EntrypointContext::run_worker`](super::EntrypointContext::run_worker), then settle
     /// the delivery). It runs as a task of the service: a stop waits for it, a kill drops it
     /// (the delivery is then neither settled nor answered, and the broker redelivers it).
     ///
     /// The future is spawned as it is: a concrete future (an `async` block, or an `async fn`)
-    /// costs no allocation per message. `handle` itself is called where the delivery arrives,
+    /// costs no allocation per message (where it is first polled on arrival,
+    /// [`POLL_ON_ARRIVAL`](Self::POLL_ON_ARRIVAL), it is boxed for that poll). `handle` itself is called where the delivery arrives,
     /// which on the embedded broker is whatever publishes or settles a message (possibly a
     /// thread outside tokio): do the work in the future, not before returning it, and do not
     /// call `tokio::spawn` or `Handle::current` there. The same holds for `give_up`.
@@ -223,15 +236,57 @@ impl<H: DeliveryHandler> Admission<H> {
 
     /// Runs `task` as a task of the service, on its runtime.
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        /// Restores the flag, even if spawning unwinds.
-        struct Spawning(bool);
-        impl Drop for Spawning {
-            fn drop(&mut self) {
-                SPAWNING.set(self.0);
+        let _spawning = Flag::raise(&SPAWNING);
+        self.cx.spawn_on(&self.runtime, task);
+    }
+
+    /// Starts a delivery's `task`: polled here first where [`DeliveryHandler::POLL_ON_ARRIVAL`]
+    /// allows, spawned otherwise or if it has to wait.
+    ///
+    /// Not polled here: a redelivered message's (its worker may have been dropped by a runtime
+    /// shutting down, which this thread may be running), nor under a span (the handler's
+    /// events and spans would sit under the caller's, which they do not when spawned).
+    fn start(&self, task: impl Future<Output = ()> + Send + 'static, redelivered: bool) {
+        if !H::POLL_ON_ARRIVAL
+            || redelivered
+            || POLLING.get()
+            || !tracing::Span::current().is_none()
+            || !self.on_runtime()
+        {
+            return self.spawn(task);
+        }
+        let mut task = self.cx.prepare(task);
+        let polled = {
+            let _polling = Flag::raise(&POLLING);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            // As part of no worker, as on a task of its own: not of the caller's, if the
+            // caller is one.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::context::outside_workers(|| task.as_mut().poll(&mut cx))
+            }))
+        };
+        match polled {
+            Ok(std::task::Poll::Ready(())) => {}
+            // Polled again as a task, which wakes it from then on.
+            Ok(std::task::Poll::Pending) => {
+                let _spawning = Flag::raise(&SPAWNING);
+                self.runtime.spawn(task);
+            }
+            // As tokio does with a task that panics: dropped, and its delivery back in its
+            // queue. Handed over again from the drop, it goes to the loop, not to a poll here
+            // that could panic again.
+            Err(panic) => {
+                let panic = crate::service::worker::panic_error(panic.as_ref()).value;
+                tracing::error!(queue = %self.queue, %panic, "a delivery's handler panicked");
+                let _spawning = Flag::raise(&SPAWNING);
+                drop(task);
             }
         }
-        let _spawning = Spawning(SPAWNING.replace(true));
-        self.cx.spawn_on(&self.runtime, task);
+    }
+
+    /// Whether this thread runs inside the service's runtime.
+    fn on_runtime(&self) -> bool {
+        tokio::runtime::Handle::try_current().is_ok_and(|here| here.id() == self.runtime.id())
     }
 
     /// An inline consumer's delivery: started now if the loop runs, the service is not
@@ -252,7 +307,10 @@ impl<H: DeliveryHandler> Admission<H> {
                 return;
             }
             match self.cx.try_worker_slot() {
-                Some(slot) => self.spawn(self.handler.clone().handle(delivery, slot)),
+                Some(slot) => {
+                    let redelivered = delivery.redelivered;
+                    self.start(self.handler.clone().handle(delivery, slot), redelivered);
+                }
                 None => waiting.push(delivery, true),
             }
         } else {
@@ -264,6 +322,32 @@ impl<H: DeliveryHandler> Admission<H> {
 thread_local! {
     /// Whether this thread is spawning a task for an inline consumer's delivery.
     static SPAWNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether this thread is polling a delivery's task before spawning it
+    /// ([`DeliveryHandler::POLL_ON_ARRIVAL`]): the deliveries that poll hands over are spawned,
+    /// so that a queue's backlog, each handed over as the one before is settled, is not polled
+    /// one inside the other.
+    static POLLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A thread's flag raised until dropped (then as it was, even if what it guards unwinds).
+struct Flag {
+    flag: &'static std::thread::LocalKey<std::cell::Cell<bool>>,
+    was: bool,
+}
+
+impl Flag {
+    fn raise(flag: &'static std::thread::LocalKey<std::cell::Cell<bool>>) -> Flag {
+        Flag {
+            flag,
+            was: flag.replace(true),
+        }
+    }
+}
+
+impl Drop for Flag {
+    fn drop(&mut self) {
+        self.flag.set(self.was);
+    }
 }
 
 /// Where an inline consumer puts the deliveries that cannot start at once (the loop not yet

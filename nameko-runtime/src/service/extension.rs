@@ -192,6 +192,15 @@ impl ServiceContext {
         self.inner.tracker.spawn_on(self.killable(task), runtime);
     }
 
+    /// `task` as [`spawn`](Self::spawn) runs it (tracked, killable), boxed, to poll before it
+    /// is spawned.
+    pub(crate) fn prepare(
+        &self,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> std::pin::Pin<Box<impl Future<Output = ()> + Send + 'static>> {
+        Box::pin(self.inner.tracker.track_future(self.killable(task)))
+    }
+
     fn killable(
         &self,
         task: impl Future<Output = ()> + Send + 'static,
