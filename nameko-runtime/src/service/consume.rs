@@ -87,26 +87,30 @@ impl QueueDeclaration {
 /// What handles the deliveries of a queue consumed with [`ServiceContext::consume`].
 pub trait DeliveryHandler: Send + Sync + 'static {
     /// Whether, on the embedded broker, the future [`handle`](Self::handle) returns is first
-    /// polled where the delivery arrives, on the publisher's task, and spawned only if it has
-    /// to wait. Right where the publisher waits for the outcome, as an RPC caller waits for
-    /// its reply: a method that is done at its first poll runs with no task switch, as a
-    /// function call would. Leave it `false` where the publisher goes on without waiting
-    /// (events, messages): their handlers would otherwise run before it goes on.
+    /// polled where the delivery arrives (on the publisher's task, or on the task whose
+    /// acknowledgement made room for it), and spawned only if it has to wait. Right where the
+    /// publisher waits for the outcome, as an RPC caller waits for its reply: a method that is
+    /// done at its first poll runs with no task switch, as a function call would. Leave it
+    /// `false` where the publisher goes on without waiting (events, messages): their handlers
+    /// would otherwise run before it goes on.
     ///
-    /// Only when the publisher runs on the service's runtime outside any span, for a message
-    /// not redelivered, and not from within another such first poll (whatever that one
-    /// publishes or settles is spawned).
+    /// Only on the service's runtime, while no enabled span is current (so with debug spans
+    /// on, as traces turn them on, a call made inside a worker's span is spawned), for a
+    /// message not redelivered, and not from within another such first poll: a delivery that
+    /// poll hands over to such a handler (the next of a backlog, as it acknowledges) is
+    /// spawned.
     const POLL_ON_ARRIVAL: bool = false;
 
     /// Handles one delivery in `slot` (typically: run a worker with
     /// [`EntrypointContext::run_worker`](super::EntrypointContext::run_worker), then settle
-    /// the delivery). It runs as a task of the service: a stop waits for it, a kill drops it
-    /// (the delivery is then neither settled nor answered, and the broker redelivers it).
+    /// the delivery). It runs as a task of the service (its first poll possibly on the
+    /// publisher's, see [`POLL_ON_ARRIVAL`](Self::POLL_ON_ARRIVAL)): a stop waits for it, a
+    /// kill drops it (the delivery is then neither settled nor answered, and the broker
+    /// redelivers it).
     ///
     /// The future is spawned as it is: a concrete future (an `async` block, or an `async fn`)
-    /// costs no allocation per message (where it is first polled on arrival,
-    /// [`POLL_ON_ARRIVAL`](Self::POLL_ON_ARRIVAL), it is boxed for that poll). `handle` itself is called where the delivery arrives,
-    /// which on the embedded broker is whatever publishes or settles a message (possibly a
+    /// costs no allocation per message (one first polled on arrival is boxed for that poll).
+    /// `handle` itself is called where the delivery arrives, which on the embedded broker is whatever publishes or settles a message (possibly a
     /// thread outside tokio): do the work in the future, not before returning it, and do not
     /// call `tokio::spawn` or `Handle::current` there. The same holds for `give_up`.
     fn handle(
@@ -272,15 +276,16 @@ impl<H: DeliveryHandler> Admission<H> {
                 let _spawning = Flag::raise(&SPAWNING);
                 self.runtime.spawn(task);
             }
-            // As tokio does with a task that panics: dropped, and its delivery back in its
-            // queue. Handed over again from the drop, it goes to the loop, not to a poll here
-            // that could panic again.
-            Err(panic) => {
+            // As tokio does with a task that panics: dropped. Its delivery, dropped as the
+            // panic unwound, went back to its queue and is handed over again by a task of the
+            // broker, as redelivered (so spawned); one still in the task goes back now, to the
+            // loop (`SPAWNING`), not to a poll here that could panic again.
+            Err(panic) => crate::context::outside_workers(|| {
                 let panic = crate::service::worker::panic_error(panic.as_ref()).value;
                 tracing::error!(queue = %self.queue, %panic, "a delivery's handler panicked");
                 let _spawning = Flag::raise(&SPAWNING);
                 drop(task);
-            }
+            }),
         }
     }
 
@@ -294,9 +299,10 @@ impl<H: DeliveryHandler> Admission<H> {
     /// loop, which starts it in turn, or returns it to the queue at the stop.
     fn handle_inline(&self, mut delivery: Delivery, waiting: &Waiting) {
         delivery.hold(&self.held);
-        // Handed over again from within `spawn`, when the runtime is shutting down: it drops
-        // a task without running it, the delivery goes back to the queue and the queue hands
-        // it back here. Sent to the loop instead (dropped with it, the consumer first), so that
+        // Handed over again while this thread spawns a delivery's task or drops one (a
+        // runtime shutting down drops a task without running it; a task whose first poll
+        // panicked is dropped): the delivery went back to the queue and the queue hands it
+        // back here. Sent to the loop instead (dropped with it, the consumer first), so that
         // this ends.
         let start_now = waiting.queued.load(Ordering::Acquire) == 0
             && !self.cx.is_stopping()
@@ -320,7 +326,8 @@ impl<H: DeliveryHandler> Admission<H> {
 }
 
 thread_local! {
-    /// Whether this thread is spawning a task for an inline consumer's delivery.
+    /// Whether this thread is spawning (or dropping) a task for an inline consumer's
+    /// delivery.
     static SPAWNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Whether this thread is polling a delivery's task before spawning it
     /// ([`DeliveryHandler::POLL_ON_ARRIVAL`]): the deliveries that poll hands over are spawned,
