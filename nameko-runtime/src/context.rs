@@ -44,9 +44,10 @@ impl Incoming {
                         incoming.data.insert(key.to_owned(), value.clone());
                     }
                     None => {
-                        if !incoming.data.contains_key(key) {
-                            incoming.data.insert(key.to_owned(), value.clone());
-                        }
+                        incoming
+                            .data
+                            .entry(key.to_owned())
+                            .or_insert_with(|| value.clone());
                     }
                 }
             }
@@ -76,7 +77,7 @@ enum Parents {
 impl Parents {
     /// The last `keep` ids.
     fn last(&self, keep: usize) -> Vec<&str> {
-        let ids: Vec<&str> = match self {
+        let mut ids: Vec<&str> = match self {
             Parents::Ids(ids) => ids.iter().map(String::as_str).collect(),
             Parents::Shared(stack) => stack
                 .as_array()
@@ -85,7 +86,8 @@ impl Parents {
                 .filter_map(Value::as_str)
                 .collect(),
         };
-        ids[ids.len().saturating_sub(keep)..].to_vec()
+        ids.drain(..ids.len().saturating_sub(keep));
+        ids
     }
 }
 
