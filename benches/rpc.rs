@@ -28,7 +28,7 @@ mod counting_alloc;
 mod floor;
 #[path = "common/traces.rs"]
 mod traces;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -94,6 +94,9 @@ struct Args {
     /// Child mode: run the raw lapin server on this broker, print `READY`, wait to be killed.
     #[arg(long, hide = true)]
     serve_raw: Option<String>,
+    /// Child mode: the raw lapin server built as nameko-rs's transport is ([`RawDesign::Matched`]).
+    #[arg(long, hide = true)]
+    serve_raw_matched: Option<String>,
 }
 
 /// The service measured: echoes its argument.
@@ -110,10 +113,39 @@ impl RpcBench {
 
 const PREFETCH: u16 = 10;
 
+/// How a raw lapin server is built.
+#[derive(Clone, Copy, PartialEq)]
+enum RawDesign {
+    /// The floor, as lapin's documentation shows it (`raw_bench`): replies on a second channel
+    /// of the consuming connection, each acknowledgement through the delivery's `Acker`,
+    /// awaited.
+    Plain,
+    /// As nameko-rs's transport does it (`raw_bench_matched`): replies on a connection of their
+    /// own, acknowledgements handed to the consuming channel and not awaited. What is left
+    /// between nameko-rs and this one is the framework.
+    Matched,
+}
+
+impl RawDesign {
+    fn service(self) -> &'static str {
+        match self {
+            RawDesign::Plain => "raw_bench",
+            RawDesign::Matched => "raw_bench_matched",
+        }
+    }
+}
+
 /// The floor: a raw lapin server speaking Nameko's protocol for `raw_bench.echo`. One consumer
 /// with prefetch 10; each request is handled in a task of its own: parse the JSON envelope,
 /// publish `{"result": args[0], "error": null}` to `reply_to` (persistent, confirmed), then ack.
-async fn raw_server(connection: Arc<Connection>) -> anyhow::Result<()> {
+/// `publishing` is the connection replies go out on (`connection` itself for the floor).
+async fn raw_server(
+    connection: Arc<Connection>,
+    publishing: Arc<Connection>,
+    design: RawDesign,
+) -> anyhow::Result<()> {
+    let name = design.service();
+    let queue = format!("rpc-{name}");
     let channel = connection.create_channel().await?;
     channel
         .exchange_declare(
@@ -128,7 +160,7 @@ async fn raw_server(connection: Arc<Connection>) -> anyhow::Result<()> {
         .await?;
     channel
         .queue_declare(
-            "rpc-raw_bench".into(),
+            queue.as_str().into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -138,9 +170,9 @@ async fn raw_server(connection: Arc<Connection>) -> anyhow::Result<()> {
         .await?;
     channel
         .queue_bind(
-            "rpc-raw_bench".into(),
+            queue.as_str().into(),
             "nameko-rpc".into(),
-            "raw_bench.*".into(),
+            format!("{name}.*").as_str().into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -148,21 +180,22 @@ async fn raw_server(connection: Arc<Connection>) -> anyhow::Result<()> {
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
-    let publisher = connection.create_channel().await?;
+    let publisher = publishing.create_channel().await?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let mut consumer = channel
         .basic_consume(
-            "rpc-raw_bench".into(),
+            queue.as_str().into(),
             "raw".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
+    let channel = Arc::new(channel);
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
-            let publisher = publisher.clone();
+            let (publisher, channel) = (publisher.clone(), channel.clone());
             tokio::spawn(async move {
                 let request: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
                 let reply = json!({"result": request["args"][0], "error": null});
@@ -198,7 +231,17 @@ async fn raw_server(connection: Arc<Connection>) -> anyhow::Result<()> {
                         .await
                 };
                 if confirmed.await.is_ok() {
-                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                    match design {
+                        RawDesign::Plain => {
+                            let _ = delivery.ack(BasicAckOptions::default()).await;
+                        }
+                        RawDesign::Matched => {
+                            // Queued on the channel at the first poll.
+                            let _ = channel
+                                .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                                .now_or_never();
+                        }
+                    }
                 }
             });
         }
@@ -844,28 +887,38 @@ struct Cpu {
     concurrent_us: f64,
 }
 
-/// CPU per call of nameko-rs's service process and of the raw lapin server's, each in a
-/// process of its own, over the same calls from one client: rounds alternating which goes first.
+/// CPU per call of nameko-rs's service process, of the raw lapin server's and of the raw lapin
+/// server built as nameko-rs's transport is, each in a process of its own, over the same calls
+/// from one client: rounds turning which goes first.
 async fn cpu_per_call(
     args: &Args,
     uri: &str,
     client: &ClusterRpcClient,
-) -> anyhow::Result<(Cpu, Cpu)> {
-    let ours = server_process("--serve", uri).await?;
-    let raw = server_process("--serve-raw", uri).await?;
-    let servers = [
-        (client.service("rpc_bench"), ours.id()),
-        (client.service("raw_bench"), raw.id()),
+) -> anyhow::Result<[Cpu; 3]> {
+    let processes = [
+        server_process("--serve", uri).await?,
+        server_process("--serve-raw", uri).await?,
+        server_process("--serve-raw-matched", uri).await?,
     ];
+    let names = [
+        "rpc_bench",
+        RawDesign::Plain.service(),
+        RawDesign::Matched.service(),
+    ];
+    let servers: Vec<_> = names
+        .iter()
+        .zip(&processes)
+        .map(|(name, process)| (client.service(*name), process.id()))
+        .collect();
     let payload = payload();
     let (sequential, concurrent) = (args.sequential * 2, args.concurrent);
-    let mut measured: [(Vec<f64>, Vec<f64>); 2] = Default::default();
-    let mut spent: [ThreadsSpent; 2] = Default::default();
+    let mut measured: [(Vec<f64>, Vec<f64>); 3] = Default::default();
+    let mut spent: [ThreadsSpent; 3] = Default::default();
     for (proxy, _) in &servers {
         warm_up(proxy).await?;
     }
     for round in 0..args.rounds {
-        for i in [round % 2, 1 - round % 2] {
+        for i in (0..servers.len()).map(|i| (i + round) % servers.len()) {
             let (proxy, pid) = &servers[i];
             let pid = pid.ok_or_else(|| anyhow::anyhow!("a server process without a pid"))?;
             let cpu = || cpu_seconds(pid).ok_or_else(|| anyhow::anyhow!("no CPU time of {pid}"));
@@ -891,21 +944,29 @@ async fn cpu_per_call(
                 .push((after - between) / concurrent as f64 * 1e6);
         }
     }
-    for (name, spent) in ["nameko-rs", "raw lapin"].iter().zip(&spent) {
+    for (name, spent) in ["nameko-rs", "raw lapin", "raw lapin (matched)"]
+        .iter()
+        .zip(&spent)
+    {
         eprintln!("{name} server, per sequential call: {}", spent.per_call());
     }
-    let [ours_cpu, raw_cpu] = measured.map(|(sequential, concurrent)| Cpu {
+    drop(processes);
+    Ok(measured.map(|(sequential, concurrent)| Cpu {
         sequential_us: median(sequential),
         concurrent_us: median(concurrent),
-    });
-    drop((ours, raw));
-    Ok((ours_cpu, raw_cpu))
+    }))
 }
 
-/// The child mode `--serve-raw`: the raw lapin server, until killed.
-async fn serve_raw(uri: &str) -> anyhow::Result<()> {
+/// The child modes `--serve-raw` and `--serve-raw-matched`: a raw lapin server, until killed.
+async fn serve_raw(uri: &str, design: RawDesign) -> anyhow::Result<()> {
     let connection = Arc::new(Connection::connect(uri, ConnectionProperties::default()).await?);
-    raw_server(connection.clone()).await?;
+    let publishing = match design {
+        RawDesign::Plain => connection.clone(),
+        RawDesign::Matched => {
+            Arc::new(Connection::connect(uri, ConnectionProperties::default()).await?)
+        }
+    };
+    raw_server(connection, publishing, design).await?;
     println!("READY");
     std::future::pending::<()>().await;
     Ok(())
@@ -1011,9 +1072,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            match (&args.serve, &args.serve_raw) {
-                (Some(uri), _) => serve(uri).await,
-                (_, Some(uri)) => serve_raw(uri).await,
+            match (&args.serve, &args.serve_raw, &args.serve_raw_matched) {
+                (Some(uri), _, _) => serve(uri).await,
+                (_, Some(uri), _) => serve_raw(uri, RawDesign::Plain).await,
+                (_, _, Some(uri)) => serve_raw(uri, RawDesign::Matched).await,
                 _ => bench(&args).await,
             }
         })
@@ -1058,7 +1120,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     if args.client_only {
         let connection =
             Arc::new(Connection::connect(&uri, ConnectionProperties::default()).await?);
-        raw_server(connection).await?;
+        raw_server(connection.clone(), connection, RawDesign::Plain).await?;
         let client = ClusterRpcClient::connect(&uri).await?;
         let figures = measure(&client.service("raw_bench"), args, 100, args.concurrent).await?;
         println!(
@@ -1069,17 +1131,19 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     }
     if args.cpu_only {
         let client = ClusterRpcClient::connect(&uri).await?;
-        let (ours, raw) = cpu_per_call(args, &uri, &client).await?;
-        println!(
-            "service CPU per call, sequential / {} in flight: nameko-rs {:.1} / {:.1} µs, raw lapin {:.1} / {:.1} µs: {:.2} / {:.2}",
-            args.in_flight,
-            ours.sequential_us,
-            ours.concurrent_us,
-            raw.sequential_us,
-            raw.concurrent_us,
-            ours.sequential_us / raw.sequential_us,
-            ours.concurrent_us / raw.concurrent_us
-        );
+        let [ours, raw, matched] = cpu_per_call(args, &uri, &client).await?;
+        for (name, base) in [("raw lapin", raw), ("raw lapin (matched)", matched)] {
+            println!(
+                "service CPU per call, sequential / {} in flight: nameko-rs {:.1} / {:.1} µs, {name} {:.1} / {:.1} µs: {:.2} / {:.2}",
+                args.in_flight,
+                ours.sequential_us,
+                ours.concurrent_us,
+                base.sequential_us,
+                base.concurrent_us,
+                ours.sequential_us / base.sequential_us,
+                ours.concurrent_us / base.concurrent_us
+            );
+        }
         return Ok(());
     }
     eprintln!(
@@ -1091,7 +1155,12 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     // The floor and nameko-rs, each on its own connection, measured by one client.
     let raw_connection =
         Arc::new(Connection::connect(&uri, ConnectionProperties::default()).await?);
-    raw_server(raw_connection.clone()).await?;
+    raw_server(
+        raw_connection.clone(),
+        raw_connection.clone(),
+        RawDesign::Plain,
+    )
+    .await?;
     let running = ServiceRunner::new(Config::default().with_broker(&uri))
         .with_service::<RpcBench>()
         .start()
@@ -1125,13 +1194,15 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     raw_connection.close(200, "OK".into()).await?;
 
     // What each server process spends per call.
-    let (ours_cpu, raw_cpu) = cpu_per_call(args, &uri, &client).await?;
+    let [ours_cpu, raw_cpu, matched_cpu] = cpu_per_call(args, &uri, &client).await?;
     eprintln!(
-        "CPU per call: nameko-rs {:.1} / {:.1} µs, raw lapin {:.1} / {:.1} µs",
+        "CPU per call: nameko-rs {:.1} / {:.1} µs, raw lapin {:.1} / {:.1} µs, matched {:.1} / {:.1} µs",
         ours_cpu.sequential_us,
         ours_cpu.concurrent_us,
         raw_cpu.sequential_us,
-        raw_cpu.concurrent_us
+        raw_cpu.concurrent_us,
+        matched_cpu.sequential_us,
+        matched_cpu.concurrent_us
     );
 
     // Python Nameko, when there.
@@ -1192,6 +1263,16 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         ours_cpu.concurrent_us,
         raw_cpu.concurrent_us,
         ours_cpu.concurrent_us / raw_cpu.concurrent_us
+    );
+    println!(
+        "| RabbitMQ, service process CPU per call, sequential / {} in flight (µs), against raw lapin built as nameko-rs's transport is (replies on a connection of their own, acknowledgements not awaited) | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} / {:.2} |",
+        args.in_flight,
+        ours_cpu.sequential_us,
+        ours_cpu.concurrent_us,
+        matched_cpu.sequential_us,
+        matched_cpu.concurrent_us,
+        ours_cpu.sequential_us / matched_cpu.sequential_us,
+        ours_cpu.concurrent_us / matched_cpu.concurrent_us
     );
     if let Some((figures, _, _)) = &python {
         // (Python was measured on its own: a ratio of medians.)

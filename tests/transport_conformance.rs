@@ -291,6 +291,56 @@ on_both_transports! {
 }
 
 on_both_transports! {
+    async fn settled_deliveries_stay_settled_when_their_consumer_goes_at_once(broker: &TestBroker) {
+        let t = broker.connect().await;
+        let (exchange, queue) = topology(&t, &["k"]).await;
+        let mut first = t.consume(&queue, 10).await.unwrap();
+        for body in ["done", "dropped", "kept"] {
+            t.publish(message(&exchange, "k", body)).await.unwrap();
+        }
+        next(&mut first).await.ack().await.unwrap();
+        next(&mut first).await.reject(false).await.unwrap();
+        let kept = next(&mut first).await;
+        // Settled, then the consumer goes straight away: only the unsettled one comes back.
+        first.cancel().await;
+        first.close().await;
+        drop(kept);
+        let mut second = t.consume(&queue, 10).await.unwrap();
+        let again = next(&mut second).await;
+        assert_eq!(again.body, b"kept");
+        assert!(again.redelivered);
+        again.ack().await.unwrap();
+        assert_nothing(&mut second).await;
+    }
+}
+
+#[tokio::test]
+async fn an_acknowledgement_on_a_closed_channel_is_an_error_and_the_message_comes_back() {
+    let Some(broker) = TestBroker::amqp() else {
+        return;
+    };
+    let t = broker.connect().await;
+    let (exchange, queue) = topology(&t, &["k"]).await;
+    let mut first = t.consume(&queue, 10).await.unwrap();
+    t.publish(message(&exchange, "k", "late")).await.unwrap();
+    let late = next(&mut first).await;
+    first.close().await;
+    let error = late.ack().await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("could not acknowledge the message: its channel is closed"),
+        "{error}"
+    );
+    let mut second = t.consume(&queue, 10).await.unwrap();
+    let again = next(&mut second).await;
+    assert_eq!(again.body, b"late");
+    assert!(again.redelivered);
+    again.ack().await.unwrap();
+    assert_nothing(&mut second).await;
+}
+
+on_both_transports! {
     async fn an_auto_delete_queue_goes_with_its_last_consumer(broker: &TestBroker) {
         let t = broker.connect().await;
         let exchange = unique("ex");

@@ -421,9 +421,10 @@ impl Listening {
             match delivery {
                 Some(Ok(mut delivery)) => {
                     self.pending.hand_over(&mut delivery);
-                    // The caller has its reply. The acknowledgement is done here when it can
-                    // be at once (the embedded broker), otherwise on a task of its own, so the
-                    // next reply does not wait for this one's to be written.
+                    // The caller has its reply. This crate's transports settle at once (on
+                    // RabbitMQ the acknowledgement is queued on the channel); another
+                    // transport's acknowledgement runs on a task of its own, so that the next
+                    // reply does not wait for it.
                     let mut ack = delivery.ack_at_once();
                     match futures_util::poll!(&mut ack) {
                         Poll::Ready(Ok(())) => {}

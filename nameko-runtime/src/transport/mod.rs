@@ -447,12 +447,7 @@ impl Settler {
     fn settle(self, message: ReturnedMessage, reject: Option<bool>) -> Settling {
         match self {
             Settler::Memory(acker) => Settling::Memory(Some((acker.holding(message), reject))),
-            // Boxed: lapin's future is large, and RabbitMQ's round trip dwarfs an allocation;
-            // the future of every delivery's handler stays small.
-            Settler::Amqp(acker) => Settling::Waiting(match reject {
-                None => Box::pin(acker.ack()),
-                Some(requeue) => Box::pin(acker.reject(requeue)),
-            }),
+            Settler::Amqp(acker) => Settling::Amqp(Some((acker, reject))),
             Settler::Other(mut acker) => {
                 acker.take_back(message);
                 Settling::Waiting(Box::pin(async move {
@@ -487,6 +482,8 @@ enum Settling {
     Done,
     /// The embedded broker's, done when first polled.
     Memory(Option<(memory::MemorySettling, Option<bool>)>),
+    /// RabbitMQ's, handed to the delivery's channel when first polled.
+    Amqp(Option<(amqp::AmqpAcker, Option<bool>)>),
     Waiting(BoxFuture<'static, Result<(), TransportError>>),
 }
 
@@ -504,6 +501,10 @@ impl Future for Settling {
                 }
                 Poll::Ready(Ok(()))
             }
+            Settling::Amqp(settling) => Poll::Ready(match settling.take() {
+                Some((acker, reject)) => acker.settle(reject),
+                None => Ok(()),
+            }),
             Settling::Waiting(future) => future.as_mut().poll(cx),
         }
     }
@@ -511,8 +512,8 @@ impl Future for Settling {
 
 /// The future of [`Delivery::ack_at_once`].
 pub(crate) enum AckAtOnce {
-    /// Acknowledged already.
-    Done,
+    /// Acknowledged already (or failed to be).
+    Done(Option<Result<(), TransportError>>),
     /// The transport's acknowledgement.
     Waiting(BoxFuture<'static, Result<(), TransportError>>),
 }
@@ -522,7 +523,7 @@ impl Future for AckAtOnce {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            AckAtOnce::Done => Poll::Ready(Ok(())),
+            AckAtOnce::Done(outcome) => Poll::Ready(outcome.take().unwrap_or(Ok(()))),
             AckAtOnce::Waiting(future) => future.as_mut().poll(cx),
         }
     }
@@ -611,17 +612,18 @@ impl Delivery {
         }
     }
 
-    /// [`ack`](Self::ack) for a caller that awaits it at once: the embedded broker settles the
-    /// delivery now, so the future keeps nothing of the message (and, being done, needs no
-    /// task of its own); RabbitMQ's acknowledgement is the transport's future.
+    /// [`ack`](Self::ack) for a caller that awaits it at once: this crate's transports settle
+    /// the delivery now, so the future keeps nothing of the message (and, being done, needs no
+    /// task of its own); another transport's acknowledgement is its own future.
     pub(crate) fn ack_at_once(mut self) -> AckAtOnce {
         match self.settler.take() {
-            None => AckAtOnce::Done,
+            None => AckAtOnce::Done(None),
             // The message is not needed: the broker keeps no copy, and it is acknowledged.
             Some(Settler::Memory(acker)) => {
                 acker.ack();
-                AckAtOnce::Done
+                AckAtOnce::Done(None)
             }
+            Some(Settler::Amqp(acker)) => AckAtOnce::Done(Some(acker.settle(None))),
             Some(settler) => match settler.settle(self.take_message(), None) {
                 Settling::Waiting(future) => AckAtOnce::Waiting(future),
                 other => AckAtOnce::Waiting(Box::pin(other)),

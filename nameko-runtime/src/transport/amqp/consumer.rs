@@ -2,35 +2,52 @@
 
 use super::*;
 
-pub(crate) struct AmqpAcker(lapin::Acker);
-
-impl AmqpAcker {
-    pub(crate) async fn ack(self) -> Result<(), TransportError> {
-        settled("acknowledge", self.0.ack(BasicAckOptions::default()).await)
-    }
-
-    pub(crate) async fn reject(self, requeue: bool) -> Result<(), TransportError> {
-        settled(
-            "reject",
-            self.0.reject(BasicRejectOptions { requeue }).await,
-        )
-    }
+/// Settles one delivery on the channel that delivered it.
+///
+/// The settlement is handed to the channel, not waited for: once it is queued, nothing is left
+/// to decide (one lost with its connection leaves the message unsettled, and RabbitMQ delivers
+/// it again, as it would any other). Waiting would cost a task wake-up per message, and going
+/// through lapin's `Acker` two more tasks besides.
+pub(crate) struct AmqpAcker {
+    channel: Arc<Channel>,
+    delivery_tag: u64,
 }
 
-/// lapin's answer to a settlement: `Ok(false)` means it was not sent (the delivery's channel
-/// is gone, so the broker redelivers the message), which is an error for the caller to log.
-pub(super) fn settled(what: &str, result: lapin::Result<bool>) -> Result<(), TransportError> {
-    match result {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(TransportError::Connection(format!(
-            "could not {what} the message: its channel is closed (the broker will deliver it again)"
-        ))),
-        Err(e) => Err(connection_error(e)),
+impl AmqpAcker {
+    /// Acknowledges (`reject: None`) or rejects (`Some(requeue)`) the delivery now: queued on
+    /// its channel, or an error if the channel is closed (RabbitMQ then delivers it again).
+    pub(crate) fn settle(self, reject: Option<bool>) -> Result<(), TransportError> {
+        let (what, queued) = match reject {
+            None => (
+                "acknowledge",
+                self.channel
+                    .basic_ack(self.delivery_tag, BasicAckOptions::default())
+                    .now_or_never(),
+            ),
+            Some(requeue) => (
+                "reject",
+                self.channel
+                    .basic_reject(self.delivery_tag, BasicRejectOptions { requeue })
+                    .now_or_never(),
+            ),
+        };
+        match queued {
+            // Pending: queued, for the connection's I/O loop to write.
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(_)) if !self.channel.status().connected() => {
+                Err(TransportError::Connection(format!(
+                    "could not {what} the message: its channel is closed (the broker will \
+                     deliver it again)"
+                )))
+            }
+            Some(Err(e)) => Err(connection_error(e)),
+        }
     }
 }
 
 pub(super) struct AmqpConsumer {
-    pub(super) channel: Channel,
+    /// Shared with the ackers of its deliveries.
+    pub(super) channel: Arc<Channel>,
     pub(super) consumer: lapin::Consumer,
     pub(super) cancelled: bool,
     /// The exchange of the last delivery: a consumer's messages mostly come from one, so its
@@ -59,12 +76,13 @@ impl ConsumerSource for AmqpConsumer {
                     max_depth = MAX_HEADER_DEPTH,
                     "rejected a message whose headers nest too deeply"
                 );
-                let acker = d.acker;
-                tokio::spawn(async move {
-                    if let Err(e) = acker.reject(BasicRejectOptions { requeue: false }).await {
-                        tracing::warn!(error = %e, "could not reject a message");
-                    }
-                });
+                let acker = AmqpAcker {
+                    channel: self.channel.clone(),
+                    delivery_tag: d.delivery_tag,
+                };
+                if let Err(e) = acker.settle(Some(false)) {
+                    tracing::warn!(error = %e, "could not reject a message");
+                }
                 continue;
             };
             if *self.exchange != *d.exchange.as_str() {
@@ -76,7 +94,10 @@ impl ConsumerSource for AmqpConsumer {
                 d.redelivered,
                 properties,
                 d.data,
-                Settler::Amqp(AmqpAcker(d.acker)),
+                Settler::Amqp(AmqpAcker {
+                    channel: self.channel.clone(),
+                    delivery_tag: d.delivery_tag,
+                }),
             ))));
         }
     }

@@ -554,7 +554,7 @@ impl Transport for AmqpTransport {
                 .await
                 .map_err(connection_error)?;
             Ok(Consumer::new(Box::new(AmqpConsumer {
-                channel,
+                channel: Arc::new(channel),
                 consumer,
                 cancelled: false,
                 exchange: Arc::default(),
