@@ -192,10 +192,12 @@ async fn raw_server(
             FieldTable::default(),
         )
         .await?;
+    // The matched server acknowledges on the channel itself.
     let channel = Arc::new(channel);
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
-            let (publisher, channel) = (publisher.clone(), channel.clone());
+            let publisher = publisher.clone();
+            let channel = (design == RawDesign::Matched).then(|| channel.clone());
             tokio::spawn(async move {
                 let request: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
                 let reply = json!({"result": request["args"][0], "error": null});
@@ -231,11 +233,11 @@ async fn raw_server(
                         .await
                 };
                 if confirmed.await.is_ok() {
-                    match design {
-                        RawDesign::Plain => {
+                    match channel {
+                        None => {
                             let _ = delivery.ack(BasicAckOptions::default()).await;
                         }
-                        RawDesign::Matched => {
+                        Some(channel) => {
                             // Queued on the channel at the first poll.
                             let _ = channel
                                 .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
@@ -917,8 +919,17 @@ async fn cpu_per_call(
     for (proxy, _) in &servers {
         warm_up(proxy).await?;
     }
+    // Each server first in turn; over six rounds, each after each of the others as often.
+    const ORDERS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [0, 2, 1],
+        [2, 1, 0],
+        [1, 0, 2],
+    ];
     for round in 0..args.rounds {
-        for i in (0..servers.len()).map(|i| (i + round) % servers.len()) {
+        for i in ORDERS[round % ORDERS.len()] {
             let (proxy, pid) = &servers[i];
             let pid = pid.ok_or_else(|| anyhow::anyhow!("a server process without a pid"))?;
             let cpu = || cpu_seconds(pid).ok_or_else(|| anyhow::anyhow!("no CPU time of {pid}"));

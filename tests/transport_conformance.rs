@@ -298,11 +298,16 @@ on_both_transports! {
         for body in ["done", "dropped", "kept"] {
             t.publish(message(&exchange, "k", body)).await.unwrap();
         }
-        next(&mut first).await.ack().await.unwrap();
-        next(&mut first).await.reject(false).await.unwrap();
-        let kept = next(&mut first).await;
-        // Settled, then the consumer goes straight away: only the unsettled one comes back.
-        first.cancel().await;
+        let (done, dropped, kept) = (
+            next(&mut first).await,
+            next(&mut first).await,
+            next(&mut first).await,
+        );
+        // Settled, then the consumer closed straight away, with nothing awaited between (no
+        // cancel, whose round trip to the broker would let late settlements out first): only
+        // the unsettled one comes back.
+        done.ack().await.unwrap();
+        dropped.reject(false).await.unwrap();
         first.close().await;
         drop(kept);
         let mut second = t.consume(&queue, 10).await.unwrap();

@@ -464,7 +464,8 @@ impl Settler {
     fn unsettled(self, message: ReturnedMessage) {
         match self {
             Settler::Memory(acker) => drop(acker.holding(message)),
-            // RabbitMQ requeues it when the channel closes.
+            // RabbitMQ requeues it when the channel closes: when its consumer is closed, or
+            // once the consumer and every delivery of it are dropped (each holds the channel).
             Settler::Amqp(_) => {}
             Settler::Other(mut acker) => acker.take_back(message),
         }
@@ -589,7 +590,9 @@ impl Delivery {
         self.held = Some(Held(gauge.clone()));
     }
 
-    /// Acknowledges the delivery: the broker forgets it.
+    /// Acknowledges the delivery: the broker forgets it. (On RabbitMQ, `Ok` means the
+    /// acknowledgement is queued on its channel; one lost with the connection leaves the
+    /// delivery unsettled, to be delivered again.)
     ///
     /// The future keeps only the acknowledgement's own state, and the message where the
     /// transport keeps no copy of it; one dropped before it ran leaves the delivery unsettled.

@@ -5,9 +5,17 @@ use super::*;
 /// Settles one delivery on the channel that delivered it.
 ///
 /// The settlement is handed to the channel, not waited for: once it is queued, nothing is left
-/// to decide (one lost with its connection leaves the message unsettled, and RabbitMQ delivers
-/// it again, as it would any other). Waiting would cost a task wake-up per message, and going
-/// through lapin's `Acker` two more tasks besides.
+/// to decide. One lost with its connection (a failed write, or frames dropped as the connection
+/// fails) is not reported here: the message stays unsettled and RabbitMQ delivers it again, as
+/// it would any other, and the connection's watcher reports the loss. Waiting would cost a task
+/// wake-up per message, and going through lapin's `Acker` two more tasks besides.
+///
+/// This relies on lapin's `Channel::basic_ack` and `basic_reject` queuing their frame when
+/// first polled, before they wait for it to be written (so in the lapin version the workspace
+/// pins; `tests/transport_conformance.rs` fails if a settlement is lost). The `Channel` is the
+/// delivery's own: once closed it stays closed, so a delivery tag is never settled on a later
+/// channel that reuses its number. (Not so with lapin's automatic recovery, which the transport
+/// does not enable: it reopens channels in place and numbers deliveries from 1 again.)
 pub(crate) struct AmqpAcker {
     channel: Arc<Channel>,
     delivery_tag: u64,
@@ -34,10 +42,10 @@ impl AmqpAcker {
         match queued {
             // Pending: queued, for the connection's I/O loop to write.
             None | Some(Ok(())) => Ok(()),
-            Some(Err(_)) if !self.channel.status().connected() => {
+            Some(Err(e)) if !self.channel.status().connected() => {
                 Err(TransportError::Connection(format!(
                     "could not {what} the message: its channel is closed (the broker will \
-                     deliver it again)"
+                     deliver it again): {e}"
                 )))
             }
             Some(Err(e)) => Err(connection_error(e)),
