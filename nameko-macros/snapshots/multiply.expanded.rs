@@ -51,9 +51,8 @@ impl ::nameko::__private::Service for HttpService {
                     &[],
                     &[],
                 ),
-                |this, call| {
+                |this, ::nameko::__private::HttpCall { parts, body, path }| {
                     async move {
-                        let ::nameko::__private::HttpCall { parts, body, path } = call;
                         let first = match ::nameko::__private::path_param::<
                             i64,
                         >(&path, 0usize) {

@@ -385,9 +385,10 @@ impl Http {
                     &[#(#expected),*],
                     &[#(#sensitive),*],
                 ),
-                |this, call| {
+                // Taken apart in the closure's parameters: the `async` block captures the
+                // parts, rather than the whole call and then copies of its parts.
+                |this, #p::HttpCall { #mutability parts, body, path }| {
                     async move {
-                        let #p::HttpCall { #mutability parts, body, path } = call;
                         #(#from_path)*
                         #(#extract)*
                         #unused

@@ -364,6 +364,8 @@ pub use crate::http::call::{Converter, HttpCall, Segment};
 // trait by axum-core's private path otherwise).
 pub use axum::response::IntoResponse;
 use axum::response::Response;
+use futures_util::FutureExt as _;
+use std::future::Future;
 
 /// The response for a panic in a synchronous handler (logged by the container, which finds
 /// the error object in the response).
@@ -392,17 +394,17 @@ where
         .map_err(IntoResponse::into_response)
 }
 
-/// The last extractor, which may read the body.
-pub async fn extract_last<T, M>(
+/// The last extractor, which may read the body. A `map` rather than an `async fn`, which would
+/// hold the request's parts twice: the handler's future holds this one.
+pub fn extract_last<T, M>(
     parts: axum::http::request::Parts,
     body: axum::body::Body,
-) -> Result<T, Response>
+) -> impl Future<Output = Result<T, Response>> + Send
 where
     T: axum::extract::FromRequest<(), M>,
 {
     T::from_request(axum::extract::Request::from_parts(parts, body), &())
-        .await
-        .map_err(IntoResponse::into_response)
+        .map(|extracted| extracted.map_err(IntoResponse::into_response))
 }
 
 /// A value a handler may return.

@@ -67,10 +67,16 @@ pub(crate) enum WorkerKind {
 
 /// The trace context of an HTTP request's (or websocket upgrade's) headers, as context data.
 pub(crate) fn context_from_http(headers: &axum::http::HeaderMap) -> ContextData {
+    use axum::http::HeaderName;
+    // Names made once: a name given as a string is parsed at every lookup.
+    const NAMES: [(&str, HeaderName); 2] = [
+        (TRACEPARENT, HeaderName::from_static(TRACEPARENT)),
+        (TRACESTATE, HeaderName::from_static(TRACESTATE)),
+    ];
     let mut data = ContextData::new();
-    for key in [TRACEPARENT, TRACESTATE] {
-        if let Some(value) = headers.get(key).and_then(|v| v.to_str().ok()) {
-            data.insert(key.to_owned(), value.into());
+    for (key, name) in &NAMES {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            data.insert((*key).to_owned(), value.into());
         }
     }
     data

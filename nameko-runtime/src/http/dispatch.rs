@@ -177,26 +177,42 @@ impl Dispatch {
         axum::Router::new().fallback_service(self)
     }
 
-    /// Answers a request, and counts it (`nameko_http_requests_total`).
-    pub(super) async fn handle(self, request: axum::extract::Request) -> Response {
+    /// Answers a request, and counts it (`nameko_http_requests_total`). The route is chosen
+    /// before the future is made, and the future holds only what the wait needs: hyper writes
+    /// it whole for every request.
+    pub(super) fn handle(
+        self,
+        request: axum::extract::Request,
+    ) -> impl Future<Output = Response> + Send + 'static {
         let method = METHODS
             .iter()
             .copied()
             .find(|m| *m == request.method().as_str())
             .unwrap_or("OTHER");
-        let (response, route) = self.answer(request).await;
-        crate::metrics::http_request(method, route, response.status().as_u16());
-        response
+        let deadline = tokio::time::Instant::now() + self.0.request_timeout;
+        let answer = self.answer(request);
+        async move {
+            let (response, route) = match answer {
+                Answer::Now(response, route) => (response, route),
+                Answer::Upgrade(upgrade) => (upgrade.await, WEBSOCKET_PATH),
+                Answer::Worker { call, head, route } => (
+                    worker_response(call, head, route, deadline).await,
+                    route.route,
+                ),
+            };
+            crate::metrics::http_request(method, route, response.status().as_u16());
+            response
+        }
     }
 
-    /// The response, and the route that gave it (empty if none did).
-    async fn answer(self, request: axum::extract::Request) -> (Response, &'static str) {
-        let started = tokio::time::Instant::now();
+    /// What answers the request: a response at once (no route, or not its method, or too
+    /// large a body), the websocket server, or a worker of the route it matches.
+    fn answer(&self, request: axum::extract::Request) -> Answer {
         let (parts, body) = request.into_parts();
         if let Some(websocket) = &self.0.websocket
             && parts.uri.path() == WEBSOCKET_PATH
         {
-            return (websocket.clone().upgrade(parts).await, WEBSOCKET_PATH);
+            return Answer::Upgrade(websocket.clone().upgrade(parts));
         }
         let head = parts.method == Method::HEAD;
         let method = parts.method.as_str();
@@ -220,41 +236,17 @@ impl Dispatch {
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "The request body is too large\n".into(),
                 );
-                return (response, route.route);
+                return Answer::Now(response, route.route);
             };
-            let mut call = (route.handler)(HttpCall { parts, body, path });
-            // A handler done at its first poll needs no timer.
-            let response = match futures_util::poll!(&mut call) {
-                std::task::Poll::Ready(response) => response,
-                std::task::Poll::Pending => tokio::select! {
-                    biased;
-                    response = &mut call => response,
-                    () = tokio::time::sleep_until(started + self.0.request_timeout) => {
-                        // The worker goes on to its end (in its worker slot, its dependencies'
-                        // hooks run): cancelled midway it would leave them unrun, and blocking
-                        // work uncounted. 504, not 408: the request may yet take effect, and a
-                        // client must not be invited to send it again.
-                        let (service, entrypoint) = (route.service, route.entrypoint);
-                        tokio::spawn(async move {
-                            let status = call.await.map(|response| response.status());
-                            tracing::warn!(service, entrypoint, ?status, "an HTTP worker finished after its request timed out");
-                        });
-                        Some(plain(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "The request took too long; it may still take effect\n".into(),
-                        ))
-                    }
+            return Answer::Worker {
+                call: (route.handler)(HttpCall { parts, body, path }),
+                head,
+                route: RouteName {
+                    service: route.service,
+                    entrypoint: route.entrypoint,
+                    route: route.route,
                 },
             };
-            // No worker: the service is stopping, or was killed.
-            let response =
-                response.unwrap_or_else(|| StatusCode::SERVICE_UNAVAILABLE.into_response());
-            let response = if head {
-                without_body(response)
-            } else {
-                response
-            };
-            return (response, route.route);
         }
         if allowed.is_empty() {
             let response =
@@ -266,7 +258,7 @@ impl Dispatch {
                             response
                         }
                     });
-            return (response, "");
+            return Answer::Now(response, "");
         }
         if allowed.contains(&"GET") {
             allowed.push("HEAD");
@@ -279,7 +271,68 @@ impl Dispatch {
                 .headers_mut()
                 .insert(axum::http::header::ALLOW, value);
         }
-        (response, "")
+        Answer::Now(response, "")
+    }
+}
+
+/// What answers a request (see [`Dispatch::answer`]).
+enum Answer {
+    /// A response, and the route that gave it (empty if none did).
+    Now(Response, &'static str),
+    /// The websocket server's response to an upgrade.
+    Upgrade(BoxFuture<'static, Response>),
+    /// A worker's response, to a HEAD request or not.
+    Worker {
+        call: HttpFuture,
+        head: bool,
+        route: RouteName,
+    },
+}
+
+/// The names a route's request is logged and counted by.
+#[derive(Clone, Copy)]
+struct RouteName {
+    service: &'static str,
+    entrypoint: &'static str,
+    route: &'static str,
+}
+
+/// The worker's response, if it comes before `deadline` (the request's time limit): 504 if it
+/// does not, 503 if there is no worker (the service is stopping, or was killed).
+async fn worker_response(
+    mut call: HttpFuture,
+    head: bool,
+    route: RouteName,
+    deadline: tokio::time::Instant,
+) -> Response {
+    // A handler done at its first poll needs no timer.
+    let response = match futures_util::poll!(&mut call) {
+        std::task::Poll::Ready(response) => response,
+        std::task::Poll::Pending => tokio::select! {
+            biased;
+            response = &mut call => response,
+            () = tokio::time::sleep_until(deadline) => {
+                // The worker goes on to its end (in its worker slot, its dependencies'
+                // hooks run): cancelled midway it would leave them unrun, and blocking
+                // work uncounted. 504, not 408: the request may yet take effect, and a
+                // client must not be invited to send it again.
+                let RouteName { service, entrypoint, .. } = route;
+                tokio::spawn(async move {
+                    let status = call.await.map(|response| response.status());
+                    tracing::warn!(service, entrypoint, ?status, "an HTTP worker finished after its request timed out");
+                });
+                Some(plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The request took too long; it may still take effect\n".into(),
+                ))
+            }
+        },
+    };
+    let response = response.unwrap_or_else(|| StatusCode::SERVICE_UNAVAILABLE.into_response());
+    if head {
+        without_body(response)
+    } else {
+        response
     }
 }
 

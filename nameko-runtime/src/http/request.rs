@@ -153,43 +153,52 @@ impl Request {
 impl<S: Send + Sync> FromRequest<S> for Request {
     type Rejection = Response;
 
-    async fn from_request(
+    fn from_request(
         request: axum::extract::Request,
         _state: &S,
-    ) -> Result<Self, Self::Rejection> {
+    ) -> impl Future<Output = Result<Self, Self::Rejection>> + Send {
+        // Taken apart before the future is made: an `async fn` would hold the request and then
+        // its parts, and the handler's future holds this one.
         let (parts, body) = request.into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .map(|s| s.to_string().contains("length limit"))
-                .unwrap_or(false)
-                || e.to_string().contains("length limit");
-            let timed_out = std::iter::successors(std::error::Error::source(&e), |s| s.source())
-                .any(|s| s.is::<super::server::BodyTimedOut>());
-            if too_large {
-                plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "The request body is too large\n".into(),
-                )
-            } else if timed_out {
-                plain(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "The request body did not arrive in time\n".into(),
-                )
-            } else {
-                plain(
-                    StatusCode::BAD_REQUEST,
-                    format!("The request body could not be read: {e}\n"),
-                )
-            }
-        })?;
-        Ok(Request {
-            args: Args {
-                uri: parts.uri.clone(),
-            },
-            method: parts.method,
-            uri: parts.uri,
-            headers: parts.headers,
-            body,
-        })
+        async move {
+            let body = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .map_err(body_error)?;
+            Ok(Request {
+                args: Args {
+                    uri: parts.uri.clone(),
+                },
+                method: parts.method,
+                uri: parts.uri,
+                headers: parts.headers,
+                body,
+            })
+        }
+    }
+}
+
+/// The response to a body that could not be read: too large, too slow, or broken off.
+fn body_error(e: axum::Error) -> Response {
+    let too_large = std::error::Error::source(&e)
+        .map(|s| s.to_string().contains("length limit"))
+        .unwrap_or(false)
+        || e.to_string().contains("length limit");
+    let timed_out = std::iter::successors(std::error::Error::source(&e), |s| s.source())
+        .any(|s| s.is::<super::server::BodyTimedOut>());
+    if too_large {
+        plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "The request body is too large\n".into(),
+        )
+    } else if timed_out {
+        plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "The request body did not arrive in time\n".into(),
+        )
+    } else {
+        plain(
+            StatusCode::BAD_REQUEST,
+            format!("The request body could not be read: {e}\n"),
+        )
     }
 }

@@ -380,14 +380,14 @@ pub(crate) async fn serve(
                         in_progress: reading,
                     })
                 });
-                let handled = dispatch.clone().handle(request);
-                async move {
-                    let response = handled.await.map(|body| Tracked {
+                // A `map`, not an `async` block, which would hold the dispatcher's future
+                // twice (captured, then awaited): hyper writes it whole for every request.
+                futures_util::FutureExt::map(dispatch.clone().handle(request), move |response| {
+                    Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
                         body,
                         in_progress: responding,
-                    });
-                    Ok::<_, std::convert::Infallible>(response)
-                }
+                    }))
+                })
             })
         };
         let (builder, stop) = (builder.clone(), stop.clone());
@@ -403,42 +403,50 @@ pub(crate) async fn serve(
             // timeout apart: closed after between one and one and a half idle timeouts, and
             // dropped half an idle timeout later if it is still there and nothing moved.
             let look = (idle_timeout / 2).max(MIN_LOOK);
-            let idle_look = tokio::time::sleep(look);
             // Headers begun more than their timeout ago, seen at a look every half timeout:
             // the connection is dropped (closed, without an answer), as hyper would.
             let head_look_every = (head_timeout / 2).max(MIN_LOOK);
-            let head_look = tokio::time::sleep(head_look_every);
-            tokio::pin!(idle_look, head_look);
+            let now = tokio::time::Instant::now();
+            let (mut idle_at, mut head_at) = (now + look, now + head_look_every);
+            // One timer for both looks, and the wait for the stop made once: every wake of
+            // the connection (each request, each write) polls what the loop waits on.
+            let watchdog = tokio::time::sleep_until(idle_at.min(head_at));
+            let stopping = stop.cancelled();
+            tokio::pin!(watchdog, stopping);
             let (mut seen, mut written) = (u64::MAX, 0);
             loop {
                 tokio::select! {
                     biased;
                     _ = &mut connection => break,
-                    _ = stop.cancelled(), if !closing => {
+                    () = &mut stopping, if !closing => {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    () = &mut head_look => {
-                        if watched.head_late(&mut written) {
-                            tracing::debug!("closed an HTTP connection whose request headers were late");
-                            break;
-                        }
-                        head_look.as_mut().reset(tokio::time::Instant::now() + head_look_every);
-                    }
-                    () = &mut idle_look => {
-                        let now = watched.bytes.load(Ordering::Relaxed);
-                        if now == seen && watched.answering_none() {
-                            if closing {
-                                // Closing (idle, or stopping), and still nothing moves: hyper
-                                // waits for a request body that stopped coming, or the client
-                                // does not read its response. Dropped.
+                    () = &mut watchdog => {
+                        let now = tokio::time::Instant::now();
+                        if now >= head_at {
+                            if watched.head_late(&mut written) {
+                                tracing::debug!("closed an HTTP connection whose request headers were late");
                                 break;
                             }
-                            connection.as_mut().graceful_shutdown();
-                            closing = true;
+                            head_at = now + head_look_every;
                         }
-                        seen = now;
-                        idle_look.as_mut().reset(tokio::time::Instant::now() + look);
+                        if now >= idle_at {
+                            let bytes = watched.bytes.load(Ordering::Relaxed);
+                            if bytes == seen && watched.answering_none() {
+                                if closing {
+                                    // Closing (idle, or stopping), and still nothing moves:
+                                    // hyper waits for a request body that stopped coming, or
+                                    // the client does not read its response. Dropped.
+                                    break;
+                                }
+                                connection.as_mut().graceful_shutdown();
+                                closing = true;
+                            }
+                            seen = bytes;
+                            idle_at = now + look;
+                        }
+                        watchdog.as_mut().reset(idle_at.min(head_at));
                     }
                 }
             }

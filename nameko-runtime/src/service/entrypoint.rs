@@ -348,6 +348,9 @@ trait RunMethod<I, O>: Send + Sync + 'static {
 /// A function that calls a method of service `S` and returns its future, boxed: one kind of
 /// handler [`BoundEntrypoint::new`] takes. `#[service]` generates closures returning the
 /// method's own future instead, which the worker holds without a box of its own.
+///
+/// A handler is called when its worker is asked for, which may be before a worker slot is
+/// free: it should only make the future, and leave the work to it.
 pub type Handler<S, I, O> = fn(Arc<S>, I) -> BoxFuture<'static, O>;
 
 /// Calls a method of service `S` (a closure `#[service]` generates, or a [`Handler`]): any
@@ -378,11 +381,15 @@ struct MethodOf<S, I, O, H> {
 impl<S: Service, I: WorkerInput, O: WorkerOutput, H: CallMethod<S, I, O>> MethodOf<S, I, O, H> {
     /// One worker in `slot`: its context, the worker path, the failure logged; `None` if the
     /// service is killed first.
+    ///
+    /// `method` is the method's call on the input, not started yet; `kept` what the input
+    /// leaves for the log of a failure.
     fn worker<'a>(
         &'a self,
         cx: &'a ServiceContext,
         slot: WorkerSlot,
-        input: I,
+        kept: I::Kept,
+        method: impl Future<Output = O> + Send + 'a,
         incoming: Incoming,
         payload: Option<&'a [u8]>,
     ) -> impl Future<Output = Option<O>> + Send + 'a {
@@ -393,10 +400,8 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput, H: CallMethod<S, I, O>> Method
             incoming,
             cx.config().parent_calls_tracked,
         ));
-        let kept = input.keep();
         let started = std::time::Instant::now();
         self.metrics.started();
-        let method = self.handler.call(self.service.clone(), input);
         let worker = worker::run_worker(
             &*self.service,
             Some(&self.shared),
@@ -451,7 +456,9 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput, H: CallMethod<S, I, O>> RunMet
         incoming: Incoming,
         payload: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Option<O>> {
-        Box::pin(self.worker(cx, slot, input, incoming, payload))
+        let kept = input.keep();
+        let method = self.handler.call(self.service.clone(), input);
+        Box::pin(self.worker(cx, slot, kept, method, incoming, payload))
     }
 
     fn spawn(
@@ -461,9 +468,13 @@ impl<S: Service, I: WorkerInput, O: WorkerOutput, H: CallMethod<S, I, O>> RunMet
         incoming: Incoming,
     ) -> BoxFuture<'static, Option<O>> {
         let tracker = cx.tracker().clone();
+        // The method's call made now and boxed, rather than its input held until a slot is
+        // free: the future waiting for the slot, which this boxes too, then holds a pointer.
+        let kept = input.keep();
+        let method = Box::pin(self.handler.call(self.service.clone(), input));
         Box::pin(tracker.track_future(async move {
             let slot = cx.worker_slot().await?;
-            self.worker(&cx, slot, input, incoming, None).await
+            self.worker(&cx, slot, kept, method, incoming, None).await
         }))
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::arguments::LoggedArguments;
@@ -133,10 +134,12 @@ where
     // format shows the worker of each line from its context instead (`log::WorkerFormat`).
     // With traces on, the span is the worker's in its trace.
     let span = crate::trace::worker_span(&context, kind);
+    // Three steps chained, each holding only what it needs: the method's state (the largest
+    // part of every worker's future, and paid at every message) is held once, moved from the
+    // chain's first step to its second. An `async` block would hold it twice, captured and
+    // awaited: a block's captures never share their space with what it awaits later.
     let worker = context.clone();
-    let lifecycle = async move {
-        // Each step keeps only what the next needs across its `await`: this future is part of
-        // every worker's, so its size is paid at every message.
+    let setup = async move {
         let refused = AssertUnwindSafe(service.worker_setup(&worker))
             .catch_unwind()
             .await
@@ -147,14 +150,37 @@ where
             })
             .err()
             .map(dependency_error);
-        if let Some(error) = refused {
-            // Rare, so boxed: its state does not enlarge every worker's future.
-            return Box::pin(refuse(service, &worker, shared, payload, error)).await;
-        }
-        let mut outcome = AssertUnwindSafe(method)
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| T::from_error(panic_error(panic.as_ref())));
+        (worker, refused)
+    };
+    let lifecycle = setup.then(move |(worker, refused)| match refused {
+        // Rare, so boxed: its state does not enlarge every worker's future.
+        Some(error) => Either::Left(Box::pin(refuse(service, worker, shared, payload, error))),
+        None => Either::Right(
+            AssertUnwindSafe(method)
+                .catch_unwind()
+                .then(move |outcome| {
+                    let outcome =
+                        outcome.unwrap_or_else(|panic| T::from_error(panic_error(panic.as_ref())));
+                    finish(service, worker, shared, payload, outcome)
+                }),
+        ),
+    });
+    // One future whether or not the span is enabled (entering a disabled span is a check of
+    // an `Option`): two branches would each hold a copy of the lifecycle's state.
+    context.scope(lifecycle).instrument(span)
+}
+
+/// The end of a worker whose method ran: the dependencies' `worker_result` (which may turn a
+/// success into a failure) and `worker_teardown`, then the waiters told.
+fn finish<'a, S: Dependencies, T: Output>(
+    service: &'a S,
+    worker: Arc<WorkerContext>,
+    shared: Option<&'a Shared>,
+    payload: Option<&'a [u8]>,
+    mut outcome: T,
+) -> impl Future<Output = T> + Send + 'a {
+    // An `async` block, not an `async fn`, which would hold its arguments twice.
+    async move {
         let refusal = service
             .worker_result(&worker, &outcome.result())
             .await
@@ -176,28 +202,24 @@ where
             shared.worker_finished(&worker, payload, &outcome.result());
         }
         outcome
-    };
-    // One future whether or not the span is enabled (entering a disabled span is a check of
-    // an `Option`): two branches would each hold a copy of the lifecycle's state. And no
-    // `async fn` around it, which would keep a second copy of the arguments.
-    context.scope(lifecycle).instrument(span)
+    }
 }
 
 /// A worker refused by a dependency's `worker_setup`: the dependencies set up before the
 /// refusal see it and clean up, the waiters hear of it, the method does not run.
 async fn refuse<S: Dependencies, T: Output>(
     service: &S,
-    worker: &Arc<WorkerContext>,
+    worker: Arc<WorkerContext>,
     shared: Option<&Shared>,
     payload: Option<&[u8]>,
     error: RemoteError,
 ) -> T {
     let refused = WorkerResult::Failed(Cow::Borrowed(&error));
-    let _ = service.worker_result(worker, &refused).await;
-    service.worker_teardown(worker).await;
+    let _ = service.worker_result(&worker, &refused).await;
+    service.worker_teardown(&worker).await;
     crate::trace::worker_finished(Some(&error));
     if let Some(shared) = shared {
-        shared.worker_finished(worker, payload, &refused);
+        shared.worker_finished(&worker, payload, &refused);
     }
     drop(refused);
     T::from_error(error)
