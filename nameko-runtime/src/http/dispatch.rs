@@ -58,8 +58,8 @@ pub(super) fn path_values(segments: &[Segment], uri: &Uri) -> Option<PathValues>
                 }
                 let start = part.as_ptr() as usize - path.as_ptr() as usize;
                 spans[len] = (
-                    u32::try_from(start).ok()?,
-                    u32::try_from(start + part.len()).ok()?,
+                    u16::try_from(start).ok()?,
+                    u16::try_from(start + part.len()).ok()?,
                 );
                 len += 1;
             }
