@@ -172,6 +172,7 @@ where
 
 /// The end of a worker whose method ran: the dependencies' `worker_result` (which may turn a
 /// success into a failure) and `worker_teardown`, then the waiters told.
+#[allow(clippy::manual_async_fn)] // An `async fn` would hold its arguments twice.
 fn finish<'a, S: Dependencies, T: Output>(
     service: &'a S,
     worker: Arc<WorkerContext>,
@@ -179,7 +180,6 @@ fn finish<'a, S: Dependencies, T: Output>(
     payload: Option<&'a [u8]>,
     mut outcome: T,
 ) -> impl Future<Output = T> + Send + 'a {
-    // An `async` block, not an `async fn`, which would hold its arguments twice.
     async move {
         let refusal = service
             .worker_result(&worker, &outcome.result())
