@@ -70,8 +70,8 @@ nameko_macros::__http_constants!();
 #[derive(Clone, Debug)]
 pub struct PathValues {
     pub(crate) uri: Uri,
-    /// Byte offsets in the path: `u16`, as the `http` crate refuses a URI of 64 KiB or more
-    /// (a path matched from a longer one would match no route). Small, as the request's
+    /// Byte offsets in the path: `u16`, as the `http` crate refuses a URI longer than 65,534
+    /// bytes (a path whose offsets did not fit would match no route). Small, as the request's
     /// worker future holds this twice.
     pub(crate) spans: [(u16, u16); MAX_ROUTE_PARAMS],
     pub(crate) len: usize,

@@ -69,7 +69,8 @@ impl Entrypoint for Http {
             methods: self.methods,
             route: self.route,
             segments: self.segments,
-            // One boxed future per request: the slot, the worker, tracked for the stop
+            // Two boxed futures per request, the method's and the one that waits for the
+            // slot and runs the worker, tracked for the stop
             // (`None`, a stopping or killed service, is answered 503 by the dispatcher).
             handler: Arc::new({
                 let cx = cx.clone();

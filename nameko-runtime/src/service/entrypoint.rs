@@ -312,8 +312,8 @@ impl<E: Entrypoint> EntrypointContext<E> {
 
     /// Waits for a worker slot, then runs one worker (as [`run_worker`](Self::run_worker),
     /// without a payload) as part of the service, so that a stop waits for it: `None` if the
-    /// service stopped before a slot was free, or was killed. (One allocation: the future is
-    /// boxed whole.)
+    /// service stopped before a slot was free, or was killed. (Two allocations: the method's
+    /// future, made at once, and the future that waits for the slot and runs the worker.)
     pub fn spawn_worker(
         &self,
         input: E::Input,
@@ -325,8 +325,9 @@ impl<E: Entrypoint> EntrypointContext<E> {
     }
 }
 
-/// Runs workers of one method of one service (`S` erased). Each call is one boxed future,
-/// whatever it includes: the per-message path allocates once here.
+/// Runs workers of one method of one service (`S` erased). `run` is one boxed future, whatever
+/// it includes: the per-message path allocates once here; `spawn` boxes the method's future
+/// too, rather than hold its input while it waits for a slot.
 trait RunMethod<I, O>: Send + Sync + 'static {
     fn info(&self) -> &MethodInfo;
     fn run<'a>(

@@ -153,7 +153,8 @@ where
         (worker, refused)
     };
     let lifecycle = setup.then(move |(worker, refused)| match refused {
-        // Rare, so boxed: its state does not enlarge every worker's future.
+        // Rare, so boxed: its state does not enlarge every worker's future. The method's
+        // future, never started, is dropped here, before the refusal's hooks run.
         Some(error) => Either::Left(Box::pin(refuse(service, worker, shared, payload, error))),
         None => Either::Right(
             AssertUnwindSafe(method)
