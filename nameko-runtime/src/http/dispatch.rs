@@ -179,11 +179,12 @@ impl Dispatch {
 
     /// Answers a request, and counts it (`nameko_http_requests_total`). The route is chosen
     /// before the future is made, and the future holds only what the wait needs: hyper writes
-    /// it whole for every request.
+    /// it whole for every request. (Nor does it hold the dispatcher: no reference count per
+    /// request.)
     pub(super) fn handle(
-        self,
+        &self,
         request: axum::extract::Request,
-    ) -> impl Future<Output = Response> + Send + 'static {
+    ) -> impl Future<Output = Response> + Send + use<> {
         let method = METHODS
             .iter()
             .copied()
@@ -353,7 +354,7 @@ impl tower_service::Service<axum::extract::Request> for Dispatch {
 
     fn call(&mut self, request: axum::extract::Request) -> Self::Future {
         use futures_util::FutureExt;
-        let handled: BoxFuture<'static, Response> = Box::pin(self.clone().handle(request));
+        let handled: BoxFuture<'static, Response> = Box::pin(self.handle(request));
         handled.map(Ok)
     }
 }

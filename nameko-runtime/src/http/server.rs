@@ -382,7 +382,7 @@ pub(crate) async fn serve(
                 });
                 // A `map`, not an `async` block, which would hold the dispatcher's future
                 // twice (captured, then awaited): hyper writes it whole for every request.
-                futures_util::FutureExt::map(dispatch.clone().handle(request), move |response| {
+                futures_util::FutureExt::map(dispatch.handle(request), move |response| {
                     Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
                         body,
                         in_progress: responding,
